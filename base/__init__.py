@@ -1,0 +1,1 @@
+"""Base classes: the data-module interface and the epoch loop."""

@@ -1,0 +1,76 @@
+"""What every dataset gives the trainer and the test scripts.
+
+A data module owns a long-tailed training set and a test set. Training asks it for a loader per
+epoch (seeded, so a resumed run sees the same batches); evaluation asks for the test set with the
+test transform, the named test distributions (index subsets of the test set), and the same test
+images under another transform (the two-view augmentation of test-time aggregation).
+"""
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from utils.seed import epoch_seed
+
+
+class LTDataModule:
+    num_classes: int
+    train_set = None  # Dataset with .targets
+    test_set = None  # Dataset with .targets, test transform
+
+    def __init__(self, batch_size=128, num_workers=0, pin_memory=False, persistent_workers=False,
+                 shuffle=True, drop_last=False):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+
+    # -- training -------------------------------------------------------------------------------
+    @property
+    def cls_num_list(self):
+        """Per-class training counts (used by the losses and for the shot groups)."""
+        return np.bincount(np.asarray(self.train_set.targets), minlength=self.num_classes).tolist()
+
+    def shot_masks(self):
+        from data_loader.long_tail import shot_masks  # data_loader imports this module
+        return shot_masks(self.cls_num_list)
+
+    def train_loader(self, epoch, seed, rank=0, world_size=1):
+        """This epoch's loader. The data order (and worker augmentation seeds) depend only on
+        (seed, epoch); the global batch is split evenly over ``world_size`` ranks."""
+        if self.batch_size % world_size:
+            from utils.errors import UserError
+            raise UserError(f"data_loader.args.batch_size {self.batch_size} is the global batch and must be "
+                            f"divisible by the number of processes ({world_size})")
+        sampler = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=self.shuffle,
+                                     seed=seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        return DataLoader(self.train_set, batch_size=self.batch_size // world_size, sampler=sampler,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=self.drop_last,
+                          generator=generator, persistent_workers=False)
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def test_loader(self, indices=None, batch_size=None, dataset=None, shuffle=False, generator=None):
+        dataset = self.test_set if dataset is None else dataset
+        if indices is not None:
+            dataset = Subset(dataset, np.asarray(indices).tolist())
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory, generator=generator,
+                          persistent_workers=self.persistent_workers)
+
+    @property
+    def test_targets(self):
+        return np.asarray(self.test_set.targets)
+
+    def test_distributions(self):
+        """Ordered ``{name: indices into test_set}`` (SPEC 2.2); subclasses define it."""
+        raise NotImplementedError
+
+    def test_view_dataset(self, transform):
+        """The test images under another transform (for test-time aggregation)."""
+        raise NotImplementedError

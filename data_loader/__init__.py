@@ -1,0 +1,5 @@
+"""Data modules, chosen by the config's ``data_loader.type``."""
+from data_loader.cifar_lt import CIFAR10LTDataLoader, CIFAR100LTDataLoader
+from data_loader.digits_lt import DigitsLTDataLoader
+
+__all__ = ["CIFAR10LTDataLoader", "CIFAR100LTDataLoader", "DigitsLTDataLoader"]

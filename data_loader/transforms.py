@@ -1,0 +1,41 @@
+"""torchvision transform pipelines built from config values (SPEC 2.1, 2.3, 6)."""
+from torchvision import transforms as T
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the release normalises CIFAR-100 with these too (SPEC 2.1)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+def normalize(mean, std):
+    return T.Normalize(mean=list(mean), std=list(std))
+
+
+def small_image_train(size, padding, flip, rotation, mean, std):
+    """CIFAR-style training augmentation: RandomCrop(size, padding), flip, rotation, normalise."""
+    ops = [T.RandomCrop(size, padding=padding)] if padding else []
+    if flip:
+        ops.append(T.RandomHorizontalFlip())
+    if rotation:
+        ops.append(T.RandomRotation(rotation))
+    ops += [T.ToTensor(), normalize(mean, std)]
+    return T.Compose(ops)
+
+
+def small_image_test(mean, std):
+    return T.Compose([T.ToTensor(), normalize(mean, std)])
+
+
+def small_image_two_view(size, mean, std, blur_p=0.2, flip=True):
+    """Strong augmentation of test-time aggregation (SPEC 6, CIFAR): crop, jitter, grey, blur, flip."""
+    ops = [T.RandomCrop(size, padding=max(1, size // 8)),
+           T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+           T.RandomGrayscale(p=0.2),
+           T.RandomApply([T.GaussianBlur(kernel_size=_odd(size // 10), sigma=(0.1, 2.0))], p=blur_p)]
+    if flip:
+        ops.append(T.RandomHorizontalFlip())
+    ops += [T.ToTensor(), normalize(mean, std)]
+    return T.Compose(ops)
+
+
+def _odd(k):
+    k = max(3, int(k))
+    return k if k % 2 else k + 1

@@ -1,0 +1,4 @@
+"""Networks chosen by the config's ``arch.type``."""
+from model.model import ResNet32Model
+
+__all__ = ["ResNet32Model"]

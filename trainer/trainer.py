@@ -1,0 +1,119 @@
+"""TADE training: one epoch of the loss on per-expert logits, and evaluation on the test split
+(top-1 and many/medium/few). Metrics stay tensors on the device and are read only when the
+progress bar refreshes and at the end of an epoch."""
+import contextlib
+import time
+
+import torch
+from tqdm import tqdm
+
+from base.base_trainer import BaseTrainer
+from model.metric import accuracy_from_confusion, confusion_matrix
+from utils.errors import UserError
+from utils.seed import epoch_seed
+
+
+class NonFiniteLossError(UserError):
+    """Training diverged; the last good checkpoint is left as it is."""
+
+
+class Trainer(BaseTrainer):
+    def __init__(self, model, criterion, optimizer, lr_scheduler, config, runtime, data, scaler=None):
+        self.data = data
+        cfg = config["trainer"]
+        self.seed = int(config.get("seed", 0))
+        self.refresh_every = int(cfg.get("log_step", 20))
+        self.channels_last = bool(cfg.get("channels_last", False))
+        amp = cfg.get("autocast", None)
+        if amp not in (None, "bf16", "fp16", "bfloat16", "float16"):
+            raise UserError(f"config {config.source}: trainer.autocast {amp!r}: expected null, \"bf16\" or \"fp16\"")
+        self.amp_dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                          "fp16": torch.float16, "float16": torch.float16}.get(amp)
+        self.valid_period = int(cfg.get("valid_period", 1))
+        super().__init__(model, criterion, optimizer, lr_scheduler, config, runtime, scaler=scaler)
+        self.shot_masks = data.shot_masks()
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.runtime.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, x, y):
+        x = x.to(self.runtime.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.runtime.device, non_blocking=True)
+
+    def _train_epoch(self, epoch):
+        self.model.train()
+        # Augmentation in the main process draws from the global RNG: seed it per epoch, so a
+        # resumed run repeats the uninterrupted run exactly.
+        torch.manual_seed(epoch_seed(self.seed, epoch) + self.runtime.rank)
+        loader = self.data.train_loader(epoch, self.seed, self.runtime.rank, self.runtime.world_size)
+        device = self.runtime.device
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = torch.zeros((), device=device, dtype=torch.int64)
+        first_bad = torch.full((), -1, device=device, dtype=torch.int64)
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.runtime.is_main,
+                   leave=False, dynamic_ncols=True)
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(bar):
+            x, y = self._to_device(x, y)
+            with self.autocast():
+                outputs = self.model(x)
+                loss = self.criterion(outputs, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            loss = loss.detach()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+            loss_sum += loss.double() * y.shape[0]
+            correct += (outputs["output"].detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            if (step + 1) % self.refresh_every == 0 or step + 1 == len(loader):
+                self._check_finite(first_bad, epoch)
+                n = max(int(seen), 1)
+                bar.set_postfix(loss=f"{float(loss_sum) / n:.3f}", acc=f"{int(correct) / n:.3f}", lr=f"{lr:.4g}",
+                                img_s=f"{n / (time.perf_counter() - start):.0f}")
+        totals = torch.stack([loss_sum, correct.double(), seen.double()])
+        self.runtime.all_reduce_sum(totals)
+        elapsed = time.perf_counter() - start
+        n = max(float(totals[2]), 1.0)
+        return {"loss": float(totals[0]) / n, "accuracy": float(totals[1]) / n, "lr": lr,
+                "images_per_s": float(totals[2]) / elapsed, "epoch_time_s": elapsed}
+
+    def _check_finite(self, first_bad, epoch):
+        bad = int(first_bad)
+        if bad >= 0:
+            raise NonFiniteLossError(f"loss became non-finite at epoch {epoch + 1}, step {bad + 1}; training "
+                                     f"stopped, the last good checkpoint in {self.run_dir} is kept")
+
+    @torch.inference_mode()
+    def predict(self, loader):
+        """Predictions and targets over a loader (this rank's part)."""
+        self.model.eval()
+        preds, targets = [], []
+        for x, y in loader:
+            x, y = self._to_device(x, y)
+            with self.autocast():
+                preds.append(self.model(x)["output"].argmax(1))
+            targets.append(y)
+        return torch.cat(preds), torch.cat(targets)
+
+    def _valid_epoch(self, epoch):
+        if self.valid_period <= 0 or ((epoch + 1) % self.valid_period and epoch + 1 != self.epochs):
+            return {}
+        n = len(self.data.test_set)
+        shard = range(self.runtime.rank, n, self.runtime.world_size)
+        preds, targets = self.predict(self.data.test_loader(indices=shard))
+        cm = confusion_matrix(preds, targets, self.data.num_classes)
+        self.runtime.all_reduce_sum(cm)
+        metrics = accuracy_from_confusion(cm, self.shot_masks)
+        return {"val_accuracy" if k == "top1" else f"val_{k}": v for k, v in metrics.items()}

@@ -1,0 +1,197 @@
+"""JSON configs: reading, command-line overrides, run folders, and building objects by `type`.
+
+A config section such as ``{"type": "SGD", "args": {"lr": 0.1}}`` is turned into an object by
+``config.init_obj("optimizer", torch.optim, params)``: the class named by ``type`` is looked up in
+the given module(s) and called with ``args``. Code may add arguments that the config cannot hold
+(parameters, class counts) but may not silently replace a key the config sets.
+"""
+import copy
+import inspect
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+from utils.errors import UserError
+
+# Command-line shortcuts of train.py: option name -> key path in the config.
+TRAIN_SHORTCUTS = {
+    "epochs": "trainer.epochs",
+    "lr": "optimizer.args.lr",
+    "bs": "data_loader.args.batch_size",
+    "name": "name",
+    "data_dir": "data_loader.args.data_dir",
+    "save_dir": "trainer.save_dir",
+    "seed": "seed",
+}
+
+
+def read_json(path):
+    """Read a JSON file; errors name the file (and line/column for syntax errors)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {path}: {e}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}")
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object at the top level, got {type(value).__name__}")
+    return value
+
+
+def write_json(obj, path):
+    """Write JSON atomically (temporary file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=4)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def get_by_path(config, key_path, default=None):
+    node = config
+    for key in key_path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def set_by_path(config, key_path, value, source="--set", must_exist=True):
+    """Set ``a.b.c`` in a nested dict. Unknown paths are refused (a typo must not pass silently)."""
+    keys = key_path.split(".")
+    node = config
+    for i, key in enumerate(keys[:-1]):
+        if not isinstance(node, dict) or key not in node:
+            if must_exist:
+                raise UserError(f"{source}: unknown config key '{'.'.join(keys[:i + 1])}' in '{key_path}'")
+            node[key] = {}
+        node = node[key]
+    if not isinstance(node, dict) or (must_exist and keys[-1] not in node):
+        raise UserError(f"{source}: unknown config key '{key_path}'")
+    node[keys[-1]] = value
+
+
+def parse_set_expression(expr):
+    """``KEY.PATH=VALUE``: VALUE is parsed as JSON, falling back to a plain string."""
+    if "=" not in expr:
+        raise UserError(f"--set {expr!r}: expected KEY.PATH=VALUE")
+    key, raw = expr.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"--set {expr!r}: empty key path")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def require(config, key_path, source):
+    value = get_by_path(config, key_path)
+    if value is None:
+        raise UserError(f"{source}: missing required config key '{key_path}'")
+    return value
+
+
+class ConfigParser:
+    """A resolved config (plain dict) plus where the run writes its files."""
+
+    def __init__(self, config, source="config", run_dir=None, resume=None):
+        self.config = config
+        self.source = str(source)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.resume = Path(resume) if resume is not None else None
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path, overrides=(), **kw):
+        config = read_json(path)
+        cls.apply_overrides(config, overrides, str(path))
+        return cls(config, source=path, **kw)
+
+    @staticmethod
+    def apply_overrides(config, overrides, source):
+        """overrides: iterable of (key_path, value, option_name); None values are skipped."""
+        for key_path, value, option in overrides:
+            if value is None:
+                continue
+            must_exist = option == "--set"
+            set_by_path(config, key_path, value, source=f"{option} (config {source})", must_exist=must_exist)
+
+    # -- access ---------------------------------------------------------------------------------
+    def __getitem__(self, name):
+        if name not in self.config:
+            raise UserError(f"config {self.source}: missing section '{name}'")
+        return self.config[name]
+
+    def __contains__(self, name):
+        return name in self.config
+
+    def get(self, key_path, default=None):
+        return get_by_path(self.config, key_path, default)
+
+    # -- building objects -----------------------------------------------------------------------
+    def _lookup(self, name, modules):
+        section = self[name]
+        if not isinstance(section, dict) or "type" not in section:
+            raise UserError(f"config {self.source}: section '{name}' needs a \"type\" and \"args\"")
+        type_name = section["type"]
+        modules = modules if isinstance(modules, (list, tuple)) else [modules]
+        for module in modules:
+            obj = getattr(module, type_name, None) if isinstance(type_name, str) else None
+            if obj is not None and callable(obj) and not type_name.startswith("_"):
+                return obj, section
+        known = sorted({n for m in modules for n in getattr(m, "__all__", [])})
+        hint = f"; expected one of: {', '.join(known)}" if known else ""
+        raise UserError(f"config {self.source}: {name}.type {type_name!r} is not a known {name} type{hint}")
+
+    def init_obj(self, name, modules, *args, **kwargs):
+        """Build ``section.type(*args, **section.args, **kwargs)``; kwargs may not override config keys."""
+        cls, section = self._lookup(name, modules)
+        config_args = dict(section.get("args") or {})
+        clash = set(config_args) & set(kwargs)
+        if clash:
+            raise ValueError(f"init_obj('{name}'): code arguments {sorted(clash)} would override config keys")
+        config_args.update(kwargs)
+        try:
+            inspect.signature(cls).bind(*args, **config_args)
+        except TypeError as e:
+            raise UserError(f"config {self.source}: {name}.args do not fit {cls.__name__}: {e}")
+        except ValueError:  # builtins without a signature
+            pass
+        try:
+            return cls(*args, **config_args)
+        except UserError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise UserError(f"config {self.source}: {name}.args rejected by {cls.__name__}: {e}")
+
+    # -- run folder -----------------------------------------------------------------------------
+    @staticmethod
+    def new_run_dir(save_dir, name, run_id=None):
+        run_id = run_id or datetime.now().strftime("%m%d_%H%M%S")
+        run_dir = Path(save_dir) / name / run_id
+        if run_dir.exists():
+            raise UserError(f"run folder {run_dir} already exists; choose another --run_id, or resume with -r")
+        try:
+            run_dir.mkdir(parents=True)
+        except OSError as e:
+            raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}")
+        if not os.access(run_dir, os.W_OK):
+            raise UserError(f"run folder {run_dir} is not writable")
+        return run_dir
+
+    def save(self, path=None):
+        write_json(self.config, path or self.run_dir / "config.json")
+
+    def copy(self):
+        return ConfigParser(copy.deepcopy(self.config), self.source, self.run_dir, self.resume)
