@@ -8,6 +8,7 @@ from base.base_data_module import LTDataModule
 from data_loader import transforms as tf
 from data_loader.long_tail import img_num_per_cls, select_per_class
 from data_loader.test_distributions import generated_distributions
+from utils.errors import UserError
 
 
 class ArrayImageDataset(Dataset):
@@ -37,7 +38,7 @@ class ArrayLTDataModule(LTDataModule):
     default_padding, default_flip, default_rotation = 4, True, 15
 
     def __init__(self, data_dir, imb_factor=0.01, batch_size=128, num_workers=0, mean=tf.CIFAR_MEAN,
-                 std=tf.CIFAR_STD, padding=None, flip=None, rotation=None, training=True, **loader_kw):
+                 std=tf.CIFAR_STD, padding=None, flip=None, rotation=None, img_max=None, **loader_kw):
         super().__init__(batch_size=batch_size, num_workers=num_workers, **loader_kw)
         if not (isinstance(imb_factor, (int, float)) and 0 < imb_factor <= 1):
             raise ValueError(f"imb_factor must be in (0, 1] (1 / imbalance ratio), got {imb_factor!r}")
@@ -50,8 +51,13 @@ class ArrayLTDataModule(LTDataModule):
         self.augment = dict(size=self.image_size, padding=padding, flip=flip, rotation=rotation)
 
         train_x, train_y, test_x, test_y = self.load_arrays()
-        counts = img_num_per_cls(self.train_img_max, self.num_classes, self.imb_factor)
-        keep = select_per_class(train_y, counts, seed=0)
+        # img_max: images of the head class; the published value unless a smoke test shrinks it.
+        img_max = self.train_img_max if img_max is None else int(img_max)
+        counts = img_num_per_cls(img_max, self.num_classes, self.imb_factor)
+        try:
+            keep = select_per_class(train_y, counts, seed=0)
+        except ValueError as e:
+            raise UserError(f"{type(self).__name__} in {data_dir}: too few training images for the long tail ({e})")
         self.train_set = ArrayImageDataset(train_x[keep], np.asarray(train_y)[keep],
                                            tf.small_image_train(mean=self.mean, std=self.std, **self.augment))
         self.test_images = test_x

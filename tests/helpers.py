@@ -1,0 +1,61 @@
+"""Shared test helpers: small generated datasets in the real formats, and running the scripts."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_cifar100(root, train_per_class=10, test_per_class=5, num_classes=100, seed=0):
+    """A small folder in the standard ``cifar-100-python`` pickle layout (random images)."""
+    rng = np.random.RandomState(seed)
+    base = Path(root) / "cifar-100-python"
+    base.mkdir(parents=True, exist_ok=True)
+    for name, per_class in (("train", train_per_class), ("test", test_per_class)):
+        labels = np.repeat(np.arange(num_classes), per_class)
+        rng.shuffle(labels)
+        data = rng.randint(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": data, "fine_labels": labels.tolist(), "filenames": []}, f)
+    return Path(root)
+
+
+def write_config(path, config):
+    Path(path).write_text(json.dumps(config, indent=2))
+    return Path(path)
+
+
+def small_cifar_config(data_dir, save_dir, epochs=1, num_experts=3, loss="DiverseExpertLoss"):
+    """The published CIFAR-100 recipe shrunk to seconds: 10 images at the head class, 1 epoch."""
+    config = json.loads((ROOT / "configs" / "config_cifar100_ir100_tade.json").read_text())
+    config["name"] = "small"
+    config["arch"]["args"]["num_experts"] = num_experts
+    config["data_loader"]["args"].update(data_dir=str(data_dir), img_max=10, imb_factor=0.1, batch_size=32,
+                                         num_workers=0)
+    config["loss"] = {"type": loss, "args": {"tau": 2} if loss == "DiverseExpertLoss" else {}}
+    config["trainer"].update(epochs=epochs, save_dir=str(save_dir), save_period=1, tensorboard=False)
+    return config
+
+
+def run_script(script, *args, cwd=None, timeout=600, env=None):
+    """Run one of the entry points in a fresh interpreter; returns CompletedProcess (text)."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def assert_one_line_error(proc, *fragments):
+    """Exit code 2, one line on stderr naming the given fragments, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert str(fragment) in lines[0], (fragment, lines[0])
+    return lines[0]
