@@ -15,6 +15,7 @@ from trainer.optim import build_lr_scheduler, build_optimizer
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, cli_entry
 from utils.logger import setup_logging
+from utils.performance import Performance
 from utils.parse_config import TRAIN_SHORTCUTS, ConfigParser, parse_set_expression, read_json
 from utils.runtime import setup_runtime, teardown_runtime, wrap_model
 from utils.seed import seed_everything
@@ -88,7 +89,8 @@ def main(argv=None):
         data = config.init_obj("data_loader", data_loader)
         net = config.init_obj("arch", models)
         criterion = config.init_obj("loss", losses, cls_num_list=data.cls_num_list).to(runtime.device)
-        net = wrap_model(net, runtime, sync_batchnorm=bool(config.get("trainer.sync_batchnorm", False)))
+        perf = Performance.from_config(config["trainer"], config.source)
+        net = perf.prepare_model(wrap_model(net, runtime, sync_batchnorm=bool(config.get("trainer.sync_batchnorm", False))))
         optimizer = build_optimizer(config, net)
         scheduler = build_lr_scheduler(config, optimizer)
         scaler = None

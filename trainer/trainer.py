@@ -1,7 +1,6 @@
 """TADE training: one epoch of the loss on per-expert logits, and evaluation on the test split
 (top-1 and many/medium/few). Metrics stay tensors on the device and are read only when the
 progress bar refreshes and at the end of an epoch."""
-import contextlib
 import time
 
 import torch
@@ -10,6 +9,7 @@ from tqdm import tqdm
 from base.base_trainer import BaseTrainer
 from model.metric import accuracy_from_confusion, confusion_matrix
 from utils.errors import UserError
+from utils.performance import Performance
 from utils.seed import epoch_seed
 
 
@@ -23,26 +23,16 @@ class Trainer(BaseTrainer):
         cfg = config["trainer"]
         self.seed = int(config.get("seed", 0))
         self.refresh_every = int(cfg.get("log_step", 20))
-        self.channels_last = bool(cfg.get("channels_last", False))
-        amp = cfg.get("autocast", None)
-        if amp not in (None, "bf16", "fp16", "bfloat16", "float16"):
-            raise UserError(f"config {config.source}: trainer.autocast {amp!r}: expected null, \"bf16\" or \"fp16\"")
-        self.amp_dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-                          "fp16": torch.float16, "float16": torch.float16}.get(amp)
+        self.perf = Performance.from_config(cfg, config.source)
         self.valid_period = int(cfg.get("valid_period", 1))
         super().__init__(model, criterion, optimizer, lr_scheduler, config, runtime, scaler=scaler)
         self.shot_masks = data.shot_masks()
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.runtime.device.type, dtype=self.amp_dtype)
+        return self.perf.autocast_context(self.runtime.device)
 
     def _to_device(self, x, y):
-        x = x.to(self.runtime.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.runtime.device, non_blocking=True)
+        return self.perf.prepare_input(x, self.runtime.device), y.to(self.runtime.device, non_blocking=True)
 
     def _train_epoch(self, epoch):
         self.model.train()
