@@ -72,5 +72,6 @@ class ArrayLTDataModule(LTDataModule):
     def test_view_dataset(self, transform):
         return ArrayImageDataset(self.test_images, self.test_set.targets, transform)
 
-    def two_view_transform(self):
-        return tf.small_image_two_view(self.image_size, self.mean, self.std, flip=self.augment["flip"])
+    def two_view_transform(self, blur_p=0.2):
+        """The strong augmentation of test-time aggregation (SPEC 6)."""
+        return tf.small_image_two_view(self.image_size, self.mean, self.std, blur_p=blur_p, flip=self.augment["flip"])

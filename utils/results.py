@@ -15,14 +15,19 @@ def results_frame(distributions, extra_rows=()):
     return frame.reindex(rows)
 
 
-def format_table(distributions, extra_rows=()):
-    """Accuracies in %, one decimal; a group absent from a distribution prints as '-'."""
-    frame = results_frame(distributions, extra_rows)
+def format_table(distributions, extra_rows=(), weight_rows=()):
+    """Accuracies in %, one decimal; weights as fractions; a group absent from a distribution prints
+    as '-'."""
+    frame = results_frame(distributions, list(extra_rows) + list(weight_rows))
 
     def fmt(row, v):
         if v is None or (isinstance(v, float) and pd.isna(v)):
             return "-"
-        return f"{int(v)}" if row == "num_images" or row == "epochs_run" else f"{100 * float(v):.1f}"
+        if row in ("num_images", "epochs_run"):
+            return f"{int(v)}"
+        if row in weight_rows:
+            return f"{float(v):.2f}"
+        return f"{100 * float(v):.1f}"
 
     text = frame.apply(lambda col: [fmt(r, v) for r, v in zip(frame.index, col)])
     text.index = frame.index
