@@ -1,0 +1,48 @@
+"""Wall time of evaluating all eleven CIFAR-10-LT test distributions: one pass over the test set
+(logits once, every distribution from index subsets) against one pass per distribution.
+
+    python bench/eval_speed.py [--checkpoint RUN/last.pth] [--data_dir .cache/cifar]
+"""
+import argparse
+import time
+
+import numpy as np
+
+from common import DEFAULT_DATA, load_model_and_data
+from trainer.evaluation import collect_expert_logits, distribution_metrics
+from utils.performance import Performance
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint")
+    p.add_argument("--data_dir", default=str(DEFAULT_DATA))
+    p.add_argument("-d", "--device", default="cpu")
+    p.add_argument("--set", action="append", default=[])
+    args = p.parse_args()
+    net, cfg, data = load_model_and_data(args.checkpoint, data_dir=args.data_dir, device=args.device, sets=args.set)
+    perf = Performance.from_config(cfg.get("trainer"))
+    dists = data.test_distributions()
+    masks = data.shot_masks()
+
+    start = time.perf_counter()
+    logits, targets = collect_expert_logits(net, data.test_loader(), args.device, perf)
+    one_pass = distribution_metrics(logits.mean(1).argmax(1), targets, dists, data.num_classes, masks)
+    t_one = time.perf_counter() - start
+
+    start = time.perf_counter()
+    separate = {}
+    for name, idx in dists.items():
+        sub, sub_t = collect_expert_logits(net, data.test_loader(indices=idx), args.device, perf)
+        separate.update(distribution_metrics(sub.mean(1).argmax(1), sub_t, {name: np.arange(len(sub_t))},
+                                             data.num_classes, masks))
+    t_sep = time.perf_counter() - start
+    same = all(abs(one_pass[n]["top1"] - separate[n]["top1"]) < 1e-9 for n in dists)
+    images = sum(len(i) for i in dists.values())
+    print(f"eval all {len(dists)} CIFAR-10-LT distributions ({images} subset images, {len(data.test_set)} test "
+          f"images, {args.device}): one pass {t_one:.1f} s, per distribution {t_sep:.1f} s, "
+          f"speed-up {t_sep / t_one:.2f}x, identical figures: {same}")
+
+
+if __name__ == "__main__":
+    main()
