@@ -40,6 +40,8 @@ class Trainer(BaseTrainer):
         # resumed run repeats the uninterrupted run exactly.
         torch.manual_seed(epoch_seed(self.seed, epoch) + self.runtime.rank)
         loader = self.data.train_loader(epoch, self.seed, self.runtime.rank, self.runtime.world_size)
+        if hasattr(self.criterion, "set_epoch"):  # losses with an epoch schedule (RIDE's re-weighting)
+            self.criterion.set_epoch(epoch)
         device = self.runtime.device
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
