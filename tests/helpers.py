@@ -59,3 +59,9 @@ def assert_one_line_error(proc, *fragments):
     for fragment in fragments:
         assert str(fragment) in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def small_data_sets(data_dir):
+    """train.py --set options that shrink a CIFAR-100 recipe to a generated folder (see small_cifar_config)."""
+    return [f"data_loader.args.data_dir={data_dir}", "data_loader.args.img_max=10", "data_loader.args.imb_factor=0.1",
+            "data_loader.args.batch_size=32", "data_loader.args.num_workers=0", "trainer.tensorboard=false"]

@@ -1,0 +1,204 @@
+"""Reproduce rows of the published tables: train each method, evaluate on every test distribution
+(and, for TADE, run test-time aggregation), and write a Markdown table beside the published rows.
+
+    python bench/reproduce.py --dataset cifar10_ir100 --methods softmax,ride,tade --epochs 200 \
+        [--data_dir PATH] [--out_dir runs/reproduce] [-d DEVICE] [--set KEY.PATH=VALUE ...]
+
+Configs are ``configs/config_<dataset>_<method>.json`` and ``configs/test_time_<family>_tade.json``.
+With a reduced ``--epochs`` budget the schedule's milestones (LR steps, warmup, cosine period,
+RIDE's re-weighting epoch) are scaled by budget / published epochs. Interrupted? Run the same
+command again: finished steps are skipped, a partly trained run resumes from its last.pth.
+"""
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from utils.parse_config import read_json  # noqa: E402
+
+ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
+
+# SPEC 8 (top-1 %); missing entries are not published.
+PUBLISHED = {
+    "cifar100_ir100": {
+        "softmax": {"forward50": 62.3, "forward10": 56.2, "forward5": 52.5, "uniform": 41.4, "backward5": 30.5,
+                    "backward10": 25.8, "backward50": 17.5},
+        "ride": {"forward50": 63.0, "forward10": 57.0, "forward5": 53.6, "uniform": 48.0, "backward5": 38.1,
+                 "backward10": 35.4, "backward50": 29.2},
+        "tade": {"forward50": 65.9, "forward10": 58.3, "forward5": 54.8, "uniform": 49.8, "backward5": 44.7,
+                 "backward10": 43.9, "backward50": 42.4},
+        "tade_no_tt": {"forward50": 58.4, "forward5": 53.1, "uniform": 49.4, "backward5": 42.6, "backward50": 35.0},
+    },
+    "cifar10_ir100": {"tade": {"uniform": 83.8}},
+    "cifar10_ir10": {"tade": {"uniform": 90.8}},
+    "imagenet_lt": {
+        "softmax": {"forward50": 66.1, "forward10": 60.3, "uniform": 48.0, "backward10": 34.9, "backward50": 27.6},
+        "ride": {"forward50": 67.6, "forward10": 64.0, "uniform": 56.3, "backward10": 48.7, "backward50": 44.0},
+        "tade": {"forward50": 69.4, "forward10": 65.4, "uniform": 58.8, "backward10": 54.5, "backward50": 53.1},
+    },
+    "places_lt": {
+        "softmax": {"forward50": 45.6, "forward10": 40.2, "uniform": 31.4, "backward10": 23.4, "backward50": 19.4},
+        "ride": {"forward50": 43.1, "forward10": 41.6, "uniform": 40.3, "backward10": 38.2, "backward50": 36.9},
+        "tade": {"forward50": 46.4, "forward10": 43.3, "uniform": 40.9, "backward10": 41.4, "backward50": 41.6},
+    },
+    "inat": {
+        "softmax": {"forward3": 65.4, "forward2": 65.5, "uniform": 64.7, "backward2": 64.0, "backward3": 63.4},
+        "ride": {"forward3": 71.5, "forward2": 71.9, "uniform": 71.8, "backward2": 71.9, "backward3": 71.8},
+        "tade": {"forward3": 72.3, "forward2": 72.5, "uniform": 72.9, "backward2": 73.5, "backward3": 73.3},
+    },
+}
+LABEL = {"softmax": "Softmax", "ride": "RIDE", "tade": "TADE", "tade_no_tt": "TADE, no test-time step"}
+SCALED_KEYS = ("step1", "step2", "warmup_epoch", "T_max", "step_size", "milestones")
+
+
+def scaled_overrides(config, budget):
+    """--set options that shrink the schedule's milestones to an epoch budget."""
+    total = int(config["trainer"]["epochs"])
+    if budget >= total:
+        return []
+    factor = budget / total
+    sets = []
+    for key, value in (config.get("lr_scheduler", {}).get("args") or {}).items():
+        if key not in SCALED_KEYS:
+            continue
+        if isinstance(value, list):
+            new = [max(1, round(v * factor)) for v in value]
+        else:
+            new = max(1 if value else 0, round(value * factor))
+        sets.append(f"lr_scheduler.args.{key}={json.dumps(new)}")
+    loss_args = config.get("loss", {}).get("args") or {}
+    if "reweight_epoch" in loss_args and loss_args["reweight_epoch"] >= 0:
+        sets.append(f"loss.args.reweight_epoch={max(1, round(loss_args['reweight_epoch'] * factor))}")
+    return sets
+
+
+def run(cmd, log):
+    """Run a step, appending its output to ``log``; exit with its message if it fails."""
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(map(str, cmd))}\n")
+        f.flush()
+        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
+        f.write(proc.stdout)
+    if proc.returncode:
+        sys.exit(f"step failed (exit {proc.returncode}), see {log}: {' '.join(map(str, cmd[:4]))} ...")
+    return proc.stdout
+
+
+def checkpoint_epoch(path):
+    import torch
+    try:
+        return int(torch.load(path, weights_only=True, map_location="cpu")["epoch"])
+    except Exception:  # noqa: BLE001 - a torn file counts as absent; train.py wrote it atomically anyway
+        return -1
+
+
+def train_method(args, method, out_dir, log):
+    config_path = ROOT / "configs" / f"config_{args.dataset}_{method}.json"
+    config = read_json(config_path)
+    run_dir = out_dir / method / f"e{args.epochs}"
+    last = run_dir / "last.pth"
+    common = ["-d", args.device] if args.device else []
+    if last.is_file() and checkpoint_epoch(last) >= args.epochs:
+        return run_dir, False
+    if last.is_file():
+        cmd = [sys.executable, "train.py", "-r", last, *common]
+    else:
+        if run_dir.exists():  # started but no finished epoch: keep it aside, start again
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
+        cmd = [sys.executable, "train.py", "-c", config_path, "--epochs", args.epochs, "--save_dir", out_dir,
+               "--name", method, "--run_id", f"e{args.epochs}", *common]
+        if args.data_dir:
+            cmd += ["--data_dir", args.data_dir]
+        for s in scaled_overrides(config, args.epochs) + args.set:
+            cmd += ["--set", s]
+    run(cmd, log)
+    return run_dir, True
+
+
+def training_stats(run_dir):
+    text = (run_dir / "info.log").read_text()
+    times = [float(v) for v in re.findall(r"epoch_time_s ([0-9.]+)", text)]
+    rates = [float(v) for v in re.findall(r"images_per_s ([0-9.]+)", text)]
+    return sum(times), (sum(rates) / len(rates) if rates else None)
+
+
+def evaluate(args, method, run_dir, log):
+    common = ["-d", args.device] if args.device else []
+    eval_json = run_dir / "eval_last.json"
+    macs_file = run_dir / "macs.txt"
+    if not eval_json.is_file() or not macs_file.is_file():
+        out = run([sys.executable, "test.py", "-r", run_dir / "last.pth", "--macs", *common], log)
+        macs = re.search(r"MACs per image .*: ([0-9.]+) G", out)
+        macs_file.write_text(macs.group(1) if macs else "")
+    results = {method: json.loads(eval_json.read_text())["distributions"]}
+    if method == "tade":
+        tt_json = run_dir / "test_time_last.json"
+        if not tt_json.is_file():
+            family = args.dataset.split("_ir")[0]
+            run([sys.executable, "test_train.py", "-c", ROOT / "configs" / f"test_time_{family}_tade.json", "-r",
+                 run_dir / "last.pth", *common], log)
+        results = {"tade_no_tt": results["tade"], "tade": json.loads(tt_json.read_text())["distributions"]}
+    return results, macs_file.read_text().strip()
+
+
+def column_label(name):
+    for word, short in ABBREV.items():
+        if name.startswith(word):
+            return short + name[len(word):]
+    return name
+
+
+def markdown_table(args, rows, names):
+    head = ["method", *[column_label(n) for n in names], "GMACs", "train time", "images/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    published = PUBLISHED.get(args.dataset, {})
+    for key, (dists, macs, seconds, rate) in rows.items():
+        measured = [f"{100 * dists[n]['top1']:.1f}" if n in dists else "" for n in names]
+        time_text = f"{seconds / 60:.1f} min" if seconds else ""
+        rate_text = f"{rate:.0f}" if rate else ""
+        lines.append(f"| {LABEL[key]} ({args.epochs} ep, measured) | " + " | ".join(measured)
+                     + f" | {macs} | {time_text} | {rate_text} |")
+        if key in published:
+            pub = [f"{published[key][n]:.1f}" if n in published[key] else "" for n in names]
+            lines.append(f"| {LABEL[key]} (published) | " + " | ".join(pub) + " |  |  |  |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="e.g. cifar100_ir100, cifar10_ir100")
+    p.add_argument("--methods", default="softmax,ride,tade")
+    p.add_argument("--epochs", type=int, required=True, help="epoch budget per method")
+    p.add_argument("--data_dir")
+    p.add_argument("--out_dir", default=str(ROOT / "runs" / "reproduce"))
+    p.add_argument("-d", "--device")
+    p.add_argument("--set", action="append", default=[], help="extra train.py --set overrides")
+    args = p.parse_args()
+    out_dir = Path(args.out_dir).resolve() / args.dataset
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = out_dir / "reproduce.log"
+    rows, names = {}, None
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        if not (ROOT / "configs" / f"config_{args.dataset}_{method}.json").is_file():
+            sys.exit(f"--methods: no config configs/config_{args.dataset}_{method}.json")
+        run_dir, trained = train_method(args, method, out_dir, log)
+        print(f"{method}: {'trained' if trained else 'already trained'} ({run_dir})", flush=True)
+        results, macs = evaluate(args, method, run_dir, log)
+        seconds, rate = training_stats(run_dir)
+        for key, dists in results.items():
+            rows[key] = (dists, macs, seconds, rate)
+            names = names or list(dists)
+    table = markdown_table(args, rows, names)
+    (out_dir / f"results_e{args.epochs}.md").write_text(table)
+    print(table)
+    print(f"wrote {out_dir / f'results_e{args.epochs}.md'}")
+
+
+if __name__ == "__main__":
+    main()

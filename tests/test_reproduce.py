@@ -1,0 +1,43 @@
+"""bench/reproduce.py on a tiny generated CIFAR-100 with a 1-epoch budget."""
+import subprocess
+import sys
+
+from tests.helpers import ROOT, small_data_sets, write_cifar100
+
+
+def test_reproduce_table_and_reuse(tmp_path):
+    data_dir = write_cifar100(tmp_path / "data", train_per_class=10, test_per_class=2)
+    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--dataset", "cifar100_ir100", "--methods",
+           "softmax,ride,tade", "--epochs", "1", "--out_dir", str(tmp_path / "runs"), "-d", "cpu"]
+    for s in small_data_sets(data_dir):
+        cmd += ["--set", s]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = (tmp_path / "runs" / "cifar100_ir100" / "results_e1.md").read_text()
+    header = table.splitlines()[0]
+    for col in ("F50", "F25", "F10", "F5", "F2", "Uni", "B2", "B5", "B10", "B25", "B50", "GMACs", "images/s"):
+        assert f" {col} " in header, col
+    for row in ("Softmax (1 ep, measured)", "Softmax (published)", "RIDE (1 ep, measured)", "RIDE (published)",
+                "TADE (1 ep, measured)", "TADE (published)", "TADE, no test-time step (1 ep, measured)"):
+        assert f"| {row} |" in table, row
+    measured = [line for line in table.splitlines() if "measured" in line]
+    assert all(len([c for c in line.split("|")[2:13] if c.strip()]) == 11 for line in measured)
+    log = tmp_path / "runs" / "cifar100_ir100" / "reproduce.log"
+    steps = log.read_text().count("$ ")
+    assert steps == 3 + 3 + 1  # three trainings, three evaluations, one test-time aggregation
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("already trained") == 3
+    assert log.read_text().count("$ ") == steps  # nothing re-run
+    assert (tmp_path / "runs" / "cifar100_ir100" / "results_e1.md").read_text() == table
+
+
+def test_schedule_scaling_to_budget():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce import scaled_overrides
+    config = {"trainer": {"epochs": 200}, "lr_scheduler": {"args": {"step1": 160, "step2": 180, "gamma": 0.1,
+                                                                    "warmup_epoch": 5}},
+              "loss": {"args": {"reweight_epoch": 160}}}
+    assert scaled_overrides(config, 20) == ["lr_scheduler.args.step1=16", "lr_scheduler.args.step2=18",
+                                            "lr_scheduler.args.warmup_epoch=1", "loss.args.reweight_epoch=16"]
+    assert scaled_overrides(config, 200) == []
