@@ -3,7 +3,6 @@ parameter names are ``backbone.*`` as in the release's checkpoints. forward() re
 ``output`` [B, C] (mean of the experts), ``logits`` [B, E, C] (each expert), ``feat`` [B, E, D]."""
 from torch import nn
 
-from model.pretrained import load_single_network_weights
 from model.resnet_cifar import ExpertResNetCifar
 from model.resnet_imagenet import ExpertResNet
 
@@ -26,20 +25,17 @@ class ResNet32Model(nn.Module):
 
 
 class _ExpertBottleneckModel(nn.Module):
-    """Multi-expert Bottleneck ResNet(-Xt) for 224-px images (SPEC 3). ``pretrained`` names a
-    single-network ImageNet checkpoint (torchvision state dict or plain ``conv1/bn1/layer1..4``)
-    whose layer3/layer4 are copied into every expert; classifiers stay random."""
+    """Multi-expert Bottleneck ResNet(-Xt) for 224-px images (SPEC 3). An ImageNet-pretrained start
+    (Places-LT) is the config's ``arch.pretrained``, applied by train.py (model/pretrained.py)."""
 
     layers, groups, width_per_group = None, 1, 64
 
     def __init__(self, num_classes=1000, num_experts=3, reduce_dimension=False, use_norm=True, s=30,
-                 pretrained=None, returns_feat=True):
+                 returns_feat=True):
         super().__init__()
         self.backbone = ExpertResNet(self.layers, groups=self.groups, width_per_group=self.width_per_group,
                                      num_classes=num_classes, num_experts=num_experts,
                                      reduce_dimension=reduce_dimension, use_norm=use_norm, s=s)
-        if pretrained:
-            load_single_network_weights(self.backbone, pretrained)
 
     @property
     def num_experts(self):

@@ -70,3 +70,17 @@ def _single_name(key):
         if key.startswith(multi + "."):
             return prefix + key.split(".", 2)[2]
     return key
+
+
+def apply_config_pretrained(config, model):
+    """Fresh runs with ``arch.pretrained`` start from that single network (resumed runs and the
+    evaluation scripts take every weight from their checkpoint instead)."""
+    path = config.get("arch.pretrained")
+    if not path:
+        return None
+    from model.resnet_imagenet import ExpertResNet
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, ExpertResNet):
+        raise UserError(f"config {config.source}: arch.pretrained needs an ImageNet-scale model (ResNeXt50Model, "
+                        f"ResNet50Model, ResNet152Model), not {config['arch'].get('type')}")
+    return load_single_network_weights(backbone, path)
