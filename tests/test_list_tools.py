@@ -1,5 +1,6 @@
 """data_txt.make_test_distributions (SPEC 2.2): published list sizes on lists with the real class
 profiles, counts by training rank in both directions, and the lists read back by the data modules."""
+import os
 import subprocess
 import sys
 
@@ -8,8 +9,9 @@ import pytest
 
 from data_loader import ImageNetLTDataLoader, PlacesLTDataLoader
 from data_loader.long_tail import img_num_per_cls
+from data_txt.make_test_distributions import main as tool_main
 from data_txt.make_test_distributions import make_test_distributions
-from tests.helpers import ROOT, assert_one_line_error, run_script
+from tests.helpers import ROOT
 from tests.list_data import TRAIN_COUNTS, list_module_args, write_list_dataset
 from utils.errors import UserError
 
@@ -71,16 +73,35 @@ def lists(tmp_path_factory):
     return write_list_dataset(tmp_path_factory.mktemp("lists"))
 
 
-@pytest.mark.parametrize("module", [ImageNetLTDataLoader, PlacesLTDataLoader])
-def test_tool_lists_read_back_as_generated(tmp_path, lists, module):
-    out = tmp_path / "dist"
-    proc = subprocess.run([sys.executable, "-m", "data_txt.make_test_distributions", "--train", str(lists["train_txt"]),
-                           "--test", str(lists["test_txt"]), "--out", str(out), "--ratios", "5", "2", "--prefix",
-                           "small"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def written(lists, tmp_path_factory):
+    """The tool run as documented (python -m data_txt.make_test_distributions) on the generated lists."""
+    out = tmp_path_factory.mktemp("dist")
+    args = ["--train", str(lists["train_txt"]), "--test", str(lists["test_txt"]), "--out", str(out), "--ratios", "5",
+            "2", "--prefix", "small"]
+    proc = subprocess.run([sys.executable, "-m", "data_txt.make_test_distributions", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr
-    assert "5 lists in" in proc.stdout and "forward5" in proc.stdout
+    return out, args, proc.stdout
+
+
+def test_tool_writes_lists_and_summary(written, capsys):
+    out, args, stdout = written
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"small_{n}.txt" for n in ("forward5", "forward2", "uniform", "backward2", "backward5"))
+    assert "5 lists in" in stdout
+    head = int(np.argmax(TRAIN_COUNTS))
+    assert f"forward5          8 images | most frequent training class {head}: 4, least frequent 4: 0" in stdout
+    with pytest.raises(SystemExit) as e:  # existing lists are kept
+        tool_main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already exists" in err and "--force" in err
+
+
+@pytest.mark.parametrize("module", [ImageNetLTDataLoader, PlacesLTDataLoader])
+def test_tool_lists_read_back_as_generated(written, lists, module):
+    out = written[0]
     from_files = module(**list_module_args(lists, test_distribution_txt=str(out / "small_{name}.txt")))
     generated = module(**list_module_args(lists))
     read, made = from_files.test_distributions(), generated.test_distributions()
@@ -90,10 +111,6 @@ def test_tool_lists_read_back_as_generated(tmp_path, lists, module):
     head = int(np.argmax(TRAIN_COUNTS))
     forward5 = np.bincount(from_files.test_set.targets[read["forward5"]], minlength=5)
     assert forward5[from_files.label_map[head]] == 4  # the most frequent training class keeps img_max
-
-    again = run_script("data_txt/make_test_distributions.py", "--train", lists["train_txt"], "--test",
-                       lists["test_txt"], "--out", out, "--ratios", "5", "2", "--prefix", "small")
-    assert_one_line_error(again, "already exists", "--force")
 
 
 def test_distribution_list_errors(tmp_path, lists):
