@@ -14,6 +14,7 @@ from model.pretrained import apply_config_pretrained
 from trainer import Trainer
 from trainer.optim import build_lr_scheduler, build_optimizer
 from utils.checkpoint import load_checkpoint
+from utils.cli import ArgumentParser
 from utils.errors import UserError, cli_entry
 from utils.logger import setup_logging
 from utils.performance import Performance
@@ -23,7 +24,7 @@ from utils.seed import seed_everything
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="JSON config (with -r: overrides the checkpoint's config)")
     p.add_argument("-r", "--resume", help="checkpoint to resume (last.pth of a run)")
     p.add_argument("-d", "--device", help="cpu, cuda, cuda:N or a GPU list like 0,1 (DataParallel)")
@@ -40,15 +41,8 @@ def build_parser():
     return p
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse exits with 2 already; keep it one line
-        raise UserError(f"{self.prog}: {message}")
-
-
 def parse_args(argv=None):
-    parser = build_parser()
-    parser.__class__ = _Parser
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def resolve_config(args, runtime):

@@ -1,7 +1,9 @@
 """Data modules, chosen by the config's ``data_loader.type``."""
-from data_loader.cifar_lt import CIFAR10LTDataLoader, CIFAR100LTDataLoader
+from data_loader.cifar_lt import (CIFAR10LTDataLoader, CIFAR100LTDataLoader, ImbalanceCIFAR10DataLoader,
+                                  ImbalanceCIFAR100DataLoader)
 from data_loader.digits_lt import DigitsLTDataLoader
 from data_loader.list_lt import ImageNetLTDataLoader, INaturalistDataLoader, ListLTDataModule, PlacesLTDataLoader
 
-__all__ = ["CIFAR10LTDataLoader", "CIFAR100LTDataLoader", "DigitsLTDataLoader", "ImageNetLTDataLoader",
-           "PlacesLTDataLoader", "INaturalistDataLoader", "ListLTDataModule"]
+__all__ = ["CIFAR10LTDataLoader", "CIFAR100LTDataLoader", "DigitsLTDataLoader", "ImbalanceCIFAR10DataLoader",
+           "ImbalanceCIFAR100DataLoader", "ImageNetLTDataLoader", "PlacesLTDataLoader", "INaturalistDataLoader",
+           "ListLTDataModule"]

@@ -85,3 +85,8 @@ class CIFAR100LTDataLoader(_CIFARLT):
     train_files, test_files = ("train",), ("test",)
     url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
     filename, md5 = "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"
+
+
+# Names used by the reference release's configs, so its checkpoints evaluate with their own config.
+ImbalanceCIFAR10DataLoader = CIFAR10LTDataLoader
+ImbalanceCIFAR100DataLoader = CIFAR100LTDataLoader

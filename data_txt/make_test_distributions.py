@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script (python data_txt/make_test_dist
 
 from data_loader.list_file import frequency_rank, read_list  # noqa: E402
 from data_loader.test_distributions import distribution_names, generated_distributions  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def summary(test, subsets, rank):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", required=True, help="training list (ranks the classes)")
     p.add_argument("--test", required=True, help="balanced test list (iNat: the val list)")
     p.add_argument("--out", required=True, help="output folder")
@@ -68,16 +69,9 @@ def build_parser():
     return p
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
-
-
 @cli_entry
 def main(argv=None):
-    parser = build_parser()
-    parser.__class__ = _Parser
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if any(r < 1 for r in args.ratios):
         raise UserError(f"--ratios must be integers >= 1, got {args.ratios}")
     test, subsets, rank = make_test_distributions(args.train, args.test, args.ratios, args.num_classes, args.img_max,

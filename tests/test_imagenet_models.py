@@ -5,9 +5,10 @@ import torch
 import torchvision
 
 import model as models
-from model.pretrained import expand_single_network, load_single_network_weights
+from model.pretrained import apply_config_pretrained, expand_single_network, load_single_network_weights
 from utils.errors import UserError
 from utils.macs import macs_per_image
+from utils.parse_config import ConfigParser
 
 
 def n_params(m):
@@ -126,3 +127,14 @@ def test_pretrained_mismatch_is_a_user_error(resnet50_file, tmp_path):
     torch.save({k: v for k, v in tv.items() if not k.startswith("layer4.")}, tmp_path / "short.pth")
     with pytest.raises(UserError, match=r"missing \(e.g. layer4\.0\.conv1\.weight\)"):
         load_single_network_weights(meta("ResNet50Model", num_classes=5).backbone, tmp_path / "short.pth")
+
+
+def test_config_pretrained_start(resnet50_file):
+    """train.py's path: ``arch.pretrained`` next to ``arch.args`` initialises a fresh model."""
+    path, tv = resnet50_file
+    cfg = ConfigParser({"arch": {"type": "ResNet50Model", "args": {"num_classes": 4, "num_experts": 2},
+                                 "pretrained": str(path)}})
+    net = cfg.init_obj("arch", models)
+    report = apply_config_pretrained(cfg, net)
+    assert report["copied"] == len(net.backbone.state_dict()) - 2
+    assert torch.equal(net.backbone.layer3s[1][3].bn1.running_mean, tv["layer3.3.bn1.running_mean"])

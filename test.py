@@ -1,0 +1,68 @@
+"""Evaluate a checkpoint on every test class distribution in one pass.
+
+    python test.py -r CHECKPOINT [-c CONFIG] [-d DEVICE] [--data_dir PATH]
+                   [--distributions all|uniform|NAME,NAME...] [--out PATH] [--bs N] [--save_logits] [--macs]
+
+Each test image's expert logits are computed once (test transform); every distribution
+(forward50 ... uniform ... backward50) is an index subset of the test set, scored from those logits.
+"""
+import argparse
+from pathlib import Path
+
+import torch
+
+from trainer.evaluation import collect_expert_logits, distribution_metrics, load_trained
+from data_loader.test_distributions import select_distributions
+from utils.checkpoint import save_checkpoint
+from utils.cli import ArgumentParser, add_evaluation_args, data_overrides
+from utils.errors import cli_entry
+from utils.macs import macs_per_image
+from utils.performance import Performance
+from utils.results import format_table, write_results
+from utils.runtime import parse_device
+
+
+def build_parser():
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", help="training config (default: the one stored in the checkpoint)")
+    add_evaluation_args(p)
+    p.add_argument("--save_logits", action="store_true", help="also save every image's per-expert logits")
+    p.add_argument("--macs", action="store_true", help="print multiply-accumulates per image (G)")
+    return p
+
+
+def default_out(checkpoint):
+    path = Path(checkpoint)
+    return path.with_name(f"eval_{path.stem}.json")
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device, _ = parse_device(args.device)
+    net, config, data, _ = load_trained(args.resume, args.config, data_overrides(args), device)
+    if args.macs:
+        size = getattr(data, "image_size", 32)
+        print(f"MACs per image ({config['arch']['type']}, {net.backbone.num_experts} expert(s), {size} px): "
+              f"{macs_per_image(net, size, device):.2f} G")
+    available = data.test_distributions()
+    names = select_distributions(list(available), args.distributions)
+    perf = Performance.from_config(config.get("trainer"), config.source)
+    logits, targets = collect_expert_logits(net, data.test_loader(), device, perf)
+    preds = logits.mean(1).argmax(1)
+    results = distribution_metrics(preds, targets, {n: available[n] for n in names}, data.num_classes,
+                                   data.shot_masks())
+    print(format_table(results))
+    out = Path(args.out) if args.out else default_out(args.resume)
+    payload = {"checkpoint": str(args.resume), "config": config.config, "distributions": results}
+    json_path, csv_path = write_results(payload, out)
+    print(f"wrote {json_path} and {csv_path}")
+    if args.save_logits:
+        logits_path = out.with_name(out.stem + "_logits.pt")
+        save_checkpoint({"logits": logits, "targets": targets,
+                         "distributions": {n: torch.as_tensor(available[n]) for n in names}}, logits_path)
+        print(f"wrote {logits_path} (per-expert logits [N, E, C], targets, distribution indices)")
+
+
+if __name__ == "__main__":
+    main()
