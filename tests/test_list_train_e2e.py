@@ -1,14 +1,14 @@
-"""train.py end to end on generated list data (32-px JPEGs, 2 persistent workers): files, resume
-equal to an uninterrupted run, and an unreadable image as a one-line error.
-
-test.py / test_train.py on the same data are added once the evaluation scripts are merged; they
-only call ``test_distributions()``, ``test_set`` and ``test_loader``, which the tests here cover.
+"""train.py -> test.py end to end on generated list data (32-px JPEGs, 2 persistent workers, the
+test-distribution lists written by the tool): resume equal to an uninterrupted run, evaluation of
+every list, and an unreadable image as a one-line error. (test_train.py joins once it is merged.)
 """
 import functools
+import json
 import re
 
 import torch
 
+from data_txt.make_test_distributions import main as tool_main
 from tests.helpers import run_script as _run_script
 from tests.helpers import write_config
 from tests.list_data import small_list_config, write_list_dataset
@@ -27,10 +27,14 @@ def message_lines(stderr):
     return [line for line in lines if line.strip() and not re.match(r"epoch \d+/\d+: .*it/s\]$", line)]
 
 
-def test_train_and_resume_with_persistent_workers(tmp_path):
+def test_train_resume_and_evaluate_on_the_distribution_lists(tmp_path):
     lists = write_list_dataset(tmp_path / "data")
+    tool_main(["--train", str(lists["train_txt"]), "--test", str(lists["test_txt"]), "--out", str(tmp_path / "dist"),
+               "--ratios", "5", "2"])
+    pattern = str(tmp_path / "dist" / "test_{name}.txt")
     cfg = write_config(tmp_path / "c.json", small_list_config(lists, tmp_path / "saved", epochs=2, num_workers=2,
-                                                              loader="PlacesLTDataLoader"))
+                                                              loader="PlacesLTDataLoader",
+                                                              test_distribution_txt=pattern))
     full = run_script("train.py", "-c", cfg, "--run_id", "full", "-d", "cpu")
     assert full.returncode == 0, full.stderr[-3000:]
     run = tmp_path / "saved" / "small_list" / "full"
@@ -43,6 +47,16 @@ def test_train_and_resume_with_persistent_workers(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = weights(run / "last.pth"), weights(tmp_path / "saved" / "small_list" / "half" / "last.pth")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    out = tmp_path / "eval.json"
+    proc = run_script("test.py", "-r", run / "last.pth", "--out", out, "--macs", "-d", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MACs per image (ResNet32Model, 3 expert(s), 32 px)" in proc.stdout
+    results = json.loads(out.read_text())["distributions"]
+    assert list(results) == ["forward5", "forward2", "uniform", "backward2", "backward5"]
+    sizes = {name: len((tmp_path / "dist" / f"test_{name}.txt").read_text().splitlines()) for name in results}
+    assert {name: m["num_images"] for name, m in results.items()} == sizes
+    assert sizes["uniform"] == 20 and sizes["forward5"] == 8
 
 
 def test_unreadable_image_in_a_worker_is_one_line(tmp_path):
