@@ -145,7 +145,8 @@ def test_worker_error_message_is_the_original_line():
     wrapped = ("Caught UnreadableImageError in DataLoader worker process 1.\nOriginal Traceback (most recent call "
                "last):\n  File \"x.py\", line 1, in f\ndata_loader.list_lt.UnreadableImageError: cannot read image "
                "/d/a.jpg (l.txt, line 7): OSError: broken data stream")
-    assert str(UnreadableImageError(wrapped)) == "cannot read image /d/a.jpg (l.txt, line 7): OSError: broken data stream"
+    expected = "cannot read image /d/a.jpg (l.txt, line 7): OSError: broken data stream"
+    assert str(UnreadableImageError(wrapped)) == expected
 
 
 def test_missing_list_and_folder(tmp_path, lists):

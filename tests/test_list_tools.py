@@ -57,7 +57,8 @@ def test_counts_follow_the_formula_by_training_rank(tmp_path):
         assert got.tolist() == expected, name
         assert len(set(idx.tolist())) == len(idx)
     # the within-class choice is seeded: same seed, same images; another seed, others
-    assert np.array_equal(make_test_distributions(train, test, (10, 3), img_max=20)[1]["forward10"], subsets["forward10"])
+    same = make_test_distributions(train, test, (10, 3), img_max=20)[1]["forward10"]
+    assert np.array_equal(same, subsets["forward10"])
     other = make_test_distributions(train, test, (10, 3), img_max=20, seed=1)[1]["forward10"]
     assert not np.array_equal(other, subsets["forward10"])
 
