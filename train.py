@@ -10,6 +10,7 @@ import torch
 import data_loader
 import model as models
 import model.loss as losses
+from model.pretrained import apply_config_pretrained
 from trainer import Trainer
 from trainer.optim import build_lr_scheduler, build_optimizer
 from utils.checkpoint import load_checkpoint
@@ -82,6 +83,8 @@ def main(argv=None):
         seed_everything(int(config["seed"]))
         data = config.init_obj("data_loader", data_loader)
         net = config.init_obj("arch", models)
+        if args.resume is None:
+            apply_config_pretrained(config, net)
         criterion = config.init_obj("loss", losses, cls_num_list=data.cls_num_list).to(runtime.device)
         perf = Performance.from_config(config["trainer"], config.source)
         net = perf.prepare_model(wrap_model(net, runtime, sync_batchnorm=bool(config.get("trainer.sync_batchnorm", False))))

@@ -42,7 +42,9 @@ def generated_distributions(test_targets, num_classes, ratios=CIFAR_RATIOS, img_
         by_rank = img_num_per_cls(img_max, num_classes, 1.0 / ratio, reverse=name.startswith("backward"))
         counts = np.zeros(num_classes, dtype=np.int64)
         counts[order] = by_rank
-        out[name] = select_per_class(test_targets, counts, seed=seed)
+        # Classes are drawn in rank order, so the choice depends on the ranking, not on label values
+        # (Places-LT's relabelled classes get the same images as the original ones; CIFAR: 0..C-1).
+        out[name] = select_per_class(test_targets, counts, seed=seed, classes=order)
     return out
 
 

@@ -39,3 +39,35 @@ def small_image_two_view(size, mean, std, blur_p=0.2, flip=True):
 def _odd(k):
     k = max(3, int(k))
     return k if k % 2 else k + 1
+
+
+# -- 224-px list datasets (SPEC 2.3, 6) --------------------------------------------------------
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INAT_MEAN = (0.466, 0.471, 0.380)
+INAT_STD = (0.195, 0.194, 0.192)
+
+
+def large_image_train(size, mean, std, color_jitter=True):
+    """RandomResizedCrop(size), flip, ColorJitter(0.4, 0.4, 0.4, 0) unless disabled (iNat), normalise."""
+    ops = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+    if color_jitter:
+        ops.append(T.ColorJitter(0.4, 0.4, 0.4, 0))
+    ops += [T.ToTensor(), normalize(mean, std)]
+    return T.Compose(ops)
+
+
+def large_image_test(size, resize, mean, std):
+    """Resize(resize) (256 at 224 px) + CenterCrop(size), normalise."""
+    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), normalize(mean, std)])
+
+
+def large_image_two_view(size, mean, std, crop_scale=(0.2, 1.0), blur_p=0.5):
+    """Strong augmentation of test-time aggregation at 224 px (SPEC 6): RandomResizedCrop(scale
+    (0.2, 1)), jitter p 0.8, grey p 0.2, Gaussian blur sigma 0.1..2 with p 0.5, flip."""
+    return T.Compose([T.RandomResizedCrop(size, scale=tuple(crop_scale)),
+                      T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                      T.RandomGrayscale(p=0.2),
+                      T.RandomApply([T.GaussianBlur(kernel_size=_odd(size // 10), sigma=(0.1, 2.0))], p=blur_p),
+                      T.RandomHorizontalFlip(),
+                      T.ToTensor(), normalize(mean, std)])

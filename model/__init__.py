@@ -1,4 +1,4 @@
 """Networks chosen by the config's ``arch.type``."""
-from model.model import ResNet32Model
+from model.model import ResNet32Model, ResNet50Model, ResNet152Model, ResNeXt50Model
 
-__all__ = ["ResNet32Model"]
+__all__ = ["ResNet32Model", "ResNeXt50Model", "ResNet50Model", "ResNet152Model"]

@@ -1,0 +1,77 @@
+"""List files of the large-scale sets (SPEC 2.3): one ``relative/path/to/image.jpg label`` per line.
+
+Shared by the data modules and the ``data_txt`` tools. Every problem is a one-line ``UserError``
+naming the file and the line.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.errors import UserError
+
+
+@dataclass
+class ListFile:
+    path: str
+    images: list  # relative paths as written
+    labels: np.ndarray  # int64
+    lines: np.ndarray  # 1-based line number of each entry
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def read_list(path, num_classes=None, what="list"):
+    """Parse a list file. Blank lines are skipped; the label is the last field, so paths may hold
+    spaces. ``num_classes`` bounds the labels (0..num_classes-1)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UserError(f"{what} file {path} does not exist")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {what} file {path}: {e}")
+    images, labels, lines = [], [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.rsplit(None, 1)
+        if len(fields) != 2:
+            raise UserError(f"{path}, line {number}: expected 'relative/path label', got {line.strip()!r}")
+        try:
+            label = int(fields[1])
+        except ValueError:
+            raise UserError(f"{path}, line {number}: label {fields[1]!r} is not an integer")
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+            raise UserError(f"{path}, line {number}: label {label} out of range (expected {bound})")
+        images.append(fields[0].strip())
+        labels.append(label)
+        lines.append(number)
+    if not images:
+        raise UserError(f"{what} file {path} lists no images")
+    return ListFile(str(path), images, np.asarray(labels, dtype=np.int64), np.asarray(lines, dtype=np.int64))
+
+
+def check_images_exist(listing, data_dir):
+    """Stat every listed image; report the first missing one (file and line) and how many are missing."""
+    missing = [i for i, rel in enumerate(listing.images) if not os.path.isfile(os.path.join(data_dir, rel))]
+    if missing:
+        i = missing[0]
+        raise UserError(f"{listing.path}, line {listing.lines[i]}: image {os.path.join(data_dir, listing.images[i])} "
+                        f"does not exist ({len(missing)} of {len(listing)} listed images missing under data_dir "
+                        f"{data_dir})")
+
+
+def frequency_order(labels, num_classes):
+    """Classes from most to least frequent in ``labels``; ties by class index (a stable sort)."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes)
+    return np.argsort(-counts, kind="stable")
+
+
+def frequency_rank(labels, num_classes):
+    """``rank[c]``: class c's position by descending frequency (0 = most frequent)."""
+    rank = np.empty(num_classes, dtype=np.int64)
+    rank[frequency_order(labels, num_classes)] = np.arange(num_classes)
+    return rank

@@ -1,0 +1,98 @@
+"""The ImageNet-LT / Places-LT / iNat recipes (SPEC 5, 6) as shipped configs: values, models built
+on the meta device, and the Places parameter groups and schedule."""
+import pytest
+import torch
+
+import model as models
+import model.loss as losses
+from model.pretrained import apply_config_pretrained
+from tests.helpers import ROOT
+from trainer.optim import build_lr_scheduler, build_optimizer
+from utils.errors import UserError
+from utils.parse_config import ConfigParser, read_json
+
+RECIPES = {  # config: (arch, classes, batch, lr, wd, epochs, tau, parameters with 3 experts)
+    "imagenet_lt_resnext50": ("ResNeXt50Model", 1000, 64, 0.025, 5e-4, 180, 2, 42_889_024),
+    "places_lt_resnet152": ("ResNet152Model", 365, 128, 0.01, 4e-4, 30, 1, 171_543_616),
+    "inat2018_resnet50": ("ResNet50Model", 8142, 512, 0.2, 2e-4, 100, 1, 76_587_584),
+}
+
+
+def load(name):
+    path = ROOT / "configs" / f"config_{name}.json"
+    return ConfigParser(read_json(path), source=path)
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+@pytest.mark.parametrize("method", ["tade", "softmax"])
+def test_training_configs(name, method):
+    arch, classes, batch, lr, wd, epochs, tau, count = RECIPES[name]
+    cfg = load(f"{name}_{method}")
+    assert cfg["arch"]["type"] == arch and cfg["arch"]["args"]["num_classes"] == classes
+    assert cfg["data_loader"]["args"]["batch_size"] == batch and cfg["trainer"]["epochs"] == epochs
+    assert cfg["optimizer"]["args"] == {"lr": lr, "weight_decay": wd, "momentum": 0.9, "nesterov": True}
+    assert "{name}" in cfg["data_loader"]["args"]["test_distribution_txt"]
+    with torch.device("meta"):
+        net = cfg.init_obj("arch", models)
+    n = sum(p.numel() for p in net.parameters())
+    criterion = cfg.init_obj("loss", losses, cls_num_list=[10] * classes)
+    if method == "tade":
+        assert net.num_experts == 3 and n == count and criterion.tau == tau
+    else:
+        assert net.num_experts == 1 and type(criterion).__name__ == "CrossEntropyLoss"
+
+
+def test_imagenet_and_inat_schedules():
+    cfg = load("imagenet_lt_resnext50_tade")
+    assert cfg["lr_scheduler"] == {"type": "CosineAnnealingLR", "args": {"T_max": 180, "eta_min": 0}}
+    cfg = load("inat2018_resnet50_tade")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    sched = build_lr_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.04) and lrs[4] == pytest.approx(0.2) and lrs[59] == pytest.approx(0.2)
+    assert lrs[60] == pytest.approx(0.02) and lrs[80] == pytest.approx(0.002)
+
+
+def test_places_parameter_groups_and_schedule():
+    cfg = load("places_lt_resnet152_tade")
+    assert cfg["optimizer"]["backbone_lr"] == 0.001 and cfg["arch"]["pretrained"]
+    with torch.device("meta"):
+        net = cfg.init_obj("arch", models)
+    opt = build_optimizer(cfg, net)
+    heads, rest = opt.param_groups
+    assert heads["lr"] == 0.01 and rest["lr"] == 0.001
+    assert sum(p.numel() for p in heads["params"]) == 3 * 2048 * 365
+    assert sum(p.numel() for p in rest["params"]) == 171_543_616 - 3 * 2048 * 365
+    assert heads["weight_decay"] == rest["weight_decay"] == 4e-4 and rest["nesterov"]
+    sched = build_lr_scheduler(cfg, opt)
+    seen = {}
+    for epoch in range(30):
+        seen[epoch] = [g["lr"] for g in opt.param_groups]
+        opt.step()  # no gradients: changes nothing, keeps the scheduler's order check quiet
+        sched.step()
+    assert seen[0] == pytest.approx([0.01, 0.001]) and seen[9] == pytest.approx([0.01, 0.001])
+    assert seen[10] == pytest.approx([0.001, 0.0001]) and seen[29] == pytest.approx([0.0001, 0.00001])
+
+
+def test_backbone_lr_and_pretrained_errors():
+    cfg = ConfigParser({"arch": {"type": "ResNet32Model", "args": {}, "pretrained": "x.pth"},
+                        "optimizer": {"type": "SGD", "args": {"lr": 0.1}, "backbone_lr": "slow"}}, source="c.json")
+    net = cfg.init_obj("arch", models)
+    with pytest.raises(UserError, match="optimizer.backbone_lr must be a non-negative number"):
+        build_optimizer(cfg, net)
+    with pytest.raises(UserError, match="arch.pretrained needs an ImageNet-scale model"):
+        apply_config_pretrained(cfg, net)
+
+
+@pytest.mark.parametrize("name, lr, wd, entropy", [
+    ("imagenet_lt", 0.025, 5e-4, 0), ("places_lt", 0.01, 4e-4, 0), ("inat", 0.2, 2e-4, 0.01)])
+def test_test_time_configs(name, lr, wd, entropy):
+    tt = read_json(ROOT / "configs" / f"test_time_{name}_tade.json")["test_time"]
+    assert tt["optimizer"] == {"type": "SGD", "args": {"lr": lr, "momentum": 0.9, "nesterov": True,
+                                                       "weight_decay": wd}}
+    assert (tt["epochs"], tt["batch_size"], tt["stop_weight"], tt["entropy_weight"]) == (5, 128, 0.05, entropy)
+    assert tt["augmentation"] == {"crop_scale": [0.2, 1.0], "blur_p": 0.5}

@@ -1,0 +1,73 @@
+"""train.py -> test.py end to end on generated list data (32-px JPEGs, 2 persistent workers, the
+test-distribution lists written by the tool): resume equal to an uninterrupted run, evaluation of
+every list, and an unreadable image as a one-line error. (test_train.py joins once it is merged.)
+"""
+import functools
+import json
+import re
+
+import torch
+
+from data_txt.make_test_distributions import main as tool_main
+from tests.helpers import run_script as _run_script
+from tests.helpers import write_config
+from tests.list_data import small_list_config, write_list_dataset
+
+# One intra-op thread: on a shared 2-core machine two threads per tiny step are many times slower.
+run_script = functools.partial(_run_script, env={"OMP_NUM_THREADS": "1"})
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def message_lines(stderr):
+    """stderr without the progress bar (tqdm writes it there, redrawn and cleared) and blank lines."""
+    lines = (line.rsplit("\r", 1)[-1] for line in stderr.split("\n"))
+    return [line for line in lines if line.strip() and not re.match(r"epoch \d+/\d+: .*it/s\]$", line)]
+
+
+def test_train_resume_and_evaluate_on_the_distribution_lists(tmp_path):
+    lists = write_list_dataset(tmp_path / "data")
+    tool_main(["--train", str(lists["train_txt"]), "--test", str(lists["test_txt"]), "--out", str(tmp_path / "dist"),
+               "--ratios", "5", "2"])
+    pattern = str(tmp_path / "dist" / "test_{name}.txt")
+    cfg = write_config(tmp_path / "c.json", small_list_config(lists, tmp_path / "saved", epochs=2, num_workers=2,
+                                                              loader="PlacesLTDataLoader",
+                                                              test_distribution_txt=pattern))
+    full = run_script("train.py", "-c", cfg, "--run_id", "full", "-d", "cpu")
+    assert full.returncode == 0, full.stderr[-3000:]
+    run = tmp_path / "saved" / "small_list" / "full"
+    log = (run / "info.log").read_text()
+    assert "relabelled by descending training frequency" in log and "35 training images, 5 classes" in log
+    half = run_script("train.py", "-c", cfg, "--run_id", "half", "-d", "cpu", "--epochs", "1")
+    assert half.returncode == 0, half.stderr[-3000:]
+    resumed = run_script("train.py", "-r", tmp_path / "saved" / "small_list" / "half" / "last.pth", "--epochs", "2",
+                         "-d", "cpu")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = weights(run / "last.pth"), weights(tmp_path / "saved" / "small_list" / "half" / "last.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    out = tmp_path / "eval.json"
+    proc = run_script("test.py", "-r", run / "last.pth", "--out", out, "--macs", "-d", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MACs per image (ResNet32Model, 3 expert(s), 32 px)" in proc.stdout
+    results = json.loads(out.read_text())["distributions"]
+    assert list(results) == ["forward5", "forward2", "uniform", "backward2", "backward5"]
+    sizes = {name: len((tmp_path / "dist" / f"test_{name}.txt").read_text().splitlines()) for name in results}
+    assert {name: m["num_images"] for name, m in results.items()} == sizes
+    assert sizes["uniform"] == 20 and sizes["forward5"] == 8
+
+
+def test_unreadable_image_in_a_worker_is_one_line(tmp_path):
+    lists = write_list_dataset(tmp_path / "data")
+    first = lists["train_txt"].read_text().split()[0]
+    (lists["data_dir"] / first).write_bytes(b"\xff\xd8 truncated")
+    cfg = write_config(tmp_path / "c.json", small_list_config(lists, tmp_path / "saved", num_workers=2))
+    proc = run_script("train.py", "-c", cfg, "--run_id", "x", "-d", "cpu")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = message_lines(proc.stderr)
+    assert len(lines) == 1, lines
+    for fragment in ("error: cannot read image", str(lists["data_dir"] / first), f"{lists['train_txt']}, line 1"):
+        assert fragment in lines[0], lines[0]
