@@ -78,6 +78,20 @@ def scaled_overrides(config, budget):
     return sets
 
 
+def longest_prefix(name, candidates):
+    """The longest candidate that ``name`` starts with (``inat`` for ``inat2018_resnet50``)."""
+    matches = [c for c in candidates if name.startswith(c)]
+    return max(matches, key=len) if matches else None
+
+
+def test_time_config(dataset):
+    families = [p.name[len("test_time_"):-len("_tade.json")] for p in (ROOT / "configs").glob("test_time_*_tade.json")]
+    family = longest_prefix(dataset, families)
+    if family is None:
+        sys.exit(f"--dataset {dataset}: no configs/test_time_<family>_tade.json matches")
+    return ROOT / "configs" / f"test_time_{family}_tade.json"
+
+
 def run(cmd, log):
     """Run a step, appending its output to ``log``; exit with its message if it fails."""
     with open(log, "a") as f:
@@ -140,8 +154,7 @@ def evaluate(args, method, run_dir, log):
     if method == "tade":
         tt_json = run_dir / "test_time_last.json"
         if not tt_json.is_file():
-            family = args.dataset.split("_ir")[0]
-            run([sys.executable, "test_train.py", "-c", ROOT / "configs" / f"test_time_{family}_tade.json", "-r",
+            run([sys.executable, "test_train.py", "-c", test_time_config(args.dataset), "-r",
                  run_dir / "last.pth", *common], log)
         results = {"tade_no_tt": results["tade"], "tade": json.loads(tt_json.read_text())["distributions"]}
     return results, macs_file.read_text().strip()
@@ -157,7 +170,7 @@ def column_label(name):
 def markdown_table(args, rows, names):
     head = ["method", *[column_label(n) for n in names], "GMACs", "train time", "images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    published = PUBLISHED.get(args.dataset, {})
+    published = PUBLISHED.get(longest_prefix(args.dataset, PUBLISHED), {})
     for key, (dists, macs, seconds, rate) in rows.items():
         measured = [f"{100 * dists[n]['top1']:.1f}" if n in dists else "" for n in names]
         time_text = f"{seconds / 60:.1f} min" if seconds else ""
@@ -172,7 +185,8 @@ def markdown_table(args, rows, names):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="e.g. cifar100_ir100, cifar10_ir100")
+    p.add_argument("--dataset", required=True,
+                   help="configs/config_<dataset>_<method>.json, e.g. cifar100_ir100, imagenet_lt_resnext50")
     p.add_argument("--methods", default="softmax,ride,tade")
     p.add_argument("--epochs", type=int, required=True, help="epoch budget per method")
     p.add_argument("--data_dir")

@@ -44,7 +44,10 @@ def small_cifar_config(data_dir, save_dir, epochs=1, num_experts=3, loss="Divers
 
 def run_script(script, *args, cwd=None, timeout=600, env=None):
     """Run one of the entry points in a fresh interpreter; returns CompletedProcess (text)."""
+    # One intra-op thread per script: tiny models gain nothing from more, and it keeps runs that
+    # overlap (torchrun tests, a busy CI host) from oversubscribing the cores.
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    full_env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 

@@ -24,7 +24,7 @@ def load(name):
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
-@pytest.mark.parametrize("method", ["tade", "softmax"])
+@pytest.mark.parametrize("method", ["tade", "softmax", "ride"])
 def test_training_configs(name, method):
     arch, classes, batch, lr, wd, epochs, tau, count = RECIPES[name]
     cfg = load(f"{name}_{method}")
@@ -38,6 +38,9 @@ def test_training_configs(name, method):
     criterion = cfg.init_obj("loss", losses, cls_num_list=[10] * classes)
     if method == "tade":
         assert net.num_experts == 3 and n == count and criterion.tau == tau
+    elif method == "ride":
+        assert net.num_experts == 3 and n == count and type(criterion).__name__ == "RIDELoss"
+        assert 0 < criterion.reweight_epoch < epochs and criterion.additional_diversity_factor == -0.2
     else:
         assert net.num_experts == 1 and type(criterion).__name__ == "CrossEntropyLoss"
 

@@ -1,6 +1,6 @@
 """train.py -> test.py end to end on generated list data (32-px JPEGs, 2 persistent workers, the
 test-distribution lists written by the tool): resume equal to an uninterrupted run, evaluation of
-every list, and an unreadable image as a one-line error. (test_train.py joins once it is merged.)
+every list, test-time aggregation on every list, and an unreadable image as a one-line error.
 """
 import functools
 import json
@@ -10,7 +10,7 @@ import torch
 
 from data_txt.make_test_distributions import main as tool_main
 from tests.helpers import run_script as _run_script
-from tests.helpers import write_config
+from tests.helpers import ROOT, write_config
 from tests.list_data import small_list_config, write_list_dataset
 
 # One intra-op thread: on a shared 2-core machine two threads per tiny step are many times slower.
@@ -57,6 +57,18 @@ def test_train_resume_and_evaluate_on_the_distribution_lists(tmp_path):
     sizes = {name: len((tmp_path / "dist" / f"test_{name}.txt").read_text().splitlines()) for name in results}
     assert {name: m["num_images"] for name, m in results.items()} == sizes
     assert sizes["uniform"] == 20 and sizes["forward5"] == 8
+
+    tt_config = json.loads(open(ROOT / "configs" / "test_time_places_lt_tade.json").read())
+    tt_config["test_time"].update(num_workers=0, batch_size=8, epochs=2)
+    tt = write_config(tmp_path / "tt.json", tt_config)
+    tt_out = tmp_path / "tt_out.json"
+    proc = run_script("test_train.py", "-c", tt, "-r", run / "last.pth", "--out", tt_out, "-d", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    adapted = json.loads(tt_out.read_text())["distributions"]
+    assert list(adapted) == list(results)
+    for name, m in adapted.items():
+        assert m["num_images"] == sizes[name] and len(m["weights"]) == 3 and 1 <= m["epochs_run"] <= 2
+        assert m["top1_average"] == results[name]["top1"]  # the plain average is test.py's figure
 
 
 def test_unreadable_image_in_a_worker_is_one_line(tmp_path):
