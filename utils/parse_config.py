@@ -190,6 +190,15 @@ class ConfigParser:
             raise UserError(f"run folder {run_dir} is not writable")
         return run_dir
 
+    @staticmethod
+    def discard_run_dir_if_empty(run_dir):
+        """A new run that failed before writing anything leaves no folder behind (so the same
+        ``--run_id`` can be used again); a folder holding anything is kept."""
+        try:
+            Path(run_dir).rmdir()
+        except OSError:
+            pass
+
     def save(self, path=None):
         write_json(self.config, path or self.run_dir / "config.json")
 
