@@ -73,8 +73,8 @@ def resolve_config(args, runtime):
         from pathlib import Path
         cfg.run_dir = Path(args.resume).resolve().parent
     elif runtime.is_main:
-        cfg.run_dir = ConfigParser.new_run_dir(config["trainer"].get("save_dir", "saved"), config.get("name", "run"),
-                                               args.run_id)
+        cfg.run_dir, cfg.created_dirs = ConfigParser.create_run_dir(config["trainer"].get("save_dir", "saved"),
+                                                                    config.get("name", "run"), args.run_id)
     return cfg
 
 
@@ -110,8 +110,8 @@ def main(argv=None):
             logger.info("finished: %s (last epoch), model_best.pth (best on the evaluation split)",
                         config.run_dir / "last.pth")
     except BaseException:
-        if config is not None and args.resume is None and config.run_dir is not None:
-            ConfigParser.discard_run_dir_if_empty(config.run_dir)
+        if config is not None:
+            config.discard_new_run_dir()
         raise
     finally:
         teardown_runtime(runtime)

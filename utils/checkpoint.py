@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from utils.errors import UserError
+from utils.safe_pickle import numpy_reconstructors
 
 # Modules whose names in a pickle mean "run code", even when spelled like a class. (Safety does
 # not rest on this list: a placeholder runs nothing whatever its name. The list decides which
@@ -154,33 +155,11 @@ def _is_inert_class_name(full_name):
 
 
 def _data_reconstructors():
-    """Names that real checkpoints contain, mapped to objects that only interpret data.
-
-    - numpy ``scalar(dtype, bytes)`` builds one number; ``_reconstruct(ndarray, shape, dtype)``
-      allocates an empty array and accepts only ndarray subclasses (ndarray itself is the only one
-      reachable: placeholders are not ndarray subclasses); ``ndarray.__setstate__`` then fills it
-      from bytes, or for object arrays from a list that this same restricted unpickler built;
-      ``dtype(code, align, copy)`` parses a type code. numpy 1.x spells ``numpy.core``, 2.x
-      ``numpy._core``; both map to the installed functions. A dtype's state is restored by BUILD,
-      which torch allows only for listed types, hence the ``numpy.dtypes`` classes (values only).
-    - ``pathlib`` concrete paths map to the *pure* path classes: same value, no file-system access.
-    """
+    """Names that real checkpoints contain, mapped to objects that only interpret data: numpy
+    scalars, arrays and dtypes (see ``utils.safe_pickle.numpy_reconstructors``), and ``pathlib``
+    concrete paths mapped to the *pure* path classes (same value, no file-system access)."""
     import pathlib
-
-    import numpy as np
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray
-    table = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
-    for name in dir(dtypes) if dtypes is not None else ():
-        cls = getattr(dtypes, name)
-        if name.endswith("DType") and isinstance(cls, type) and issubclass(cls, np.dtype):
-            table[f"numpy.dtypes.{name}"] = cls
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[f"{mod}.scalar"] = multiarray.scalar
-        table[f"{mod}._reconstruct"] = multiarray._reconstruct
+    table = numpy_reconstructors()
     for mod in ("pathlib", "pathlib._local"):
         for name, cls in (("PosixPath", pathlib.PurePosixPath), ("PurePosixPath", pathlib.PurePosixPath),
                           ("WindowsPath", pathlib.PureWindowsPath), ("PureWindowsPath", pathlib.PureWindowsPath)):

@@ -110,6 +110,7 @@ class ConfigParser:
         self.source = str(source)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.resume = Path(resume) if resume is not None else None
+        self.created_dirs = []  # folders made for a new run (removed again if it fails before writing)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -178,26 +179,45 @@ class ConfigParser:
     # -- run folder -----------------------------------------------------------------------------
     @staticmethod
     def new_run_dir(save_dir, name, run_id=None):
+        return ConfigParser.create_run_dir(save_dir, name, run_id)[0]
+
+    @staticmethod
+    def create_run_dir(save_dir, name, run_id=None):
+        """Create ``save_dir/name/run_id`` (refusing an existing one); returns it and the folders
+        this call created, deepest first (see ``discard_new_run_dir``)."""
         run_id = run_id or datetime.now().strftime("%m%d_%H%M%S")
         run_dir = Path(save_dir) / name / run_id
         if run_dir.exists():
             raise UserError(f"run folder {run_dir} already exists; choose another --run_id, or resume with -r")
+        created = []
+        for folder in (run_dir, *run_dir.parents):
+            if folder.exists() or folder.is_symlink():
+                break
+            created.append(folder)
         try:
             run_dir.mkdir(parents=True)
+        except FileExistsError:
+            if run_dir.is_dir():
+                raise UserError(f"run folder {run_dir} already exists; choose another --run_id, or resume with -r")
+            raise UserError(f"cannot create run folder {run_dir}: a file is in the way (save_dir must be a folder)")
+        except NotADirectoryError:
+            raise UserError(f"cannot create run folder {run_dir}: a file is in the way (save_dir must be a folder)")
         except OSError as e:
             raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}")
         if not os.access(run_dir, os.W_OK):
+            for folder in created:
+                folder.rmdir()
             raise UserError(f"run folder {run_dir} is not writable")
-        return run_dir
+        return run_dir, created
 
-    @staticmethod
-    def discard_run_dir_if_empty(run_dir):
+    def discard_new_run_dir(self):
         """A new run that failed before writing anything leaves no folder behind (so the same
-        ``--run_id`` can be used again); a folder holding anything is kept."""
-        try:
-            Path(run_dir).rmdir()
-        except OSError:
-            pass
+        ``--run_id`` works again): the folders ``create_run_dir`` made are removed if still empty."""
+        for folder in self.created_dirs:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep what holds anything
+                break
 
     def save(self, path=None):
         write_json(self.config, path or self.run_dir / "config.json")
