@@ -86,7 +86,7 @@ def main(argv=None):
     try:
         config = resolve_config(args, runtime)
         logger = setup_logging(config.run_dir, runtime.is_main)
-        seed_everything(int(config["seed"]))
+        seed_everything(config.get_int("seed"))
         data = config.init_obj("data_loader", data_loader)
         net = config.init_obj("arch", models)
         criterion = config.init_obj("loss", losses, cls_num_list=data.cls_num_list).to(runtime.device)

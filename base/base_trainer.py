@@ -28,8 +28,8 @@ class BaseTrainer:
         self.runtime = runtime
         self.logger = logging.getLogger("train")
         cfg = config["trainer"]
-        self.epochs = int(cfg["epochs"])
-        self.save_period = int(cfg.get("save_period", 0) or 0)
+        self.epochs = config.get_int("trainer.epochs", minimum=0)
+        self.save_period = config.get_int("trainer.save_period", 0, minimum=0) if cfg.get("save_period") else 0
         self.run_dir = config.run_dir
         self.start_epoch = 0
         monitor = cfg.get("monitor", "max val_accuracy")

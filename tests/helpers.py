@@ -59,3 +59,60 @@ def assert_one_line_error(proc, *fragments):
     for fragment in fragments:
         assert str(fragment) in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def tiny_cifar_config(data_dir, save_dir, epochs=1):
+    """``small_cifar_config`` shrunk further (101 training images, 4 steps an epoch): for tests that
+    train several times, e.g. to kill and resume a run. Use with ``write_cifar100(train_per_class=2,
+    test_per_class=1)``."""
+    config = small_cifar_config(data_dir, save_dir, epochs=epochs)
+    config["data_loader"]["args"].update(img_max=2, imb_factor=0.5)
+    return config
+
+
+def snapshot(folder):
+    """Every path under ``folder`` with size, mtime and content hash: equal snapshots mean nothing
+    was created, changed or removed."""
+    import hashlib
+    state = {}
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            state[str(p)] = (st.st_size, st.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+        else:
+            state[str(p)] = "dir"
+    return state
+
+
+def run_entry(script, argv, capfd):
+    """Run an entry point's ``main(argv)`` in this process (much faster than a fresh interpreter);
+    returns (exit code, stdout, stderr). ``cli_entry`` turns errors into SystemExit like a real run."""
+    import importlib
+    import logging
+    module = importlib.import_module(Path(script).stem)
+    capfd.readouterr()
+    try:
+        module.main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        for name in ("train", "test"):
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                handler.close()
+                logger.removeHandler(handler)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, *fragments):
+    """Exit code 2, exactly one line on stderr, no traceback, naming every fragment."""
+    assert code == 2, (code, err[-2000:])
+    err = err.strip()
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert str(fragment) in lines[0], (fragment, lines[0])
+    return lines[0]

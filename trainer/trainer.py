@@ -21,10 +21,10 @@ class Trainer(BaseTrainer):
     def __init__(self, model, criterion, optimizer, lr_scheduler, config, runtime, data, scaler=None):
         self.data = data
         cfg = config["trainer"]
-        self.seed = int(config.get("seed", 0))
-        self.refresh_every = int(cfg.get("log_step", 20))
+        self.seed = config.get_int("seed", 0)
+        self.refresh_every = config.get_int("trainer.log_step", 20, minimum=1)
         self.perf = Performance.from_config(cfg, config.source)
-        self.valid_period = int(cfg.get("valid_period", 1))
+        self.valid_period = config.get_int("trainer.valid_period", 1)
         super().__init__(model, criterion, optimizer, lr_scheduler, config, runtime, scaler=scaler)
         self.shot_masks = data.shot_masks()
 

@@ -140,6 +140,16 @@ class ConfigParser:
     def get(self, key_path, default=None):
         return get_by_path(self.config, key_path, default)
 
+    def get_int(self, key_path, default=None, minimum=None):
+        """An integer setting; anything else ("ten", 2.5, true) is a UserError naming the key."""
+        value = get_by_path(self.config, key_path, default)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+            bound = f" >= {minimum}" if minimum is not None else ""
+            raise UserError(f"config {self.source}: {key_path} is {value!r}: expected an integer{bound}")
+        return value
+
     # -- building objects -----------------------------------------------------------------------
     def _lookup(self, name, modules):
         section = self[name]
@@ -164,17 +174,45 @@ class ConfigParser:
             raise ValueError(f"init_obj('{name}'): code arguments {sorted(clash)} would override config keys")
         config_args.update(kwargs)
         try:
-            inspect.signature(cls).bind(*args, **config_args)
+            signature = inspect.signature(cls)
+            signature.bind(*args, **config_args)
         except TypeError as e:
             raise UserError(f"config {self.source}: {name}.args do not fit {cls.__name__}: {e}")
         except ValueError:  # builtins without a signature
-            pass
+            signature = None
+        if signature is not None:
+            self._check_scalar_types(name, cls, signature, section.get("args") or {})
         try:
             return cls(*args, **config_args)
         except UserError:
             raise
         except (TypeError, ValueError) as e:
             raise UserError(f"config {self.source}: {name}.args rejected by {cls.__name__}: {e}")
+
+    def _check_scalar_types(self, name, cls, signature, config_args):
+        """A string where the constructor's default is a number or a boolean ("lr": "fast") is
+        refused with the key and the expected type, instead of failing deep inside the class."""
+        defaults = {k: p.default for k, p in signature.parameters.items()}
+        for base in cls.__mro__[1:] if isinstance(cls, type) else ():  # arguments passed on via **kwargs
+            if "__init__" in vars(base) and base is not object:
+                try:
+                    params = inspect.signature(base.__init__).parameters
+                except (TypeError, ValueError):
+                    continue
+                for k, p in params.items():
+                    defaults.setdefault(k, p.default)
+        for key, value in config_args.items():
+            if key not in defaults or not isinstance(value, str):
+                continue
+            default = defaults[key]
+            if isinstance(default, bool):
+                expected = "true or false"
+            elif isinstance(default, (int, float)):
+                expected = "a number"
+            else:
+                continue
+            raise UserError(f"config {self.source}: {name}.args.{key} is {value!r}: expected {expected} "
+                            f"({cls.__name__}'s default is {default!r})")
 
     # -- run folder -----------------------------------------------------------------------------
     @staticmethod
