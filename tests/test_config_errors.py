@@ -177,9 +177,12 @@ def trained_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     data = write_cifar100(root / "cifar", train_per_class=2, test_per_class=1)
     cfg = write_config(root / "c.json", tiny_cifar_config(data, root / "saved"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine running the tests may be shared: no oversubscription
     try:
         train.main(["-c", str(cfg), "--run_id", "one", "-d", "cpu"])
     finally:
+        torch.set_num_threads(threads)
         import logging
         logger = logging.getLogger("train")
         for handler in list(logger.handlers):
