@@ -106,12 +106,23 @@ def save_checkpoint(obj, path, copies=()):
     _fsync_dir(path.parent)
 
 
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
 def remove_stale_temp_files(folder):
-    """Delete temporary checkpoint files that a killed process left in ``folder`` (not ours)."""
+    """Delete temporary files that a killed save left in ``folder`` (``.NAME.tmpPID`` whose
+    process no longer runs)."""
     removed = []
     for p in Path(folder).glob(".*.tmp*"):
         m = _TMP_PATTERN.match(p.name)
-        if m and int(m.group(1)) != os.getpid() and p.is_file():
+        if m and int(m.group(1)) != os.getpid() and p.is_file() and not _process_alive(int(m.group(1))):
             _unlink_quietly(p)
             removed.append(p)
     return removed
