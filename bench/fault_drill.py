@@ -179,7 +179,7 @@ def main():
             killed = names is not None
         else:
             killed = kill_at(proc, progress, target, startup_s, epoch_s)
-            what = (f"at ~{target:.2f} epochs ({time.monotonic() - t_start:.1f} s after start)" if killed
+            what = (f"aimed at {target:.2f} epochs of progress, {time.monotonic() - t_start:.1f} s after start" if killed
                     else f"planned at {target:.2f} epochs, but the run ended first")
         try:
             after = checkpoint_epoch(last)
