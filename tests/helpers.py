@@ -86,12 +86,26 @@ def snapshot(folder):
     return state
 
 
+_ENTRY_MODULES = {}
+
+
+def _entry_module(script):
+    """Load an entry point by its file (``test.py`` must not resolve to the standard library's
+    ``test`` package)."""
+    import importlib.util
+    if script not in _ENTRY_MODULES:
+        spec = importlib.util.spec_from_file_location(f"_entry_{Path(script).stem}", ROOT / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _ENTRY_MODULES[script] = module
+    return _ENTRY_MODULES[script]
+
+
 def run_entry(script, argv, capfd):
     """Run an entry point's ``main(argv)`` in this process (much faster than a fresh interpreter);
     returns (exit code, stdout, stderr). ``cli_entry`` turns errors into SystemExit like a real run."""
-    import importlib
     import logging
-    module = importlib.import_module(Path(script).stem)
+    module = _entry_module(script)
     capfd.readouterr()
     try:
         module.main([str(a) for a in argv])
