@@ -68,8 +68,8 @@ def resolve_config(args, runtime):
         from pathlib import Path
         cfg.run_dir = Path(args.resume).resolve().parent
     elif runtime.is_main:
-        cfg.run_dir = ConfigParser.new_run_dir(config["trainer"].get("save_dir", "saved"), config.get("name", "run"),
-                                               args.run_id)
+        cfg.run_dir, cfg.created_dirs = ConfigParser.create_run_dir(config["trainer"].get("save_dir", "saved"),
+                                                                    config.get("name", "run"), args.run_id)
     return cfg
 
 
@@ -77,10 +77,11 @@ def resolve_config(args, runtime):
 def main(argv=None):
     args = parse_args(argv)
     runtime = setup_runtime(args.device)
+    config = None
     try:
         config = resolve_config(args, runtime)
         logger = setup_logging(config.run_dir, runtime.is_main)
-        seed_everything(int(config["seed"]))
+        seed_everything(config.get_int("seed"))
         data = config.init_obj("data_loader", data_loader)
         net = config.init_obj("arch", models)
         if args.resume is None:
@@ -93,17 +94,22 @@ def main(argv=None):
         scaler = None
         if config.get("trainer.autocast") in ("fp16", "float16") and runtime.device.type == "cuda":
             scaler = torch.amp.GradScaler("cuda")
+        # Resuming happens here: a refused checkpoint stops before any file of the run is written.
+        trainer = Trainer(net, criterion, optimizer, scheduler, config, runtime, data, scaler=scaler)
         if runtime.is_main:
             config.save()
             n_params = sum(p.numel() for p in net.parameters())
             logger.info("run folder %s | %s, %d parameters | %d training images, %d classes | device %s%s",
                         config.run_dir, config["arch"]["type"], n_params, len(data.train_set), data.num_classes,
                         runtime.device, f" x {runtime.world_size} processes" if runtime.distributed else "")
-        trainer = Trainer(net, criterion, optimizer, scheduler, config, runtime, data, scaler=scaler)
         trainer.train()
         if runtime.is_main:
             logger.info("finished: %s (last epoch), model_best.pth (best on the evaluation split)",
                         config.run_dir / "last.pth")
+    except BaseException:
+        if config is not None:
+            config.discard_new_run_dir()
+        raise
     finally:
         teardown_runtime(runtime)
 

@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.errors import UserError
+from utils.checkpoint import load_checkpoint, load_model_weights, remove_stale_temp_files, save_checkpoint
+from utils.errors import Interrupted, UserError, sigint_deferred
 from utils.runtime import unwrap
 from utils.seed import get_rng_state, set_rng_state
 
@@ -28,8 +28,8 @@ class BaseTrainer:
         self.runtime = runtime
         self.logger = logging.getLogger("train")
         cfg = config["trainer"]
-        self.epochs = int(cfg["epochs"])
-        self.save_period = int(cfg.get("save_period", 0) or 0)
+        self.epochs = config.get_int("trainer.epochs", minimum=0)
+        self.save_period = config.get_int("trainer.save_period", 0, minimum=0) if cfg.get("save_period") else 0
         self.run_dir = config.run_dir
         self.start_epoch = 0
         monitor = cfg.get("monitor", "max val_accuracy")
@@ -45,12 +45,13 @@ class BaseTrainer:
                 raise UserError(f"config {config.source}: trainer.monitor mode must be min or max, got "
                                 f"{self.mnt_mode!r}")
         self.mnt_best = -math.inf if self.mnt_mode == "max" else math.inf
+        self.last_saved_epoch = 0  # epochs held by last.pth
+        if config.resume is not None:  # first, so that a refused checkpoint leaves the run folder as it was
+            self._resume_checkpoint(config.resume)
         self.writer = None
         if runtime.is_main and cfg.get("tensorboard", True):
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=str(self.run_dir))
-        if config.resume is not None:
-            self._resume_checkpoint(config.resume)
 
     def _train_epoch(self, epoch):
         raise NotImplementedError
@@ -59,7 +60,14 @@ class BaseTrainer:
         raise NotImplementedError
 
     def train(self):
-        """Run epochs start_epoch..epochs-1; Ctrl-C saves ``last.pth`` of the last finished epoch."""
+        """Run epochs start_epoch..epochs-1.
+
+        ``last.pth`` always holds the last *finished* epoch: it is written once per epoch, after
+        validation, atomically. Ctrl-C stops at once and raises :class:`Interrupted` (exit 130)
+        naming that epoch; a Ctrl-C that arrives while an epoch is being saved waits for the save.
+        Resuming repeats the interrupted epoch from its start, exactly as the uninterrupted run.
+        """
+        epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, self.epochs):
                 log = {"epoch": epoch + 1}
@@ -69,11 +77,21 @@ class BaseTrainer:
                     self.lr_scheduler.step()
                 improved = self._update_monitor(log)
                 self._log_epoch(log)
-                self._save_epoch(epoch, improved)
+                with sigint_deferred():
+                    self._save_epoch(epoch, improved)
+        except KeyboardInterrupt:
+            raise Interrupted(self._interrupt_message(epoch)) from None
         finally:
             if self.writer is not None:
                 self.writer.close()
         return self.mnt_best
+
+    def _interrupt_message(self, epoch):
+        last = self.run_dir / "last.pth" if self.run_dir is not None else "last.pth"
+        if self.last_saved_epoch:
+            return (f"stopped in epoch {epoch + 1}; {last} holds epoch {self.last_saved_epoch}, "
+                    f"continue with: python train.py -r {last}")
+        return f"stopped in epoch {epoch + 1}, before any epoch finished; nothing was saved"
 
     def _update_monitor(self, log):
         if self.mnt_mode == "off":
@@ -117,12 +135,16 @@ class BaseTrainer:
         if not self.runtime.is_main:
             return
         state = self._checkpoint_state(epoch)
-        save_checkpoint(state, self.run_dir / "last.pth")
+        copies = []
         if self.save_period and (epoch + 1) % self.save_period == 0:
-            save_checkpoint(state, self.run_dir / f"checkpoint-epoch{epoch + 1}.pth")
+            copies.append(self.run_dir / f"checkpoint-epoch{epoch + 1}.pth")
         if improved:
             # Selected on the test split (CIFAR has no validation set): name it for what it is.
-            save_checkpoint(state, self.run_dir / "model_best.pth")
+            copies.append(self.run_dir / "model_best.pth")
+        # last.pth is renamed last: it is the commit point of the epoch (see save_checkpoint).
+        save_checkpoint(state, self.run_dir / "last.pth", copies=copies)
+        self.last_saved_epoch = epoch + 1
+        if improved:
             self.logger.info("model_best.pth: best %s so far on the evaluation split (%.4f)",
                              self.mnt_metric, self.mnt_best)
 
@@ -131,18 +153,56 @@ class BaseTrainer:
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"checkpoint {path} is not a training checkpoint of this framework; "
                             "to start from its weights, evaluate it with test.py instead")
-        from utils.checkpoint import load_model_weights
         load_model_weights(unwrap(self.model), ckpt["state_dict"], path)
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"checkpoint {path}: optimizer state does not fit the config's optimizer ({e})")
         if self.lr_scheduler is not None and ckpt.get("lr_scheduler"):
-            self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            try:
+                self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise UserError(f"checkpoint {path}: LR scheduler state does not fit the config's lr_scheduler ({e})")
+        changes = self._apply_configured_hyperparameters(configured)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch = int(ckpt["epoch"])
+        self.last_saved_epoch = self.start_epoch
         self.mnt_best = float(ckpt.get("monitor_best", self.mnt_best))
         set_rng_state(ckpt.get("rng"))
         if self.runtime.is_main:
-            self.logger.info("resumed from %s at epoch %d", path, self.start_epoch)
+            removed = remove_stale_temp_files(self.run_dir)
+            self.logger.info("resumed from %s at epoch %d%s%s", path, self.start_epoch,
+                             f"; config changes: {', '.join(changes)}" if changes else "",
+                             f"; removed {len(removed)} temporary file(s) of a killed save" if removed else "")
+
+    def _apply_configured_hyperparameters(self, configured):
+        """After loading the optimizer state, let the resolved config win for hyperparameters.
+
+        ``optimizer.load_state_dict`` restores the checkpoint's lr, momentum, weight decay...; a
+        value changed in the config on resume (``--lr``, ``--set optimizer.args.weight_decay=...``)
+        would be ignored silently. The schedule keeps its position: a new base lr rescales the
+        current lr by new/old base (exact for multiplicative schedules: warmup-step, step,
+        multi-step, exponential, cosine to 0). Unchanged values are left untouched, so a plain
+        resume is bit for bit the uninterrupted run.
+        """
+        changes = []
+        base_lrs = getattr(self.lr_scheduler, "base_lrs", None)
+        for i, (group, wanted) in enumerate(zip(self.optimizer.param_groups, configured)):
+            base_key = "initial_lr" if "initial_lr" in wanted and "initial_lr" in group else "lr"
+            old, new = group[base_key], wanted[base_key]
+            if old != new:
+                if base_key == "initial_lr":
+                    group["lr"] = group["lr"] * (new / old) if old else new
+                    group["initial_lr"] = new
+                    if base_lrs is not None and i < len(base_lrs):
+                        base_lrs[i] = new
+                else:
+                    group["lr"] = new
+                changes.append(f"group {i} lr {old:g} -> {new:g}")
+            for key, value in wanted.items():
+                if key not in ("lr", "initial_lr") and group.get(key) != value:
+                    changes.append(f"group {i} {key} {group.get(key)} -> {value}")
+                    group[key] = value
+        return changes

@@ -11,18 +11,20 @@ import numpy as np
 
 from data_loader.array_lt import ArrayLTDataModule
 from utils.errors import UserError
+from utils.safe_pickle import load_data_pickle
 
 
 def read_cifar_batch(path, label_key):
     """One pickle batch -> (N x 32 x 32 x 3 uint8, labels); bad files are a one-line UserError."""
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = load_data_pickle(f, encoding="latin1")  # resolves numpy names only: runs no code
     except FileNotFoundError:
         raise UserError(f"CIFAR file {path} is missing")
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
             IndexError, KeyError, OSError) as e:
-        raise UserError(f"CIFAR file {path} is truncated or not a CIFAR pickle ({type(e).__name__}: {e})")
+        raise UserError(f"CIFAR file {path} is truncated or not a CIFAR pickle ({type(e).__name__}: {e}); "
+                        "expected the standard python-version CIFAR batch")
     if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
         raise UserError(f"CIFAR file {path} is not a CIFAR batch: expected a dict with 'data' and '{label_key}'")
     data = np.asarray(entry["data"], dtype=np.uint8)

@@ -44,10 +44,9 @@ def small_cifar_config(data_dir, save_dir, epochs=1, num_experts=3, loss="Divers
 
 def run_script(script, *args, cwd=None, timeout=600, env=None):
     """Run one of the entry points in a fresh interpreter; returns CompletedProcess (text)."""
-    # One intra-op thread per script: tiny models gain nothing from more, and it keeps runs that
-    # overlap (torchrun tests, a busy CI host) from oversubscribing the cores.
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    full_env.setdefault("OMP_NUM_THREADS", "1")
+    # One intra-op thread unless asked otherwise: the tests' runs are tiny, and on a shared machine
+    # several threads per process only compete with each other.
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **{"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})})
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
@@ -68,3 +67,74 @@ def small_data_sets(data_dir):
     """train.py --set options that shrink a CIFAR-100 recipe to a generated folder (see small_cifar_config)."""
     return [f"data_loader.args.data_dir={data_dir}", "data_loader.args.img_max=10", "data_loader.args.imb_factor=0.1",
             "data_loader.args.batch_size=32", "data_loader.args.num_workers=0", "trainer.tensorboard=false"]
+
+
+def tiny_cifar_config(data_dir, save_dir, epochs=1):
+    """``small_cifar_config`` shrunk further (101 training images, 4 steps an epoch): for tests that
+    train several times, e.g. to kill and resume a run. Use with ``write_cifar100(train_per_class=2,
+    test_per_class=1)``."""
+    config = small_cifar_config(data_dir, save_dir, epochs=epochs)
+    config["data_loader"]["args"].update(img_max=2, imb_factor=0.5)
+    return config
+
+
+def snapshot(folder):
+    """Every path under ``folder`` with size, mtime and content hash: equal snapshots mean nothing
+    was created, changed or removed."""
+    import hashlib
+    state = {}
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            state[str(p)] = (st.st_size, st.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+        else:
+            state[str(p)] = "dir"
+    return state
+
+
+_ENTRY_MODULES = {}
+
+
+def _entry_module(script):
+    """Load an entry point by its file (``test.py`` must not resolve to the standard library's
+    ``test`` package)."""
+    import importlib.util
+    if script not in _ENTRY_MODULES:
+        spec = importlib.util.spec_from_file_location(f"_entry_{Path(script).stem}", ROOT / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _ENTRY_MODULES[script] = module
+    return _ENTRY_MODULES[script]
+
+
+def run_entry(script, argv, capfd):
+    """Run an entry point's ``main(argv)`` in this process (much faster than a fresh interpreter);
+    returns (exit code, stdout, stderr). ``cli_entry`` turns errors into SystemExit like a real run."""
+    import logging
+    module = _entry_module(script)
+    capfd.readouterr()
+    try:
+        module.main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        for name in ("train", "test"):
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                handler.close()
+                logger.removeHandler(handler)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, *fragments):
+    """Exit code 2, exactly one line on stderr, no traceback, naming every fragment."""
+    assert code == 2, (code, err[-2000:])
+    err = err.strip()
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert str(fragment) in lines[0], (fragment, lines[0])
+    return lines[0]

@@ -21,10 +21,10 @@ class Trainer(BaseTrainer):
     def __init__(self, model, criterion, optimizer, lr_scheduler, config, runtime, data, scaler=None):
         self.data = data
         cfg = config["trainer"]
-        self.seed = int(config.get("seed", 0))
-        self.refresh_every = int(cfg.get("log_step", 20))
+        self.seed = config.get_int("seed", 0)
+        self.refresh_every = config.get_int("trainer.log_step", 20, minimum=1)
         self.perf = Performance.from_config(cfg, config.source)
-        self.valid_period = int(cfg.get("valid_period", 1))
+        self.valid_period = config.get_int("trainer.valid_period", 1)
         super().__init__(model, criterion, optimizer, lr_scheduler, config, runtime, scaler=scaler)
         self.shot_masks = data.shot_masks()
 
@@ -48,8 +48,11 @@ class Trainer(BaseTrainer):
         seen = torch.zeros((), device=device, dtype=torch.int64)
         first_bad = torch.full((), -1, device=device, dtype=torch.int64)
         lr = self.optimizer.param_groups[0]["lr"]
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.runtime.is_main,
+        # The bar shows on a terminal only (disable=None): in a log file or a pipe it would be noise
+        # around the per-epoch log lines and one-line errors.
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", disable=None if self.runtime.is_main else True,
                    leave=False, dynamic_ncols=True)
+        self._steps_in_epoch = len(loader)
         start = time.perf_counter()
         for step, (x, y) in enumerate(bar):
             x, y = self._to_device(x, y)
@@ -82,10 +85,15 @@ class Trainer(BaseTrainer):
                 "images_per_s": float(totals[2]) / elapsed, "epoch_time_s": elapsed}
 
     def _check_finite(self, first_bad, epoch):
+        """Raise if a step's loss was NaN/inf (checked when the bar refreshes, so without a sync per
+        step). Nothing is saved in an epoch that raised: ``last.pth`` keeps the last good epoch."""
         bad = int(first_bad)
         if bad >= 0:
-            raise NonFiniteLossError(f"loss became non-finite at epoch {epoch + 1}, step {bad + 1}; training "
-                                     f"stopped, the last good checkpoint in {self.run_dir} is kept")
+            kept = (f"{self.run_dir / 'last.pth'} (epoch {self.last_saved_epoch}) is kept" if self.last_saved_epoch
+                    else "no checkpoint was written")
+            raise NonFiniteLossError(f"loss became non-finite at epoch {epoch + 1}, step {bad + 1} of "
+                                     f"{self._steps_in_epoch}; training stopped, {kept}; lower the learning "
+                                     f"rate (optimizer.args.lr) or check the data")
 
     @torch.inference_mode()
     def predict(self, loader):

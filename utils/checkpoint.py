@@ -1,75 +1,162 @@
 """Checkpoints as plain data: atomic writes, safe loading, and the reference release's format.
 
-Our checkpoints hold only tensors, numbers, strings, lists and dicts, so they load with
+Writing: a checkpoint goes to a temporary file in the same folder (``.NAME.tmpPID``), is flushed
+and fsynced, then renamed over ``NAME``. A kill at any moment leaves the previous file whole.
+
+Reading: our checkpoints hold only tensors, numbers, strings, lists and dicts, so they load with
 ``torch.load(weights_only=True)``. Checkpoints of the reference release also pickle a config
-object (``parse_config.ConfigParser`` holding ``pathlib`` paths). Those load through torch's
-restricted unpickler with each such class replaced by an inert placeholder: nothing named in the
-file is imported or executed. Any reference to a function (``os.system``, ``builtins.eval``...)
-is refused.
+object (``parse_config.ConfigParser`` holding ``pathlib`` paths) and numpy scalars. Those load
+through torch's restricted unpickler, which calls nothing but the objects we hand it:
+
+- names that look like classes (``module.CamelCase``) outside code-running modules become
+  :class:`InertPlaceholder` subclasses that only store their arguments and state; the module
+  named in the file is never imported;
+- numpy scalars/arrays/dtypes and ``pathlib`` paths map to real reconstructors that only
+  interpret data (see ``_data_reconstructors``);
+- anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ``torch.load``...) makes
+  the file refused, before anything is unpickled.
 """
+import io
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
 from utils.errors import UserError
+from utils.safe_pickle import numpy_reconstructors
 
-# Modules whose names in a pickle mean "run code", even when spelled like a class.
+# Modules whose names in a pickle mean "run code", even when spelled like a class. (Safety does
+# not rest on this list: a placeholder runs nothing whatever its name. The list decides which
+# files are refused outright, so that a payload is reported instead of silently neutralised.)
 _CODE_MODULES = {
     "builtins", "__builtin__", "os", "posix", "nt", "sys", "subprocess", "importlib", "runpy",
     "shutil", "socket", "pickle", "_pickle", "marshal", "code", "codeop", "types", "functools",
     "operator", "ctypes", "multiprocessing", "pty", "webbrowser", "io", "tempfile", "signal",
     "threading", "asyncio", "pdb", "timeit", "platform", "inspect", "ast", "copyreg", "torch",
     "numpy", "pydoc", "commands", "popen2", "urllib", "http", "requests", "ftplib", "smtplib",
+    "_io", "_posixsubprocess", "posixpath", "ntpath", "glob", "zipimport", "pkgutil", "site",
+    "dill", "cloudpickle", "joblib", "pandas", "yaml", "_thread", "_operator", "_functools", "gc",
+    "atexit", "bdb", "cProfile", "profile", "trace", "distutils", "setuptools", "pip", "venv",
+    "xmlrpc", "sqlite3", "shelve",
 }
 
+_TMP_PATTERN = re.compile(r"^\..+\.tmp(\d+)$")
 
-def save_checkpoint(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash at any moment leaves either the previous file or the new one, never a torn file.
+def _tmp_path(path):
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _fsync_dir(folder):
+    try:  # make a rename durable; not every platform or file system allows it
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path):
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def save_checkpoint(obj, path, copies=()):
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    ``copies``: further paths that get the same bytes; they are committed *before* ``path``, so
+    when ``path`` is ``last.pth`` it is the commit point of an epoch: a kill in between leaves
+    ``last.pth`` at the previous epoch, and resuming rewrites the copies identically.
+    A crash at any moment leaves each file either as it was or complete, never torn; on an error
+    (disk full, Ctrl-C) the temporary files are removed and the error is raised.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _tmp_path(path)
+    written = [tmp]
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        for copy in map(Path, copies):
+            copy_tmp = _tmp_path(copy)
+            written.append(copy_tmp)
+            with open(tmp, "rb") as src, open(copy_tmp, "wb") as dst:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(copy_tmp, copy)
+            _fsync_dir(copy.parent)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        for t in written:
+            _unlink_quietly(t)
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    _fsync_dir(path.parent)
 
 
-def _placeholder(full_name):
-    """An inert stand-in class for ``full_name``: keeps constructor args and state, runs nothing."""
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder):
+    """Delete temporary files that a killed save left in ``folder`` (``.NAME.tmpPID`` whose
+    process no longer runs)."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp*"):
+        m = _TMP_PATTERN.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and p.is_file() and not _process_alive(int(m.group(1))):
+            _unlink_quietly(p)
+            removed.append(p)
+    return removed
+
+
+# -- safe loading ------------------------------------------------------------------------------
+class InertPlaceholder:
+    """Stand-in for a class named in a checkpoint: keeps constructor args and pickled state, runs nothing.
+
+    ``qualified_name`` is the name found in the file; ``args`` the constructor arguments;
+    ``state`` what ``__setstate__`` received (usually the original ``__dict__``).
+    """
+
+    qualified_name = "?"
 
     def __new__(cls, *args, **kwargs):
         obj = object.__new__(cls)
         obj.args = args
+        obj.state = None
         return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
 
     def __setstate__(self, state):
         self.state = state
 
+    def __repr__(self):
+        return f"<inert {self.qualified_name}>"
+
+
+def _placeholder(full_name):
     module, _, qualname = full_name.rpartition(".")
-    return type(qualname, (), {"__new__": __new__, "__init__": lambda self, *a, **k: None,
-                               "__setstate__": __setstate__, "__module__": module,
-                               "__repr__": lambda self: f"<inert {full_name}>"})
+    return type(qualname, (InertPlaceholder,), {"__module__": module, "qualified_name": full_name})
 
 
 def _is_inert_class_name(full_name):
@@ -78,37 +165,82 @@ def _is_inert_class_name(full_name):
     return bool(module) and root not in _CODE_MODULES and name[:1].isupper() and not name.startswith("_")
 
 
+def _data_reconstructors():
+    """Names that real checkpoints contain, mapped to objects that only interpret data: numpy
+    scalars, arrays and dtypes (see ``utils.safe_pickle.numpy_reconstructors``), and ``pathlib``
+    concrete paths mapped to the *pure* path classes (same value, no file-system access)."""
+    import pathlib
+    table = numpy_reconstructors()
+    for mod in ("pathlib", "pathlib._local"):
+        for name, cls in (("PosixPath", pathlib.PurePosixPath), ("PurePosixPath", pathlib.PurePosixPath),
+                          ("WindowsPath", pathlib.PureWindowsPath), ("PureWindowsPath", pathlib.PureWindowsPath)):
+            table[f"{mod}.{name}"] = cls
+    return table
+
+
+def _globals_in_checkpoint(path):
+    """Every global named in the checkpoint's pickle, found by reading opcodes (nothing is run)."""
+    from torch import _weights_only_unpickler as wu
+    with open(path, "rb") as f:
+        if zipfile.is_zipfile(f):
+            return set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        f.seek(0)
+        # Legacy (pre-1.6) format: pickles of magic number, protocol, sys info, then the object.
+        names = set()
+        for _ in range(4):
+            names |= wu.get_globals_in_pkl(f)
+        allowed = set(wu._get_allowed_globals()) | set(wu._get_user_allowed_globals())
+        return names - allowed
+
+
+def _torch_load(path, map_location):
+    with warnings.catch_warnings():
+        # torch warns about pickle protocols other than 2; the restricted unpickler decides anyway.
+        warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint without executing code from it; bad files raise a one-line UserError."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} is not a file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return _torch_load(path, map_location)
     except pickle.UnpicklingError as e:
         first_error = e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, KeyError,
+            UnicodeDecodeError) as e:
         raise UserError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_short(e)})")
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as e:  # noqa: BLE001 - any failure here means the file is not a checkpoint
-        raise UserError(f"checkpoint {path} is not a readable PyTorch checkpoint ({_short(e)})")
+        names = _globals_in_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - any failure here means the file cannot be vetted
+        raise UserError(f"checkpoint {path} is truncated, not a PyTorch checkpoint, or uses pickle features "
+                        f"that cannot be checked for code ({_short(e)}); expected a torch.save file of plain data")
     if not names:
-        raise UserError(f"checkpoint {path} cannot be loaded safely ({_short(first_error)})")
-    code = sorted(n for n in names if not _is_inert_class_name(n))
+        raise UserError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_short(first_error)})")
+    data = _data_reconstructors()
+    code = sorted(n for n in names if n not in data and not _is_inert_class_name(n))
     if code:
         raise UserError(f"checkpoint {path} refused: it references {', '.join(code)}, which could run code "
                         "when loaded; expected plain data (tensors, numbers, strings, dicts)")
-    stand_ins = [(_placeholder(n), n) for n in names]
+    allowed = [(_placeholder(n), n) for n in names if n not in data]
+    if any(n in data for n in names):
+        allowed += [(obj, n) for n, obj in data.items()]
     try:
-        with torch.serialization.safe_globals(stand_ins):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(allowed):
+            return _torch_load(path, map_location)
     except Exception as e:  # noqa: BLE001
         raise UserError(f"checkpoint {path} cannot be loaded safely ({_short(e)})")
 
 
 def _short(e):
-    text = " ".join(str(e).split())
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # torch wraps the reason in a long advice text
+        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
+    text = " ".join(text.split())
     return text[:200] + ("..." if len(text) > 200 else "")
 
 

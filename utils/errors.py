@@ -1,25 +1,60 @@
-"""User-facing errors: bad input is reported as one line and exit code 2, never a traceback."""
+"""User-facing errors: bad input is reported as one line and exit code 2, never a traceback;
+Ctrl-C is one line and exit code 130."""
+import contextlib
 import functools
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
     """Bad input (config, command line, data, checkpoint). The message names what and what was expected."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a message saying what was kept (e.g. which epoch ``last.pth`` holds)."""
+
+
+def one_line(text):
+    return " ".join(str(text).split("\n"))
+
+
 def cli_entry(main):
-    """Wrap a script's main(): UserError -> one line on stderr and exit 2; Ctrl-C -> exit 130."""
+    """Wrap a script's main(): UserError -> one line on stderr and exit 2; Ctrl-C -> one line and exit 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except UserError as e:
-            msg = " ".join(str(e).split("\n"))
-            print(f"error: {msg}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr, flush=True)
+        except KeyboardInterrupt as e:
+            detail = f": {one_line(e)}" if str(e) else ""
+            print(f"interrupted{detail}", file=sys.stderr, flush=True)
             sys.exit(130)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold back Ctrl-C (SIGINT) while the block runs, then raise KeyboardInterrupt after it.
+
+    Used around checkpoint saves, so that an epoch that has finished is also kept. (A kill that
+    cannot be caught, SIGKILL, is covered by the atomic write instead.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt

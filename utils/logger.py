@@ -15,7 +15,7 @@ def setup_logging(run_dir=None, is_main=True, name="train"):
     console.setFormatter(fmt)
     logger.addHandler(console)
     if run_dir is not None:
-        handler = logging.FileHandler(run_dir / "info.log")
+        handler = logging.FileHandler(run_dir / "info.log", delay=True)  # created at the first line
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     return logger

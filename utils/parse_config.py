@@ -110,6 +110,7 @@ class ConfigParser:
         self.source = str(source)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.resume = Path(resume) if resume is not None else None
+        self.created_dirs = []  # folders made for a new run (removed again if it fails before writing)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -139,6 +140,16 @@ class ConfigParser:
     def get(self, key_path, default=None):
         return get_by_path(self.config, key_path, default)
 
+    def get_int(self, key_path, default=None, minimum=None):
+        """An integer setting; anything else ("ten", 2.5, true) is a UserError naming the key."""
+        value = get_by_path(self.config, key_path, default)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+            bound = f" >= {minimum}" if minimum is not None else ""
+            raise UserError(f"config {self.source}: {key_path} is {value!r}: expected an integer{bound}")
+        return value
+
     # -- building objects -----------------------------------------------------------------------
     def _lookup(self, name, modules):
         section = self[name]
@@ -163,11 +174,14 @@ class ConfigParser:
             raise ValueError(f"init_obj('{name}'): code arguments {sorted(clash)} would override config keys")
         config_args.update(kwargs)
         try:
-            inspect.signature(cls).bind(*args, **config_args)
+            signature = inspect.signature(cls)
+            signature.bind(*args, **config_args)
         except TypeError as e:
             raise UserError(f"config {self.source}: {name}.args do not fit {cls.__name__}: {e}")
         except ValueError:  # builtins without a signature
-            pass
+            signature = None
+        if signature is not None:
+            self._check_scalar_types(name, cls, signature, section.get("args") or {})
         try:
             return cls(*args, **config_args)
         except UserError:
@@ -175,20 +189,73 @@ class ConfigParser:
         except (TypeError, ValueError) as e:
             raise UserError(f"config {self.source}: {name}.args rejected by {cls.__name__}: {e}")
 
+    def _check_scalar_types(self, name, cls, signature, config_args):
+        """A string where the constructor's default is a number or a boolean ("lr": "fast") is
+        refused with the key and the expected type, instead of failing deep inside the class."""
+        defaults = {k: p.default for k, p in signature.parameters.items()}
+        for base in cls.__mro__[1:] if isinstance(cls, type) else ():  # arguments passed on via **kwargs
+            if "__init__" in vars(base) and base is not object:
+                try:
+                    params = inspect.signature(base.__init__).parameters
+                except (TypeError, ValueError):
+                    continue
+                for k, p in params.items():
+                    defaults.setdefault(k, p.default)
+        for key, value in config_args.items():
+            if key not in defaults or not isinstance(value, str):
+                continue
+            default = defaults[key]
+            if isinstance(default, bool):
+                expected = "true or false"
+            elif isinstance(default, (int, float)):
+                expected = "a number"
+            else:
+                continue
+            raise UserError(f"config {self.source}: {name}.args.{key} is {value!r}: expected {expected} "
+                            f"({cls.__name__}'s default is {default!r})")
+
     # -- run folder -----------------------------------------------------------------------------
     @staticmethod
     def new_run_dir(save_dir, name, run_id=None):
+        return ConfigParser.create_run_dir(save_dir, name, run_id)[0]
+
+    @staticmethod
+    def create_run_dir(save_dir, name, run_id=None):
+        """Create ``save_dir/name/run_id`` (refusing an existing one); returns it and the folders
+        this call created, deepest first (see ``discard_new_run_dir``)."""
         run_id = run_id or datetime.now().strftime("%m%d_%H%M%S")
         run_dir = Path(save_dir) / name / run_id
         if run_dir.exists():
             raise UserError(f"run folder {run_dir} already exists; choose another --run_id, or resume with -r")
+        created = []
+        for folder in (run_dir, *run_dir.parents):
+            if folder.exists() or folder.is_symlink():
+                break
+            created.append(folder)
         try:
             run_dir.mkdir(parents=True)
+        except FileExistsError:
+            if run_dir.is_dir():
+                raise UserError(f"run folder {run_dir} already exists; choose another --run_id, or resume with -r")
+            raise UserError(f"cannot create run folder {run_dir}: a file is in the way (save_dir must be a folder)")
+        except NotADirectoryError:
+            raise UserError(f"cannot create run folder {run_dir}: a file is in the way (save_dir must be a folder)")
         except OSError as e:
             raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}")
         if not os.access(run_dir, os.W_OK):
+            for folder in created:
+                folder.rmdir()
             raise UserError(f"run folder {run_dir} is not writable")
-        return run_dir
+        return run_dir, created
+
+    def discard_new_run_dir(self):
+        """A new run that failed before writing anything leaves no folder behind (so the same
+        ``--run_id`` works again): the folders ``create_run_dir`` made are removed if still empty."""
+        for folder in self.created_dirs:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep what holds anything
+                break
 
     def save(self, path=None):
         write_json(self.config, path or self.run_dir / "config.json")

@@ -1,0 +1,213 @@
+"""Fault drill: kill a real training run with SIGKILL at random moments, resume it each time, and
+check that it ends with the same weights as an uninterrupted run.
+
+    python bench/fault_drill.py [--config configs/config_digits_lt_tade.json] [--epochs 8] [--kills 5]
+                                [--seed 0] [--workdir DIR]
+
+Trains through train.py (the real code path) on CPU with one thread (Digits-LT by default: no
+download). First an uninterrupted run gives the reference and the timing. Then the drill run is
+killed ``--kills`` times: at random moments of training progress (uniform over the run, e.g. 2.4
+epochs = 40 % into epoch 3), one of them mid-save instead (as soon as a temporary checkpoint file
+``.NAME.pth.tmpPID`` appears beside an existing last.pth, i.e. while last.pth is being replaced). After each kill, last.pth must load
+with the safe loader; the run is resumed with ``-r last.pth``. At the end it prints how many kills
+were survived and whether the final weights (and optimizer state) equal the reference's bit for bit.
+"""
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from utils.checkpoint import load_checkpoint  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def command(args, save_dir, run_id, resume=None):
+    if resume is not None:
+        return [sys.executable, str(ROOT / "train.py"), "-r", str(resume), "-d", "cpu"]
+    return [sys.executable, str(ROOT / "train.py"), "-c", str(args.config), "-d", "cpu", "--save_dir", str(save_dir),
+            "--run_id", run_id, "--epochs", str(args.epochs), "--seed", str(args.train_seed),
+            "--set", "trainer.tensorboard=false"]
+
+
+def start(cmd, log):
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+
+
+def temp_files(folder, suffix=""):
+    try:
+        return [e.name for e in os.scandir(folder) if e.name.startswith(".") and f"{suffix}.tmp" in e.name]
+    except FileNotFoundError:
+        return []
+
+
+def checkpoint_epoch(path):
+    """Epoch held by ``path`` (None if absent); raises UserError if it does not load."""
+    if not path.exists():
+        return None
+    return int(load_checkpoint(path)["epoch"])
+
+
+class Progress:
+    """Epoch held by last.pth, re-read only when the file is replaced."""
+
+    def __init__(self, path):
+        self.path, self.key, self.epoch = path, None, 0
+
+    def committed(self):
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return 0
+        if (st.st_ino, st.st_mtime_ns) != self.key:
+            self.key, self.epoch = (st.st_ino, st.st_mtime_ns), checkpoint_epoch(self.path)
+        return self.epoch
+
+
+def kill_at(proc, progress, target, startup_s, epoch_s):
+    """SIGKILL at ``target`` epochs of progress (2.4 = 40 % into epoch 3): once last.pth holds
+    epoch floor(target), wait the fraction of an epoch (plus start-up if the process has only just
+    started on it). Returns True if killed, False if the process ended first."""
+    whole, fraction = int(target), target - int(target)
+    t_start = time.monotonic()
+    while progress.committed() < whole:
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.005)
+    delay = fraction * epoch_s + (startup_s if time.monotonic() - t_start < startup_s else 0.0)
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def kill_mid_save(proc, run_dir, ignore=()):
+    """SIGKILL as soon as a new temporary checkpoint file exists while a previous last.pth exists
+    (so the kill lands while a checkpoint is being replaced); returns the temporary files' names
+    (None: the run ended first)."""
+    while proc.poll() is None:
+        names = [n for n in temp_files(run_dir, ".pth") if n not in ignore]
+        if names and (run_dir / "last.pth").exists():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return names
+    return None
+
+
+def same_state(a_path, b_path):
+    a, b = torch.load(a_path, weights_only=True), torch.load(b_path, weights_only=True)
+    weights = a["state_dict"].keys() == b["state_dict"].keys() and all(
+        torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    optimizer = sa.keys() == sb.keys() and all(
+        torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"]) for k in sa)
+    return weights, optimizer, len(a["state_dict"]), a["epoch"], b["epoch"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs" / "config_digits_lt_tade.json"))
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--kills", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    p.add_argument("--train_seed", type=int, default=1)
+    p.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
+    args = p.parse_args()
+    rng = random.Random(args.seed)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="fault_drill_"))
+    work.mkdir(parents=True, exist_ok=True)
+    save_dir = work / "saved"
+    log = open(work / "drill.log", "a")
+    print(f"fault drill: {Path(args.config).name}, {args.epochs} epochs, train seed {args.train_seed}, "
+          f"kill seed {args.seed}, CPU, 1 thread; runs in {work}", flush=True)
+
+    # Reference: uninterrupted, timed (start-up + first epoch, then per epoch).
+    t0 = time.monotonic()
+    proc = start(command(args, save_dir, "reference"), log)
+    name = None
+    while proc.poll() is None and name is None:
+        found = list(save_dir.glob("*/reference/last.pth"))
+        name = found[0].parent.parent.name if found else None
+        time.sleep(0.01)
+    t_first = time.monotonic() - t0
+    if proc.wait():
+        sys.exit(f"reference run failed, see {work / 'drill.log'}")
+    t_total = time.monotonic() - t0
+    reference = save_dir / name / "reference"
+    epoch_s = (t_total - t_first) / max(args.epochs - 1, 1)
+    startup_s = max(t_first - epoch_s, 0.0)
+    print(f"uninterrupted run: {args.epochs} epochs in {t_total:.1f} s (start-up ~{startup_s:.1f} s, "
+          f"~{epoch_s:.1f} s per epoch)", flush=True)
+
+    run = save_dir / name / "drill"
+    last = run / "last.pth"
+    # Kill moments as points of training progress, spread over the whole run.
+    targets = sorted(rng.uniform(0.05, args.epochs - 0.1) for _ in range(args.kills))
+    kinds = ["random"] * (args.kills - 1) + ["mid-save"] if args.kills else []
+    rng.shuffle(kinds)
+    survived = 0
+    progress = Progress(last)
+    for i, (kind, target) in enumerate(zip(kinds, targets), 1):
+        before = checkpoint_epoch(last)
+        note = ""
+        if before is None and run.exists():  # killed before any epoch was saved: start over
+            shutil.rmtree(run)
+            note = " (no epoch saved yet: started over)"
+        cmd = command(args, save_dir, "drill", resume=None if before is None else last)
+        stale = set(temp_files(run))
+        t_start = time.monotonic()
+        proc = start(cmd, log)
+        if kind == "mid-save":
+            names = kill_mid_save(proc, run, ignore=stale)
+            what = f"mid-save ({', '.join(names)} present)" if names else "mid-save missed (run ended)"
+            killed = names is not None
+        else:
+            killed = kill_at(proc, progress, target, startup_s, epoch_s)
+            what = (f"aimed at {target:.2f} epochs of progress, {time.monotonic() - t_start:.1f} s after start" if killed
+                    else f"planned at {target:.2f} epochs, but the run ended first")
+        try:
+            after = checkpoint_epoch(last)
+            ok = before is None or (after is not None and after >= before)
+            state = f"last.pth holds epoch {after}, loads" if after is not None else "no last.pth yet"
+        except UserError as e:
+            ok, state = False, f"last.pth BROKEN: {e}"
+        left = temp_files(run)
+        survived += ok and killed
+        print(f"kill {i}/{len(kinds)}: {'resumed from epoch ' + str(before) if before else 'fresh start'}{note}, "
+              f"SIGKILL {what}; {state}{'; temporary file left: ' + ', '.join(left) if left else ''}", flush=True)
+        if not ok:
+            break
+
+    if checkpoint_epoch(last) is None and run.exists():
+        shutil.rmtree(run)
+    proc = start(command(args, save_dir, "drill", resume=last if last.exists() else None), log)
+    if proc.wait():
+        sys.exit(f"final resume failed, see {work / 'drill.log'}")
+    leftovers = temp_files(run)
+    weights, optimizer, n, ea, eb = same_state(reference / "last.pth", last)
+    print(f"survived {survived}/{len(kinds)} kills; final epoch {eb} (reference {ea}); temporary files left: "
+          f"{len(leftovers)}")
+    print(f"final weights equal the uninterrupted run's: {'yes' if weights else 'NO'} (bit for bit, {n} tensors); "
+          f"optimizer state equal: {'yes' if optimizer else 'NO'}")
+    if not (weights and optimizer and survived == len(kinds) and eb == ea and not leftovers):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
