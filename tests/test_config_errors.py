@@ -8,8 +8,9 @@ returns (argv, fragments the error line must contain). Adding test.py rows is on
 ``("test.py", "missing_checkpoint", lambda w: (["-r", w.path("nope.pth")], ["nope.pth", "does not exist"]))``.
 Rows run in-process (fast); ``test_catalogue_in_a_real_process`` runs a few through a fresh interpreter.
 
-Not here: list-file errors (too few fields, non-integer label, label out of range, unreadable image)
-belong to the list datasets (ImageNet-LT, Places-LT, iNat) and their tests.
+List-file errors (too few fields, non-integer label, label out of range, missing or unreadable
+image) are catalogued with the list datasets in ``tests/test_list_datasets.py`` and
+``tests/test_list_train_e2e.py``.
 """
 import json
 import os
@@ -19,7 +20,7 @@ import shutil
 import pytest
 import torch
 
-from tests.helpers import (one_line_error, run_entry, run_script, snapshot, tiny_cifar_config, write_cifar100,
+from tests.helpers import (ROOT, one_line_error, run_entry, run_script, snapshot, tiny_cifar_config, write_cifar100,
                            write_config)
 from utils.errors import UserError
 from utils.parse_config import ConfigParser
@@ -64,6 +65,7 @@ class Workspace:
 
 
 _DELETE = object()
+TEST_TIME_CONFIG = ROOT / "configs" / "test_time_cifar100_tade.json"
 
 
 class _Payload:
@@ -162,6 +164,24 @@ CATALOGUE = [
     ("train.py", "other_architecture_checkpoint", _other_architecture),
     ("train.py", "unwritable_save_folder", _unwritable_save_folder),
     ("train.py", "existing_run_folder", _existing_run_folder),
+    ("test.py", "missing_checkpoint", lambda w: (["-r", w.path("nope.pth")], [w.path("nope.pth"), "does not exist"])),
+    ("test.py", "truncated_checkpoint", _truncated_checkpoint),
+    ("test.py", "foreign_checkpoint", _foreign_checkpoint),
+    ("test.py", "code_checkpoint", _code_checkpoint),
+    ("test.py", "other_architecture_checkpoint", _other_architecture),
+    ("test.py", "unknown_distribution", lambda w: (["-r", w.run_folder() / "last.pth", "--distributions", "sideways5"],
+                                                   ["--distributions", "sideways5", "forward50"])),
+    ("test.py", "missing_data_folder", lambda w: (["-r", w.run_folder() / "last.pth", "--data_dir", w.path("nowhere")],
+                                                  [w.path("nowhere"), "cifar-100-python"])),
+    ("test_train.py", "missing_checkpoint",
+     lambda w: (["-c", TEST_TIME_CONFIG, "-r", w.path("nope.pth")], [w.path("nope.pth")])),
+    ("test_train.py", "code_checkpoint",
+     lambda w: (["-c", TEST_TIME_CONFIG, *_code_checkpoint(w)[0]], ["refused", "system"])),
+    ("test_train.py", "training_config_given",
+     lambda w: (["-c", w.write("c.json"), "-r", w.run_folder() / "last.pth"], ["c.json", "test_time"])),
+    ("test_train.py", "unknown_distribution",
+     lambda w: (["-c", TEST_TIME_CONFIG, "-r", w.run_folder() / "last.pth", "--distributions",
+                 "forward3"], ["forward3"])),
 ]
 
 
