@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=N train.py -c CONFIG ...
 """
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -18,7 +19,7 @@ from utils.cli import ArgumentParser
 from utils.errors import UserError, cli_entry
 from utils.logger import setup_logging
 from utils.performance import Performance
-from utils.parse_config import TRAIN_SHORTCUTS, ConfigParser, parse_set_expression, read_json
+from utils.parse_config import TRAIN_SHORTCUTS, ConfigParser, get_by_path, parse_set_expression, read_json
 from utils.runtime import setup_runtime, teardown_runtime, wrap_model
 from utils.seed import seed_everything
 
@@ -45,7 +46,7 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
-def resolve_config(args, runtime):
+def resolve_config(args):
     """Config from -c, or from the -r checkpoint (-c overriding it), plus command-line overrides."""
     if args.config is None and args.resume is None:
         raise UserError("train.py: give a config with -c CONFIG (or resume a run with -r CHECKPOINT)")
@@ -63,14 +64,26 @@ def resolve_config(args, runtime):
         if section not in config:
             raise UserError(f"config {source}: missing section '{section}'")
     config.setdefault("seed", 1)
-    cfg = ConfigParser(config, source=source, resume=args.resume)
+    sync_bn = get_by_path(config, "trainer.sync_batchnorm", False)
+    if not isinstance(sync_bn, bool):
+        raise UserError(f"config {source}: trainer.sync_batchnorm {sync_bn!r}: expected true or false")
+    return ConfigParser(config, source=source, resume=args.resume)
+
+
+def run_folder(args, config):
+    """The folder this run writes: the resumed checkpoint's, or a new one (created here and
+    removed again by ``discard_new_run_dir`` if the run fails before writing)."""
     if args.resume is not None:
-        from pathlib import Path
-        cfg.run_dir = Path(args.resume).resolve().parent
-    elif runtime.is_main:
-        cfg.run_dir, cfg.created_dirs = ConfigParser.create_run_dir(config["trainer"].get("save_dir", "saved"),
-                                                                    config.get("name", "run"), args.run_id)
-    return cfg
+        return Path(args.resume).resolve().parent
+    run_dir, config.created_dirs = ConfigParser.create_run_dir(config["trainer"].get("save_dir", "saved"),
+                                                               config.get("name", "run"), args.run_id)
+    return run_dir
+
+
+def build_data(config, runtime):
+    data = config.init_obj("data_loader", data_loader)
+    data.rank_batch_size(runtime.world_size)  # the global batch must split evenly over the processes
+    return data
 
 
 @cli_entry
@@ -79,39 +92,63 @@ def main(argv=None):
     runtime = setup_runtime(args.device)
     config = None
     try:
-        config = resolve_config(args, runtime)
-        logger = setup_logging(config.run_dir, runtime.is_main)
-        seed_everything(config.get_int("seed"))
-        data = config.init_obj("data_loader", data_loader)
-        net = config.init_obj("arch", models)
-        if args.resume is None:
-            apply_config_pretrained(config, net)
-        criterion = config.init_obj("loss", losses, cls_num_list=data.cls_num_list).to(runtime.device)
-        perf = Performance.from_config(config["trainer"], config.source)
-        net = perf.prepare_model(wrap_model(net, runtime, sync_batchnorm=bool(config.get("trainer.sync_batchnorm", False))))
-        optimizer = build_optimizer(config, net)
-        scheduler = build_lr_scheduler(config, optimizer)
+        # Every rank checks the config, reads the data and builds the model; an error on any rank
+        # ends all of them with its one-line message (``fail_together``). Processes that share a
+        # machine read (or download) the data after its first process. Only rank 0 creates the
+        # run folder (after the checks) and writes files.
+        data = None
+        with runtime.fail_together():
+            config = resolve_config(args)
+            if runtime.local_rank == 0:
+                data = build_data(config, runtime)
+        with runtime.fail_together():
+            if data is None:
+                data = build_data(config, runtime)
+            seed_everything(config.get_int("seed"))
+            net = config.init_obj("arch", models)
+            if args.resume is None:
+                apply_config_pretrained(config, net)
+            criterion = config.init_obj("loss", losses, cls_num_list=data.cls_num_list).to(runtime.device)
+            # Memory layout before wrapping: DDP must not see its parameters replaced afterwards.
+            net = Performance.from_config(config["trainer"], config.source).prepare_model(net.to(runtime.device))
+        net = wrap_model(net, runtime, sync_batchnorm=config.get("trainer.sync_batchnorm", False))
+        run_dir = None
+        with runtime.fail_together():
+            optimizer = build_optimizer(config, net)
+            scheduler = build_lr_scheduler(config, optimizer)
+            if runtime.is_main:
+                run_dir = run_folder(args, config)
+        config.run_dir = runtime.broadcast_object(run_dir)
         scaler = None
         if config.get("trainer.autocast") in ("fp16", "float16") and runtime.device.type == "cuda":
             scaler = torch.amp.GradScaler("cuda")
-        # Resuming happens here: a refused checkpoint stops before any file of the run is written.
-        trainer = Trainer(net, criterion, optimizer, scheduler, config, runtime, data, scaler=scaler)
-        if runtime.is_main:
-            config.save()
-            n_params = sum(p.numel() for p in net.parameters())
-            logger.info("run folder %s | %s, %d parameters | %d training images, %d classes | device %s%s",
-                        config.run_dir, config["arch"]["type"], n_params, len(data.train_set), data.num_classes,
-                        runtime.device, f" x {runtime.world_size} processes" if runtime.distributed else "")
+        with runtime.fail_together():
+            logger = setup_logging(config.run_dir, runtime.is_main)
+            # Resuming happens here: a refused checkpoint stops before any file of the run is written.
+            trainer = Trainer(net, criterion, optimizer, scheduler, config, runtime, data, scaler=scaler)
+            if runtime.is_main:
+                config.save()
+                n_params = sum(p.numel() for p in net.parameters())
+                logger.info("run folder %s | %s, %d parameters | %d training images, %d classes | device %s%s",
+                            config.run_dir, config["arch"]["type"], n_params, len(data.train_set),
+                            data.num_classes, runtime.device, _processes(runtime, data))
         trainer.train()
         if runtime.is_main:
             logger.info("finished: %s (last epoch), model_best.pth (best on the evaluation split)",
                         config.run_dir / "last.pth")
     except BaseException:
         if config is not None:
-            config.discard_new_run_dir()
+            config.discard_new_run_dir()  # only rank 0 created one
         raise
     finally:
         teardown_runtime(runtime)
+
+
+def _processes(runtime, data):
+    if not runtime.distributed:
+        return ""
+    return (f" x {runtime.world_size} processes (DDP, batch {data.batch_size} = "
+            f"{runtime.world_size} x {data.rank_batch_size(runtime.world_size)})")
 
 
 if __name__ == "__main__":

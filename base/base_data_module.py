@@ -39,18 +39,30 @@ class LTDataModule:
         from data_loader.long_tail import shot_masks  # data_loader imports this module
         return shot_masks(self.cls_num_list)
 
-    def train_loader(self, epoch, seed, rank=0, world_size=1):
-        """This epoch's loader. The data order (and worker augmentation seeds) depend only on
-        (seed, epoch); the global batch is split evenly over ``world_size`` ranks."""
+    def rank_batch_size(self, world_size):
+        """Each of ``world_size`` processes takes batch_size / world_size of the global batch."""
         if self.batch_size % world_size:
             from utils.errors import UserError
+            lower = self.batch_size - self.batch_size % world_size
+            options = f"--bs {lower} or --bs {lower + world_size}" if lower else f"--bs {world_size}"
             raise UserError(f"data_loader.args.batch_size {self.batch_size} is the global batch and must be "
-                            f"divisible by the number of processes ({world_size})")
+                            f"divisible by the number of processes ({world_size}); use {options}")
+        return self.batch_size // world_size
+
+    def train_loader(self, epoch, seed, rank=0, world_size=1):
+        """This epoch's loader. The data order (and worker augmentation seeds) depend only on
+        (seed, epoch); the global batch is split evenly over ``world_size`` ranks.
+
+        DistributedSampler deals the epoch's permutation out round-robin, so step k of rank r takes
+        every world_size-th image of global batch k: the global batches, and hence the gradients,
+        are those of one process with the same batch size, whatever the number of processes (when
+        the epoch's length divides by the batch; the last, partial batch is split with padding)."""
+        per_rank = self.rank_batch_size(world_size)
         sampler = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=self.shuffle,
                                      seed=seed, drop_last=False)
         sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-        return DataLoader(self.train_set, batch_size=self.batch_size // world_size, sampler=sampler,
+        return DataLoader(self.train_set, batch_size=per_rank, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=self.drop_last,
                           generator=generator, persistent_workers=False)
 

@@ -10,6 +10,7 @@ from base.base_trainer import BaseTrainer
 from model.metric import accuracy_from_confusion, confusion_matrix
 from utils.errors import UserError
 from utils.performance import Performance
+from utils.runtime import unwrap
 from utils.seed import epoch_seed
 
 
@@ -87,6 +88,13 @@ class Trainer(BaseTrainer):
     def _check_finite(self, first_bad, epoch):
         """Raise if a step's loss was NaN/inf (checked when the bar refreshes, so without a sync per
         step). Nothing is saved in an epoch that raised: ``last.pth`` keeps the last good epoch."""
+        if self.runtime.distributed:
+            # All ranks must stop together (one that stopped alone would leave the others waiting in
+            # the next gradient all-reduce): agree on the first bad step of any rank.
+            never = torch.iinfo(torch.int64).max
+            first = torch.where(first_bad < 0, torch.full_like(first_bad, never), first_bad)
+            first = self.runtime.all_reduce_min(first.clone())
+            first_bad = torch.where(first == never, torch.full_like(first, -1), first)
         bad = int(first_bad)
         if bad >= 0:
             kept = (f"{self.run_dir / 'last.pth'} (epoch {self.last_saved_epoch}) is kept" if self.last_saved_epoch
@@ -97,13 +105,17 @@ class Trainer(BaseTrainer):
 
     @torch.inference_mode()
     def predict(self, loader):
-        """Predictions and targets over a loader (this rank's part)."""
-        self.model.eval()
+        """Predictions and targets over a loader (this rank's part).
+
+        Under DDP it runs the wrapped network itself: a DDP forward broadcasts buffers, a collective
+        that would hang when the ranks' shards of the test set have different numbers of batches."""
+        net = unwrap(self.model) if self.runtime.distributed else self.model
+        net.eval()
         preds, targets = [], []
         for x, y in loader:
             x, y = self._to_device(x, y)
             with self.autocast():
-                preds.append(self.model(x)["output"].argmax(1))
+                preds.append(net(x)["output"].argmax(1))
             targets.append(y)
         return torch.cat(preds), torch.cat(targets)
 

@@ -10,6 +10,8 @@ import threading
 class UserError(Exception):
     """Bad input (config, command line, data, checkpoint). The message names what and what was expected."""
 
+    exit_code = 2
+
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with a message saying what was kept (e.g. which epoch ``last.pth`` holds)."""
@@ -28,7 +30,7 @@ def cli_entry(main):
             return main(*args, **kwargs)
         except UserError as e:
             print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            sys.exit(e.exit_code)
         except KeyboardInterrupt as e:
             detail = f": {one_line(e)}" if str(e) else ""
             print(f"interrupted{detail}", file=sys.stderr, flush=True)

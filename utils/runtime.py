@@ -2,6 +2,7 @@
 
 The same training code serves all four; only model wrapping, samplers and metric reduction differ.
 """
+import contextlib
 import os
 from dataclasses import dataclass, field
 
@@ -37,6 +38,56 @@ class Runtime:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def all_reduce_min(self, tensor):
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return tensor
+
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` on every rank (e.g. the run folder, which only rank 0 creates)."""
+        if not self.distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    @contextlib.contextmanager
+    def fail_together(self):
+        """Run a block on every rank; if it fails on any rank, it fails on all of them.
+
+        Without this, an error seen by one rank only (rank 0 finds the run folder exists; one node
+        lacks the data) ends that process while the others wait forever in the next collective.
+        The block must not itself communicate. A rank whose block raised re-raises its own error;
+        the others raise the lowest failing rank's message: a ``UserError`` (one line, exit 2) when
+        that was bad input, otherwise a ``PeerFailed`` (one line, exit 1; the traceback is on the
+        failing rank)."""
+        error = None
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            error = e
+        if self.distributed:
+            mine = None if error is None else (isinstance(error, UserError), _one_line(error))
+            reports = [None] * self.world_size
+            dist.all_gather_object(reports, mine)
+            if error is None:
+                for rank, report in enumerate(reports):
+                    if report is not None:
+                        user, message = report
+                        raise UserError(message) if user else PeerFailed(f"process {rank} failed: {message}")
+        if error is not None:
+            raise error
+
+
+class PeerFailed(UserError):
+    """Another process failed with a bug (its traceback is in its own output)."""
+    exit_code = 1
+
+
+def _one_line(error):
+    text = " ".join(str(error).split())
+    return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
+
 
 def parse_device(arg):
     """``cpu``, ``cuda``, ``cuda:N`` or a GPU list ``0,1`` -> (device, DataParallel ids)."""
@@ -62,20 +113,38 @@ def parse_device(arg):
     raise UserError(f"-d {arg}: expected cpu, cuda, cuda:N or a GPU list like 0,1")
 
 
+def _env_int(name, default=None):
+    value = os.environ.get(name)
+    if value is None:
+        if default is None:
+            raise UserError(f"environment variable {name} is not set; start several processes with torchrun")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r}: expected an integer (set by torchrun)")
+
+
 def setup_runtime(device_arg=None):
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) or fall back to one process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    """One process, or one of WORLD_SIZE processes started by torchrun (RANK, LOCAL_RANK, and
+    MASTER_ADDR/MASTER_PORT in the environment): NCCL with GPU LOCAL_RANK, else gloo on CPU."""
+    world_size = _env_int("WORLD_SIZE", 1)
     if world_size <= 1:
         device, ids = parse_device(device_arg)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         return Runtime(device=device, device_ids=ids)
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = _env_int("RANK"), _env_int("LOCAL_RANK", 0)
     if device_arg not in (None, "", "cpu", "cuda"):
         raise UserError(f"-d {device_arg}: under torchrun use -d cuda or -d cpu; each process takes GPU LOCAL_RANK")
     use_cuda = device_arg != "cpu" and torch.cuda.is_available()
+    if device_arg == "cuda" and not use_cuda:
+        raise UserError("-d cuda: CUDA is not available on this machine; use -d cpu")
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"process with LOCAL_RANK {local_rank} has no GPU: this machine has "
+                            f"{torch.cuda.device_count()}; start at most that many processes per machine "
+                            "(torchrun --nproc_per_node)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
@@ -91,9 +160,13 @@ def teardown_runtime(runtime):
 
 
 def wrap_model(model, runtime, sync_batchnorm=False):
-    """Move to the device and wrap for DataParallel or DDP as the runtime asks."""
+    """Move to the device and wrap for DataParallel or DDP as the runtime asks.
+
+    ``sync_batchnorm`` (DDP only): BatchNorm statistics over the global batch instead of each
+    rank's share, on GPUs and on CPU (``model/sync_batchnorm.py``). Parameter names do not change."""
     if runtime.distributed and sync_batchnorm:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        from model.sync_batchnorm import convert_sync_batchnorm
+        model = convert_sync_batchnorm(model, runtime.device)
     model = model.to(runtime.device)
     if runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
