@@ -50,8 +50,9 @@ class LTDataModule:
         return self.batch_size // world_size
 
     def train_loader(self, epoch, seed, rank=0, world_size=1):
-        """This epoch's loader. The data order (and worker augmentation seeds) depend only on
-        (seed, epoch); the global batch is split evenly over ``world_size`` ranks.
+        """This epoch's loader. The data order depends only on (seed, epoch), the worker
+        augmentation seeds on (seed, epoch, rank); the global batch is split evenly over
+        ``world_size`` ranks.
 
         DistributedSampler deals the epoch's permutation out round-robin, so step k of rank r takes
         every world_size-th image of global batch k: the global batches, and hence the gradients,
@@ -61,7 +62,8 @@ class LTDataModule:
         sampler = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=self.shuffle,
                                      seed=seed, drop_last=False)
         sampler.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        # Worker augmentation seeds differ per rank (else every rank would crop and flip alike).
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch) + rank)
         return DataLoader(self.train_set, batch_size=per_rank, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=self.drop_last,
                           generator=generator, persistent_workers=False)
