@@ -220,3 +220,31 @@ def test_existing_run_folder_ends_every_rank_with_one_line(cifar_dir, tmp_path):
     for proc in launch_ranks("-c", cfg, "--run_id", "r1"):
         assert_one_line_error(proc, str(run), "already exists")
     assert (run / "last.pth").read_bytes() == b"precious"
+
+
+def test_sync_batchnorm_must_be_true_or_false(cifar_dir, tmp_path):
+    import train
+    cfg = write_config(tmp_path / "c.json", ddp_config(cifar_dir, tmp_path / "saved"))
+    args = train.parse_args(["-c", str(cfg), "--set", "trainer.sync_batchnorm=yes"])
+    with pytest.raises(UserError, match="trainer.sync_batchnorm 'yes': expected true or false"):
+        train.resolve_config(args)
+
+
+def test_cpu_sync_batchnorm_keeps_parameter_names_and_values():
+    """Converted models save the same state dict as plain ones (checkpoints stay interchangeable)
+    and, outside a process group, compute exactly what BatchNorm computes."""
+    import copy
+
+    from model.model import ResNet32Model
+    from model.sync_batchnorm import CPUSyncBatchNorm, convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    net = ResNet32Model(num_classes=10, num_experts=2)
+    synced = convert_sync_batchnorm(copy.deepcopy(net), "cpu")
+    assert sum(isinstance(m, CPUSyncBatchNorm) for m in synced.modules()) == \
+        sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) > 0
+    a, b = net.state_dict(), synced.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(net(x)["output"], synced(x)["output"])
+    assert all(torch.equal(u, v) for u, v in zip(net.state_dict().values(), synced.state_dict().values()))
