@@ -51,8 +51,8 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if dist.get_world_size(group) == 1:
             return super().forward(input)
         self._check_input_dim(input)
-        # In float64, as torch's own CPU BatchNorm accumulates: in float32 the backward's
-        # cancellations (g - mean(g) - x_hat * mean(g * x_hat)) cost three decimal digits.
+        # Statistics and their gradients in float64, as torch's CPU BatchNorm accumulates its
+        # sums in double; the output is cast back to the input's type.
         x = input.double()
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
