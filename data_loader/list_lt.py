@@ -175,13 +175,11 @@ class ListLTDataModule(LTDataModule):
     # -- training -------------------------------------------------------------------------------
     def train_loader(self, epoch, seed, rank=0, world_size=1):
         """One loader kept across epochs (persistent workers), reseeded per epoch by its sampler."""
-        if self.batch_size % world_size:
-            raise UserError(f"data_loader.args.batch_size {self.batch_size} is the global batch and must be "
-                            f"divisible by the number of processes ({world_size})")
+        per_rank = self.rank_batch_size(world_size)
         key = (seed, rank, world_size)
         if self._train_loader_key != key:
             sampler = SeededSampler(self.train_set, rank, world_size, self.shuffle, seed)
-            self._train_loader = DataLoader(self.train_set, batch_size=self.batch_size // world_size,
+            self._train_loader = DataLoader(self.train_set, batch_size=per_rank,
                                             sampler=sampler, num_workers=self.num_workers,
                                             pin_memory=self.pin_memory, drop_last=self.drop_last,
                                             persistent_workers=self.persistent_workers)
