@@ -5,8 +5,6 @@
 """
 import argparse
 
-import torch
-
 import data_loader
 import model as models
 import model.loss as losses
@@ -91,11 +89,10 @@ def main(argv=None):
         criterion = config.init_obj("loss", losses, cls_num_list=data.cls_num_list).to(runtime.device)
         perf = Performance.from_config(config["trainer"], config.source)
         net = perf.prepare_model(wrap_model(net, runtime, sync_batchnorm=bool(config.get("trainer.sync_batchnorm", False))))
+        net = perf.maybe_compile(net)
         optimizer = build_optimizer(config, net)
         scheduler = build_lr_scheduler(config, optimizer)
-        scaler = None
-        if config.get("trainer.autocast") in ("fp16", "float16") and runtime.device.type == "cuda":
-            scaler = torch.amp.GradScaler("cuda")
+        scaler = perf.grad_scaler(runtime.device)
         if runtime.is_main:
             config.save()
             n_params = sum(p.numel() for p in net.parameters())

@@ -39,9 +39,7 @@ class LTDataModule:
         from data_loader.long_tail import shot_masks  # data_loader imports this module
         return shot_masks(self.cls_num_list)
 
-    def train_loader(self, epoch, seed, rank=0, world_size=1):
-        """This epoch's loader. The data order (and worker augmentation seeds) depend only on
-        (seed, epoch); the global batch is split evenly over ``world_size`` ranks."""
+    def _sampler(self, epoch, seed, rank, world_size):
         if self.batch_size % world_size:
             from utils.errors import UserError
             raise UserError(f"data_loader.args.batch_size {self.batch_size} is the global batch and must be "
@@ -49,13 +47,27 @@ class LTDataModule:
         sampler = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=self.shuffle,
                                      seed=seed, drop_last=False)
         sampler.set_epoch(epoch)
+        return sampler
+
+    def epoch_order(self, epoch, seed, rank=0, world_size=1):
+        """This rank's training indices for the epoch, in the order ``train_loader`` visits them
+        (DistributedSampler's: a (seed + epoch) permutation, padded, then every world_size-th)."""
+        return list(iter(self._sampler(epoch, seed, rank, world_size)))
+
+    def train_loader(self, epoch, seed, rank=0, world_size=1, device=None):
+        """This epoch's loader. The data order (and worker augmentation seeds) depend only on
+        (seed, epoch); the global batch is split evenly over ``world_size`` ranks. ``device`` is
+        where the training step runs: device-resident pipelines put their batches there."""
+        sampler = self._sampler(epoch, seed, rank, world_size)
         generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         return DataLoader(self.train_set, batch_size=self.batch_size // world_size, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=self.drop_last,
                           generator=generator, persistent_workers=False)
 
     # -- evaluation -----------------------------------------------------------------------------
-    def test_loader(self, indices=None, batch_size=None, dataset=None, shuffle=False, generator=None):
+    def test_loader(self, indices=None, batch_size=None, dataset=None, shuffle=False, generator=None, device=None):
+        """Batches of the test set (or ``dataset``), optionally only ``indices``. ``device``: where
+        the forward pass runs (device-resident pipelines put their batches there)."""
         dataset = self.test_set if dataset is None else dataset
         if indices is not None:
             dataset = Subset(dataset, np.asarray(indices).tolist())

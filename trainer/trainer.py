@@ -39,7 +39,8 @@ class Trainer(BaseTrainer):
         # Augmentation in the main process draws from the global RNG: seed it per epoch, so a
         # resumed run repeats the uninterrupted run exactly.
         torch.manual_seed(epoch_seed(self.seed, epoch) + self.runtime.rank)
-        loader = self.data.train_loader(epoch, self.seed, self.runtime.rank, self.runtime.world_size)
+        loader = self.data.train_loader(epoch, self.seed, self.runtime.rank, self.runtime.world_size,
+                                        device=self.runtime.device)
         device = self.runtime.device
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -102,7 +103,7 @@ class Trainer(BaseTrainer):
             return {}
         n = len(self.data.test_set)
         shard = range(self.runtime.rank, n, self.runtime.world_size)
-        preds, targets = self.predict(self.data.test_loader(indices=shard))
+        preds, targets = self.predict(self.data.test_loader(indices=shard, device=self.runtime.device))
         cm = confusion_matrix(preds, targets, self.data.num_classes)
         self.runtime.all_reduce_sum(cm)
         metrics = accuracy_from_confusion(cm, self.shot_masks)
