@@ -97,12 +97,16 @@ class ArrayLTDataModule(LTDataModule):
         if self.pipeline == "pil":
             return super().train_loader(epoch, seed, rank, world_size, device)
         order = self.epoch_order(epoch, seed, rank, world_size)
-        # One parameter draw per position of the global (padded) order, from (seed, epoch) alone:
-        # every rank agrees, and a resumed run repeats the epoch exactly.
+        # One parameter draw per position of the epoch's global order, from (seed, epoch) alone:
+        # ranks agree, the number of processes does not change the augmentation, and a resumed
+        # run repeats the epoch exactly. Rank r holds positions r, r + world_size, ...; positions
+        # past the end (DistributedSampler's padding repeats the first images) reuse their draws.
         generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         a = self.augment
-        params = ta.sample_params(len(order) * world_size, generator, a["padding"], a["flip"], a["rotation"])
-        return ta.TensorTrainLoader(self.device_images("train", device), order, params[rank::world_size],
+        n = len(self.train_set)
+        params = ta.sample_params(n, generator, a["padding"], a["flip"], a["rotation"])
+        positions = torch.arange(rank, len(order) * world_size, world_size) % n
+        return ta.TensorTrainLoader(self.device_images("train", device), order, params[positions],
                                     self.batch_size // world_size, self.mean, self.std, a["padding"],
                                     drop_last=self.drop_last)
 
