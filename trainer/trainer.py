@@ -13,6 +13,20 @@ from utils.performance import Performance
 from utils.seed import epoch_seed
 
 
+@torch.inference_mode()
+def predict(model, loader, perf, device):
+    """Top-1 predictions and targets (device tensors) of ``model`` over ``loader``, in eval mode and
+    in ``perf``'s precision and layout (the forward pass that evaluation and test scripts share)."""
+    model.eval()
+    preds, targets = [], []
+    for x, y in loader:
+        x, y = perf.prepare_input(x, device), y.to(device, non_blocking=True)
+        with perf.autocast_context(device):
+            preds.append(model(x)["output"].argmax(1))
+        targets.append(y)
+    return torch.cat(preds), torch.cat(targets)
+
+
 class NonFiniteLossError(UserError):
     """Training diverged; the last good checkpoint is left as it is."""
 
@@ -86,17 +100,9 @@ class Trainer(BaseTrainer):
             raise NonFiniteLossError(f"loss became non-finite at epoch {epoch + 1}, step {bad + 1}; training "
                                      f"stopped, the last good checkpoint in {self.run_dir} is kept")
 
-    @torch.inference_mode()
     def predict(self, loader):
         """Predictions and targets over a loader (this rank's part)."""
-        self.model.eval()
-        preds, targets = [], []
-        for x, y in loader:
-            x, y = self._to_device(x, y)
-            with self.autocast():
-                preds.append(self.model(x)["output"].argmax(1))
-            targets.append(y)
-        return torch.cat(preds), torch.cat(targets)
+        return predict(self.model, loader, self.perf, self.runtime.device)
 
     def _valid_epoch(self, epoch):
         if self.valid_period <= 0 or ((epoch + 1) % self.valid_period and epoch + 1 != self.epochs):
