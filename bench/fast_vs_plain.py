@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import data_loader  # noqa: E402
+from bench.train_speed import PLAIN  # noqa: E402
 import model as models  # noqa: E402
 from data_loader.test_distributions import generated_distributions  # noqa: E402
 from model.metric import accuracy_from_confusion, confusion_matrix  # noqa: E402
@@ -35,8 +36,6 @@ from utils.parse_config import ConfigParser, parse_set_expression, set_by_path  
 from utils.performance import Performance  # noqa: E402
 
 CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
-PLAIN = ["trainer.autocast=null", "trainer.channels_last=false", "trainer.compile=false",
-         "data_loader.args.pipeline=pil"]
 VARIANTS = {"fast": [], "plain": PLAIN}
 
 
