@@ -64,33 +64,77 @@ def _pillow_fixed_affine(angle, size):
     return torch.tensor(rows, dtype=torch.int64).reshape(-1, 6)
 
 
-def source_index(params, size, padding, device=None):
-    """[B, H, W] int64: for each output pixel the flat index (row * W + col) of the source pixel
-    in the un-padded image, or -1 where the output is zero (padding or rotation fill)."""
+@dataclass
+class Geometry:
+    """Per-image index-map terms on the device, made once per epoch so that batches need no
+    host-to-device copy (a blocking copy would stall a GPU queue): the rotation as a [3, 2]
+    matrix over (x, y, 1), the valid range [lo, hi) of rotated (x, y), and the flip/crop map
+    (x, y) -> sign * x + W * y + offset into the un-padded image."""
+    rotation: torch.Tensor  # [B, 3, 2] float64
+    lo: torch.Tensor  # [B, 1, 2]
+    hi: torch.Tensor  # [B, 1, 2]
+    mult: torch.Tensor  # [B, 2, 1]
+    offset: torch.Tensor  # [B, 1] int64
+
+    def __getitem__(self, index):
+        return Geometry(*(t[index] for t in (self.rotation, self.lo, self.hi, self.mult, self.offset)))
+
+
+def geometry(params, size, padding, device=None):
     h, w = size
-    coef = _pillow_fixed_affine(params.angle, size).to(device)
-    ys = torch.arange(h, device=device, dtype=torch.int64).view(1, h, 1)
-    xs = torch.arange(w, device=device, dtype=torch.int64).view(1, 1, w)
-    a0, a1, a2, a3, a4, a5 = (coef[:, i].view(-1, 1, 1) for i in range(6))
-    # Rotation: where output (x, y) reads from in the cropped, flipped image (arithmetic shift = floor).
-    xr = (a0 * xs + a1 * ys + a2) >> 16
-    yr = (a3 * xs + a4 * ys + a5) >> 16
-    inside = (xr >= 0) & (xr < w) & (yr >= 0) & (yr < h)
-    # Flip, then crop offset in the zero-padded image.
-    flip = params.flip.to(device).view(-1, 1, 1)
-    xf = torch.where(flip, w - 1 - xr, xr)
-    col = xf + params.left.to(device).view(-1, 1, 1) - padding
-    row = yr + params.top.to(device).view(-1, 1, 1) - padding
-    inside &= (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    return torch.where(inside, row * w + col, torch.full_like(col, -1))
+    # Pillow's fixed-point map as exact float64 integers; floor of a division by 2**16 is its >> 16.
+    rotation = _pillow_fixed_affine(params.angle, size).view(-1, 2, 3).transpose(1, 2).double()
+    # Flip then crop are affine on the rotated integer (x, y): col = sign*x + shift_x, row = y + shift_y,
+    # (col, row) in the un-padded image. Valid x, y: inside the crop and inside the image.
+    sign = 1 - 2 * params.flip.long()
+    shift_x = torch.where(params.flip, w - 1, 0) + params.left - padding
+    shift_y = params.top - padding
+    lo_x = torch.where(params.flip, shift_x - w + 1, -shift_x).clamp(min=0)
+    hi_x = torch.where(params.flip, shift_x + 1, w - shift_x).clamp(max=w)
+    lo = torch.stack([lo_x, (-shift_y).clamp(min=0)], 1).view(-1, 1, 2).double()
+    hi = torch.stack([hi_x, (h - shift_y).clamp(max=h)], 1).view(-1, 1, 2).double()
+    mult = torch.stack([sign, torch.full_like(sign, w)], 1).view(-1, 2, 1).double()
+    offset = (shift_x + shift_y * w).view(-1, 1)
+    return Geometry(*(t.to(device) for t in (rotation, lo, hi, mult, offset)))
 
 
-def normalize(images_u8_nhwc, mean, std):
-    """uint8 [B, H, W, C] -> float [B, C, H, W] (channels_last in memory) as ToTensor + Normalize."""
-    x = images_u8_nhwc.permute(0, 3, 1, 2).float().div(255)
-    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return x.sub(mean).div(std)
+def pixel_grid(size, device=None):
+    """[H*W, 3] float64 rows (x, y, 1) in row-major pixel order."""
+    h, w = size
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten(), torch.ones(h * w, dtype=torch.float64)], 1).to(device)
+
+
+def map_pixels(geom, grid, base=None, fill=-1):
+    """[B, H*W] int64 source index per output pixel (plus ``base[b]``), ``fill`` where zero."""
+    rot = torch.floor(torch.matmul(grid, geom.rotation) / 65536.0)  # [B, H*W, 2]
+    inside = ((rot >= geom.lo) & (rot < geom.hi)).all(-1)
+    flat = torch.bmm(rot, geom.mult).squeeze(-1).long() + geom.offset
+    if base is not None:
+        flat = flat + base.view(-1, 1)
+    return torch.where(inside, flat, fill)
+
+
+def source_index(params, size, padding, device=None):
+    """[B, H, W] int64: for each output pixel the flat index (row * W + col) of its source pixel
+    in the un-padded image, or -1 where the output is zero (padding or rotation fill)."""
+    return map_pixels(geometry(params, size, padding, device), pixel_grid(size, device)).view(-1, *size)
+
+
+def normalize_table(mean, std, device=None):
+    """[C, 256] float: ToTensor then Normalize of every uint8 value, computed as torchvision does."""
+    values = torch.arange(256, dtype=torch.float32).div(255)
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1)
+    return values.view(1, -1).sub(mean).div(std).to(device)
+
+
+def normalize(images_u8_nhwc, table):
+    """uint8 [B, H, W, C] -> float [B, C, H, W] (channels_last in memory), one table lookup."""
+    c = images_u8_nhwc.shape[-1]
+    codes = images_u8_nhwc.long() + torch.arange(0, 256 * c, 256, device=images_u8_nhwc.device)
+    return table.view(-1)[codes].permute(0, 3, 1, 2)
 
 
 class DeviceImages:
@@ -109,12 +153,12 @@ class DeviceImages:
     def __len__(self):
         return self.shape[0]
 
-    def augmented(self, index, params, padding):
-        """uint8 [B, H, W, C]: images ``index`` (a device tensor) cropped, flipped and rotated."""
+    def augmented(self, index, geom, grid):
+        """uint8 [B, H, W, C]: images ``index`` cropped, flipped and rotated by ``geom``, all on the
+        device (``geom = geometry(params, ...)``, ``grid = pixel_grid(...)``)."""
         n, h, w, c = self.shape
-        src = source_index(params, (h, w), padding, self.device)
-        flat = torch.where(src >= 0, index.view(-1, 1, 1) * (h * w) + src, torch.full_like(src, n * h * w))
-        return self.pixels[flat]
+        flat = map_pixels(geom, grid, base=index * (h * w), fill=n * h * w)
+        return self.pixels[flat].view(-1, h, w, c)
 
     def plain(self, index):
         n, h, w, c = self.shape
@@ -122,16 +166,20 @@ class DeviceImages:
 
 
 class TensorTrainLoader:
-    """One epoch of augmented, normalised training batches (x on the device, y on the device).
+    """One epoch of augmented, normalised training batches (x and y on the images' device).
 
     ``order`` lists this rank's dataset indices in sampler order; ``params`` holds one parameter
-    set per entry of ``order``. Iterating twice gives the same batches."""
+    set per entry of ``order``. Everything per-epoch moves to the device here, once; batches are
+    device ops only (no host synchronisation). Iterating twice gives the same batches."""
 
     def __init__(self, images, order, params, batch_size, mean, std, padding, drop_last=False):
-        self.images, self.params = images, params
-        self.order = torch.as_tensor(order, dtype=torch.int64).to(images.device)
-        self.batch_size, self.mean, self.std, self.padding = batch_size, mean, std, padding
-        self.drop_last = drop_last
+        device = images.device
+        self.images, self.batch_size, self.drop_last = images, batch_size, drop_last
+        self.order = torch.as_tensor(order, dtype=torch.int64).to(device)
+        size = images.shape[1:3]
+        self.geom = geometry(params, size, padding, device)
+        self.grid = pixel_grid(size, device)
+        self.table = normalize_table(mean, std, device)
 
     def __len__(self):
         n = len(self.order)
@@ -141,7 +189,7 @@ class TensorTrainLoader:
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             index = self.order[sl]
-            x = normalize(self.images.augmented(index, self.params[sl], self.padding), self.mean, self.std)
+            x = normalize(self.images.augmented(index, self.geom[sl], self.grid), self.table)
             yield x, self.images.targets[index]
 
 
@@ -151,7 +199,8 @@ class TensorEvalLoader:
     def __init__(self, images, indices, batch_size, mean, std):
         self.images = images
         self.indices = torch.as_tensor(indices, dtype=torch.int64).to(images.device)
-        self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.batch_size = batch_size
+        self.table = normalize_table(mean, std, images.device)
 
     def __len__(self):
         return -(-len(self.indices) // self.batch_size)
@@ -159,4 +208,4 @@ class TensorEvalLoader:
     def __iter__(self):
         for b in range(len(self)):
             index = self.indices[b * self.batch_size:(b + 1) * self.batch_size]
-            yield normalize(self.images.plain(index), self.mean, self.std), self.images.targets[index]
+            yield normalize(self.images.plain(index), self.table), self.images.targets[index]

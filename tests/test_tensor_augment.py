@@ -9,7 +9,7 @@ from torchvision.transforms import InterpolationMode
 
 from data_loader import transforms as tf
 from data_loader.cifar_lt import CIFAR100LTDataLoader
-from data_loader.tensor_augment import DeviceImages, TensorTrainLoader, sample_params
+from data_loader.tensor_augment import DeviceImages, TensorTrainLoader, geometry, pixel_grid, sample_params
 from tests.helpers import write_cifar100
 from utils.errors import UserError
 from utils.parse_config import ConfigParser
@@ -17,6 +17,12 @@ from utils.parse_config import ConfigParser
 import data_loader
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def augment(images, params, padding):
+    size = images.shape[1:3]
+    return DeviceImages(images, np.zeros(len(images))).augmented(
+        torch.arange(len(images)), geometry(params, size, padding), pixel_grid(size)).numpy()
 
 
 def random_images(n, size, seed=0):
@@ -49,7 +55,7 @@ def test_same_pixels_as_pil_for_the_same_parameters(size, padding, rotation):
     n = 300
     images = random_images(n, size)
     params = sample_params(n, torch.Generator().manual_seed(1), padding, True, rotation)
-    out = DeviceImages(images, np.zeros(n)).augmented(torch.arange(n), params, padding).numpy()
+    out = augment(images, params, padding)
     for k in range(n):
         ref = pil_augment(images[k], int(params.top[k]), int(params.left[k]), bool(params.flip[k]),
                           float(params.angle[k]), padding)
@@ -89,7 +95,7 @@ def test_crop_is_a_window_of_the_padded_image_and_flip_mirrors():
     images = random_images(n, size)
     gen = torch.Generator().manual_seed(3)
     params = sample_params(n, gen, pad, flip=True, rotation=0)
-    out = DeviceImages(images, np.zeros(n)).augmented(torch.arange(n), params, pad).numpy()
+    out = augment(images, params, pad)
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     for k in range(n):
         t, l = int(params.top[k]), int(params.left[k])
@@ -101,7 +107,7 @@ def test_rotation_fills_corners_with_zero():
     images = random_images(1, 32)
     params = sample_params(1, torch.Generator(), padding=0, flip=False, rotation=15)
     params.angle[:] = 15.0
-    out = DeviceImages(images, [0]).augmented(torch.arange(1), params, 0).numpy()[0]
+    out = augment(images, params, 0)[0]
     assert (out[0, 0] == 0).all() and (out[-1, -1] == 0).all() and (out[16, 16] != 0).all()
 
 
