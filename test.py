@@ -48,7 +48,7 @@ def main(argv=None):
     available = data.test_distributions()
     names = select_distributions(list(available), args.distributions)
     perf = Performance.from_config(config.get("trainer"), config.source)
-    logits, targets = collect_expert_logits(net, data.test_loader(), device, perf)
+    logits, targets = collect_expert_logits(net, data.test_loader(device=device), device, perf)
     preds = logits.mean(1).argmax(1)
     results = distribution_metrics(preds, targets, {n: available[n] for n in names}, data.num_classes,
                                    data.shot_masks())

@@ -92,7 +92,7 @@ def main(argv=None):
     names = select_distributions(list(available), args.distributions)
 
     # Clean (test-transform) logits of every test image, once: prediction for every distribution.
-    clean_logits, targets = collect_expert_logits(net, data.test_loader(), device, perf, desc="clean test images")
+    clean_logits, targets = collect_expert_logits(net, data.test_loader(device=device), device, perf, desc="clean test images")
     strong = data.test_view_dataset(data.two_view_transform(**tt.get("augmentation", {}) or {}))
     seed = int(tt.get("seed", 1))
     shot_masks = data.shot_masks()

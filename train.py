@@ -6,8 +6,6 @@
 import argparse
 from pathlib import Path
 
-import torch
-
 import data_loader
 import model as models
 import model.loss as losses
@@ -110,8 +108,9 @@ def main(argv=None):
                 apply_config_pretrained(config, net)
             criterion = config.init_obj("loss", losses, cls_num_list=data.cls_num_list).to(runtime.device)
             # Memory layout before wrapping: DDP must not see its parameters replaced afterwards.
-            net = Performance.from_config(config["trainer"], config.source).prepare_model(net.to(runtime.device))
-        net = wrap_model(net, runtime, sync_batchnorm=config.get("trainer.sync_batchnorm", False))
+            perf = Performance.from_config(config["trainer"], config.source)
+            net = perf.prepare_model(net.to(runtime.device))
+        net = perf.maybe_compile(wrap_model(net, runtime, sync_batchnorm=config.get("trainer.sync_batchnorm", False)))
         run_dir = None
         with runtime.fail_together():
             optimizer = build_optimizer(config, net)
@@ -119,9 +118,7 @@ def main(argv=None):
             if runtime.is_main:
                 run_dir = run_folder(args, config)
         config.run_dir = runtime.broadcast_object(run_dir)
-        scaler = None
-        if config.get("trainer.autocast") in ("fp16", "float16") and runtime.device.type == "cuda":
-            scaler = torch.amp.GradScaler("cuda")
+        scaler = perf.grad_scaler(runtime.device)
         with runtime.fail_together():
             logger = setup_logging(config.run_dir, runtime.is_main)
             # Resuming happens here: a refused checkpoint stops before any file of the run is written.

@@ -49,27 +49,37 @@ class LTDataModule:
                             f"divisible by the number of processes ({world_size}); use {options}")
         return self.batch_size // world_size
 
-    def train_loader(self, epoch, seed, rank=0, world_size=1):
-        """This epoch's loader. The data order depends only on (seed, epoch), the worker
-        augmentation seeds on (seed, epoch, rank); the global batch is split evenly over
-        ``world_size`` ranks.
-
-        DistributedSampler deals the epoch's permutation out round-robin, so step k of rank r takes
+    def _sampler(self, epoch, seed, rank, world_size):
+        """DistributedSampler deals the epoch's permutation out round-robin, so step k of rank r takes
         every world_size-th image of global batch k: the global batches, and hence the gradients,
         are those of one process with the same batch size, whatever the number of processes (when
         the epoch's length divides by the batch; the last, partial batch is split with padding)."""
-        per_rank = self.rank_batch_size(world_size)
+        self.rank_batch_size(world_size)
         sampler = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=self.shuffle,
                                      seed=seed, drop_last=False)
         sampler.set_epoch(epoch)
+        return sampler
+
+    def epoch_order(self, epoch, seed, rank=0, world_size=1):
+        """This rank's training indices for the epoch, in the order ``train_loader`` visits them
+        (DistributedSampler's: a (seed + epoch) permutation, padded, then every world_size-th)."""
+        return list(iter(self._sampler(epoch, seed, rank, world_size)))
+
+    def train_loader(self, epoch, seed, rank=0, world_size=1, device=None):
+        """This epoch's loader. The data order depends only on (seed, epoch), the augmentation
+        seeds on (seed, epoch, rank); the global batch is split evenly over ``world_size`` ranks.
+        ``device`` is where the training step runs: device-resident pipelines put their batches there."""
+        sampler = self._sampler(epoch, seed, rank, world_size)
         # Worker augmentation seeds differ per rank (else every rank would crop and flip alike).
         generator = torch.Generator().manual_seed(epoch_seed(seed, epoch) + rank)
-        return DataLoader(self.train_set, batch_size=per_rank, sampler=sampler,
+        return DataLoader(self.train_set, batch_size=self.rank_batch_size(world_size), sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=self.drop_last,
                           generator=generator, persistent_workers=False)
 
     # -- evaluation -----------------------------------------------------------------------------
-    def test_loader(self, indices=None, batch_size=None, dataset=None, shuffle=False, generator=None):
+    def test_loader(self, indices=None, batch_size=None, dataset=None, shuffle=False, generator=None, device=None):
+        """Batches of the test set (or ``dataset``), optionally only ``indices``. ``device``: where
+        the forward pass runs (device-resident pipelines put their batches there)."""
         dataset = self.test_set if dataset is None else dataset
         if indices is not None:
             dataset = Subset(dataset, np.asarray(indices).tolist())

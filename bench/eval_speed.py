@@ -26,14 +26,14 @@ def main():
     masks = data.shot_masks()
 
     start = time.perf_counter()
-    logits, targets = collect_expert_logits(net, data.test_loader(), args.device, perf)
+    logits, targets = collect_expert_logits(net, data.test_loader(device=args.device), args.device, perf)
     one_pass = distribution_metrics(logits.mean(1).argmax(1), targets, dists, data.num_classes, masks)
     t_one = time.perf_counter() - start
 
     start = time.perf_counter()
     separate = {}
     for name, idx in dists.items():
-        sub, sub_t = collect_expert_logits(net, data.test_loader(indices=idx), args.device, perf)
+        sub, sub_t = collect_expert_logits(net, data.test_loader(indices=idx, device=args.device), args.device, perf)
         separate.update(distribution_metrics(sub.mean(1).argmax(1), sub_t, {name: np.arange(len(sub_t))},
                                              data.num_classes, masks))
     t_sep = time.perf_counter() - start

@@ -1,14 +1,26 @@
 """Long-tailed data held in memory as uint8 image arrays (CIFAR, digits): one implementation of the
-LT selection, transforms, test distributions and loaders; datasets only say how to read arrays."""
+LT selection, transforms, test distributions and loaders; datasets only say how to read arrays.
+
+Two input pipelines, chosen by ``data_loader.args.pipeline``:
+- ``"pil"``: torchvision transforms on PIL images in DataLoader workers (the release's way);
+- ``"tensor"``: the whole (small) set as one uint8 tensor on the training device, augmented and
+  normalised batch-wise there (data_loader/tensor_augment.py); same pixels for the same
+  parameters, same sampler order, no workers.
+"""
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from base.base_data_module import LTDataModule
+from data_loader import tensor_augment as ta
 from data_loader import transforms as tf
 from data_loader.long_tail import img_num_per_cls, select_per_class
 from data_loader.test_distributions import generated_distributions
 from utils.errors import UserError
+from utils.seed import epoch_seed
+
+PIPELINES = ("pil", "tensor")
 
 
 class ArrayImageDataset(Dataset):
@@ -38,8 +50,13 @@ class ArrayLTDataModule(LTDataModule):
     default_padding, default_flip, default_rotation = 4, True, 15
 
     def __init__(self, data_dir, imb_factor=0.01, batch_size=128, num_workers=0, mean=tf.CIFAR_MEAN,
-                 std=tf.CIFAR_STD, padding=None, flip=None, rotation=None, img_max=None, **loader_kw):
+                 std=tf.CIFAR_STD, padding=None, flip=None, rotation=None, img_max=None, pipeline="pil",
+                 **loader_kw):
         super().__init__(batch_size=batch_size, num_workers=num_workers, **loader_kw)
+        if pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {', '.join(repr(p) for p in PIPELINES)}, got {pipeline!r}")
+        self.pipeline = pipeline
+        self._device_sets = {}
         if not (isinstance(imb_factor, (int, float)) and 0 < imb_factor <= 1):
             raise ValueError(f"imb_factor must be in (0, 1] (1 / imbalance ratio), got {imb_factor!r}")
         self.data_dir = data_dir
@@ -65,6 +82,43 @@ class ArrayLTDataModule(LTDataModule):
 
     def load_arrays(self):
         raise NotImplementedError
+
+    # -- device-resident pipeline ------------------------------------------------------------------
+    def device_images(self, split, device=None):
+        """The ``"train"`` or ``"test"`` images as one uint8 tensor on ``device`` (made once)."""
+        device = torch.device(device if device is not None else "cpu")
+        key = (split, str(device))
+        if key not in self._device_sets:
+            ds = self.train_set if split == "train" else self.test_set
+            self._device_sets[key] = ta.DeviceImages(ds.data, ds.targets, device)
+        return self._device_sets[key]
+
+    def train_loader(self, epoch, seed, rank=0, world_size=1, device=None):
+        if self.pipeline == "pil":
+            return super().train_loader(epoch, seed, rank, world_size, device)
+        order = self.epoch_order(epoch, seed, rank, world_size)
+        # One parameter draw per position of the epoch's global order, from (seed, epoch) alone:
+        # ranks agree, the number of processes does not change the augmentation, and a resumed
+        # run repeats the epoch exactly. Rank r holds positions r, r + world_size, ...; positions
+        # past the end (DistributedSampler's padding repeats the first images) reuse their draws.
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        a = self.augment
+        n = len(self.train_set)
+        params = ta.sample_params(n, generator, a["padding"], a["flip"], a["rotation"])
+        positions = torch.arange(rank, len(order) * world_size, world_size) % n
+        return ta.TensorTrainLoader(self.device_images("train", device), order, params[positions],
+                                    self.batch_size // world_size, self.mean, self.std, a["padding"],
+                                    drop_last=self.drop_last)
+
+    def test_loader(self, indices=None, batch_size=None, dataset=None, shuffle=False, generator=None, device=None):
+        if self.pipeline == "pil" or dataset is not None:
+            return super().test_loader(indices, batch_size, dataset, shuffle, generator, device)
+        indices = torch.arange(len(self.test_set)) if indices is None else torch.as_tensor(np.asarray(indices),
+                                                                                            dtype=torch.int64)
+        if shuffle:
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        return ta.TensorEvalLoader(self.device_images("test", device), indices, batch_size or self.batch_size,
+                                   self.mean, self.std)
 
     def test_distributions(self):
         return generated_distributions(self.test_set.targets, self.num_classes)

@@ -173,8 +173,9 @@ class ListLTDataModule(LTDataModule):
         self._train_loader, self._train_loader_key = None, None
 
     # -- training -------------------------------------------------------------------------------
-    def train_loader(self, epoch, seed, rank=0, world_size=1):
-        """One loader kept across epochs (persistent workers), reseeded per epoch by its sampler."""
+    def train_loader(self, epoch, seed, rank=0, world_size=1, device=None):
+        """One loader kept across epochs (persistent workers), reseeded per epoch by its sampler.
+        Batches stay on the host (decoding is in workers); ``device`` is accepted for the interface."""
         per_rank = self.rank_batch_size(world_size)
         key = (seed, rank, world_size)
         if self._train_loader_key != key:

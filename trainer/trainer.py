@@ -14,6 +14,20 @@ from utils.runtime import unwrap
 from utils.seed import epoch_seed
 
 
+@torch.inference_mode()
+def predict(model, loader, perf, device):
+    """Top-1 predictions and targets (device tensors) of ``model`` over ``loader``, in eval mode and
+    in ``perf``'s precision and layout (the forward pass that evaluation and test scripts share)."""
+    model.eval()
+    preds, targets = [], []
+    for x, y in loader:
+        x, y = perf.prepare_input(x, device), y.to(device, non_blocking=True)
+        with perf.autocast_context(device):
+            preds.append(model(x)["output"].argmax(1))
+        targets.append(y)
+    return torch.cat(preds), torch.cat(targets)
+
+
 class NonFiniteLossError(UserError):
     """Training diverged; the last good checkpoint is left as it is."""
 
@@ -40,7 +54,8 @@ class Trainer(BaseTrainer):
         # Augmentation in the main process draws from the global RNG: seed it per epoch, so a
         # resumed run repeats the uninterrupted run exactly.
         torch.manual_seed(epoch_seed(self.seed, epoch) + self.runtime.rank)
-        loader = self.data.train_loader(epoch, self.seed, self.runtime.rank, self.runtime.world_size)
+        loader = self.data.train_loader(epoch, self.seed, self.runtime.rank, self.runtime.world_size,
+                                        device=self.runtime.device)
         if hasattr(self.criterion, "set_epoch"):  # losses with an epoch schedule (RIDE's re-weighting)
             self.criterion.set_epoch(epoch)
         device = self.runtime.device
@@ -103,28 +118,20 @@ class Trainer(BaseTrainer):
                                      f"{self._steps_in_epoch}; training stopped, {kept}; lower the learning "
                                      f"rate (optimizer.args.lr) or check the data")
 
-    @torch.inference_mode()
     def predict(self, loader):
         """Predictions and targets over a loader (this rank's part).
 
         Under DDP it runs the wrapped network itself: a DDP forward broadcasts buffers, a collective
         that would hang when the ranks' shards of the test set have different numbers of batches."""
         net = unwrap(self.model) if self.runtime.distributed else self.model
-        net.eval()
-        preds, targets = [], []
-        for x, y in loader:
-            x, y = self._to_device(x, y)
-            with self.autocast():
-                preds.append(net(x)["output"].argmax(1))
-            targets.append(y)
-        return torch.cat(preds), torch.cat(targets)
+        return predict(net, loader, self.perf, self.runtime.device)
 
     def _valid_epoch(self, epoch):
         if self.valid_period <= 0 or ((epoch + 1) % self.valid_period and epoch + 1 != self.epochs):
             return {}
         n = len(self.data.test_set)
         shard = range(self.runtime.rank, n, self.runtime.world_size)
-        preds, targets = self.predict(self.data.test_loader(indices=shard))
+        preds, targets = self.predict(self.data.test_loader(indices=shard, device=self.runtime.device))
         cm = confusion_matrix(preds, targets, self.data.num_classes)
         self.runtime.all_reduce_sum(cm)
         metrics = accuracy_from_confusion(cm, self.shot_masks)

@@ -2,7 +2,8 @@
 evaluation and test-time aggregation so all forward passes run in the same mode.
 
 Keys: ``autocast`` (null, "bf16", "fp16"), ``channels_last`` (bool), ``compile`` (bool),
-``cudnn_benchmark`` (bool).
+``cudnn_benchmark`` (bool). A missing key means off (plain fp32, NCHW, eager), so configs and
+checkpoints written before these keys existed keep their behaviour.
 """
 import contextlib
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 from utils.errors import UserError
 
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+_FLAGS = ("channels_last", "compile", "cudnn_benchmark")
 
 
 @dataclass
@@ -27,9 +29,13 @@ class Performance:
         amp = trainer_cfg.get("autocast", None)
         if amp not in (None, *_DTYPES):
             raise UserError(f"config {source}: trainer.autocast {amp!r}: expected null, \"bf16\" or \"fp16\"")
-        return cls(autocast=amp, channels_last=bool(trainer_cfg.get("channels_last", False)),
-                   compile=bool(trainer_cfg.get("compile", False)),
-                   cudnn_benchmark=bool(trainer_cfg.get("cudnn_benchmark", False)))
+        flags = {}
+        for key in _FLAGS:
+            value = trainer_cfg.get(key, False)
+            if not isinstance(value, bool):
+                raise UserError(f"config {source}: trainer.{key} {value!r}: expected true or false")
+            flags[key] = value
+        return cls(autocast=amp, **flags)
 
     @property
     def amp_dtype(self):
@@ -40,6 +46,12 @@ class Performance:
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(device).type, dtype=self.amp_dtype)
 
+    def grad_scaler(self, device):
+        """A GradScaler for fp16 autocast (fp16 gradients underflow without one), else None."""
+        if self.amp_dtype is not torch.float16:
+            return None
+        return torch.amp.GradScaler(torch.device(device).type)
+
     def prepare_model(self, model):
         """Apply the memory layout (call after moving the model to its device)."""
         if self.channels_last:
@@ -49,10 +61,15 @@ class Performance:
         return model
 
     def maybe_compile(self, model):
-        return torch.compile(model) if self.compile else model
+        """``torch.compile`` the module's forward in place (``nn.Module.compile``): the module, its
+        class and its ``state_dict`` keys stay the same, so checkpoints do not change."""
+        if self.compile:
+            model.compile()
+        return model
 
     def prepare_input(self, x, device):
+        """Move a batch to the device (non-blocking) in the layout the model runs in."""
         x = x.to(device, non_blocking=True)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return x

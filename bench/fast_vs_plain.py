@@ -1,0 +1,120 @@
+"""Numbers must not move: train the same short TADE recipe on real CIFAR-10-LT IR100 with the fast
+path (config defaults: bf16 autocast, channels_last, device-resident tensor pipeline) and with the
+plain path (fp32, NCHW, PIL transforms in DataLoader workers), same seeds, and report top-1 on all
+eleven test distributions (SPEC 2.2).
+
+    python bench/fast_vs_plain.py --data_dir /work/main/.cache/cifar [--epochs 4] [--seeds 1 2]
+
+Training runs through train.py (the real code path). The short recipe is the published one
+compressed: lr 0.05, warmup 1 epoch, x0.1 for the last epoch. Each trained model is evaluated in
+its own mode and, for the fast one, also in plain fp32 (the effect of fast evaluation alone).
+The two paths draw different augmentation (PIL draws from worker RNGs, the tensor path from a
+per-epoch generator), so their gap is to be read against the seed-to-seed gap of one path
+(give two seeds to measure it). A JSON of every number is written next to the printout.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import data_loader  # noqa: E402
+from bench.train_speed import PLAIN  # noqa: E402
+import model as models  # noqa: E402
+from data_loader.test_distributions import generated_distributions  # noqa: E402
+from model.metric import accuracy_from_confusion, confusion_matrix  # noqa: E402
+from trainer.trainer import predict  # noqa: E402
+from utils.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
+from utils.parse_config import ConfigParser, parse_set_expression, set_by_path  # noqa: E402
+from utils.performance import Performance  # noqa: E402
+
+CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
+VARIANTS = {"fast": [], "plain": PLAIN}
+
+
+def train(variant, seed, epochs, data_dir, save_dir, extra=()):
+    """Run train.py on the CIFAR-10-LT IR100 config with the short schedule; extra ``KEY=VALUE``
+    overrides may add keys the config lacks (smoke runs: ``data_loader.args.img_max=100``)."""
+    config = json.loads(CONFIG.read_text())
+    for item in extra:
+        key, value = parse_set_expression(item)
+        set_by_path(config, key, value, source="--set", must_exist=False)
+    config_path = Path(save_dir) / "config.json"
+    config_path.write_text(json.dumps(config))
+    cmd = [sys.executable, str(ROOT / "train.py"), "-c", str(config_path), "-d", "cpu", "--data_dir", str(data_dir),
+           "--save_dir", str(save_dir), "--epochs", str(epochs), "--seed", str(seed), "--run_id", f"{variant}{seed}",
+           "--set", "trainer.valid_period=0", "--set", "trainer.monitor=off", "--set", "trainer.tensorboard=false",
+           "--set", "trainer.save_period=0", "--set", "lr_scheduler.args.warmup_epoch=1",
+           "--set", f"lr_scheduler.args.step1={epochs - 1}", "--set", f"lr_scheduler.args.step2={epochs}"]
+    for item in VARIANTS[variant]:
+        cmd += ["--set", item]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        sys.exit(f"train.py failed ({variant}, seed {seed}):\n{proc.stderr[-3000:]}")
+    return Path(save_dir) / "CIFAR10_LT_IR100_TADE" / f"{variant}{seed}" / "last.pth", time.perf_counter() - start
+
+
+def evaluate(checkpoint, perf):
+    """Top-1 (%) on each test distribution: one pass over the test set, then index subsets."""
+    ckpt = load_checkpoint(checkpoint)
+    config = ConfigParser(ckpt["config"], source=str(checkpoint))
+    data = config.init_obj("data_loader", data_loader)
+    net = config.init_obj("arch", models)
+    load_model_weights(net, ckpt["state_dict"], checkpoint)
+    net = perf.prepare_model(net)
+    preds, targets = predict(net, data.test_loader(batch_size=500), perf, torch.device("cpu"))
+    out = {}
+    for name, idx in generated_distributions(data.test_targets, data.num_classes).items():
+        idx = torch.as_tensor(idx)
+        cm = confusion_matrix(preds[idx], targets[idx], data.num_classes)
+        out[name] = 100 * accuracy_from_confusion(cm)["top1"]
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", default=str(ROOT / ".cache" / "cifar"))
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--variants", nargs="+", default=["fast", "plain"], choices=list(VARIANTS))
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="extra config override for both paths (e.g. data_loader.args.img_max=100 for a smoke run)")
+    p.add_argument("--out", default=None, help="JSON file for the results (default: a temporary folder)")
+    args = p.parse_args()
+    if args.epochs < 2:
+        sys.exit("--epochs must be at least 2 (warmup 1 epoch, x0.1 for the last)")
+    rows, meta = {}, {}
+    with tempfile.TemporaryDirectory() as save_dir:
+        for seed in args.seeds:
+            for variant in args.variants:
+                ckpt, seconds = train(variant, seed, args.epochs, args.data_dir, save_dir, args.set)
+                fast_perf = Performance.from_config(json.loads(CONFIG.read_text())["trainer"])
+                modes = {"fast": fast_perf, "plain": Performance()} if variant == "fast" else {"plain": Performance()}
+                for mode, perf in modes.items():
+                    key = f"train {variant} / eval {mode} / seed {seed}"
+                    rows[key] = evaluate(ckpt, perf)
+                    print(f"{key}: " + " ".join(f"{k} {v:.2f}" for k, v in rows[key].items()), flush=True)
+                meta[f"{variant} seed {seed}"] = {"train_seconds": round(seconds, 1)}
+                print(f"  trained {variant} seed {seed} in {seconds:.0f} s", flush=True)
+    names = list(next(iter(rows.values())))
+    short = [n.replace("forward", "F").replace("backward", "B").replace("uniform", "Uni") for n in names]
+    print(f"\nCIFAR-10-LT IR100, TADE, {args.epochs} epochs, top-1 % (no test-time aggregation)")
+    print(f"| {'run':40s} | " + " | ".join(f"{s:>5s}" for s in short) + " |")
+    print(f"|{'-' * 42}|" + "|".join("-" * 7 for _ in short) + "|")
+    for key, acc in rows.items():
+        print(f"| {key:40s} | " + " | ".join(f"{acc[n]:5.2f}" for n in names) + " |")
+    out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "fast_vs_plain.json"
+    out.write_text(json.dumps({"epochs": args.epochs, "accuracy": rows, "runs": meta}, indent=2))
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

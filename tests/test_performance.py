@@ -1,0 +1,79 @@
+"""Precision and layout options: each trains and evaluates through the real Trainer on CPU with a
+finite loss; bad values are one-line config errors; compiling keeps checkpoint keys."""
+import math
+
+import pytest
+import torch
+
+from data_loader.digits_lt import DigitsLTDataLoader
+from model.loss.diverse_expert_loss import DiverseExpertLoss
+from model.model import ResNet32Model
+from model.resnet_cifar import ExpertResNetCifar
+from trainer import Trainer
+from utils.errors import UserError
+from utils.parse_config import ConfigParser
+from utils.performance import Performance
+from utils.runtime import Runtime
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return {p: DigitsLTDataLoader(img_max=12, imb_factor=0.5, batch_size=32, pipeline=p) for p in ("tensor", "pil")}
+
+
+@pytest.mark.parametrize("autocast,channels_last,pipeline", [
+    (None, False, "pil"), (None, True, "tensor"), ("bf16", False, "tensor"), ("bf16", True, "tensor"),
+    ("fp16", True, "tensor"), ("bf16", True, "pil")])
+def test_option_trains_and_evaluates(digits, tmp_path, autocast, channels_last, pipeline):
+    data = digits[pipeline]
+    trainer_cfg = {"epochs": 1, "tensorboard": False, "monitor": "off", "autocast": autocast,
+                   "channels_last": channels_last, "compile": False, "cudnn_benchmark": True}
+    config = ConfigParser({"trainer": trainer_cfg, "seed": 0}, source="test", run_dir=tmp_path)
+    perf = Performance.from_config(trainer_cfg)
+    torch.manual_seed(0)
+    # ResNet-8 (one block per stage): the ResNet-32 code path at a fifth of the cost.
+    net = perf.prepare_model(ExpertResNetCifar((1, 1, 1), num_classes=10, num_experts=3, reduce_dimension=True))
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    scaler = perf.grad_scaler("cpu")
+    assert (scaler is not None) == (autocast == "fp16")
+    trainer = Trainer(net, DiverseExpertLoss(data.cls_num_list), optimizer, None, config, Runtime(torch.device("cpu")),
+                      data, scaler=scaler)
+    log = trainer._train_epoch(0)
+    assert math.isfinite(log["loss"]) and log["loss"] > 0
+    changed = any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    # fp16: the scaler starts at 2**16 and skips steps whose gradients overflow, lowering the scale.
+    assert changed or (scaler is not None and scaler.get_scale() < 2.0 ** 16)
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    val = trainer._valid_epoch(0)
+    assert 0.0 <= val["val_accuracy"] <= 1.0
+
+
+def test_prepare_input_layout():
+    x = torch.randn(2, 3, 8, 8)
+    fast = Performance(channels_last=True).prepare_input(x, "cpu")
+    assert fast.is_contiguous(memory_format=torch.channels_last) and torch.equal(fast, x)
+    plain = Performance().prepare_input(fast, "cpu")
+    assert plain.is_contiguous() and torch.equal(plain, x)
+
+
+def test_compile_keeps_module_and_checkpoint_keys():
+    # Only the wiring: compiling ResNet-32 with inductor takes minutes on 2 CPU cores.
+    net = ResNet32Model(num_classes=10, num_experts=1)
+    keys = list(net.state_dict())
+    out = Performance(compile=True).maybe_compile(net)
+    assert out is net and list(out.state_dict()) == keys
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("autocast", "fp8", "trainer.autocast"), ("channels_last", "yes", "trainer.channels_last"),
+    ("compile", 1, "trainer.compile"), ("cudnn_benchmark", None, "trainer.cudnn_benchmark")])
+def test_bad_values_are_user_errors(key, value, fragment):
+    with pytest.raises(UserError, match=fragment):
+        Performance.from_config({key: value}, "c.json")
+
+
+def test_missing_keys_mean_plain_fp32():
+    perf = Performance.from_config({})
+    assert perf == Performance(autocast=None, channels_last=False, compile=False, cudnn_benchmark=False)
+    assert perf.grad_scaler("cpu") is None and perf.amp_dtype is None
