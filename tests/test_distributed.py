@@ -34,14 +34,15 @@ def ddp_config(cifar_dir, save_dir, epochs=2):
     permutation round-robin, so the two ranks' step-k batches together are one process's step-k
     batch), augmentation (off: it draws per-rank random numbers), BatchNorm statistics (over the
     global batch: trainer.sync_batchnorm) and the gradient (DDP averages the ranks' mean losses,
-    which is the mean over the global batch).
+    which is the mean over the global batch), and precision (float32).
     """
     config = small_cifar_config(cifar_dir, save_dir, epochs=epochs)
     config["data_loader"]["args"].update(img_max=2, imb_factor=0.01, batch_size=8, padding=0, flip=False,
                                          rotation=0)
     # A small step keeps two float32 trajectories close: see test_two_processes_equal_one_process.
     config["optimizer"]["args"]["lr"] = 0.002
-    config["trainer"].update(sync_batchnorm=True, tensorboard=True, save_period=1)
+    # Full float32 (bf16 autocast would round the two trajectories apart far beyond the tolerance).
+    config["trainer"].update(sync_batchnorm=True, tensorboard=True, save_period=1, autocast=None)
     return config
 
 
