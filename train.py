@@ -15,7 +15,7 @@ from trainer.optim import build_lr_scheduler, build_optimizer
 from utils.checkpoint import load_checkpoint
 from utils.cli import ArgumentParser
 from utils.errors import UserError, cli_entry
-from utils.logger import setup_logging
+from utils.logger import log_to_file, setup_logging
 from utils.performance import Performance
 from utils.parse_config import TRAIN_SHORTCUTS, ConfigParser, get_by_path, parse_set_expression, read_json
 from utils.runtime import setup_runtime, teardown_runtime, wrap_model
@@ -89,6 +89,7 @@ def main(argv=None):
     args = parse_args(argv)
     runtime = setup_runtime(args.device)
     config = None
+    logger = setup_logging(None, runtime.is_main)  # info.log starts once the run folder exists
     try:
         # Every rank checks the config, reads the data and builds the model; an error on any rank
         # ends all of them with its one-line message (``fail_together``). Processes that share a
@@ -120,10 +121,10 @@ def main(argv=None):
         config.run_dir = runtime.broadcast_object(run_dir)
         scaler = perf.grad_scaler(runtime.device)
         with runtime.fail_together():
-            logger = setup_logging(config.run_dir, runtime.is_main)
             # Resuming happens here: a refused checkpoint stops before any file of the run is written.
             trainer = Trainer(net, criterion, optimizer, scheduler, config, runtime, data, scaler=scaler)
             if runtime.is_main:
+                log_to_file(config.run_dir)  # with the lines logged so far
                 config.save()
                 n_params = sum(p.numel() for p in net.parameters())
                 logger.info("run folder %s | %s, %d parameters | %d training images, %d classes | device %s%s",

@@ -2,20 +2,49 @@
 import logging
 import sys
 
+_FORMAT = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+
+class _Pending(logging.Handler):
+    """Keeps the lines logged before the run folder exists (data set, model), for info.log."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
 
 def setup_logging(run_dir=None, is_main=True, name="train"):
+    """Console (and ``run_dir/info.log``) on the main process; warnings only elsewhere. Without a
+    ``run_dir`` yet, the lines are also kept for :func:`log_to_file`."""
     logger = logging.getLogger(name)
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
     if not is_main:
         return logger
-    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
     console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(fmt)
+    console.setFormatter(_FORMAT)
     logger.addHandler(console)
-    if run_dir is not None:
-        handler = logging.FileHandler(run_dir / "info.log", delay=True)  # created at the first line
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
+    if run_dir is None:
+        logger.addHandler(_Pending())
+    else:
+        log_to_file(run_dir, name)
+    return logger
+
+
+def log_to_file(run_dir, name="train"):
+    """Write ``run_dir/info.log`` from now on, starting with the lines kept so far (main process)."""
+    logger = logging.getLogger(name)
+    if logger.level > logging.INFO:  # not the main process
+        return logger
+    handler = logging.FileHandler(run_dir / "info.log", delay=True)  # created at the first line
+    handler.setFormatter(_FORMAT)
+    for pending in [h for h in logger.handlers if isinstance(h, _Pending)]:
+        logger.removeHandler(pending)
+        for record in pending.records:
+            handler.handle(record)
+    logger.addHandler(handler)
     return logger
