@@ -97,6 +97,8 @@ class BaseTrainer:
         if self.mnt_mode == "off":
             return False
         if self.mnt_metric not in log:
+            if self.mnt_metric.startswith("val_") and not any(k.startswith("val_") for k in log):
+                return False  # no validation in this epoch (trainer.valid_period): nothing to compare
             raise UserError(f"config {self.config.source}: trainer.monitor metric {self.mnt_metric!r} is not "
                             f"logged; available: {', '.join(k for k in log if k != 'epoch')}")
         value = log[self.mnt_metric]

@@ -9,6 +9,11 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_DATA = ROOT / ".cache" / "cifar"
 
+# The plain path, --set options: what the reference release does (fp32, NCHW, PIL transforms in
+# DataLoader workers).
+PLAIN = ["trainer.autocast=null", "trainer.channels_last=false", "trainer.compile=false",
+         "data_loader.args.pipeline=pil"]
+
 
 def ensure_cifar10(data_dir):
     """Write CIFAR-10 with ../shared/data/make_cifar10.py unless ``data_dir`` already holds it."""

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import data_loader  # noqa: E402
-from bench.train_speed import PLAIN  # noqa: E402
+from common import PLAIN  # noqa: E402
 import model as models  # noqa: E402
 from data_loader.test_distributions import generated_distributions  # noqa: E402
 from model.metric import accuracy_from_confusion, confusion_matrix  # noqa: E402

@@ -1,8 +1,9 @@
-"""Training throughput of the TADE recipe on CIFAR-10-LT IR100 (real data), batch 128: the config
+"""Training throughput of a TADE recipe (default: CIFAR-10-LT IR100 on real data), batch 128: the config
 defaults (bf16 autocast, channels_last, device-resident tensor pipeline) against the plain path
 (fp32, NCHW, PIL transforms in DataLoader workers), run alternately, with their ratio.
 
-    python bench/train_speed.py --data_dir .cache/cifar [--repeats 2] [--epochs 1] [--set KEY=VALUE ...]
+    python bench/train_speed.py --data_dir .cache/cifar [--repeats 2] [--epochs 1] [-d DEVICE]
+        [-c CONFIG] [--only defaults|plain] [--set KEY=VALUE ...]
 
 Prepares CIFAR-10 with ../shared/data/make_cifar10.py if the folder lacks it and trains through
 train.py (the real code path) without evaluation. Each variant runs ``--repeats`` times,
@@ -10,6 +11,7 @@ alternating, so a busy machine slows both alike; the best epoch of each is the f
 disturbed by other load, the median shows the spread. ``--set`` applies to both variants.
 """
 import argparse
+import json
 import re
 import statistics
 import subprocess
@@ -17,23 +19,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import PLAIN, ROOT, ensure_cifar10
 
-# The plain path: what the reference release does (fp32, NCHW, PIL in DataLoader workers).
-PLAIN = ["trainer.autocast=null", "trainer.channels_last=false", "trainer.compile=false",
-         "data_loader.args.pipeline=pil"]
+DEFAULT_CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
 
 
-def ensure_cifar10(data_dir):
-    if not (Path(data_dir) / "cifar-10-batches-py").is_dir():
-        maker = ROOT.parent / "shared" / "data" / "make_cifar10.py"
-        subprocess.run([sys.executable, str(maker), str(data_dir)], check=True)
-
-
-def measure(data_dir, epochs=1, extra=(), device="cpu"):
-    """Run train.py; return the images/s of each epoch as logged."""
+def measure(data_dir, epochs=1, extra=(), device="cpu", config=DEFAULT_CONFIG):
+    """Run train.py; return the images/s and the seconds of each epoch as logged."""
     with tempfile.TemporaryDirectory() as save_dir:
-        cmd = [sys.executable, str(ROOT / "train.py"), "-c", str(ROOT / "configs/config_cifar10_ir100_tade.json"),
+        cmd = [sys.executable, str(ROOT / "train.py"), "-c", str(config),
                "-d", device, "--data_dir", str(data_dir), "--save_dir", save_dir, "--epochs", str(epochs),
                "--run_id", "bench", "--set", "trainer.valid_period=0", "--set", "trainer.monitor=off",
                "--set", "trainer.tensorboard=false", "--set", "trainer.save_period=0"]
@@ -42,30 +36,42 @@ def measure(data_dir, epochs=1, extra=(), device="cpu"):
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode:
             sys.exit(proc.stderr[-2000:])
-        return [float(v) for v in re.findall(r"images_per_s ([0-9.]+)", proc.stdout)]
+        rates = [float(v) for v in re.findall(r"images_per_s ([0-9.]+)", proc.stdout)]
+        seconds = [float(v) for v in re.findall(r"epoch_time_s ([0-9.]+)", proc.stdout)]
+        return rates, seconds
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default=str(ROOT / ".cache" / "cifar"))
+    p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG),
+                   help="training config (CIFAR-10 data is written on demand for the default one only)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("-d", "--device", default="cpu")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--only", choices=["defaults", "plain"], help="measure one variant (no ratio)")
     args = p.parse_args()
-    ensure_cifar10(args.data_dir)
+    if Path(args.config).resolve() == DEFAULT_CONFIG:
+        ensure_cifar10(args.data_dir)
     variants = {"defaults": list(args.set), "plain": PLAIN + list(args.set)}
     if args.only:
         variants = {args.only: variants[args.only]}
+    recipe_epochs = json.loads(Path(args.config).read_text())["trainer"]["epochs"]
     rates = {name: [] for name in variants}
+    seconds = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, sets in variants.items():
-            rates[name] += measure(args.data_dir, args.epochs, sets, args.device)
-            print(f"  {name}: {rates[name][-1]:.1f} images/s", flush=True)
+            r, t = measure(args.data_dir, args.epochs, sets, args.device, args.config)
+            rates[name] += r
+            seconds[name] += t
+            print(f"  {name}: {', '.join(f'{v:.1f}' for v in r)} images/s", flush=True)
     for name, r in rates.items():
-        print(f"TADE CIFAR-10-LT IR100 batch 128 ({args.device}, {name}: {' '.join(variants[name]) or 'config'}): "
-              f"best {max(r):.1f} images/s, median {statistics.median(r):.1f} (epochs: {', '.join(f'{v:.1f}' for v in r)})")
+        best_s = min(seconds[name])
+        print(f"{Path(args.config).stem} ({args.device}, {name}: {' '.join(variants[name]) or 'config'}): "
+              f"best {max(r):.1f} images/s, median {statistics.median(r):.1f} (epochs: {', '.join(f'{v:.1f}' for v in r)}); "
+              f"best epoch {best_s:.2f} s, {recipe_epochs} epochs at that pace {recipe_epochs * best_s / 60:.1f} min "
+              f"(training steps only)")
     if len(rates) == 2:
         best = max(rates["defaults"]) / max(rates["plain"])
         median = statistics.median(rates["defaults"]) / statistics.median(rates["plain"])

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from tests.helpers import run_script, small_cifar_config, write_cifar100, write_config
+from tests.helpers import assert_one_line_error, run_script, small_cifar_config, write_cifar100, write_config
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +58,22 @@ def test_softmax_single_expert_trains(cifar_dir, tmp_path):
     proc = run_script("train.py", "-c", cfg, "--run_id", "x", "--set", "lr_scheduler.args.warmup_epoch=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "saved/small/x/config.json").read_text())["lr_scheduler"]["args"]["warmup_epoch"] == 1
+
+
+def test_validation_every_few_epochs_keeps_the_monitor(cifar_dir, tmp_path):
+    """trainer.valid_period 2 with the default monitor (max val_accuracy): epochs without
+    validation leave model_best alone; the last epoch always validates."""
+    cfg = write_config(tmp_path / "c.json", small_cifar_config(cifar_dir, tmp_path / "saved", epochs=3))
+    proc = run_script("train.py", "-c", cfg, "--run_id", "p2", "--set", "trainer.valid_period=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "saved/small/p2/info.log").read_text().splitlines()
+    epochs = [line for line in log if " epoch " in line and "loss" in line]
+    assert ["val_accuracy" in line for line in epochs] == [False, True, True]
+    assert (tmp_path / "saved/small/p2/model_best.pth").is_file()
+
+
+def test_monitor_on_validation_without_validation_is_refused(cifar_dir, tmp_path):
+    cfg = write_config(tmp_path / "c.json", small_cifar_config(cifar_dir, tmp_path / "saved", epochs=1))
+    proc = run_script("train.py", "-c", cfg, "--run_id", "p0", "--set", "trainer.valid_period=0")
+    assert_one_line_error(proc, "trainer.monitor", "valid_period")
+    assert not (tmp_path / "saved/small/p0/last.pth").exists()

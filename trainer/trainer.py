@@ -41,6 +41,10 @@ class Trainer(BaseTrainer):
         self.perf = Performance.from_config(cfg, config.source)
         self.valid_period = config.get_int("trainer.valid_period", 1)
         super().__init__(model, criterion, optimizer, lr_scheduler, config, runtime, scaler=scaler)
+        if self.valid_period <= 0 and self.mnt_mode != "off" and self.mnt_metric.startswith("val_"):
+            raise UserError(f"config {config.source}: trainer.monitor {self.mnt_mode} {self.mnt_metric} needs "
+                            f"validation, but trainer.valid_period is {self.valid_period}; set "
+                            f"trainer.monitor to \"off\" or valid_period to 1 or more")
         self.shot_masks = data.shot_masks()
 
     def autocast(self):
