@@ -11,7 +11,7 @@ DEFAULT_DATA = ROOT / ".cache" / "cifar"
 
 # The plain path, --set options: what the reference release does (fp32, NCHW, PIL transforms in
 # DataLoader workers).
-PLAIN = ["trainer.autocast=null", "trainer.channels_last=false", "trainer.compile=false",
+PLAIN = ["trainer.autocast=null", "trainer.channels_last=false", "trainer.compile=false", "trainer.cuda_graph=false",
          "data_loader.args.pipeline=pil"]
 
 

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from base.base_trainer import BaseTrainer
 from model.metric import accuracy_from_confusion, confusion_matrix
+from trainer.cuda_graph import GraphedTrainStep, graph_unsupported_reason
 from utils.errors import UserError
 from utils.performance import Performance
 from utils.runtime import unwrap
@@ -46,6 +47,7 @@ class Trainer(BaseTrainer):
                             f"validation, but trainer.valid_period is {self.valid_period}; set "
                             f"trainer.monitor to \"off\" or valid_period to 1 or more")
         self.shot_masks = data.shot_masks()
+        self.graphed_step = self._make_graphed_step()
 
     def autocast(self):
         return self.perf.autocast_context(self.runtime.device)
@@ -74,23 +76,13 @@ class Trainer(BaseTrainer):
                    leave=False, dynamic_ncols=True)
         self._steps_in_epoch = len(loader)
         start = time.perf_counter()
+        train_step = self.graphed_step or self._eager_step
         for step, (x, y) in enumerate(bar):
             x, y = self._to_device(x, y)
-            with self.autocast():
-                outputs = self.model(x)
-                loss = self.criterion(outputs, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
-            loss = loss.detach()
+            output, loss = train_step(x, y)
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
             loss_sum += loss.double() * y.shape[0]
-            correct += (outputs["output"].detach().argmax(1) == y).sum()
+            correct += (output.argmax(1) == y).sum()
             seen += y.shape[0]
             if (step + 1) % self.refresh_every == 0 or step + 1 == len(loader):
                 self._check_finite(first_bad, epoch)
@@ -103,6 +95,32 @@ class Trainer(BaseTrainer):
         n = max(float(totals[2]), 1.0)
         return {"loss": float(totals[0]) / n, "accuracy": float(totals[1]) / n, "lr": lr,
                 "images_per_s": float(totals[2]) / elapsed, "epoch_time_s": elapsed}
+
+    def _eager_step(self, x, y):
+        """One optimisation step; returns the detached ensemble output and loss."""
+        with self.autocast():
+            outputs = self.model(x)
+            loss = self.criterion(outputs, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return outputs["output"].detach(), loss.detach()
+
+    def _make_graphed_step(self):
+        """The CUDA-graph step when ``trainer.cuda_graph`` is on and usable here, else None."""
+        if not self.perf.cuda_graph:
+            return None
+        reason = graph_unsupported_reason(self.runtime, self.model, self.scaler)
+        if reason:
+            if self.runtime.is_main:
+                self.logger.info("trainer.cuda_graph: eager steps, %s", reason)
+            return None
+        return GraphedTrainStep(self.model, self.criterion, self.optimizer, self._eager_step, self.perf.amp_dtype)
 
     def _check_finite(self, first_bad, epoch):
         """Raise if a step's loss was NaN/inf (checked when the bar refreshes, so without a sync per

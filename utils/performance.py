@@ -2,7 +2,8 @@
 evaluation and test-time aggregation so all forward passes run in the same mode.
 
 Keys: ``autocast`` (null, "bf16", "fp16"), ``channels_last`` (bool), ``compile`` (bool),
-``cudnn_benchmark`` (bool). A missing key means off (plain fp32, NCHW, eager), so configs and
+``cudnn_benchmark`` (bool), ``cuda_graph`` (bool: training steps replayed as CUDA graphs on one GPU,
+see ``trainer/cuda_graph.py``). A missing key means off (plain fp32, NCHW, eager), so configs and
 checkpoints written before these keys existed keep their behaviour.
 """
 import contextlib
@@ -13,7 +14,7 @@ import torch
 from utils.errors import UserError
 
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-_FLAGS = ("channels_last", "compile", "cudnn_benchmark")
+_FLAGS = ("channels_last", "compile", "cudnn_benchmark", "cuda_graph")
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Performance:
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = False
+    cuda_graph: bool = False
 
     @classmethod
     def from_config(cls, trainer_cfg, source="config"):

@@ -44,6 +44,10 @@ class RIDELoss(PriorLoss):
         ``reweight_epoch`` (0-based), i.e. after ``reweight_epoch`` finished epochs, as in RIDE."""
         self.reweighting = self.reweight_epoch >= 0 and epoch >= self.reweight_epoch
 
+    def graph_state(self):
+        """The Python state ``forward`` branches on (a CUDA-graph step is captured again when it changes)."""
+        return self.reweighting
+
     def margin_logits(self, logits, target):
         """Subtract m_y * s from each sample's true-class logit (LDAM)."""
         margin = self.m_list[target].unsqueeze(1) * self.s
