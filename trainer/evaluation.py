@@ -57,7 +57,7 @@ def collect_expert_logits(net, loader, device, perf=None, desc="test images"):
         with perf.autocast_context(device):
             out = net(perf.prepare_input(x, device))
         logits.append(out["logits"].float().cpu())
-        targets.append(y)
+        targets.append(y.cpu())  # the tensor pipeline yields targets on the device
     return torch.cat(logits), torch.cat(targets)
 
 

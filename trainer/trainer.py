@@ -113,8 +113,8 @@ class Trainer(BaseTrainer):
 
     def _make_graphed_step(self):
         """The CUDA-graph step when ``trainer.cuda_graph`` is on and usable here, else None."""
-        if not self.perf.cuda_graph:
-            return None
+        if not self.perf.cuda_graph or self.runtime.device.type != "cuda":
+            return None  # like cudnn_benchmark, a GPU key: no effect elsewhere
         reason = graph_unsupported_reason(self.runtime, self.model, self.scaler)
         if reason:
             if self.runtime.is_main:
