@@ -1,6 +1,6 @@
 """trainer.cuda_graph: on a CPU (and under DataParallel, torchrun or fp16) the Trainer takes the
-eager step; on a GPU the graph replays equal the eager steps (these run where CUDA is present:
-bench/gpu_checks.sh runs them on the device machine)."""
+eager step; on a GPU the graph replays equal the eager steps, and the three scripts run with
+-d cuda (these run where CUDA is present: bench/gpu_checks.sh runs them on the device machine)."""
 import copy
 import math
 
@@ -86,3 +86,25 @@ def test_graph_replays_equal_eager_steps(amp, loss):
     assert graphed.captures == 3
     for (name, a), b in zip(models["eager"].state_dict().items(), models["graph"].state_dict().values()):
         torch.testing.assert_close(b.float(), a.float(), rtol=1e-4, atol=1e-5, msg=name)
+
+
+@cuda
+def test_scripts_end_to_end_on_cuda(tmp_path):
+    """train.py (CUDA graphs, tensor pipeline on the GPU), test.py and test_train.py with -d cuda."""
+    import json
+
+    from tests.helpers import run_script, small_cifar_config, write_cifar100, write_config
+    data_dir = write_cifar100(tmp_path / "data", train_per_class=40, test_per_class=3)
+    cfg = small_cifar_config(data_dir, tmp_path / "saved", epochs=2)
+    cfg["data_loader"]["args"].update(img_max=40)
+    cfg["trainer"]["cuda_graph"] = True
+    proc = run_script("train.py", "-c", write_config(tmp_path / "c.json", cfg), "--run_id", "g", "-d", "cuda")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = tmp_path / "saved" / "small" / "g" / "last.pth"
+    proc = run_script("test.py", "-r", ckpt, "-d", "cuda", "--out", tmp_path / "e.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(json.loads((tmp_path / "e.json").read_text())["distributions"]) == 11
+    proc = run_script("test_train.py", "-c", "configs/test_time_cifar100_tade.json", "-r", ckpt, "-d", "cuda",
+                      "--distributions", "uniform", "--epochs", "1", "--out", tmp_path / "t.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(json.loads((tmp_path / "t.json").read_text())["distributions"]["uniform"]["weights"]) == 3
