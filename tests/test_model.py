@@ -34,3 +34,19 @@ def test_cosine_classifier_scale_and_shape():
 def test_plain_linear_without_norm():
     m = ResNet32Model(num_classes=7, num_experts=2, use_norm=False)
     assert m.backbone.s == 1 and isinstance(m.backbone.linears[0], torch.nn.Linear)
+
+
+def test_cosine_classifier_runs_in_float32_under_autocast():
+    from model.normed_linear import NormedLinear
+    torch.manual_seed(0)
+    layer = NormedLinear(64, 10)
+    feat = torch.randn(8, 64).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(feat)
+    assert out.dtype == torch.float32
+    expected = torch.nn.functional.normalize(feat.float(), dim=1) @ torch.nn.functional.normalize(layer.weight, dim=0)
+    torch.testing.assert_close(out, expected)
+    # the check can fail: a bf16 product rounds the cosines visibly
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = torch.nn.functional.normalize(feat, dim=1).mm(torch.nn.functional.normalize(layer.weight, dim=0))
+    assert rounded.dtype == torch.bfloat16 and (rounded.float() - expected).abs().max() > 1e-4
