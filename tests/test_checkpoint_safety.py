@@ -317,3 +317,17 @@ def test_ctrl_c_during_a_save_waits_for_the_save(tmp_path):
             save_checkpoint({"epoch": 3}, path)  # still runs to the end
     assert load_checkpoint(path)["epoch"] == 3
     assert temp_files(tmp_path) == []
+
+
+def test_saved_tensors_are_detached_cpu_copies_with_the_state_dict_metadata(tmp_path):
+    from utils.checkpoint import save_checkpoint, to_cpu
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    state = {"state_dict": net.state_dict(keep_vars=True), "nested": [(torch.ones(2, requires_grad=True), 3)]}
+    out = to_cpu(state)
+    assert out["state_dict"]._metadata == state["state_dict"]._metadata
+    assert isinstance(out["nested"][0], tuple) and out["nested"][0][1] == 3
+    assert not any(t.requires_grad for t in out["state_dict"].values()) and not out["nested"][0][0].requires_grad
+    save_checkpoint({"state_dict": net.state_dict()}, tmp_path / "c.pth")
+    loaded = torch.load(tmp_path / "c.pth", weights_only=True)["state_dict"]
+    assert all(t.device.type == "cpu" for t in loaded.values())
+    torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).load_state_dict(loaded)

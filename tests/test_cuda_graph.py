@@ -101,6 +101,8 @@ def test_scripts_end_to_end_on_cuda(tmp_path):
     proc = run_script("train.py", "-c", write_config(tmp_path / "c.json", cfg), "--run_id", "g", "-d", "cuda")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = tmp_path / "saved" / "small" / "g" / "last.pth"
+    saved = torch.load(ckpt, weights_only=True)  # written from the CPU: loads on machines without a GPU
+    assert all(t.device.type == "cpu" for t in saved["state_dict"].values())
     proc = run_script("test.py", "-r", ckpt, "-d", "cuda", "--out", tmp_path / "e.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(json.loads((tmp_path / "e.json").read_text())["distributions"]) == 11

@@ -71,6 +71,22 @@ def _unlink_quietly(path):
         pass
 
 
+def to_cpu(obj):
+    """The same nested dicts, lists and tuples with every tensor detached on the CPU (a state_dict's
+    ``_metadata`` kept), so a checkpoint written on a GPU loads on any machine without
+    ``map_location``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = type(obj)((k, to_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(obj, path, copies=()):
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
 
@@ -78,8 +94,10 @@ def save_checkpoint(obj, path, copies=()):
     when ``path`` is ``last.pth`` it is the commit point of an epoch: a kill in between leaves
     ``last.pth`` at the previous epoch, and resuming rewrites the copies identically.
     A crash at any moment leaves each file either as it was or complete, never torn; on an error
-    (disk full, Ctrl-C) the temporary files are removed and the error is raised.
+    (disk full, Ctrl-C) the temporary files are removed and the error is raised. Tensors are
+    written from the CPU (:func:`to_cpu`).
     """
+    obj = to_cpu(obj)
     path = Path(path)
     tmp = _tmp_path(path)
     written = [tmp]
