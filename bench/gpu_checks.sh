@@ -40,7 +40,10 @@ timeout 60 $PY bench/train_speed.py -c $C100 --data_dir .cache/cifar100_random -
     --only defaults --set trainer.cuda_graph=false
 
 step "2. $EPOCHS-epoch CIFAR-10-LT IR100 TADE (validation every 50 epochs; test-time loader with 12 workers)"
-sed -i 's/"num_workers": 2/"num_workers": 12/' configs/test_time_cifar10_tade.json
+# reproduce.py reads the test-time config by name: raise its workers for this run, restore it after.
+TT=configs/test_time_cifar10_tade.json
+cp "$TT" "$TT.orig" && trap 'mv -f "$TT.orig" "$TT"' EXIT
+sed -i 's/"num_workers": 2/"num_workers": 12/' "$TT"
 REPRO=runs/gpu_repro
 timeout $((BUDGET - SECONDS - 50)) $PY bench/reproduce.py --dataset cifar10_ir100 --methods tade --epochs $EPOCHS \
     --data_dir "$DATA" -d $DEVICE --out_dir $REPRO --set trainer.valid_period=50
