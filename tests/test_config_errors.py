@@ -249,6 +249,19 @@ def test_set_parses_json_and_falls_back_to_string(workspace):
         ConfigParser.apply_overrides(c.config, [("trainer.nope", 1, "--set")], "x")
 
 
+def test_set_null_is_applied_and_missing_shortcuts_are_not(workspace):
+    # "--set trainer.autocast=null" must turn bf16 off (it was once dropped like an unset option).
+    from utils.parse_config import parse_set_expression
+    from utils.performance import Performance
+    c = ConfigParser(json.loads(json.dumps(workspace.config)))
+    c.config["trainer"]["autocast"] = "bf16"
+    ConfigParser.apply_overrides(c.config, [(*parse_set_expression("trainer.autocast=null"), "--set"),
+                                            ("trainer.epochs", None, "--epochs")], "x")
+    assert "autocast" in c.config["trainer"] and c.config["trainer"]["autocast"] is None
+    assert Performance.from_config(c.config["trainer"]).amp_dtype is None
+    assert c.config["trainer"]["epochs"] == workspace.config["trainer"]["epochs"]
+
+
 def test_init_obj_refuses_code_kwargs_overriding_config(workspace):
     import model.loss as losses
     c = ConfigParser(json.loads(json.dumps(workspace.config)))

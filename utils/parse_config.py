@@ -121,11 +121,12 @@ class ConfigParser:
 
     @staticmethod
     def apply_overrides(config, overrides, source):
-        """overrides: iterable of (key_path, value, option_name); None values are skipped."""
+        """overrides: iterable of (key_path, value, option_name). A None value from a shortcut option
+        (an argparse option left out) is skipped; from ``--set`` it is JSON null and is applied."""
         for key_path, value, option in overrides:
-            if value is None:
-                continue
             must_exist = option == "--set"
+            if value is None and not must_exist:
+                continue
             set_by_path(config, key_path, value, source=f"{option} (config {source})", must_exist=must_exist)
 
     # -- access ---------------------------------------------------------------------------------
