@@ -10,13 +10,13 @@ config comes from the checkpoint; the test-time config holds optimiser, epochs, 
 augmentation and stopping rule.
 """
 import argparse
+import inspect
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from data_loader.test_distributions import select_distributions
-from data_loader.two_view import TwoViews
 from trainer.evaluation import collect_expert_logits, distribution_metrics, load_trained
 from trainer.test_time_aggregation import TestTimeAggregation, aggregate
 from utils.cli import ArgumentParser, add_evaluation_args, data_overrides
@@ -54,6 +54,16 @@ def load_test_time_config(args):
     return ConfigParser(tt, source=args.config)
 
 
+def check_augmentation(data, tt):
+    """test_time.augmentation: the keyword arguments of the data module's two-view augmentation."""
+    augmentation = tt.get("augmentation", {}) or {}
+    allowed = list(inspect.signature(data.two_view_transform).parameters)
+    if not isinstance(augmentation, dict) or set(augmentation) - set(allowed):
+        raise UserError(f"config {tt.source}: test_time.augmentation {augmentation!r}: expected an object with keys "
+                        f"among {', '.join(allowed)} ({type(data).__name__})")
+    return augmentation
+
+
 def plot_weights(results, path):
     """Learned weight of each expert and top-1 across the distributions (forward -> backward)."""
     import matplotlib
@@ -86,6 +96,7 @@ def main(argv=None):
     tt = load_test_time_config(args)
     device, _ = parse_device(args.device)
     net, config, data, _ = load_trained(args.resume, None, data_overrides(args), device)
+    augmentation = check_augmentation(data, tt)
     perf = Performance.from_config(config.get("trainer"), config.source)
     num_experts = net.backbone.num_experts
     available = data.test_distributions()
@@ -93,7 +104,6 @@ def main(argv=None):
 
     # Clean (test-transform) logits of every test image, once: prediction for every distribution.
     clean_logits, targets = collect_expert_logits(net, data.test_loader(device=device), device, perf, desc="clean test images")
-    strong = data.test_view_dataset(data.two_view_transform(**tt.get("augmentation", {}) or {}))
     seed = int(tt.get("seed", 1))
     shot_masks = data.shot_masks()
     results = {}
@@ -101,8 +111,8 @@ def main(argv=None):
         idx = np.asarray(available[name])
         generator = torch.Generator().manual_seed(seed * 1000 + d)
         torch.manual_seed(seed * 1000 + d)  # augmentation in the main process
-        loader = torch.utils.data.DataLoader(TwoViews(strong, idx), batch_size=int(tt["batch_size"]), shuffle=True,
-                                             generator=generator, num_workers=int(tt.get("num_workers", 0)))
+        loader = data.two_view_loader(idx, int(tt["batch_size"]), generator, num_workers=int(tt.get("num_workers", 0)),
+                                      device=device, **augmentation)
         learner = TestTimeAggregation(net, num_experts, lambda params: tt.init_obj("optimizer", torch.optim, params),
                                       device, perf, epochs=int(tt["epochs"]), stop_weight=float(tt.get("stop_weight", 0.05)),
                                       entropy_weight=float(tt.get("entropy_weight", 0.0)))

@@ -5,7 +5,8 @@ Two input pipelines, chosen by ``data_loader.args.pipeline``:
 - ``"pil"``: torchvision transforms on PIL images in DataLoader workers (the release's way);
 - ``"tensor"``: the whole (small) set as one uint8 tensor on the training device, augmented and
   normalised batch-wise there (data_loader/tensor_augment.py); same pixels for the same
-  parameters, same sampler order, no workers.
+  parameters, same sampler order, no workers. Test-time aggregation's two views likewise
+  (data_loader/tensor_two_view.py: same parameter distributions, float instead of uint8 rounding).
 """
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from torch.utils.data import Dataset
 
 from base.base_data_module import LTDataModule
 from data_loader import tensor_augment as ta
+from data_loader.tensor_two_view import TensorTwoViewLoader
 from data_loader import transforms as tf
 from data_loader.long_tail import img_num_per_cls, select_per_class
 from data_loader.test_distributions import generated_distributions
@@ -129,3 +131,10 @@ class ArrayLTDataModule(LTDataModule):
     def two_view_transform(self, blur_p=0.2):
         """The strong augmentation of test-time aggregation (SPEC 6)."""
         return tf.small_image_two_view(self.image_size, self.mean, self.std, blur_p=blur_p, flip=self.augment["flip"])
+
+    def two_view_loader(self, indices, batch_size, generator, num_workers=0, device=None, blur_p=0.2):
+        if self.pipeline == "pil":
+            return super().two_view_loader(indices, batch_size, generator, num_workers, device, blur_p=blur_p)
+        padding, kernel = tf.small_image_two_view_sizes(self.image_size)
+        return TensorTwoViewLoader(self.device_images("test", device), indices, batch_size, generator, self.mean,
+                                   self.std, padding, kernel, flip=self.augment["flip"], blur_p=blur_p)

@@ -24,12 +24,19 @@ def small_image_test(mean, std):
     return T.Compose([T.ToTensor(), normalize(mean, std)])
 
 
+def small_image_two_view_sizes(size):
+    """(crop padding, blur kernel size) of the small-image two-view augmentation: (4, 3) at 32 px."""
+    return max(1, size // 8), _odd(size // 10)
+
+
 def small_image_two_view(size, mean, std, blur_p=0.2, flip=True):
-    """Strong augmentation of test-time aggregation (SPEC 6, CIFAR): crop, jitter, grey, blur, flip."""
-    ops = [T.RandomCrop(size, padding=max(1, size // 8)),
+    """Strong augmentation of test-time aggregation (SPEC 6, CIFAR): crop, jitter, grey, blur, flip.
+    data_loader/tensor_two_view.py is the same on batches of a device tensor."""
+    padding, kernel = small_image_two_view_sizes(size)
+    ops = [T.RandomCrop(size, padding=padding),
            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
            T.RandomGrayscale(p=0.2),
-           T.RandomApply([T.GaussianBlur(kernel_size=_odd(size // 10), sigma=(0.1, 2.0))], p=blur_p)]
+           T.RandomApply([T.GaussianBlur(kernel_size=kernel, sigma=(0.1, 2.0))], p=blur_p)]
     if flip:
         ops.append(T.RandomHorizontalFlip())
     ops += [T.ToTensor(), normalize(mean, std)]

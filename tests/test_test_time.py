@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.test_time_aggregation import TestTimeAggregation, aggregate, consistency_loss, should_stop
-from tests.helpers import assert_one_line_error, run_script, small_cifar_config, write_cifar100, write_config
+from tests.helpers import ROOT, assert_one_line_error, run_script, small_cifar_config, write_cifar100, write_config
 
 
 def sgd(lr=0.1):
@@ -155,3 +155,8 @@ def test_test_train_py_online_and_bad_input(trained, tmp_path):
                                      "--distributions", "forward3"), "forward3")
     assert_one_line_error(run_script("test_train.py", "-c", "configs/test_time_cifar100_tade.json", "-r",
                                      tmp_path / "missing.pth"), "missing.pth")
+    bad = json.loads((ROOT / "configs" / "test_time_cifar100_tade.json").read_text())
+    bad["test_time"]["augmentation"] = {"blur": 0.3}
+    bad_path = write_config(tmp_path / "bad_tt.json", bad)
+    assert_one_line_error(run_script("test_train.py", "-c", bad_path, "-r", ckpt, "--distributions", "uniform"),
+                          "bad_tt.json", "test_time.augmentation", "blur_p")
