@@ -1,0 +1,118 @@
+"""How close a training step is to this machine's arithmetic limit: the training FLOPs per image of
+a config's network (``torch.utils.flop_counter``, forward + backward), the bare training step
+(random batch, no data pipeline, no logging) in plain fp32 NCHW and in the configured precision
+and layout, and the machine's large-matrix-product rate in fp32 and in the autocast dtype.
+
+    python bench/compute_ceiling.py [-c CONFIG] [-d DEVICE] [--steps 8] [--batch 128]
+
+A step whose FLOP rate is near the matrix-product rate cannot get much faster by precision,
+layout or fusion: only less arithmetic would help.
+"""
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import ROOT
+
+import model as models  # noqa: E402 - after common puts the repository on sys.path
+import model.loss as losses  # noqa: E402
+from utils.parse_config import ConfigParser, read_json  # noqa: E402
+from utils.performance import Performance  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(cfg, device, perf):
+    net = perf.prepare_model(cfg.init_obj("arch", models).to(device)).train()
+    classes = cfg["arch"]["args"]["num_classes"]
+    counts = [max(1, int(1000 * 0.01 ** (c / max(1, classes - 1)))) for c in range(classes)]
+    criterion = cfg.init_obj("loss", losses, cls_num_list=counts).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    return net, criterion, optimizer, classes
+
+
+def step_rate(cfg, device, perf, batch, steps, size=32):
+    """Images per second of bare training steps (after two warm-up steps), and on the CPU the share
+    of the step's operator time spent in convolutions (forward and backward, torch.profiler)."""
+    torch.manual_seed(0)
+    net, criterion, optimizer, classes = build(cfg, device, perf)
+    x = perf.prepare_input(torch.randn(batch, 3, size, size), device)
+    y = torch.randint(0, classes, (batch,), device=device)
+
+    def step():
+        with perf.autocast_context(device):
+            loss = criterion(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(), step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    rate = batch * steps / (time.perf_counter() - start)
+    conv_share = None
+    if device.type == "cpu":
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                step()
+        times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+        conv = sum(t for k, t in times.items() if k in ("aten::mkldnn_convolution", "aten::convolution_backward"))
+        conv_share = conv / sum(times.values())
+    return rate, conv_share
+
+
+def train_flops_per_image(cfg, size=32):
+    net = cfg.init_obj("arch", models).train()
+    with FlopCounterMode(display=False) as counter:
+        net(torch.randn(4, 3, size, size))["logits"].float().sum().backward()
+    return counter.get_total_flops() / 4
+
+
+def matmul_rate(device, dtype, n=4096, repeats=5):
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", default=str(ROOT / "configs" / "config_cifar10_ir100_tade.json"))
+    p.add_argument("-d", "--device", default="cpu")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch", type=int, default=128)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    cfg = ConfigParser(read_json(args.config), source=args.config)
+    fast = Performance.from_config(cfg.get("trainer"), args.config)
+    flops = train_flops_per_image(cfg)
+    print(f"{cfg['name']}: {flops / 1e9:.3f} GFLOP per training image (forward + backward, flop_counter)")
+    for name, perf in (("plain fp32 NCHW", Performance()), (f"configured ({fast.autocast or 'fp32'}, "
+                       f"{'channels_last' if fast.channels_last else 'NCHW'})", fast)):
+        rate, conv_share = step_rate(cfg, device, perf, args.batch, args.steps)
+        line = f"  bare training step, {name}: {rate:.0f} images/s = {rate * flops / 1e9:.0f} GFLOP/s"
+        if conv_share is not None:  # convolutions are nearly all of the FLOPs
+            line += (f"; convolutions take {100 * conv_share:.0f} % of the operator time and run at about "
+                     f"{rate * flops / conv_share / 1e9:.0f} GFLOP/s, the rest (batch norm, ReLU, additions, "
+                     f"optimiser) is memory-bound")
+        print(line)
+    for dtype in (torch.float32, fast.amp_dtype):
+        if dtype is not None:
+            print(f"  {device.type} matrix product 4096^3, {str(dtype).replace('torch.', '')}: "
+                  f"{matmul_rate(device, dtype) / 1e9:.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
