@@ -93,6 +93,7 @@ def main():
     p.add_argument("-d", "--device", default="cpu")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--matmul", type=int, default=4096, help="size n of the n x n matrix product")
     args = p.parse_args()
     device = torch.device(args.device)
     cfg = ConfigParser(read_json(args.config), source=args.config)
@@ -110,8 +111,8 @@ def main():
         print(line)
     for dtype in (torch.float32, fast.amp_dtype):
         if dtype is not None:
-            print(f"  {device.type} matrix product 4096^3, {str(dtype).replace('torch.', '')}: "
-                  f"{matmul_rate(device, dtype) / 1e9:.0f} GFLOP/s")
+            print(f"  {device.type} matrix product {args.matmul}^3, {str(dtype).replace('torch.', '')}: "
+                  f"{matmul_rate(device, dtype, args.matmul) / 1e9:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 #   0. tests/test_cuda_graph.py (graph replays equal eager steps; needs CUDA);
 #   1. seconds per epoch of CIFAR-100-LT-sized TADE training (10,847 images, batch 128, 3 experts):
 #      config defaults (GPU-resident tensor path, bf16, channels_last, CUDA-graph steps) against the
-#      plain PIL/DataLoader fp32 path, then the defaults with eager steps (trainer.cuda_graph=false);
+#      plain PIL/DataLoader fp32 path, then the defaults with eager steps (trainer.cuda_graph=false),
+#      and bench/compute_ceiling.py (bare step against the GPU's matrix-product rate);
 #   2. the full 200-epoch CIFAR-10-LT IR100 TADE recipe through bench/reproduce.py (train, test.py
 #      on all eleven distributions, test_train.py), with its wall time;
 #   3. bench/test_time_speed.py on the trained model (speed ratio and learned weights).
@@ -39,11 +40,10 @@ step "1b. defaults with eager steps"
 timeout 60 $PY bench/train_speed.py -c $C100 --data_dir .cache/cifar100_random -d $DEVICE --epochs 2 --repeats 1 \
     --only defaults --set trainer.cuda_graph=false
 
-step "2. $EPOCHS-epoch CIFAR-10-LT IR100 TADE (validation every 50 epochs; test-time loader with 12 workers)"
-# reproduce.py reads the test-time config by name: raise its workers for this run, restore it after.
-TT=configs/test_time_cifar10_tade.json
-cp "$TT" "$TT.orig" && trap 'mv -f "$TT.orig" "$TT"' EXIT
-sed -i 's/"num_workers": 2/"num_workers": 12/' "$TT"
+step "1c. the bare training step against the GPU's matrix-product rate"
+timeout 60 $PY bench/compute_ceiling.py -c $C100 -d $DEVICE 2>&1 | grep -v "^USDT\|^ERROR"
+
+step "2. $EPOCHS-epoch CIFAR-10-LT IR100 TADE (validation every 50 epochs; two views on the GPU)"
 REPRO=runs/gpu_repro
 timeout $((BUDGET - SECONDS - 50)) $PY bench/reproduce.py --dataset cifar10_ir100 --methods tade --epochs $EPOCHS \
     --data_dir "$DATA" -d $DEVICE --out_dir $REPRO --set trainer.valid_period=50

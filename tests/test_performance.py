@@ -1,6 +1,7 @@
 """Precision and layout options: each trains and evaluates through the real Trainer on CPU with a
 finite loss; bad values are one-line config errors; compiling keeps checkpoint keys."""
 import math
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from model.model import ResNet32Model
 from model.resnet_cifar import ExpertResNetCifar
 from trainer import Trainer
 from utils.errors import UserError
+from tests.helpers import run_script
 from utils.parse_config import ConfigParser
 from utils.performance import Performance
 from utils.runtime import Runtime
@@ -77,3 +79,16 @@ def test_missing_keys_mean_plain_fp32():
     perf = Performance.from_config({})
     assert perf == Performance(autocast=None, channels_last=False, compile=False, cudnn_benchmark=False)
     assert perf.grad_scaler("cpu") is None and perf.amp_dtype is None
+
+
+def test_compute_ceiling_bench_reports_flops_steps_and_matmul_rates():
+    proc = run_script("bench/compute_ceiling.py", "--steps", "1", "--batch", "8", "--matmul", "256")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    flops = float(re.search(r"([0-9.]+) GFLOP per training image", out).group(1))
+    assert 0.9 < flops < 1.0  # ResNet-32, 3 experts, 32 px: 0.950 GFLOP forward + backward
+    steps = re.findall(r"bare training step, (.+?): ([0-9]+) images/s .*convolutions take ([0-9]+) %", out)
+    assert [s[0] for s in steps] == ["plain fp32 NCHW", "configured (bf16, channels_last)"]
+    assert all(int(s[1]) > 0 and 0 < int(s[2]) <= 100 for s in steps)
+    assert re.search(r"matrix product 256\^3, float32: [0-9]+ GFLOP/s", out)
+    assert re.search(r"matrix product 256\^3, bfloat16: [0-9]+ GFLOP/s", out)
