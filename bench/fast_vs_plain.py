@@ -4,6 +4,7 @@ plain path (fp32, NCHW, PIL transforms in DataLoader workers), same seeds, and r
 eleven test distributions (SPEC 2.2).
 
     python bench/fast_vs_plain.py --data_dir /work/main/.cache/cifar [--epochs 4] [--seeds 1 2]
+        [-c CONFIG (default: the CIFAR-10-LT IR100 TADE config)]
 
 Training runs through train.py (the real code path). The short recipe is the published one
 compressed: lr 0.05, warmup 1 epoch, x0.1 for the last epoch. Each trained model is evaluated in
@@ -39,16 +40,16 @@ CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
 VARIANTS = {"fast": [], "plain": PLAIN}
 
 
-def train(variant, seed, epochs, data_dir, save_dir, extra=()):
-    """Run train.py on the CIFAR-10-LT IR100 config with the short schedule; extra ``KEY=VALUE``
+def train(variant, seed, epochs, data_dir, save_dir, extra=(), config_path=CONFIG):
+    """Run train.py on a CIFAR-10-LT IR100 config with the short schedule; extra ``KEY=VALUE``
     overrides may add keys the config lacks (smoke runs: ``data_loader.args.img_max=100``)."""
-    config = json.loads(CONFIG.read_text())
+    config = json.loads(Path(config_path).read_text())
     for item in extra:
         key, value = parse_set_expression(item)
         set_by_path(config, key, value, source="--set", must_exist=False)
-    config_path = Path(save_dir) / "config.json"
-    config_path.write_text(json.dumps(config))
-    cmd = [sys.executable, str(ROOT / "train.py"), "-c", str(config_path), "-d", "cpu", "--data_dir", str(data_dir),
+    written = Path(save_dir) / "config.json"
+    written.write_text(json.dumps(config))
+    cmd = [sys.executable, str(ROOT / "train.py"), "-c", str(written), "-d", "cpu", "--data_dir", str(data_dir),
            "--save_dir", str(save_dir), "--epochs", str(epochs), "--seed", str(seed), "--run_id", f"{variant}{seed}",
            "--set", "trainer.valid_period=0", "--set", "trainer.monitor=off", "--set", "trainer.tensorboard=false",
            "--set", "trainer.save_period=0", "--set", "lr_scheduler.args.warmup_epoch=1",
@@ -59,7 +60,7 @@ def train(variant, seed, epochs, data_dir, save_dir, extra=()):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         sys.exit(f"train.py failed ({variant}, seed {seed}):\n{proc.stderr[-3000:]}")
-    return Path(save_dir) / "CIFAR10_LT_IR100_TADE" / f"{variant}{seed}" / "last.pth", time.perf_counter() - start
+    return Path(save_dir) / config["name"] / f"{variant}{seed}" / "last.pth", time.perf_counter() - start
 
 
 def evaluate(checkpoint, perf):
@@ -82,6 +83,7 @@ def evaluate(checkpoint, perf):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default=str(ROOT / ".cache" / "cifar"))
+    p.add_argument("-c", "--config", default=str(CONFIG), help="training config (a CIFAR-10-LT IR100 recipe)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--variants", nargs="+", default=["fast", "plain"], choices=list(VARIANTS))
@@ -95,8 +97,8 @@ def main():
     with tempfile.TemporaryDirectory() as save_dir:
         for seed in args.seeds:
             for variant in args.variants:
-                ckpt, seconds = train(variant, seed, args.epochs, args.data_dir, save_dir, args.set)
-                fast_perf = Performance.from_config(json.loads(CONFIG.read_text())["trainer"])
+                ckpt, seconds = train(variant, seed, args.epochs, args.data_dir, save_dir, args.set, args.config)
+                fast_perf = Performance.from_config(json.loads(Path(args.config).read_text())["trainer"])
                 modes = {"fast": fast_perf, "plain": Performance()} if variant == "fast" else {"plain": Performance()}
                 for mode, perf in modes.items():
                     key = f"train {variant} / eval {mode} / seed {seed}"
@@ -106,7 +108,7 @@ def main():
                 print(f"  trained {variant} seed {seed} in {seconds:.0f} s", flush=True)
     names = list(next(iter(rows.values())))
     short = [n.replace("forward", "F").replace("backward", "B").replace("uniform", "Uni") for n in names]
-    print(f"\nCIFAR-10-LT IR100, TADE, {args.epochs} epochs, top-1 % (no test-time aggregation)")
+    print(f"\n{Path(args.config).stem}, {args.epochs} epochs, top-1 % (no test-time aggregation)")
     print(f"| {'run':40s} | " + " | ".join(f"{s:>5s}" for s in short) + " |")
     print(f"|{'-' * 42}|" + "|".join("-" * 7 for _ in short) + "|")
     for key, acc in rows.items():

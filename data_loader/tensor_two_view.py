@@ -147,9 +147,7 @@ def strong_augment(images_u8, params, kernel_size, mean, std):
             where = torch.nonzero(params.jitter & (params.order[:, step] == op)).flatten()
             x = _apply(x, where, lambda v, w, fn=fn, op=op: fn(v, params.factors[w, op]))
     x = _apply(x, torch.nonzero(params.gray).flatten(), lambda v, w: grayscale(v).expand_as(v))
-    x = _apply(x, torch.nonzero(params.blur).flatten(),
-               lambda v, w: gaussian_blur(v.contiguous(), params.sigma[w], kernel_size).contiguous(
-                   memory_format=torch.channels_last))
+    x = _apply(x, torch.nonzero(params.blur).flatten(), lambda v, w: gaussian_blur(v, params.sigma[w], kernel_size))
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std
