@@ -51,7 +51,8 @@ def step_rate(cfg, device, perf, batch, steps, size=32):
         loss.backward()
         optimizer.step()
 
-    step(), step()
+    for _ in range(2):  # warm-up
+        step()
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
