@@ -99,6 +99,15 @@ class LTDataModule:
         """The test images under another transform (for test-time aggregation)."""
         raise NotImplementedError
 
+    def reference_dataset(self):
+        """The training images under the test transform: labelled data a test-time method may use
+        (for calibration or the model's own class marginal), unlike the test labels."""
+        raise NotImplementedError
+
+    def reference_loader(self, batch_size=None, device=None):
+        """Batches of ``reference_dataset()`` (in order). ``device``: where the forward pass runs."""
+        return self.test_loader(dataset=self.reference_dataset(), batch_size=batch_size, device=device)
+
     def two_view_loader(self, indices, batch_size, generator, num_workers=0, device=None, **augmentation):
         """Shuffled (view1, view2, test-set index) batches of the test images ``indices`` under the
         strong augmentation of test-time aggregation (SPEC 6; ``augmentation``: the test-time

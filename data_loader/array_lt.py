@@ -128,6 +128,16 @@ class ArrayLTDataModule(LTDataModule):
     def test_view_dataset(self, transform):
         return ArrayImageDataset(self.test_images, self.test_set.targets, transform)
 
+    def reference_dataset(self):
+        return ArrayImageDataset(self.train_set.data, self.train_set.targets, self.test_set.transform)
+
+    def reference_loader(self, batch_size=None, device=None):
+        if self.pipeline == "pil":
+            return super().reference_loader(batch_size, device)
+        images = self.device_images("train", device)
+        return ta.TensorEvalLoader(images, torch.arange(len(self.train_set)), batch_size or self.batch_size,
+                                   self.mean, self.std)
+
     def two_view_transform(self, blur_p=0.2):
         """The strong augmentation of test-time aggregation (SPEC 6)."""
         return tf.small_image_two_view(self.image_size, self.mean, self.std, blur_p=blur_p, flip=self.augment["flip"])

@@ -165,7 +165,7 @@ class ListLTDataModule(LTDataModule):
         if check_images:
             check_images_exist(train, self.data_dir)
             check_images_exist(test, self.data_dir)
-        self.test_list = test
+        self.train_list, self.test_list = train, test
         self.train_set = ListImageDataset(self.data_dir, train, self.label_map[train.labels],
                                           tf.large_image_train(self.image_size, self.mean, self.std, color_jitter))
         self.test_set = self.test_view_dataset(tf.large_image_test(self.image_size, self.resize, self.mean, self.std))
@@ -191,6 +191,9 @@ class ListLTDataModule(LTDataModule):
     # -- evaluation -----------------------------------------------------------------------------
     def test_view_dataset(self, transform):
         return ListImageDataset(self.data_dir, self.test_list, self.label_map[self.test_list.labels], transform)
+
+    def reference_dataset(self):
+        return ListImageDataset(self.data_dir, self.train_list, self.train_set.targets, self.test_set.transform)
 
     def two_view_transform(self, crop_scale=(0.2, 1.0), blur_p=0.5):
         return tf.large_image_two_view(self.image_size, self.mean, self.std, crop_scale=crop_scale, blur_p=blur_p)

@@ -1,0 +1,79 @@
+"""What a test-time method is: the contract every class in ``trainer/test_time/`` honours.
+
+A test-time method adapts the trained ensemble to one unlabeled test set (one of the eleven
+distributions, or one subset of another protocol) and returns a score per class for each of its
+images; the prediction is the argmax. ``test_train.py`` builds the class named by the test-time
+config's ``test_time.type`` with ``test_time.args``, computes the clean (test-transform) expert
+logits of the whole test set once, and calls the method on each test set.
+
+A method declares what it needs:
+- ``needs_views``: False (the default) means it works on the clean logits alone, so every test set
+  is scored from one forward pass; True means it also gets strongly augmented views of the test
+  images through the network (``TestTimeContext.two_view_loader``; self-supervised aggregation).
+- ``uses_test_labels``: True only for an oracle (a ceiling for tables). It is then given the test
+  set's labels, its name says "oracle" in every output, and no shipped default config selects it.
+- ``online()``: a method that can run on a stream (predict each batch, then learn from it) returns
+  an :class:`OnlineAdapter`; the streaming protocol uses it. The default (None) means it cannot.
+"""
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass
+class TestTimeContext:
+    """What a method may use besides the logits: facts about the model and its training data, and,
+    only for the methods that declare them, the network's augmented views or the test labels."""
+
+    num_experts: int
+    num_classes: int
+    train_prior: torch.Tensor  # [C] training class frequencies (sums to 1)
+    indices: Optional[torch.Tensor] = None  # [n] test-set indices of this test set (into the test set)
+    name: str = "test"  # the test set's name (for progress bars and messages; a method must not branch on it)
+    seed: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # needs_views only: the network, its precision settings, and batches of augmented views.
+    net: Optional[torch.nn.Module] = None
+    perf: object = None
+    two_view_loader: Optional[Callable] = None  # (batch_size, generator) -> loader of (view1, view2, index)
+    # allowed reference data: clean logits of the *training* images (test transform), computed on first use.
+    reference_logits: Optional[Callable] = None  # () -> (logits [N_train, E, C], targets [N_train])
+    # uses_test_labels only (oracles): the labels of this test set.
+    targets: Optional[torch.Tensor] = None
+
+
+class OnlineAdapter(ABC):
+    """A method's state on a stream: ``step`` returns the scores of a batch computed *before* the
+    batch is used for learning, then learns from it."""
+
+    @abstractmethod
+    def step(self, logits):
+        """[b, E, C] clean expert logits of the next batch -> [b, C] scores (from the state before it)."""
+
+    def summary(self):
+        """JSON-able facts about the final state (e.g. the estimated prior), for the results row."""
+        return {}
+
+
+class TestTimeMethod(ABC):
+    """A test-time method, built from ``test_time.args``; one instance serves every test set."""
+
+    needs_views = False
+    uses_test_labels = False
+
+    @abstractmethod
+    def adapt(self, logits, ctx):
+        """[n, E, C] clean expert logits of one test set (float32, CPU) -> dict with ``scores``
+        ([n, C], argmax = prediction) and any JSON-able facts (``weights``, ``prior``, ...)."""
+
+    def online(self, ctx):
+        """An :class:`OnlineAdapter` for the streaming protocol, or None if the method cannot stream."""
+        return None
+
+    @classmethod
+    def label(cls):
+        """The name written in results: the class name, marked as an oracle when it uses test labels."""
+        name = cls.__name__
+        return f"{name} (oracle: uses test labels)" if cls.uses_test_labels and "oracle" not in name.lower() else name
