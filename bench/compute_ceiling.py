@@ -101,7 +101,7 @@ def main():
     fast = Performance.from_config(cfg.get("trainer"), args.config)
     flops = train_flops_per_image(cfg)
     print(f"{cfg['name']}: {flops / 1e9:.3f} GFLOP per training image (forward + backward, flop_counter)")
-    for name, perf in (("plain fp32 NCHW", Performance()), (f"configured ({fast.autocast or 'fp32'}, "
+    for name, perf in (("plain fp32 NCHW", Performance()), (f"configured ({fast.precision(device)}, "
                        f"{'channels_last' if fast.channels_last else 'NCHW'})", fast)):
         rate, conv_share = step_rate(cfg, device, perf, args.batch, args.steps)
         line = f"  bare training step, {name}: {rate:.0f} images/s = {rate * flops / 1e9:.0f} GFLOP/s"
@@ -110,7 +110,7 @@ def main():
                      f"{rate * flops / conv_share / 1e9:.0f} GFLOP/s, the rest (batch norm, ReLU, additions, "
                      f"optimiser) is memory-bound")
         print(line)
-    for dtype in (torch.float32, fast.amp_dtype):
+    for dtype in (torch.float32, fast.amp_dtype(device)):
         if dtype is not None:
             print(f"  {device.type} matrix product {args.matmul}^3, {str(dtype).replace('torch.', '')}: "
                   f"{matmul_rate(device, dtype, args.matmul) / 1e9:.0f} GFLOP/s")

@@ -54,7 +54,7 @@ def main():
     t_fast, fit_fast = run(net, data, tt, idx, args.device, fast_perf, args.epochs, backprop=False)
     t_slow, fit_slow = run(net, plain_data, tt, idx, args.device, Performance(), args.epochs, backprop=True)
     print(f"test-time aggregation, CIFAR-10-LT {args.distribution} ({len(idx)} images, {args.epochs} epoch(s), "
-          f"{args.device}): frozen no-autograd ({fast_perf.autocast or 'fp32'}, {data.pipeline} views) {t_fast:.1f} s, "
+          f"{args.device}): frozen no-autograd ({fast_perf.precision(args.device)}, {data.pipeline} views) {t_fast:.1f} s, "
           f"backprop through the network (fp32, pil views) {t_slow:.1f} s, speed-up {t_slow / t_fast:.2f}x; weights "
           f"{np.round(fit_fast['weights'].numpy(), 3).tolist()} vs {np.round(fit_slow['weights'].numpy(), 3).tolist()}")
     if args.checkpoint:

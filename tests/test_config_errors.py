@@ -258,7 +258,7 @@ def test_set_null_is_applied_and_missing_shortcuts_are_not(workspace):
     ConfigParser.apply_overrides(c.config, [(*parse_set_expression("trainer.autocast=null"), "--set"),
                                             ("trainer.epochs", None, "--epochs")], "x")
     assert "autocast" in c.config["trainer"] and c.config["trainer"]["autocast"] is None
-    assert Performance.from_config(c.config["trainer"]).amp_dtype is None
+    assert Performance.from_config(c.config["trainer"]).amp_dtype("cpu") is None
     assert c.config["trainer"]["epochs"] == workspace.config["trainer"]["epochs"]
 
 

@@ -78,7 +78,7 @@ def test_bad_values_are_user_errors(key, value, fragment):
 def test_missing_keys_mean_plain_fp32():
     perf = Performance.from_config({})
     assert perf == Performance(autocast=None, channels_last=False, compile=False, cudnn_benchmark=False)
-    assert perf.grad_scaler("cpu") is None and perf.amp_dtype is None
+    assert perf.grad_scaler("cpu") is None and perf.amp_dtype("cpu") is None
 
 
 def test_compute_ceiling_bench_reports_flops_steps_and_matmul_rates():
@@ -88,7 +88,22 @@ def test_compute_ceiling_bench_reports_flops_steps_and_matmul_rates():
     flops = float(re.search(r"([0-9.]+) GFLOP per training image", out).group(1))
     assert 0.9 < flops < 1.0  # ResNet-32, 3 experts, 32 px: 0.950 GFLOP forward + backward
     steps = re.findall(r"bare training step, (.+?): ([0-9]+) images/s .*convolutions take ([0-9]+) %", out)
-    assert [s[0] for s in steps] == ["plain fp32 NCHW", "configured (bf16, channels_last)"]
+    configured = Performance(autocast="auto").precision("cpu")  # bf16 on CPUs that compute it natively
+    assert [s[0] for s in steps] == ["plain fp32 NCHW", f"configured ({configured}, channels_last)"]
     assert all(int(s[1]) > 0 and 0 < int(s[2]) <= 100 for s in steps)
     assert re.search(r"matrix product 256\^3, float32: [0-9]+ GFLOP/s", out)
-    assert re.search(r"matrix product 256\^3, bfloat16: [0-9]+ GFLOP/s", out)
+    assert bool(re.search(r"matrix product 256\^3, bfloat16: [0-9]+ GFLOP/s", out)) == (configured == "bf16")
+
+
+def test_auto_autocast_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    import utils.performance as performance
+    perf = Performance.from_config({"autocast": "auto"})
+    for native in (True, False):
+        monkeypatch.setattr(performance, "native_bf16", lambda device, native=native: native)
+        assert perf.amp_dtype("cpu") is (torch.bfloat16 if native else None)
+        assert perf.precision("cpu") == ("bf16" if native else "fp32")
+        assert isinstance(perf.autocast_context("cpu"), torch.autocast) == native
+    monkeypatch.undo()
+    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert performance.native_bf16("cpu") == bool(expected)
+    assert Performance(autocast="bf16").amp_dtype("cpu") is torch.bfloat16  # explicit bf16 stays bf16

@@ -10,8 +10,8 @@ What a graph fixes at capture, and when it is captured again:
 - the batch shape: a shorter last batch runs eagerly instead;
 - each parameter group's learning rate (a Python float the optimiser reads): a new graph is
   captured when the scheduler changes it (warmup and milestone epochs);
-- Python state of the loss, if it has any: a loss whose ``forward`` branches on such state (RIDE's
-  re-weighting) exposes it as ``graph_state()``, and a change captures a new graph.
+- the loss's epoch schedule (``schedule_state()`` of the loss contract, base/base_loss.py; RIDE's
+  re-weighting): a change captures a new graph.
 The first ``warmup`` steps run eagerly on a side stream, so that cuDNN's autotuning and the
 optimiser's momentum buffers are made before the capture (as ``torch.cuda.graphs`` requires).
 Not used with DataParallel, torchrun, fp16's gradient scaler or on a CPU: there the trainer runs
@@ -49,7 +49,7 @@ class GraphedTrainStep:
         self.side_stream = None
 
     def _key(self, x, y):
-        state = self.criterion.graph_state() if hasattr(self.criterion, "graph_state") else None
+        state = self.criterion.schedule_state() if hasattr(self.criterion, "schedule_state") else None
         return (tuple(x.shape), tuple(y.shape), x.stride(), tuple(g["lr"] for g in self.optimizer.param_groups),
                 state)
 

@@ -120,7 +120,8 @@ class Trainer(BaseTrainer):
             if self.runtime.is_main:
                 self.logger.info("trainer.cuda_graph: eager steps, %s", reason)
             return None
-        return GraphedTrainStep(self.model, self.criterion, self.optimizer, self._eager_step, self.perf.amp_dtype)
+        return GraphedTrainStep(self.model, self.criterion, self.optimizer, self._eager_step,
+                                self.perf.amp_dtype(self.runtime.device))
 
     def _check_finite(self, first_bad, epoch):
         """Raise if a step's loss was NaN/inf (checked when the bar refreshes, so without a sync per

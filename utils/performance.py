@@ -1,7 +1,9 @@
 """Precision and memory-layout settings from the config's ``trainer`` section, shared by training,
 evaluation and test-time aggregation so all forward passes run in the same mode.
 
-Keys: ``autocast`` (null, "bf16", "fp16"), ``channels_last`` (bool), ``compile`` (bool),
+Keys: ``autocast`` (null, "auto", "bf16", "fp16"; "auto" is bf16 where the device computes bf16
+natively, a GPU with bf16 or a CPU with AVX512-BF16 or AMX, and fp32 elsewhere: on an AVX2-only CPU
+bf16 is emulated and a training step is about 10x slower than in fp32), ``channels_last`` (bool), ``compile`` (bool),
 ``cudnn_benchmark`` (bool), ``cuda_graph`` (bool: training steps replayed as CUDA graphs on one GPU,
 see ``trainer/cuda_graph.py``). A missing key means off (plain fp32, NCHW, eager), so configs and
 checkpoints written before these keys existed keep their behaviour.
@@ -17,6 +19,16 @@ _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.flo
 _FLAGS = ("channels_last", "compile", "cudnn_benchmark", "cuda_graph")
 
 
+def native_bf16(device):
+    """Whether ``device`` computes bf16 in hardware (so bf16 autocast is faster than fp32 there)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
 @dataclass
 class Performance:
     autocast: str = None
@@ -29,8 +41,8 @@ class Performance:
     def from_config(cls, trainer_cfg, source="config"):
         trainer_cfg = trainer_cfg or {}
         amp = trainer_cfg.get("autocast", None)
-        if amp not in (None, *_DTYPES):
-            raise UserError(f"config {source}: trainer.autocast {amp!r}: expected null, \"bf16\" or \"fp16\"")
+        if amp not in (None, "auto", *_DTYPES):
+            raise UserError(f"config {source}: trainer.autocast {amp!r}: expected null, \"auto\", \"bf16\" or \"fp16\"")
         flags = {}
         for key in _FLAGS:
             value = trainer_cfg.get(key, False)
@@ -39,18 +51,25 @@ class Performance:
             flags[key] = value
         return cls(autocast=amp, **flags)
 
-    @property
-    def amp_dtype(self):
+    def amp_dtype(self, device):
+        """The autocast dtype on ``device`` (None: fp32)."""
+        if self.autocast == "auto":
+            return torch.bfloat16 if native_bf16(device) else None
         return _DTYPES.get(self.autocast)
 
+    def precision(self, device):
+        """"bf16", "fp16" or "fp32": what the forward passes on ``device`` run in (for logs)."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype(device), "fp32")
+
     def autocast_context(self, device):
-        if self.amp_dtype is None:
+        dtype = self.amp_dtype(device)
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(device).type, dtype=self.amp_dtype)
+        return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
     def grad_scaler(self, device):
         """A GradScaler for fp16 autocast (fp16 gradients underflow without one), else None."""
-        if self.amp_dtype is not torch.float16:
+        if self.amp_dtype(device) is not torch.float16:
             return None
         return torch.amp.GradScaler(torch.device(device).type)
 

@@ -2,12 +2,12 @@
 import torch
 import torch.nn.functional as F
 
-from model.loss.prior import PriorLoss
+from base.base_loss import LTLoss
 
 EPS = 1e-9
 
 
-class BalancedSoftmaxLoss(PriorLoss):
+class BalancedSoftmaxLoss(LTLoss):
     def forward(self, outputs, target):
         logits = self.expert_logits(outputs).float() + torch.log(self.prior + EPS)
         return sum(F.cross_entropy(logits[:, k], target) for k in range(logits.shape[1]))

@@ -1,10 +1,10 @@
 """Softmax baseline: plain cross-entropy on every expert's logits (summed over experts)."""
 import torch.nn.functional as F
 
-from model.loss.prior import PriorLoss
+from base.base_loss import LTLoss
 
 
-class CrossEntropyLoss(PriorLoss):
+class CrossEntropyLoss(LTLoss):
     def __init__(self, cls_num_list=None):
         super().__init__(cls_num_list or [1])
 

@@ -8,7 +8,7 @@ expert 3 the inverted one. ``pi_inv`` gives each class the prior value at its mi
 import torch
 import torch.nn.functional as F
 
-from model.loss.prior import PriorLoss
+from base.base_loss import LTLoss
 
 EPS = 1e-9
 
@@ -20,7 +20,9 @@ def inverse_prior(prior):
     return values[prior.numel() - 1 - rank]
 
 
-class DiverseExpertLoss(PriorLoss):
+class DiverseExpertLoss(LTLoss):
+    required_experts = 3
+
     def __init__(self, cls_num_list=None, tau=2.0):
         super().__init__(cls_num_list)
         self.tau = float(tau)

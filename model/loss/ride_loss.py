@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.loss.prior import PriorLoss
+from base.base_loss import LTLoss
 
 
-class RIDELoss(PriorLoss):
+class RIDELoss(LTLoss):
     def __init__(self, cls_num_list=None, base_diversity_temperature=1.0, max_m=0.5, s=30, reweight=True,
                  reweight_epoch=160, base_loss_factor=1.0, additional_diversity_factor=-0.2, reweight_factor=0.05):
         super().__init__(cls_num_list)
@@ -44,8 +44,7 @@ class RIDELoss(PriorLoss):
         ``reweight_epoch`` (0-based), i.e. after ``reweight_epoch`` finished epochs, as in RIDE."""
         self.reweighting = self.reweight_epoch >= 0 and epoch >= self.reweight_epoch
 
-    def graph_state(self):
-        """The Python state ``forward`` branches on (a CUDA-graph step is captured again when it changes)."""
+    def schedule_state(self):
         return self.reweighting
 
     def margin_logits(self, logits, target):
