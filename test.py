@@ -11,13 +11,14 @@ from pathlib import Path
 
 import torch
 
-from trainer.evaluation import collect_expert_logits, distribution_metrics, load_trained
 from data_loader.test_distributions import select_distributions
+from trainer.evaluation import distribution_metrics
+from trainer.forward import collect_expert_logits
+from utils.build import load_trained
 from utils.checkpoint import save_checkpoint
-from utils.cli import ArgumentParser, add_evaluation_args, data_overrides
+from utils.cli import ArgumentParser, add_evaluation_args
 from utils.errors import cli_entry
 from utils.macs import macs_per_image
-from utils.performance import Performance
 from utils.results import format_table, write_results
 from utils.runtime import parse_device
 
@@ -38,17 +39,18 @@ def default_out(checkpoint):
 
 @cli_entry
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     device, _ = parse_device(args.device)
-    net, config, data, _ = load_trained(args.resume, args.config, data_overrides(args), device)
+    trained = load_trained(args.resume, args.config, parser.overrides(args), device)
+    net, config, data = trained.net, trained.config, trained.data
     if args.macs:
         size = getattr(data, "image_size", 32)
-        print(f"MACs per image ({config['arch']['type']}, {net.backbone.num_experts} expert(s), {size} px): "
+        print(f"MACs per image ({config['arch']['type']}, {net.num_experts} expert(s), {size} px): "
               f"{macs_per_image(net, size, device):.2f} G")
     available = data.test_distributions()
     names = select_distributions(list(available), args.distributions)
-    perf = Performance.from_config(config.get("trainer"), config.source)
-    logits, targets = collect_expert_logits(net, data.test_loader(device=device), device, perf)
+    logits, targets = collect_expert_logits(net, data.test_loader(device=device), device, trained.perf)
     preds = logits.mean(1).argmax(1)
     results = distribution_metrics(preds, targets, {n: available[n] for n in names}, data.num_classes,
                                    data.shot_masks())

@@ -1,148 +1,130 @@
-"""Test-time self-supervised aggregation of the experts on every test distribution (SPEC 6).
+"""Test-time adaptation on every test distribution, with the method the test-time config names.
 
     python test_train.py -c TEST_TIME_CONFIG -r CHECKPOINT [-d DEVICE] [--data_dir PATH]
                          [--distributions all|uniform|NAME,...] [--out PATH] [--epochs N] [--bs N]
-                         [--lr X] [--online] [--seed N]
+                         [--lr X] [--online] [--seed N] [--set KEY.PATH=VALUE ...]
 
-For each distribution, a fresh alpha is learned on its unlabeled images (two strongly augmented
-views must agree), then its clean images are classified with the learned weights. The network
-config comes from the checkpoint; the test-time config holds optimiser, epochs, batch size,
-augmentation and stopping rule.
+``test_time.type`` names a class of ``trainer/test_time/`` (default: TADE's self-supervised
+aggregation, ``SelfSupervisedAggregation``) built with ``test_time.args``. The clean expert logits
+of the test set are computed once; the method then adapts to each distribution's unlabeled images
+(a method that needs augmented views also runs the network on them) and its predictions are
+scored beside the plain expert average. The network config comes from the checkpoint.
 """
 import argparse
-import inspect
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from data_loader.test_distributions import select_distributions
-from trainer.evaluation import collect_expert_logits, distribution_metrics, load_trained
-from trainer.test_time_aggregation import TestTimeAggregation, aggregate
-from utils.cli import ArgumentParser, add_evaluation_args, data_overrides
+from trainer.adaptation import run_method
+from trainer.forward import collect_expert_logits
+from utils.build import DEFAULT_TEST_TIME_METHOD as DEFAULT_METHOD
+from utils.build import build_test_time_method, load_trained, read_test_time_config
+from utils.cli import ArgumentParser, add_evaluation_args
 from utils.errors import UserError, cli_entry
-from utils.parse_config import ConfigParser, read_json
-from utils.performance import Performance
 from utils.results import format_table, write_results
 from utils.runtime import parse_device
-
-TEST_TIME_SHORTCUTS = {"epochs": "epochs", "bs": "batch_size", "lr": "optimizer.args.lr", "seed": "seed"}
-
 
 def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", required=True, help="test-time config (configs/test_time_*.json)")
-    add_evaluation_args(p)
-    p.add_argument("--epochs", type=int, help="test-time epochs (test_time.epochs)")
-    p.add_argument("--lr", type=float, help="test_time.optimizer.args.lr")
-    p.add_argument("--online", action="store_true", help="one streaming pass; classify each batch after its update")
-    p.add_argument("--seed", type=int, help="test_time.seed")
+    add_evaluation_args(p)  # its --bs also sets test_time.args.batch_size where the method has one
+    p.add_override("--epochs", type=int, key="test_time.args.epochs", target="test_time", help="test-time epochs")
+    p.add_override("--lr", type=float, key="test_time.args.optimizer.args.lr", target="test_time")
+    p.add_override("--seed", type=int, key="test_time.seed", target="test_time")
+    p.add_argument("--online", action="store_true",
+                   help="self-supervised aggregation: one streaming pass; classify each batch after its update")
+    p.add_set_option(target="test_time", what="test-time config")
     return p
 
 
-def load_test_time_config(args):
-    raw = read_json(args.config)
-    if not isinstance(raw.get("test_time"), dict):
-        raise UserError(f"config {args.config}: missing section 'test_time' (is this a training config? "
-                        "test_train.py takes a configs/test_time_*.json)")
-    tt = raw["test_time"]
-    overrides = [(TEST_TIME_SHORTCUTS[k], getattr(args, k), f"--{k}") for k in TEST_TIME_SHORTCUTS]
-    ConfigParser.apply_overrides(tt, [(p, v, o) for p, v, o in overrides if v is not None], args.config)
-    for key in ("optimizer", "epochs", "batch_size"):
-        if key not in tt:
-            raise UserError(f"config {args.config}: missing key 'test_time.{key}'")
-    return ConfigParser(tt, source=args.config)
+def load_method(args, parser):
+    overrides = parser.overrides(args, target="test_time")
+    if args.bs is not None and "batch_size" in read_test_time_config(args.config)["test_time"]["args"]:
+        overrides.append(("test_time.args.batch_size", args.bs, "--bs"))
+    if args.online:
+        overrides.append(("test_time.args.online", True, "--online"))
+    return build_test_time_method(args.config, overrides)
 
 
-def check_augmentation(data, tt):
-    """test_time.augmentation: the keyword arguments of the data module's two-view augmentation."""
-    augmentation = tt.get("augmentation", {}) or {}
-    allowed = list(inspect.signature(data.two_view_transform).parameters)
-    if not isinstance(augmentation, dict) or set(augmentation) - set(allowed):
-        raise UserError(f"config {tt.source}: test_time.augmentation {augmentation!r}: expected an object with keys "
-                        f"among {', '.join(allowed)} ({type(data).__name__})")
-    return augmentation
-
-
-def plot_weights(results, path):
-    """Learned weight of each expert and top-1 across the distributions (forward -> backward)."""
+def plot_results(results, path, title):
+    """Top-1 of the method beside the plain expert average across the distributions (forward ->
+    backward), and the learned expert weights when the method has them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(results)
-    weights = np.array([results[n]["weights"] for n in names])
     fig, ax1 = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4))
-    for k in range(weights.shape[1]):
-        ax1.plot(names, weights[:, k], marker="o", label=f"expert {k + 1} weight")
-    ax1.set_ylabel("learned weight")
-    ax1.set_ylim(0, 1)
+    lines = []
+    if all("weights" in results[n] for n in names):
+        weights = np.array([results[n]["weights"] for n in names])
+        for k in range(weights.shape[1]):
+            lines += ax1.plot(names, weights[:, k], marker="o", label=f"expert {k + 1} weight")
+        ax1.set_ylabel("learned weight")
+        ax1.set_ylim(0, 1)
+        acc_axis = ax1.twinx()
+    else:
+        acc_axis = ax1
     ax1.tick_params(axis="x", rotation=45)
-    ax2 = ax1.twinx()
-    ax2.plot(names, [100 * results[n]["top1"] for n in names], "k--", marker="s", label="top-1 (%)")
-    ax2.set_ylabel("top-1 (%)")
-    lines = ax1.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax1.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="best", fontsize=8)
-    ax1.set_title("Test-time aggregation: learned expert weights across test distributions")
+    lines += acc_axis.plot(names, [100 * results[n]["top1"] for n in names], "k-", marker="s", label="method top-1 (%)")
+    lines += acc_axis.plot(names, [100 * results[n]["top1_average"] for n in names], "k:", marker="x",
+                           label="expert average top-1 (%)")
+    acc_axis.set_ylabel("top-1 (%)")
+    ax1.legend(lines, [line.get_label() for line in lines], loc="best", fontsize=8)
+    ax1.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def default_out(checkpoint, method_type, online):
+    stem = Path(checkpoint).stem
+    suffix = "" if method_type == DEFAULT_METHOD else f"_{method_type}"
+    return Path(checkpoint).with_name(f"test_time_{stem}{suffix}{'_online' if online else ''}.json")
+
+
 @cli_entry
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    tt = load_test_time_config(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    method, tt = load_method(args, parser)
     device, _ = parse_device(args.device)
-    net, config, data, _ = load_trained(args.resume, None, data_overrides(args), device)
-    augmentation = check_augmentation(data, tt)
-    perf = Performance.from_config(config.get("trainer"), config.source)
-    num_experts = net.backbone.num_experts
+    trained = load_trained(args.resume, None, parser.overrides(args), device)
+    data = trained.data
+    try:
+        method.check(data)  # settings the data module cannot honour fail before any work
+    except ValueError as e:
+        raise UserError(f"config {args.config}: test_time.args: {e}")
+    label = method.label()
+    if method.uses_test_labels:
+        print(f"{label}: this method reads the test labels; its figures are a ceiling, not a result")
     available = data.test_distributions()
     names = select_distributions(list(available), args.distributions)
+    clean_logits, targets = collect_expert_logits(trained.net, data.test_loader(device=device), device, trained.perf,
+                                                  desc="clean test images")
 
-    # Clean (test-transform) logits of every test image, once: prediction for every distribution.
-    clean_logits, targets = collect_expert_logits(net, data.test_loader(device=device), device, perf, desc="clean test images")
-    seed = int(tt.get("seed", 1))
-    shot_masks = data.shot_masks()
-    results = {}
-    for d, name in enumerate(names):
-        idx = np.asarray(available[name])
-        generator = torch.Generator().manual_seed(seed * 1000 + d)
-        torch.manual_seed(seed * 1000 + d)  # augmentation in the main process
-        loader = data.two_view_loader(idx, int(tt["batch_size"]), generator, num_workers=int(tt.get("num_workers", 0)),
-                                      device=device, **augmentation)
-        learner = TestTimeAggregation(net, num_experts, lambda params: tt.init_obj("optimizer", torch.optim, params),
-                                      device, perf, epochs=int(tt["epochs"]), stop_weight=float(tt.get("stop_weight", 0.05)),
-                                      entropy_weight=float(tt.get("entropy_weight", 0.0)))
-        fit = learner.fit(loader, clean_logits=clean_logits, online=args.online, desc=name)
-        w = fit["weights"]
-        subset = {name: idx}
-        preds = aggregate(clean_logits, w).argmax(1)
-        row = distribution_metrics(preds, targets, subset, data.num_classes, shot_masks)[name]
-        row["top1_average"] = distribution_metrics(clean_logits.mean(1).argmax(1), targets, subset,
-                                                   data.num_classes, shot_masks)[name]["top1"]
-        row["weights"] = [round(float(v), 4) for v in w]
-        row["epochs_run"] = fit["epochs_run"]
-        if args.online:
-            order = fit["online_index"]
-            row["top1_online"] = float((fit["online_preds"] == targets[order]).double().mean())
-        results[name] = row
-        print(f"{name}: weights {', '.join(f'{v:.2f}' for v in w)} after {fit['epochs_run']} epoch(s); "
-              f"top-1 {100 * row['top1']:.1f} (expert average {100 * row['top1_average']:.1f})", flush=True)
+    def report(name, row, out):
+        facts = f"weights {', '.join(f'{v:.2f}' for v in row['weights'])} after {row['epochs_run']} epoch(s); " \
+            if "weights" in row and "epochs_run" in row else ""
+        print(f"{name}: {facts}top-1 {100 * row['top1']:.1f} (expert average {100 * row['top1_average']:.1f})",
+              flush=True)
 
-    extra = ["top1_average", "epochs_run"] + (["top1_online"] if args.online else [])
-    table = {n: dict(r, **{f"w{k + 1}": r["weights"][k] for k in range(num_experts)}) for n, r in results.items()}
-    print(format_table(table, extra_rows=extra, weight_rows=[f"w{k + 1}" for k in range(num_experts)]))
-    stem = Path(args.resume).stem
-    out = Path(args.out) if args.out else Path(args.resume).with_name(
-        f"test_time_{stem}{'_online' if args.online else ''}.json")
-    payload = {"checkpoint": str(args.resume), "config": config.config, "test_time_config": tt.config,
-               "online": bool(args.online), "distributions": results}
-    json_path, csv_path = write_results(payload, out, extra_columns=extra + ["weights"])
+    results = run_method(method, trained, clean_logits, targets, {n: available[n] for n in names}, device,
+                         seed=int(tt.get("test_time.seed", 1)), report=report)
+    online = bool(tt.get("test_time.args.online", False))
+    extra = ["top1_average"] + [k for k in ("epochs_run", "top1_online") if all(k in r for r in results.values())]
+    num_weights = len(next(iter(results.values())).get("weights", []))
+    weight_rows = [f"w{k + 1}" for k in range(num_weights)]
+    table = {n: dict(r, **{f"w{k + 1}": r["weights"][k] for k in range(num_weights)}) for n, r in results.items()}
+    print(format_table(table, extra_rows=extra, weight_rows=weight_rows))
+    out = Path(args.out) if args.out else default_out(args.resume, tt["test_time"]["type"], online)
+    payload = {"checkpoint": str(args.resume), "method": label, "config": trained.config.config,
+               "test_time_config": tt["test_time"], "online": online, "distributions": results}
+    extra_columns = extra + [k for k in ("weights", "prior") if all(k in r for r in results.values())]
+    json_path, csv_path = write_results(payload, out, extra_columns=extra_columns)
     png = out.with_suffix(".png")
-    plot_weights(results, png)
+    plot_results(results, png, f"{label} across test distributions")
     print(f"wrote {json_path}, {csv_path} and {png}")
 
 

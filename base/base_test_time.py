@@ -32,12 +32,13 @@ class TestTimeContext:
     train_prior: torch.Tensor  # [C] training class frequencies (sums to 1)
     indices: Optional[torch.Tensor] = None  # [n] test-set indices of this test set (into the test set)
     name: str = "test"  # the test set's name (for progress bars and messages; a method must not branch on it)
-    seed: int = 1
+    seed: int = 1  # the seed of this test set's random draws (differs between test sets)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # needs_views only: the network, its precision settings, and batches of augmented views.
     net: Optional[torch.nn.Module] = None
     perf: object = None
-    two_view_loader: Optional[Callable] = None  # (batch_size, generator) -> loader of (view1, view2, index)
+    # (batch_size, generator, num_workers=0, **augmentation) -> loader of (view1, view2, test-set index)
+    two_view_loader: Optional[Callable] = None
     # allowed reference data: clean logits of the *training* images (test transform), computed on first use.
     reference_logits: Optional[Callable] = None  # () -> (logits [N_train, E, C], targets [N_train])
     # uses_test_labels only (oracles): the labels of this test set.
@@ -67,6 +68,10 @@ class TestTimeMethod(ABC):
     def adapt(self, logits, ctx):
         """[n, E, C] clean expert logits of one test set (float32, CPU) -> dict with ``scores``
         ([n, C], argmax = prediction) and any JSON-able facts (``weights``, ``prior``, ...)."""
+
+    def check(self, data):
+        """Called once with the data module before any work: raise ValueError for settings it
+        cannot honour (e.g. augmentation keys its two-view transform does not take)."""
 
     def online(self, ctx):
         """An :class:`OnlineAdapter` for the streaming protocol, or None if the method cannot stream."""

@@ -1,11 +1,13 @@
 """The epoch loop: monitor, checkpoints (last, best, periodic), resume, logging, TensorBoard.
 
 Subclasses write ``_train_epoch(epoch)`` and ``_valid_epoch(epoch)``, each returning a dict of
-floats. Epochs are 0-based inside the code and 1-based in logs, file names and checkpoints
-(``checkpoint["epoch"]`` is the number of finished epochs).
+floats. Resuming is an explicit call, ``trainer.resume(checkpoint)``, before ``train()``. Epochs
+are 0-based inside the code and 1-based in logs, file names and checkpoints (``checkpoint["epoch"]``
+is the number of finished epochs).
 """
 import logging
 import math
+from pathlib import Path
 
 import torch
 
@@ -18,7 +20,7 @@ CHECKPOINT_FORMAT = "tade-checkpoint/1"
 
 
 class BaseTrainer:
-    def __init__(self, model, criterion, optimizer, lr_scheduler, config, runtime, scaler=None):
+    def __init__(self, model, criterion, optimizer, lr_scheduler, config, runtime, scaler=None, run_dir=None):
         self.model = model
         self.criterion = criterion
         self.optimizer = optimizer
@@ -30,7 +32,7 @@ class BaseTrainer:
         cfg = config["trainer"]
         self.epochs = config.get_int("trainer.epochs", minimum=0)
         self.save_period = config.get_int("trainer.save_period", 0, minimum=0) if cfg.get("save_period") else 0
-        self.run_dir = config.run_dir
+        self.run_dir = Path(run_dir) if run_dir is not None else None  # where checkpoints go (rank 0)
         self.start_epoch = 0
         monitor = cfg.get("monitor", "max val_accuracy")
         if monitor == "off":
@@ -46,12 +48,8 @@ class BaseTrainer:
                                 f"{self.mnt_mode!r}")
         self.mnt_best = -math.inf if self.mnt_mode == "max" else math.inf
         self.last_saved_epoch = 0  # epochs held by last.pth
-        if config.resume is not None:  # first, so that a refused checkpoint leaves the run folder as it was
-            self._resume_checkpoint(config.resume)
-        self.writer = None
-        if runtime.is_main and cfg.get("tensorboard", True):
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        self.use_tensorboard = bool(cfg.get("tensorboard", True))
+        self.writer = None  # opened by train(): a refused resume leaves the run folder as it was
 
     def _train_epoch(self, epoch):
         raise NotImplementedError
@@ -68,6 +66,9 @@ class BaseTrainer:
         Resuming repeats the interrupted epoch from its start, exactly as the uninterrupted run.
         """
         epoch = self.start_epoch
+        if self.runtime.is_main and self.use_tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=str(self.run_dir))
         try:
             for epoch in range(self.start_epoch, self.epochs):
                 log = {"epoch": epoch + 1}
@@ -150,7 +151,9 @@ class BaseTrainer:
             self.logger.info("model_best.pth: best %s so far on the evaluation split (%.4f)",
                              self.mnt_metric, self.mnt_best)
 
-    def _resume_checkpoint(self, path):
+    def resume(self, path):
+        """Continue from a training checkpoint of this framework: model, optimizer, LR schedule,
+        gradient scaler, epoch, best-so-far and RNG states (the config's hyperparameters win)."""
         ckpt = load_checkpoint(path)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"checkpoint {path} is not a training checkpoint of this framework; "

@@ -25,24 +25,17 @@ def ensure_cifar10(data_dir):
 
 def load_model_and_data(checkpoint=None, config=ROOT / "configs" / "config_cifar10_ir100_tade.json",
                         data_dir=DEFAULT_DATA, device="cpu", sets=()):
-    """(net, ConfigParser, data module): a trained checkpoint, or the config's network freshly
-    initialised (enough for timing)."""
-    import data_loader
-    import model as models
-    from trainer.evaluation import load_trained
-    from utils.parse_config import ConfigParser, parse_set_expression, read_json
-    from utils.performance import Performance
+    """A ``utils.build.Trained`` (net, config, data, perf, checkpoint): a trained checkpoint, or the
+    config's network freshly initialised (enough for timing), built the way the scripts build it."""
+    from utils.build import Trained, build_data, build_model, build_performance, load_trained, resolve_config
+    from utils.parse_config import parse_set_expression
 
     ensure_cifar10(data_dir)
     overrides = [("data_loader.args.data_dir", str(data_dir), "--data_dir")]
     overrides += [(*parse_set_expression(s), "--set") for s in sets]
     if checkpoint:
-        net, cfg, data, _ = load_trained(checkpoint, None, overrides, device)
-        return net, cfg, data
-    raw = read_json(config)
-    ConfigParser.apply_overrides(raw, overrides, str(config))
-    cfg = ConfigParser(raw, source=config)
-    data = cfg.init_obj("data_loader", data_loader)
-    net = cfg.init_obj("arch", models)
-    net = Performance.from_config(raw.get("trainer")).prepare_model(net.to(device)).eval()
-    return net, cfg, data
+        return load_trained(checkpoint, None, overrides, device)
+    cfg, _ = resolve_config(config, None, overrides)
+    perf = build_performance(cfg)
+    net = perf.apply_layout(build_model(cfg).to(device)).eval()
+    return Trained(net, cfg, build_data(cfg), perf, None)

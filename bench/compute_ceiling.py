@@ -16,9 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import ROOT
 
-import model as models  # noqa: E402 - after common puts the repository on sys.path
-import model.loss as losses  # noqa: E402
-from utils.parse_config import ConfigParser, read_json  # noqa: E402
+import model.loss as losses  # noqa: E402 - after common puts the repository on sys.path
+from utils.build import build_model, build_performance, resolve_config  # noqa: E402
 from utils.performance import Performance  # noqa: E402
 
 
@@ -28,7 +27,7 @@ def sync(device):
 
 
 def build(cfg, device, perf):
-    net = perf.prepare_model(cfg.init_obj("arch", models).to(device)).train()
+    net = perf.apply_layout(build_model(cfg).to(device)).train()
     classes = cfg["arch"]["args"]["num_classes"]
     counts = [max(1, int(1000 * 0.01 ** (c / max(1, classes - 1)))) for c in range(classes)]
     criterion = cfg.init_obj("loss", losses, cls_num_list=counts).to(device)
@@ -71,7 +70,7 @@ def step_rate(cfg, device, perf, batch, steps, size=32):
 
 
 def train_flops_per_image(cfg, size=32):
-    net = cfg.init_obj("arch", models).train()
+    net = build_model(cfg).train()
     with FlopCounterMode(display=False) as counter:
         net(torch.randn(4, 3, size, size))["logits"].float().sum().backward()
     return counter.get_total_flops() / 4
@@ -97,8 +96,8 @@ def main():
     p.add_argument("--matmul", type=int, default=4096, help="size n of the n x n matrix product")
     args = p.parse_args()
     device = torch.device(args.device)
-    cfg = ConfigParser(read_json(args.config), source=args.config)
-    fast = Performance.from_config(cfg.get("trainer"), args.config)
+    cfg, _ = resolve_config(args.config, sections=("arch", "loss"))
+    fast = build_performance(cfg)
     flops = train_flops_per_image(cfg)
     print(f"{cfg['name']}: {flops / 1e9:.3f} GFLOP per training image (forward + backward, flop_counter)")
     for name, perf in (("plain fp32 NCHW", Performance()), (f"configured ({fast.precision(device)}, "

@@ -9,8 +9,8 @@ import time
 import numpy as np
 
 from common import DEFAULT_DATA, load_model_and_data
-from trainer.evaluation import collect_expert_logits, distribution_metrics
-from utils.performance import Performance
+from trainer.evaluation import distribution_metrics
+from trainer.forward import collect_expert_logits
 
 
 def main():
@@ -21,8 +21,8 @@ def main():
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
-    net, cfg, data = load_model_and_data(args.checkpoint, data_dir=args.data_dir, device=args.device, sets=args.set)
-    perf = Performance.from_config(cfg.get("trainer"))
+    built = load_model_and_data(args.checkpoint, data_dir=args.data_dir, device=args.device, sets=args.set)
+    net, data, perf = built.net, built.data, built.perf
     dists = data.test_distributions()
     masks = data.shot_masks()
 

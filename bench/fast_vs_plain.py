@@ -26,14 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import data_loader  # noqa: E402
 from common import PLAIN  # noqa: E402
-import model as models  # noqa: E402
 from data_loader.test_distributions import generated_distributions  # noqa: E402
 from model.metric import accuracy_from_confusion, confusion_matrix  # noqa: E402
-from trainer.trainer import predict  # noqa: E402
-from utils.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
-from utils.parse_config import ConfigParser, parse_set_expression, set_by_path  # noqa: E402
+from trainer.forward import predict  # noqa: E402
+from utils.build import load_trained  # noqa: E402
+from utils.parse_config import parse_set_expression, set_by_path  # noqa: E402
 from utils.performance import Performance  # noqa: E402
 
 CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
@@ -64,13 +62,11 @@ def train(variant, seed, epochs, data_dir, save_dir, extra=(), config_path=CONFI
 
 
 def evaluate(checkpoint, perf):
-    """Top-1 (%) on each test distribution: one pass over the test set, then index subsets."""
-    ckpt = load_checkpoint(checkpoint)
-    config = ConfigParser(ckpt["config"], source=str(checkpoint))
-    data = config.init_obj("data_loader", data_loader)
-    net = config.init_obj("arch", models)
-    load_model_weights(net, ckpt["state_dict"], checkpoint)
-    net = perf.prepare_model(net)
+    """Top-1 (%) on each test distribution in precision ``perf``: one pass over the test set, then
+    index subsets."""
+    trained = load_trained(checkpoint)
+    layout = torch.channels_last if perf.channels_last else torch.contiguous_format
+    net, data = trained.net.to(memory_format=layout), trained.data
     preds, targets = predict(net, data.test_loader(batch_size=500), perf, torch.device("cpu"))
     out = {}
     for name, idx in generated_distributions(data.test_targets, data.num_classes).items():

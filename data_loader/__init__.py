@@ -1,9 +1,7 @@
-"""Data modules, chosen by the config's ``data_loader.type``."""
-from data_loader.cifar_lt import (CIFAR10LTDataLoader, CIFAR100LTDataLoader, ImbalanceCIFAR10DataLoader,
-                                  ImbalanceCIFAR100DataLoader)
-from data_loader.digits_lt import DigitsLTDataLoader
-from data_loader.list_lt import ImageNetLTDataLoader, INaturalistDataLoader, ListLTDataModule, PlacesLTDataLoader
+"""Data modules, chosen by the config's ``data_loader.type`` (contract: base/base_data_module.py).
+Every ``LTDataModule`` defined in a module of this package is available by its class name, and by
+the earlier names kept beside it (``CIFAR100LTDataLoader``, the release's ``ImbalanceCIFAR100DataLoader``)."""
+from base.base_data_module import LTDataModule
+from utils.registry import export_package
 
-__all__ = ["CIFAR10LTDataLoader", "CIFAR100LTDataLoader", "DigitsLTDataLoader", "ImbalanceCIFAR10DataLoader",
-           "ImbalanceCIFAR100DataLoader", "ImageNetLTDataLoader", "PlacesLTDataLoader", "INaturalistDataLoader",
-           "ListLTDataModule"]
+__all__ = export_package(__name__, globals(), LTDataModule)

@@ -8,6 +8,8 @@ Two input pipelines, chosen by ``data_loader.args.pipeline``:
   parameters, same sampler order, no workers. Test-time aggregation's two views likewise
   (data_loader/tensor_two_view.py: same parameter distributions, float instead of uint8 rounding).
 """
+from abc import ABC, abstractmethod
+
 import numpy as np
 import torch
 from PIL import Image
@@ -43,7 +45,7 @@ class ArrayImageDataset(Dataset):
         return img, int(self.targets[i])
 
 
-class ArrayLTDataModule(LTDataModule):
+class ArrayLTDataModule(LTDataModule, ABC):
     """Subclasses implement ``load_arrays()`` -> (train_x, train_y, test_x, test_y), uint8 NHWC."""
 
     num_classes = None
@@ -82,8 +84,9 @@ class ArrayLTDataModule(LTDataModule):
         self.test_images = test_x
         self.test_set = ArrayImageDataset(test_x, test_y, tf.small_image_test(self.mean, self.std))
 
+    @abstractmethod
     def load_arrays(self):
-        raise NotImplementedError
+        """(train_x, train_y, test_x, test_y): uint8 N x H x W x 3 images and integer labels."""
 
     # -- device-resident pipeline ------------------------------------------------------------------
     def device_images(self, split, device=None):

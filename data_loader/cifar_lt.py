@@ -70,7 +70,7 @@ class _CIFARLT(ArrayLTDataModule):
             raise UserError(f"could not download {self.folder} into {root}: {type(e).__name__}: {e}")
 
 
-class CIFAR10LTDataLoader(_CIFARLT):
+class CIFAR10LTDataModule(_CIFARLT):
     """CIFAR-10-LT: 5,000 images at the head class (SPEC 2.1)."""
     num_classes, train_img_max, label_key = 10, 5000, "labels"
     folder = "cifar-10-batches-py"
@@ -80,7 +80,7 @@ class CIFAR10LTDataLoader(_CIFARLT):
     filename, md5 = "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"
 
 
-class CIFAR100LTDataLoader(_CIFARLT):
+class CIFAR100LTDataModule(_CIFARLT):
     """CIFAR-100-LT: 500 images at the head class (SPEC 2.1)."""
     num_classes, train_img_max, label_key = 100, 500, "fine_labels"
     folder = "cifar-100-python"
@@ -89,6 +89,6 @@ class CIFAR100LTDataLoader(_CIFARLT):
     filename, md5 = "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"
 
 
-# Names used by the reference release's configs, so its checkpoints evaluate with their own config.
-ImbalanceCIFAR10DataLoader = CIFAR10LTDataLoader
-ImbalanceCIFAR100DataLoader = CIFAR100LTDataLoader
+# Earlier names: the reference release's (its checkpoints evaluate with their own config) and ours.
+ImbalanceCIFAR10DataLoader = CIFAR10LTDataLoader = CIFAR10LTDataModule
+ImbalanceCIFAR100DataLoader = CIFAR100LTDataLoader = CIFAR100LTDataModule

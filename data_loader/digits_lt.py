@@ -13,7 +13,7 @@ DIGITS_MEAN = (0.3053,) * 3
 DIGITS_STD = (0.3759,) * 3
 
 
-class DigitsLTDataLoader(ArrayLTDataModule):
+class DigitsLTDataModule(ArrayLTDataModule):
     num_classes, train_img_max, image_size = 10, 120, 8
     default_padding, default_flip, default_rotation = 1, False, 10
     test_per_class = 50
@@ -33,3 +33,6 @@ class DigitsLTDataLoader(ArrayLTDataModule):
         train_mask[test_idx] = False
         test_idx = np.sort(test_idx)
         return images[train_mask], targets[train_mask], images[test_idx], targets[test_idx]
+
+
+DigitsLTDataLoader = DigitsLTDataModule  # the earlier name (configs and checkpoints written with it)

@@ -238,20 +238,26 @@ class ListLTDataModule(LTDataModule):
         return out
 
 
-class ImageNetLTDataLoader(ListLTDataModule):
+class ImageNetLTDataModule(ListLTDataModule):
     """ImageNet-LT: 1000 classes, ResNeXt-50 recipe (SPEC 2.3)."""
     num_classes = 1000
 
 
-class PlacesLTDataLoader(ListLTDataModule):
+class PlacesLTDataModule(ListLTDataModule):
     """Places-LT: 365 classes, relabelled by descending training frequency (SPEC 2.3)."""
     num_classes = 365
     default_relabel = True
 
 
-class INaturalistDataLoader(ListLTDataModule):
+class INaturalistDataModule(ListLTDataModule):
     """iNaturalist 2018: 8,142 classes, no ColorJitter, its own normalisation; test distributions
     forward/backward 2 and 3 of the val list (SPEC 2.2, 2.3)."""
     num_classes = 8142
     default_ratios = (3, 2)
     default_mean, default_std, default_color_jitter = tf.INAT_MEAN, tf.INAT_STD, False
+
+
+# The earlier names (the release's configs and checkpoints use them).
+ImageNetLTDataLoader = ImageNetLTDataModule
+PlacesLTDataLoader = PlacesLTDataModule
+INaturalistDataLoader = INaturalistDataModule

@@ -1,4 +1,6 @@
-"""Networks chosen by the config's ``arch.type``."""
-from model.model import ResNet32Model, ResNet50Model, ResNet152Model, ResNeXt50Model
+"""Networks, chosen by the config's ``arch.type`` (contract: base/base_model.py). Every
+``ExpertModel`` defined in a module of this package is available by its class name."""
+from base.base_model import ExpertModel
+from utils.registry import export_package
 
-__all__ = ["ResNet32Model", "ResNeXt50Model", "ResNet50Model", "ResNet152Model"]
+__all__ = export_package(__name__, globals(), ExpertModel)

@@ -274,8 +274,12 @@ def _trainer(run_dir, lr=0.1, resume=None, scale=None):
         scaler.scale(torch.ones(()))  # initialise, then move the scale as overflowing steps would
         scaler.update(new_scale=scale)
     config = ConfigParser({"trainer": {"epochs": 5, "monitor": "off", "tensorboard": False},
-                           "optimizer": {"args": {"lr": lr}}}, source="test", run_dir=run_dir, resume=resume)
-    return _Trainer(model, None, optimizer, scheduler, config, Runtime(device=torch.device("cpu")), scaler=scaler)
+                           "optimizer": {"args": {"lr": lr}}}, source="test")
+    trainer = _Trainer(model, None, optimizer, scheduler, config, Runtime(device=torch.device("cpu")), scaler=scaler,
+                       run_dir=run_dir)
+    if resume is not None:
+        trainer.resume(resume)
+    return trainer
 
 
 def test_resume_restores_optimizer_schedule_scaler_and_epoch(tmp_path):

@@ -105,6 +105,7 @@ def _other_architecture(w):
     run = w.run_folder()
     config = json.loads(json.dumps(w.config))
     config["arch"]["args"]["num_experts"] = 1
+    config["loss"] = {"type": "CrossEntropyLoss", "args": {}}  # a loss for one expert: the weights are what differ
     return ["-r", run / "last.pth", "-c", w.write("one_expert.json", config)], \
         [run / "last.pth", "does not match the model", "unexpected"]
 
@@ -164,6 +165,9 @@ CATALOGUE = [
     ("train.py", "other_architecture_checkpoint", _other_architecture),
     ("train.py", "unwritable_save_folder", _unwritable_save_folder),
     ("train.py", "existing_run_folder", _existing_run_folder),
+    ("train.py", "loss_for_another_number_of_experts",
+     lambda w: (["-c", w.modified("arch.args.num_experts", 2)],
+                ["c.json", "loss.type DiverseExpertLoss needs arch.args.num_experts 3, got 2"])),
     ("test.py", "missing_checkpoint", lambda w: (["-r", w.path("nope.pth")], [w.path("nope.pth"), "does not exist"])),
     ("test.py", "truncated_checkpoint", _truncated_checkpoint),
     ("test.py", "foreign_checkpoint", _foreign_checkpoint),

@@ -23,7 +23,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def test_cpu_trainer_with_cuda_graph_key_takes_the_eager_step(tmp_path):
     data = DigitsLTDataLoader(img_max=12, imb_factor=0.5, batch_size=32)
     trainer_cfg = {"epochs": 1, "tensorboard": False, "monitor": "off", "cuda_graph": True}
-    config = ConfigParser({"trainer": trainer_cfg, "seed": 0}, source="test", run_dir=tmp_path)
+    config = ConfigParser({"trainer": trainer_cfg, "seed": 0}, source="test")
     torch.manual_seed(0)
     net = ExpertResNetCifar((1, 1, 1), num_classes=10, num_experts=3, reduce_dimension=True)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)

@@ -229,9 +229,10 @@ def test_existing_run_folder_ends_every_rank_with_one_line(cifar_dir, tmp_path):
 def test_sync_batchnorm_must_be_true_or_false(cifar_dir, tmp_path):
     import train
     cfg = write_config(tmp_path / "c.json", ddp_config(cifar_dir, tmp_path / "saved"))
-    args = train.parse_args(["-c", str(cfg), "--set", "trainer.sync_batchnorm=yes"])
+    parser = train.build_parser()
+    args = parser.parse_args(["-c", str(cfg), "--set", "trainer.sync_batchnorm=yes"])
     with pytest.raises(UserError, match="trainer.sync_batchnorm 'yes': expected true or false"):
-        train.resolve_config(args)
+        train.resolve_training_config(args, parser)
 
 
 def test_cpu_sync_batchnorm_keeps_parameter_names_and_values():

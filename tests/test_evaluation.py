@@ -13,7 +13,8 @@ from data_loader.long_tail import img_num_per_cls
 from data_loader.test_distributions import distribution_names, generated_distributions
 from model import ResNet32Model
 from tests.helpers import assert_one_line_error, run_script, small_cifar_config, write_cifar100, write_config
-from trainer.evaluation import collect_expert_logits, distribution_metrics
+from trainer.evaluation import distribution_metrics
+from trainer.forward import collect_expert_logits
 
 SIZES = {"forward50": 2486, "forward25": 2956, "forward10": 3876, "forward5": 4932, "forward2": 7166,
          "uniform": 10000}
@@ -101,9 +102,10 @@ def trained(tmp_path_factory):
 
 
 def test_one_pass_equals_separate_subsets(trained):
-    from trainer.evaluation import load_trained
+    from utils.build import load_trained
     _, _, ckpt = trained
-    net, _, data, _ = load_trained(ckpt)
+    t = load_trained(ckpt)
+    net, data = t.net, t.data
     dists = data.test_distributions()
     logits, targets = collect_expert_logits(net, data.test_loader(), "cpu")
     one_pass = distribution_metrics(logits.mean(1).argmax(1), targets, dists, 100, data.shot_masks())
@@ -185,7 +187,7 @@ def _release_checkpoint(path, net, config):
 
 def test_release_checkpoint_loads_and_gives_the_release_logits(trained, tmp_path):
     from tests.release_reference import ResNet32Model as ReleaseModel
-    from trainer.evaluation import load_trained
+    from utils.build import load_trained
     root, data_dir, _ = trained
     torch.manual_seed(0)
     release = ReleaseModel(num_classes=100, reduce_dimension=True, num_experts=3)
@@ -203,7 +205,8 @@ def test_release_checkpoint_loads_and_gives_the_release_logits(trained, tmp_path
     _release_checkpoint(path, release, config)
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)  # plain weights_only cannot: the config object is code
-    net, cfg, data, _ = load_trained(path)
+    t = load_trained(path)
+    net, cfg, data = t.net, t.config, t.data
     assert cfg["arch"]["type"] == "ResNet32Model"
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():

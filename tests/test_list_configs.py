@@ -94,7 +94,9 @@ def test_backbone_lr_and_pretrained_errors():
 @pytest.mark.parametrize("name, lr, wd, entropy", [
     ("imagenet_lt", 0.025, 5e-4, 0), ("places_lt", 0.01, 4e-4, 0), ("inat", 0.2, 2e-4, 0.01)])
 def test_test_time_configs(name, lr, wd, entropy):
-    tt = read_json(ROOT / "configs" / f"test_time_{name}_tade.json")["test_time"]
+    section = read_json(ROOT / "configs" / f"test_time_{name}_tade.json")["test_time"]
+    assert section["type"] == "SelfSupervisedAggregation" and section["seed"] == 1
+    tt = section["args"]
     assert tt["optimizer"] == {"type": "SGD", "args": {"lr": lr, "momentum": 0.9, "nesterov": True,
                                                        "weight_decay": wd}}
     assert (tt["epochs"], tt["batch_size"], tt["stop_weight"], tt["entropy_weight"]) == (5, 128, 0.05, entropy)

@@ -59,7 +59,7 @@ def test_train_resume_and_evaluate_on_the_distribution_lists(tmp_path):
     assert sizes["uniform"] == 20 and sizes["forward5"] == 8
 
     tt_config = json.loads(open(ROOT / "configs" / "test_time_places_lt_tade.json").read())
-    tt_config["test_time"].update(num_workers=0, batch_size=8, epochs=2)
+    tt_config["test_time"]["args"].update(num_workers=0, batch_size=8, epochs=2)
     tt = write_config(tmp_path / "tt.json", tt_config)
     tt_out = tmp_path / "tt_out.json"
     proc = run_script("test_train.py", "-c", tt, "-r", run / "last.pth", "--out", tt_out, "-d", "cpu")

@@ -30,11 +30,11 @@ def test_option_trains_and_evaluates(digits, tmp_path, autocast, channels_last, 
     data = digits[pipeline]
     trainer_cfg = {"epochs": 1, "tensorboard": False, "monitor": "off", "autocast": autocast,
                    "channels_last": channels_last, "compile": False, "cudnn_benchmark": True}
-    config = ConfigParser({"trainer": trainer_cfg, "seed": 0}, source="test", run_dir=tmp_path)
+    config = ConfigParser({"trainer": trainer_cfg, "seed": 0}, source="test")
     perf = Performance.from_config(trainer_cfg)
     torch.manual_seed(0)
     # ResNet-8 (one block per stage): the ResNet-32 code path at a fifth of the cost.
-    net = perf.prepare_model(ExpertResNetCifar((1, 1, 1), num_classes=10, num_experts=3, reduce_dimension=True))
+    net = perf.apply_layout(ExpertResNetCifar((1, 1, 1), num_classes=10, num_experts=3, reduce_dimension=True))
     before = [p.detach().clone() for p in net.parameters()]
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     scaler = perf.grad_scaler("cpu")

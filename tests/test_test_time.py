@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.test_time_aggregation import TestTimeAggregation, aggregate, consistency_loss, should_stop
+from trainer.test_time.self_supervised import AggregationWeightLearner, aggregate, consistency_loss, should_stop
 from tests.helpers import ROOT, assert_one_line_error, run_script, small_cifar_config, write_cifar100, write_config
 
 
@@ -69,7 +69,7 @@ def view_loader(n=96, batch=16, seed=0):
 def test_weights_move_toward_the_augmentation_invariant_expert_and_only_alpha_learns():
     net = ViewStub()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    learner = TestTimeAggregation(net, 3, sgd(0.5), "cpu", epochs=5, stop_weight=0.0)
+    learner = AggregationWeightLearner(net, 3, sgd(0.5), "cpu", epochs=5, stop_weight=0.0)
     fit = learner.fit(view_loader())
     w = fit["weights"]
     assert w.sum().item() == pytest.approx(1.0, abs=1e-6)
@@ -82,13 +82,13 @@ def test_weights_move_toward_the_augmentation_invariant_expert_and_only_alpha_le
 
 def test_stops_after_the_epoch_in_which_a_weight_falls_below_threshold():
     net = ViewStub()
-    full = TestTimeAggregation(net, 3, sgd(0.5), "cpu", epochs=8, stop_weight=0.0).fit(view_loader())
+    full = AggregationWeightLearner(net, 3, sgd(0.5), "cpu", epochs=8, stop_weight=0.0).fit(view_loader())
     per_epoch = full["history"].reshape(8, -1, 3)[:, -1]  # weights at the end of each epoch
     rounded_min = (torch.round(per_epoch * 100) / 100).min(1).values
     threshold = float(rounded_min[2]) + 0.005  # crossed first at the end of epoch 3
     first = int(np.argmax((rounded_min < threshold).numpy())) + 1
     assert 1 < first < 8
-    stopped = TestTimeAggregation(net, 3, sgd(0.5), "cpu", epochs=8, stop_weight=threshold).fit(view_loader())
+    stopped = AggregationWeightLearner(net, 3, sgd(0.5), "cpu", epochs=8, stop_weight=threshold).fit(view_loader())
     assert stopped["epochs_run"] == first
     assert torch.allclose(stopped["weights"], per_epoch[first - 1])
 
@@ -97,7 +97,7 @@ def test_online_classifies_each_batch_after_its_own_update():
     net = ViewStub()
     loader = view_loader(n=64, batch=16)
     clean = torch.randn(64, 3, 5)
-    fit = TestTimeAggregation(net, 3, sgd(0.5), "cpu").fit(loader, clean_logits=clean, online=True)
+    fit = AggregationWeightLearner(net, 3, sgd(0.5), "cpu").fit(loader, clean_logits=clean, online=True)
     assert fit["epochs_run"] == 1 and len(fit["history"]) == 4
     assert fit["online_index"].tolist() == list(range(64))
     uniform = torch.full((3,), 1 / 3)
@@ -129,6 +129,7 @@ def test_test_train_py_writes_json_csv_png_with_weights(trained, tmp_path):
                       "--distributions", "forward50,uniform,backward50", "--epochs", "2", "--bs", "64",
                       "--seed", "3")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr  # no progress bars in a pipe
     payload = json.loads(out.read_text())
     assert list(payload["distributions"]) == ["forward50", "uniform", "backward50"]
     for m in payload["distributions"].values():
@@ -156,7 +157,7 @@ def test_test_train_py_online_and_bad_input(trained, tmp_path):
     assert_one_line_error(run_script("test_train.py", "-c", "configs/test_time_cifar100_tade.json", "-r",
                                      tmp_path / "missing.pth"), "missing.pth")
     bad = json.loads((ROOT / "configs" / "test_time_cifar100_tade.json").read_text())
-    bad["test_time"]["augmentation"] = {"blur": 0.3}
+    bad["test_time"]["args"]["augmentation"] = {"blur": 0.3}
     bad_path = write_config(tmp_path / "bad_tt.json", bad)
     assert_one_line_error(run_script("test_train.py", "-c", bad_path, "-r", ckpt, "--distributions", "uniform"),
-                          "bad_tt.json", "test_time.augmentation", "blur_p")
+                          "bad_tt.json", "test_time.args", "augmentation", "blur_p")

@@ -3,24 +3,23 @@ import torch
 
 import trainer.lr_scheduler as our_schedulers
 from utils.errors import UserError
-
-
-def _is_classifier(name):
-    return "linears" in name.split(".")
+from utils.runtime import unwrap
 
 
 def parameter_groups(model, backbone_lr, source="config"):
-    """Two groups: the experts' classifiers (``*.linears.*``) at the optimiser's ``lr``, everything
+    """Two groups: the experts' classifiers (``is_classifier`` of the model contract, base/base_model.py)
+    at the optimiser's ``lr``, everything
     else at ``backbone_lr`` (Places-LT fine-tunes a pretrained backbone slowly, SPEC 5). The
     classifier group comes first, so logs that show group 0's lr show ``lr``."""
     if not isinstance(backbone_lr, (int, float)) or isinstance(backbone_lr, bool) or backbone_lr < 0:
         raise UserError(f"config {source}: optimizer.backbone_lr must be a non-negative number, got {backbone_lr!r}")
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    heads = [p for n, p in named if _is_classifier(n)]
-    rest = [p for n, p in named if not _is_classifier(n)]
+    net = unwrap(model)  # DataParallel / DDP: the contract is the wrapped model's
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    heads = [p for n, p in named if net.is_classifier(n)]
+    rest = [p for n, p in named if not net.is_classifier(n)]
     if not heads:
-        raise UserError(f"config {source}: optimizer.backbone_lr is set but the model has no classifier parameters "
-                        "named '*.linears.*'")
+        raise UserError(f"config {source}: optimizer.backbone_lr is set but {type(net).__name__} has no classifier "
+                        "parameters (is_classifier)")
     return [{"params": heads}, {"params": rest, "lr": float(backbone_lr)}]
 
 

@@ -4,29 +4,16 @@ progress bar refreshes and at the end of an epoch."""
 import time
 
 import torch
-from tqdm import tqdm
 
 from base.base_trainer import BaseTrainer
 from model.metric import accuracy_from_confusion, confusion_matrix
 from trainer.cuda_graph import GraphedTrainStep, graph_unsupported_reason
+from trainer.forward import predict
 from utils.errors import UserError
 from utils.performance import Performance
+from utils.progress import progress
 from utils.runtime import unwrap
 from utils.seed import epoch_seed
-
-
-@torch.inference_mode()
-def predict(model, loader, perf, device):
-    """Top-1 predictions and targets (device tensors) of ``model`` over ``loader``, in eval mode and
-    in ``perf``'s precision and layout (the forward pass that evaluation and test scripts share)."""
-    model.eval()
-    preds, targets = [], []
-    for x, y in loader:
-        x, y = perf.prepare_input(x, device), y.to(device, non_blocking=True)
-        with perf.autocast_context(device):
-            preds.append(model(x)["output"].argmax(1))
-        targets.append(y)
-    return torch.cat(preds), torch.cat(targets)
 
 
 class NonFiniteLossError(UserError):
@@ -34,14 +21,14 @@ class NonFiniteLossError(UserError):
 
 
 class Trainer(BaseTrainer):
-    def __init__(self, model, criterion, optimizer, lr_scheduler, config, runtime, data, scaler=None):
+    def __init__(self, model, criterion, optimizer, lr_scheduler, config, runtime, data, scaler=None, perf=None,
+                 run_dir=None):
+        super().__init__(model, criterion, optimizer, lr_scheduler, config, runtime, scaler=scaler, run_dir=run_dir)
         self.data = data
-        cfg = config["trainer"]
         self.seed = config.get_int("seed", 0)
         self.refresh_every = config.get_int("trainer.log_step", 20, minimum=1)
-        self.perf = Performance.from_config(cfg, config.source)
+        self.perf = perf if perf is not None else Performance.from_config(config["trainer"], config.source)
         self.valid_period = config.get_int("trainer.valid_period", 1)
-        super().__init__(model, criterion, optimizer, lr_scheduler, config, runtime, scaler=scaler)
         if self.valid_period <= 0 and self.mnt_mode != "off" and self.mnt_metric.startswith("val_"):
             raise UserError(f"config {config.source}: trainer.monitor {self.mnt_mode} {self.mnt_metric} needs "
                             f"validation, but trainer.valid_period is {self.valid_period}; set "
@@ -62,18 +49,14 @@ class Trainer(BaseTrainer):
         torch.manual_seed(epoch_seed(self.seed, epoch) + self.runtime.rank)
         loader = self.data.train_loader(epoch, self.seed, self.runtime.rank, self.runtime.world_size,
                                         device=self.runtime.device)
-        if hasattr(self.criterion, "set_epoch"):  # losses with an epoch schedule (RIDE's re-weighting)
-            self.criterion.set_epoch(epoch)
+        self.criterion.set_epoch(epoch)  # the loss contract: a schedule (RIDE's re-weighting) updates here
         device = self.runtime.device
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = torch.zeros((), device=device, dtype=torch.int64)
         first_bad = torch.full((), -1, device=device, dtype=torch.int64)
         lr = self.optimizer.param_groups[0]["lr"]
-        # The bar shows on a terminal only (disable=None): in a log file or a pipe it would be noise
-        # around the per-epoch log lines and one-line errors.
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", disable=None if self.runtime.is_main else True,
-                   leave=False, dynamic_ncols=True)
+        bar = progress(loader, f"epoch {epoch + 1}/{self.epochs}", show=self.runtime.is_main)
         self._steps_in_epoch = len(loader)
         start = time.perf_counter()
         train_step = self.graphed_step or self._eager_step

@@ -298,3 +298,15 @@ def load_model_weights(model, state_dict, path="checkpoint"):
                          f"{tuple(own[k].shape)})")
         raise UserError(f"{path} does not match the model {type(model).__name__}: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
+
+
+def config_from_checkpoint(ckpt):
+    """Our checkpoints hold the config dict; the release's hold an inert stand-in of its
+    ConfigParser whose pickled state carries the dict under ``_config``."""
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if isinstance(config, dict):
+        return config
+    state = getattr(config, "state", None)
+    if isinstance(state, dict) and isinstance(state.get("_config"), dict):
+        return state["_config"]
+    return None

@@ -1,28 +1,59 @@
-"""Command-line pieces shared by train.py, test.py and test_train.py."""
+"""Command-line pieces shared by train.py, test.py and test_train.py: one-line usage errors and
+options that override config keys.
+
+An override option names the config key it sets (``--epochs`` -> ``trainer.epochs``); the parser
+keeps that table, so ``parser.overrides(args)`` turns the command line into the
+``(key path, value, option)`` triples that ``ConfigParser.apply_overrides`` applies. An option left
+out is skipped; ``--set KEY.PATH=VALUE`` sets any existing key (JSON null included).
+"""
 import argparse
 
 from utils.errors import UserError
+from utils.parse_config import parse_set_expression
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one-line UserErrors (exit 2, no usage dump)."""
+    """argparse whose usage errors are one-line UserErrors (exit 2, no usage dump), with options
+    that override config keys."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._overrides = []  # (dest, key path, option, target config)
+        self._set_targets = {}  # dest of a --set option -> target config
 
     def error(self, message):
         raise UserError(f"{self.prog}: {message}")
+
+    def add_override(self, *flags, key, target="run", **kwargs):
+        """An option that sets config key ``key`` of the ``target`` config ("run": the training
+        config; test_train.py also has "test_time")."""
+        kwargs.setdefault("help", key)
+        action = self.add_argument(*flags, **kwargs)
+        self._overrides.append((action.dest, key, flags[-1], target))
+        return action
+
+    def add_set_option(self, flag="--set", target="run", what="config"):
+        """``--set KEY.PATH=VALUE`` (repeatable) for the ``target`` config."""
+        action = self.add_argument(flag, action="append", default=[], metavar="KEY.PATH=VALUE",
+                                   help=f"override any existing {what} key; VALUE is JSON (else a string)")
+        self._set_targets[action.dest] = (flag, target)
+        return action
+
+    def overrides(self, args, target="run"):
+        """The ``(key path, value, option)`` triples of ``target``'s options given on the command line."""
+        out = [(key, getattr(args, dest), option) for dest, key, option, t in self._overrides if t == target]
+        for dest, (flag, t) in self._set_targets.items():
+            if t == target:
+                out += [(*parse_set_expression(e), "--set") for e in getattr(args, dest)]
+        return out
 
 
 def add_evaluation_args(parser):
     """Options common to test.py and test_train.py."""
     parser.add_argument("-r", "--resume", required=True, metavar="CHECKPOINT", help="trained checkpoint")
     parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    parser.add_argument("--data_dir", help="override data_loader.args.data_dir")
+    parser.add_override("--data_dir", key="data_loader.args.data_dir")
+    parser.add_override("--bs", type=int, key="data_loader.args.batch_size", help="batch size")
     parser.add_argument("--distributions", default="all", help="all, uniform, or names like forward50,backward50")
     parser.add_argument("--out", help="result JSON path (a CSV is written beside it)")
-    parser.add_argument("--bs", type=int, help="batch size")
     return parser
-
-
-def data_overrides(args):
-    """(key path, value, option) triples for ConfigParser.apply_overrides."""
-    return [("data_loader.args.data_dir", args.data_dir, "--data_dir"),
-            ("data_loader.args.batch_size", args.bs, "--bs")]

@@ -1,29 +1,16 @@
-"""JSON configs: reading, command-line overrides, run folders, and building objects by `type`.
+"""JSON configs: reading, command-line overrides, and building objects by `type`.
 
 A config section such as ``{"type": "SGD", "args": {"lr": 0.1}}`` is turned into an object by
 ``config.init_obj("optimizer", torch.optim, params)``: the class named by ``type`` is looked up in
 the given module(s) and called with ``args``. Code may add arguments that the config cannot hold
 (parameters, class counts) but may not silently replace a key the config sets.
 """
-import copy
+import importlib
 import inspect
 import json
-import os
-from datetime import datetime
 from pathlib import Path
 
 from utils.errors import UserError
-
-# Command-line shortcuts of train.py: option name -> key path in the config.
-TRAIN_SHORTCUTS = {
-    "epochs": "trainer.epochs",
-    "lr": "optimizer.args.lr",
-    "bs": "data_loader.args.batch_size",
-    "name": "name",
-    "data_dir": "data_loader.args.data_dir",
-    "save_dir": "trainer.save_dir",
-    "seed": "seed",
-}
 
 
 def read_json(path):
@@ -42,18 +29,6 @@ def read_json(path):
     if not isinstance(value, dict):
         raise UserError(f"{path}: expected a JSON object at the top level, got {type(value).__name__}")
     return value
-
-
-def write_json(obj, path):
-    """Write JSON atomically (temporary file + rename), so a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=4)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def get_by_path(config, key_path, default=None):
@@ -95,22 +70,12 @@ def parse_set_expression(expr):
     return key, value
 
 
-def require(config, key_path, source):
-    value = get_by_path(config, key_path)
-    if value is None:
-        raise UserError(f"{source}: missing required config key '{key_path}'")
-    return value
-
-
 class ConfigParser:
-    """A resolved config (plain dict) plus where the run writes its files."""
+    """A resolved config (plain dict) and the file it came from (named in every error)."""
 
-    def __init__(self, config, source="config", run_dir=None, resume=None):
+    def __init__(self, config, source="config"):
         self.config = config
         self.source = str(source)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.resume = Path(resume) if resume is not None else None
-        self.created_dirs = []  # folders made for a new run (removed again if it fails before writing)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -158,6 +123,8 @@ class ConfigParser:
             raise UserError(f"config {self.source}: section '{name}' needs a \"type\" and \"args\"")
         type_name = section["type"]
         modules = modules if isinstance(modules, (list, tuple)) else [modules]
+        if isinstance(type_name, str) and "." in type_name:
+            return self._lookup_dotted(name, type_name, modules), section
         for module in modules:
             obj = getattr(module, type_name, None) if isinstance(type_name, str) else None
             if obj is not None and callable(obj) and not type_name.startswith("_"):
@@ -165,6 +132,23 @@ class ConfigParser:
         known = sorted({n for m in modules for n in getattr(m, "__all__", [])})
         hint = f"; expected one of: {', '.join(known)}" if known else ""
         raise UserError(f"config {self.source}: {name}.type {type_name!r} is not a known {name} type{hint}")
+
+    def _lookup_dotted(self, name, type_name, modules):
+        """``package.module.Class``: a class kept outside the framework; it must honour the contract
+        of the package the section builds from (its ``__contract__``, set by utils/registry.py)."""
+        module_name, _, class_name = type_name.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module_name), class_name, None)
+        except ImportError as e:
+            raise UserError(f"config {self.source}: {name}.type {type_name!r}: cannot import {module_name} ({e})")
+        if not inspect.isclass(obj):
+            raise UserError(f"config {self.source}: {name}.type {type_name!r}: {module_name} has no class {class_name}")
+        contracts = [m.__contract__ for m in modules if getattr(m, "__contract__", None) is not None]
+        if contracts and not any(issubclass(obj, c) for c in contracts):
+            names = " or ".join(f"{c.__module__}.{c.__name__}" for c in contracts)
+            raise UserError(f"config {self.source}: {name}.type {type_name!r} is not a {names} (the contract of a "
+                            f"{name} type)")
+        return obj
 
     def init_obj(self, name, modules, *args, **kwargs):
         """Build ``section.type(*args, **section.args, **kwargs)``; kwargs may not override config keys."""
@@ -214,52 +198,3 @@ class ConfigParser:
                 continue
             raise UserError(f"config {self.source}: {name}.args.{key} is {value!r}: expected {expected} "
                             f"({cls.__name__}'s default is {default!r})")
-
-    # -- run folder -----------------------------------------------------------------------------
-    @staticmethod
-    def new_run_dir(save_dir, name, run_id=None):
-        return ConfigParser.create_run_dir(save_dir, name, run_id)[0]
-
-    @staticmethod
-    def create_run_dir(save_dir, name, run_id=None):
-        """Create ``save_dir/name/run_id`` (refusing an existing one); returns it and the folders
-        this call created, deepest first (see ``discard_new_run_dir``)."""
-        run_id = run_id or datetime.now().strftime("%m%d_%H%M%S")
-        run_dir = Path(save_dir) / name / run_id
-        if run_dir.exists():
-            raise UserError(f"run folder {run_dir} already exists; choose another --run_id, or resume with -r")
-        created = []
-        for folder in (run_dir, *run_dir.parents):
-            if folder.exists() or folder.is_symlink():
-                break
-            created.append(folder)
-        try:
-            run_dir.mkdir(parents=True)
-        except FileExistsError:
-            if run_dir.is_dir():
-                raise UserError(f"run folder {run_dir} already exists; choose another --run_id, or resume with -r")
-            raise UserError(f"cannot create run folder {run_dir}: a file is in the way (save_dir must be a folder)")
-        except NotADirectoryError:
-            raise UserError(f"cannot create run folder {run_dir}: a file is in the way (save_dir must be a folder)")
-        except OSError as e:
-            raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}")
-        if not os.access(run_dir, os.W_OK):
-            for folder in created:
-                folder.rmdir()
-            raise UserError(f"run folder {run_dir} is not writable")
-        return run_dir, created
-
-    def discard_new_run_dir(self):
-        """A new run that failed before writing anything leaves no folder behind (so the same
-        ``--run_id`` works again): the folders ``create_run_dir`` made are removed if still empty."""
-        for folder in self.created_dirs:
-            try:
-                folder.rmdir()
-            except OSError:  # not empty (or gone): keep what holds anything
-                break
-
-    def save(self, path=None):
-        write_json(self.config, path or self.run_dir / "config.json")
-
-    def copy(self):
-        return ConfigParser(copy.deepcopy(self.config), self.source, self.run_dir, self.resume)

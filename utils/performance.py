@@ -73,13 +73,15 @@ class Performance:
             return None
         return torch.amp.GradScaler(torch.device(device).type)
 
-    def prepare_model(self, model):
-        """Apply the memory layout (call after moving the model to its device)."""
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+    def apply_layout(self, model):
+        """The model in the configured memory layout (call after moving it to its device)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def configure_backends(self):
+        """Process-wide switch: cuDNN autotuning (``cudnn_benchmark``). Called once per process by
+        the build path (utils/build.py)."""
         if self.cudnn_benchmark and torch.backends.cudnn.is_available():
             torch.backends.cudnn.benchmark = True
-        return model
 
     def maybe_compile(self, model):
         """``torch.compile`` the module's forward in place (``nn.Module.compile``): the module, its

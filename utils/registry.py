@@ -18,6 +18,7 @@ def export_package(package_name, namespace, base):
     """Import every module of the package and put its public subclasses of ``base`` (and their
     aliases) into ``namespace``; returns the sorted names (the package's ``__all__``)."""
     package = sys.modules[package_name]
+    namespace["__contract__"] = base  # a dotted config type outside the package must subclass it too
     names = set()
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):

@@ -1,0 +1,76 @@
+"""Running a test-time method (``trainer/test_time/``) on test sets: the loop test_train.py and the
+benchmarks share. The clean expert logits of the whole test set are computed once by the caller;
+each test set is an index subset of it."""
+import functools
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from base.base_test_time import TestTimeContext
+from trainer.evaluation import distribution_metrics
+from trainer.forward import collect_expert_logits
+
+_NOT_IN_ROW = ("scores", "online_scores", "history")
+
+
+class ReferenceLogits:
+    """The clean logits of the training images (test transform), computed on first use: data a
+    test-time method may use for calibration (unlike test labels)."""
+
+    def __init__(self, trained, device):
+        self.trained, self.device, self.value = trained, device, None
+
+    def __call__(self):
+        if self.value is None:
+            t = self.trained
+            self.value = collect_expert_logits(t.net, t.data.reference_loader(device=self.device), self.device, t.perf,
+                                               desc="training images (reference)")
+        return self.value
+
+
+def train_prior(data):
+    counts = torch.as_tensor(data.cls_num_list, dtype=torch.float64)
+    return (counts / counts.sum()).float()
+
+
+def context_for(method, trained, device, name, indices, seed, targets, reference):
+    """What ``method`` may see of test set ``indices``: the views only if it needs them, the labels
+    only if it is an oracle."""
+    data = trained.data
+    idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    ctx = TestTimeContext(num_experts=trained.net.num_experts, num_classes=data.num_classes,
+                          train_prior=train_prior(data), indices=idx, name=name, seed=seed,
+                          device=torch.device(device), reference_logits=reference)
+    if method.needs_views:
+        ctx.net, ctx.perf = trained.net, trained.perf
+        ctx.two_view_loader = functools.partial(data.two_view_loader, np.asarray(indices), device=device)
+    if method.uses_test_labels:
+        ctx.targets = targets[idx]
+    return ctx
+
+
+def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1, report=None):
+    """``{name: results row}`` of ``method`` on each test set (``{name: test-set indices}``): top-1
+    and many/medium/few of the method, ``top1_average`` (the plain expert average on the same
+    images, so a loss is visible), and the method's own JSON-able facts (weights, prior, ...).
+    ``report(name, row, out)`` is called after each test set."""
+    data = trained.data
+    shot_masks = data.shot_masks()
+    reference = ReferenceLogits(trained, device)
+    results = OrderedDict()
+    for d, (name, indices) in enumerate(test_sets.items()):
+        ctx = context_for(method, trained, device, name, indices, seed * 1000 + d, targets, reference)
+        subset_logits, subset_targets = clean_logits[ctx.indices], targets[ctx.indices]
+        out = method.adapt(subset_logits, ctx)
+        whole = {name: np.arange(len(ctx.indices))}
+        row = distribution_metrics(out["scores"].argmax(1), subset_targets, whole, data.num_classes, shot_masks)[name]
+        row["top1_average"] = distribution_metrics(subset_logits.mean(1).argmax(1), subset_targets, whole,
+                                                   data.num_classes, shot_masks)[name]["top1"]
+        if "online_scores" in out:
+            row["top1_online"] = float((out["online_scores"].argmax(1) == subset_targets).double().mean())
+        row.update({k: v for k, v in out.items() if k not in _NOT_IN_ROW})
+        results[name] = row
+        if report is not None:
+            report(name, row, out)
+    return results

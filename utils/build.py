@@ -1,0 +1,120 @@
+"""One way to build a run, used by train.py, test.py, test_train.py and every bench/ script:
+
+    config from -c CONFIG, or the one stored in the checkpoint (-c replaces it)
+      -> command-line overrides -> ConfigParser
+      -> data module, model (+ trained weights), precision settings (built once per process)
+
+Each step is a function, so a script takes the steps it needs; ``load_trained`` is the whole chain
+for a trained checkpoint.
+"""
+from dataclasses import dataclass
+
+import data_loader
+import model as models
+import model.loss as losses
+import trainer.test_time as test_time_methods
+from utils.checkpoint import config_from_checkpoint, extract_state_dict, load_checkpoint, load_model_weights
+from utils.errors import UserError
+from utils.parse_config import ConfigParser, read_json
+from utils.performance import Performance
+
+DEFAULT_TEST_TIME_METHOD = "SelfSupervisedAggregation"
+
+
+def resolve_config(config_path=None, checkpoint=None, overrides=(), sections=("arch", "data_loader"),
+                   script="this script"):
+    """The run's config: ``config_path`` if given, else the config stored in ``checkpoint``, with the
+    command-line ``overrides`` applied; every name in ``sections`` must be present. Returns
+    (ConfigParser, loaded checkpoint or None)."""
+    ckpt = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if config_path is not None:
+        config, source = read_json(config_path), config_path
+    elif ckpt is not None:
+        config, source = config_from_checkpoint(ckpt), checkpoint
+        if config is None:
+            raise UserError(f"checkpoint {checkpoint} holds no config of this framework; give one with -c")
+    else:
+        raise UserError(f"{script}: give a config with -c CONFIG (or a checkpoint with -r CHECKPOINT)")
+    ConfigParser.apply_overrides(config, overrides, source)
+    for section in sections:
+        if section not in config:
+            raise UserError(f"config {source}: missing section '{section}'")
+    return ConfigParser(config, source=source), ckpt
+
+
+def build_data(config):
+    """The data module named by ``data_loader.type``."""
+    return config.init_obj("data_loader", data_loader)
+
+
+def build_model(config):
+    """The network named by ``arch.type`` (freshly initialised)."""
+    return config.init_obj("arch", models)
+
+
+def build_loss(config, data, num_experts):
+    """The loss named by ``loss.type``, given the training counts; refuses a model whose number of
+    experts the loss is not written for."""
+    criterion = config.init_obj("loss", losses, cls_num_list=data.cls_num_list)
+    criterion.check_experts(num_experts, config.source)
+    return criterion
+
+
+def build_performance(config):
+    """Precision and layout settings of ``trainer`` (one ``Performance`` per process: build it here
+    and pass it on); also applies the process-wide backend switches it implies (cuDNN autotuning)."""
+    perf = Performance.from_config(config.get("trainer"), config.source)
+    perf.configure_backends()
+    return perf
+
+
+@dataclass
+class Trained:
+    """A trained checkpoint, ready to evaluate: network (eval mode, on its device, in the configured
+    layout), its config, its data module, its precision settings and the loaded checkpoint."""
+    net: object
+    config: ConfigParser
+    data: object
+    perf: Performance
+    checkpoint: dict
+
+
+def load_trained(checkpoint, config_path=None, overrides=(), device="cpu"):
+    """The whole build chain for a trained checkpoint (test.py, test_train.py, bench scripts)."""
+    config, ckpt = resolve_config(config_path, checkpoint, overrides)
+    data = build_data(config)
+    net = build_model(config)
+    load_model_weights(net, extract_state_dict(ckpt, checkpoint), checkpoint)
+    perf = build_performance(config)
+    net = perf.apply_layout(net.to(device)).eval()
+    return Trained(net, config, data, perf, ckpt)
+
+
+def read_test_time_config(path):
+    """The test-time config as {"test_time": {"type", "args", "seed"}}. A config without ``type``
+    (the earlier shape: the aggregation's settings directly under ``test_time``) is read as
+    self-supervised aggregation with those settings."""
+    raw = read_json(path)
+    tt = raw.get("test_time")
+    if not isinstance(tt, dict):
+        raise UserError(f"config {path}: missing section 'test_time' (is this a training config? "
+                        "test_train.py takes a configs/test_time_*.json)")
+    if "type" not in tt:
+        settings = {k: v for k, v in tt.items() if k != "seed"}
+        raw["test_time"] = {"type": DEFAULT_TEST_TIME_METHOD, "args": settings, "seed": tt.get("seed", 1)}
+    unknown = set(raw["test_time"]) - {"type", "args", "seed"}
+    if unknown:
+        raise UserError(f"config {path}: unknown key(s) test_time.{', test_time.'.join(sorted(unknown))}; expected "
+                        "test_time.type, test_time.args (the method's settings) and test_time.seed")
+    raw["test_time"].setdefault("args", {})
+    raw["test_time"].setdefault("seed", 1)
+    return raw
+
+
+def build_test_time_method(path, overrides=()):
+    """The test-time method named by ``test_time.type`` of the test-time config ``path`` (built
+    with ``test_time.args``, after the command-line ``overrides``), and that config."""
+    raw = read_test_time_config(path)
+    ConfigParser.apply_overrides(raw, overrides, path)
+    config = ConfigParser(raw, source=path)
+    return config.init_obj("test_time", test_time_methods), config
