@@ -88,5 +88,6 @@ class LogitAdjustedLoss(LTLoss):
         if len(taus) != e:
             raise ValueError(f"LogitAdjustedLoss: loss.args.tau_list has {len(taus)} values, the model {e} experts")
         adjusted = logits + self.offsets.to(logits.device)
-        # mean over batch and experts = mean over experts of each expert's batch-mean CE
-        return F.cross_entropy(adjusted.reshape(b * e, c), target.repeat_interleave(e))
+        # mean over batch and experts = mean over experts of each expert's batch-mean CE (one
+        # kernel for all experts; no host sync, so it can be captured in a CUDA graph)
+        return F.cross_entropy(adjusted.reshape(b * e, c), target[:, None].expand(b, e).reshape(b * e))
