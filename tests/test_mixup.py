@@ -217,3 +217,43 @@ def test_mixup_run_killed_and_resumed_equals_uninterrupted(tmp_path):
     a = torch.load(reference / "checkpoint-epoch1.pth", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "saved" / "mix" / "plain" / "last.pth", weights_only=True)["state_dict"]
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- CUDA graphs: lam and perm as static tensors ------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by bench/gpu_checks.sh)")
+def test_graph_replays_with_mixup_equal_eager_steps():
+    from trainer.cuda_graph import GraphedTrainStep
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    counts = [40, 20, 10, 5, 3]
+    torch.manual_seed(0)
+    net = ExpertResNetCifar((1, 1, 1), num_classes=5, num_experts=3).cuda().to(memory_format=torch.channels_last)
+    models = {"eager": net, "graph": copy.deepcopy(net)}
+    crits = {k: LogitAdjustedLoss(counts, [0, 1, 2]).cuda() for k in models}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True) for k, m in models.items()}
+
+    def eager_step(name):
+        def step(x, y, mix=None):
+            outputs, loss = forward_loss(models[name], crits[name], x, y, mix)
+            opts[name].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[name].step()
+            return outputs["output"].detach(), loss.detach()
+        return step
+
+    eager = eager_step("eager")
+    graphed = GraphedTrainStep(models["graph"], crits["graph"], opts["graph"], eager_step("graph"))
+    g = torch.Generator().manual_seed(1)
+    sizes = (16, 16, 16, 16, 16, 7)
+    for epoch in range(2):
+        plan = Mixup(0.8, 1).epoch_plan(epoch, len(sizes), "cuda")
+        for step, size in enumerate(sizes):
+            x = torch.randn(size, 3, 32, 32, generator=g).cuda().contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 5, (size,), generator=g).cuda()
+            mix = plan.draw(step, size)
+            out_e, loss_e = eager(x, y, mix)
+            out_g, loss_g = graphed(x, y, mix)
+            torch.testing.assert_close(loss_g, loss_e, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out_g, out_e, rtol=1e-3, atol=1e-3)
+    assert graphed.captures == 1  # lam and perm change every step without a new capture
+    for (name, a), b in zip(models["eager"].state_dict().items(), models["graph"].state_dict().values()):
+        torch.testing.assert_close(b.float(), a.float(), rtol=1e-4, atol=1e-5, msg=name)
