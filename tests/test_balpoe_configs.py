@@ -113,7 +113,8 @@ def test_large_scale_recipe_builds_with_published_values(name, list_paths):
     criterion.check_experts(net.num_experts, cfg.source)
     assert criterion.tau_list == [float(t) for t in taus]  # as published (ImageNet-LT: mean 1.25, not 1)
     # the data section, pointed at generated lists, builds and gives the loss its prior
-    cfg.config["data_loader"]["args"].update(data_dir=str(list_paths["data_dir"]), train_txt=str(list_paths["train_txt"]),
+    cfg.config["data_loader"]["args"].update(data_dir=str(list_paths["data_dir"]),
+                                             train_txt=str(list_paths["train_txt"]),
                                              test_txt=str(list_paths["test_txt"]), test_distribution_txt=None,
                                              num_classes=len(TRAIN_COUNTS), test_ratios=[5, 2], image_size=32,
                                              batch_size=8, num_workers=0, persistent_workers=False)

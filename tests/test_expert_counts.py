@@ -70,7 +70,8 @@ ARCHS = {  # class: (layers, groups, width per group)
 def bottleneck_count(cls, classes, experts, reduce):
     layers, g, bw = ARCHS[cls]
     p3, p4 = (192, 384) if reduce else (256, 512)
-    shared = 3 * 64 * 49 + 2 * 64 + bottleneck_stage(64, 64, layers[0], g, bw) + bottleneck_stage(256, 128, layers[1], g, bw)
+    shared = (3 * 64 * 49 + 2 * 64 + bottleneck_stage(64, 64, layers[0], g, bw)
+              + bottleneck_stage(256, 128, layers[1], g, bw))
     per_expert = (bottleneck_stage(512, p3, layers[2], g, bw) + bottleneck_stage(4 * p3, p4, layers[3], g, bw)
                   + 4 * p4 * classes)  # cosine classifier: weight only
     return shared + experts * per_expert
@@ -116,7 +117,8 @@ def test_resnet32_forward_many_experts(experts):
     assert out["logits"].shape == (2, experts, 10) and out["feat"].shape == (2, experts, 64)
     torch.testing.assert_close(out["output"], out["logits"].mean(1))
     names = set(m.state_dict())
-    assert f"backbone.layer3s.{experts - 1}.4.conv2.weight" in names and f"backbone.linears.{experts}.weight" not in names
+    assert f"backbone.layer3s.{experts - 1}.4.conv2.weight" in names
+    assert f"backbone.linears.{experts}.weight" not in names
 
 
 def test_bottleneck_forward_five_experts():
