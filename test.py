@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from data_loader.test_distributions import select_distributions
+from model.calibration import distribution_calibration, plot_reliability
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
 from utils.build import load_trained
@@ -30,6 +31,9 @@ def build_parser():
     p.add_argument("--save_logits", action="store_true", help="also save every image's per-expert logits")
     p.add_argument("--macs", action="store_true", help="print multiply-accumulates per image (G)")
     return p
+
+
+CALIBRATION_KEYS = ("ece", "mce", "nll", "class_tv", "class_kl")
 
 
 def default_out(checkpoint):
@@ -52,13 +56,21 @@ def main(argv=None):
     names = select_distributions(list(available), args.distributions)
     logits, targets = collect_expert_logits(net, data.test_loader(device=device), device, trained.perf)
     preds = logits.mean(1).argmax(1)
-    results = distribution_metrics(preds, targets, {n: available[n] for n in names}, data.num_classes,
-                                   data.shot_masks())
-    print(format_table(results))
+    selected = {n: available[n] for n in names}
+    results = distribution_metrics(preds, targets, selected, data.num_classes, data.shot_masks())
+    calibration = distribution_calibration(logits, targets, selected)  # the ensemble, from the same logits
+    for name, row in results.items():
+        row.update({k: calibration[name][k] for k in CALIBRATION_KEYS})
+    print(format_table(results, extra_rows=("ece", "class_tv"), number_rows=("nll",)))
     out = Path(args.out) if args.out else default_out(args.resume)
-    payload = {"checkpoint": str(args.resume), "config": config.config, "distributions": results}
-    json_path, csv_path = write_results(payload, out)
-    print(f"wrote {json_path} and {csv_path}")
+    epoch = trained.checkpoint.get("epoch") if isinstance(trained.checkpoint, dict) else None
+    payload = {"checkpoint": str(args.resume), "checkpoint_epoch": epoch, "config": config.config,
+               "distributions": results, "reliability_bins": {n: calibration[n]["bins"] for n in names}}
+    json_path, csv_path = write_results(payload, out, extra_columns=CALIBRATION_KEYS)
+    shown = "uniform" if "uniform" in names else names[0]
+    png = plot_reliability(calibration[shown], out.with_name(out.stem + "_reliability.png"),
+                           title=f"{Path(args.resume).name}, {shown}: ensemble reliability")
+    print(f"wrote {json_path}, {csv_path} and {png} ({shown})")
     if args.save_logits:
         logits_path = out.with_name(out.stem + "_logits.pt")
         save_checkpoint({"logits": logits, "targets": targets,

@@ -133,6 +133,14 @@ def test_test_py_writes_json_csv_and_logits(trained, tmp_path):
         payload["distributions"]["uniform"]["top1"])
     saved = torch.load(tmp_path / "res" / "eval_logits.pt", weights_only=True)
     assert saved["logits"].shape == (400, 3, 100)
+    # calibration of the ensemble, from the same logits; the reliability diagram beside the results
+    from model.calibration import calibration_metrics
+    uniform = calibration_metrics(saved["logits"].mean(1), saved["targets"], from_logits=True)
+    for key in ("ece", "mce", "nll", "class_tv", "class_kl"):
+        assert payload["distributions"]["uniform"][key] == pytest.approx(uniform[key]), key
+        assert key in csv.columns
+    assert payload["checkpoint_epoch"] == torch.load(ckpt, weights_only=True)["epoch"]
+    assert (tmp_path / "res" / "eval_reliability.png").stat().st_size > 1000
     # the table is printed in SPEC order
     header = next(line for line in proc.stdout.splitlines() if "forward50" in line)
     assert header.split() == distribution_names()

@@ -12,6 +12,8 @@ What a graph fixes at capture, and when it is captured again:
   captured when the scheduler changes it (warmup and milestone epochs);
 - the loss's epoch schedule (``schedule_state()`` of the loss contract, base/base_loss.py; RIDE's
   re-weighting): a change captures a new graph.
+Mixup (trainer/mixup.py) is not fixed: its lam and perm are static input tensors like the batch,
+copied in before each replay, and the graph mixes the batch and the two losses itself.
 The first ``warmup`` steps run eagerly on a side stream, so that cuDNN's autotuning and the
 optimiser's momentum buffers are made before the capture (as ``torch.cuda.graphs`` requires).
 Not used with DataParallel, torchrun, fp16's gradient scaler or on a CPU: there the trainer runs
@@ -20,6 +22,8 @@ the eager step.
 import contextlib
 
 import torch
+
+from trainer.mixup import forward_loss
 
 
 def graph_unsupported_reason(runtime, model, scaler):
@@ -34,8 +38,9 @@ def graph_unsupported_reason(runtime, model, scaler):
 
 
 class GraphedTrainStep:
-    """``step(x, y) -> (ensemble output, loss)``, both detached; the tensors are overwritten by the
-    next call, so read or accumulate them before calling again (on the same stream)."""
+    """``step(x, y, mix=None) -> (ensemble output, loss)``, both detached; the tensors are overwritten
+    by the next call, so read or accumulate them before calling again (on the same stream). ``mix``:
+    mixup's (lam, perm) device tensors, or None."""
 
     def __init__(self, model, criterion, optimizer, eager_step, amp_dtype=None, warmup=3):
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
@@ -48,10 +53,13 @@ class GraphedTrainStep:
         self.captures = 0
         self.side_stream = None
 
-    def _key(self, x, y):
+    def _key(self, x, y, mix=None):
         state = self.criterion.schedule_state() if hasattr(self.criterion, "schedule_state") else None
         return (tuple(x.shape), tuple(y.shape), x.stride(), tuple(g["lr"] for g in self.optimizer.param_groups),
-                state)
+                state, mix is not None)
+
+    def _eager(self, x, y, mix):
+        return self.eager_step(x, y) if mix is None else self.eager_step(x, y, mix)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -59,42 +67,46 @@ class GraphedTrainStep:
         # The autocast weight cache must be off while capturing (its casts would be skipped on replay).
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype, cache_enabled=False)
 
-    def _warmup_step(self, x, y):
+    def _warmup_step(self, x, y, mix=None):
         if self.side_stream is None:
             self.side_stream = torch.cuda.Stream(device=x.device)
         current = torch.cuda.current_stream(x.device)
         self.side_stream.wait_stream(current)
         with torch.cuda.stream(self.side_stream):
-            out = self.eager_step(x, y)
+            out = self._eager(x, y, mix)
         current.wait_stream(self.side_stream)
         self.warm_steps += 1
         return out
 
-    def _capture(self, x, y, key):
+    def _capture(self, x, y, mix, key):
         self.graph = None  # release the previous graph and its memory first
         self.static_x, self.static_y = x.clone(), y.clone()
+        self.static_mix = None if mix is None else tuple(t.clone() for t in mix)
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             with self._autocast():
-                outputs = self.model(self.static_x)
-                loss = self.criterion(outputs, self.static_y)
+                outputs, loss = forward_loss(self.model, self.criterion, self.static_x, self.static_y,
+                                             self.static_mix)
             loss.backward()
             self.optimizer.step()
         self.static_output, self.static_loss = outputs["output"].detach(), loss.detach()
         self.graph, self.key = graph, key
         self.captures += 1
 
-    def __call__(self, x, y):
+    def __call__(self, x, y, mix=None):
         if self.warm_steps < self.warmup:
-            return self._warmup_step(x, y)
-        key = self._key(x, y)
+            return self._warmup_step(x, y, mix)
+        key = self._key(x, y, mix)
         if self.graph is not None and key[:3] != self.key[:3]:
-            return self.eager_step(x, y)  # a shorter last batch: not worth a graph of its own
+            return self._eager(x, y, mix)  # a shorter last batch: not worth a graph of its own
         if self.graph is None or key != self.key:
-            self._capture(x, y, key)  # records without running: the replay below runs it
+            self._capture(x, y, mix, key)  # records without running: the replay below runs it
         else:
             self.static_x.copy_(x)
             self.static_y.copy_(y)
+            if mix is not None:
+                for static, value in zip(self.static_mix, mix):
+                    static.copy_(value)
         self.graph.replay()
         return self.static_output, self.static_loss

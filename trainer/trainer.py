@@ -9,6 +9,7 @@ from base.base_trainer import BaseTrainer
 from model.metric import accuracy_from_confusion, confusion_matrix
 from trainer.cuda_graph import GraphedTrainStep, graph_unsupported_reason
 from trainer.forward import predict
+from trainer.mixup import Mixup, forward_loss
 from utils.errors import UserError
 from utils.performance import Performance
 from utils.progress import progress
@@ -34,6 +35,7 @@ class Trainer(BaseTrainer):
                             f"validation, but trainer.valid_period is {self.valid_period}; set "
                             f"trainer.monitor to \"off\" or valid_period to 1 or more")
         self.shot_masks = data.shot_masks()
+        self.mixup = Mixup.from_config(config)  # trainer.mixup; None: off
         self.graphed_step = self._make_graphed_step()
 
     def autocast(self):
@@ -60,9 +62,11 @@ class Trainer(BaseTrainer):
         self._steps_in_epoch = len(loader)
         start = time.perf_counter()
         train_step = self.graphed_step or self._eager_step
+        mix_plan = self.mixup.epoch_plan(epoch, len(loader), device) if self.mixup is not None else None
         for step, (x, y) in enumerate(bar):
             x, y = self._to_device(x, y)
-            output, loss = train_step(x, y)
+            mix = mix_plan.draw(step, y.shape[0]) if mix_plan is not None else None  # (lam, perm)
+            output, loss = train_step(x, y, mix)
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
             loss_sum += loss.double() * y.shape[0]
             correct += (output.argmax(1) == y).sum()
@@ -79,11 +83,11 @@ class Trainer(BaseTrainer):
         return {"loss": float(totals[0]) / n, "accuracy": float(totals[1]) / n, "lr": lr,
                 "images_per_s": float(totals[2]) / elapsed, "epoch_time_s": elapsed}
 
-    def _eager_step(self, x, y):
-        """One optimisation step; returns the detached ensemble output and loss."""
+    def _eager_step(self, x, y, mix=None):
+        """One optimisation step (on the mixed batch when ``mix = (lam, perm)``, trainer/mixup.py);
+        returns the detached ensemble output and loss."""
         with self.autocast():
-            outputs = self.model(x)
-            loss = self.criterion(outputs, y)
+            outputs, loss = forward_loss(self.model, self.criterion, x, y, mix)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

@@ -15,10 +15,11 @@ def results_frame(distributions, extra_rows=()):
     return frame.reindex(rows)
 
 
-def format_table(distributions, extra_rows=(), weight_rows=()):
-    """Accuracies in %, one decimal; weights as fractions; a group absent from a distribution prints
-    as '-'."""
-    frame = results_frame(distributions, list(extra_rows) + list(weight_rows))
+def format_table(distributions, extra_rows=(), weight_rows=(), number_rows=()):
+    """Accuracies (and ``extra_rows``) in %, one decimal; ``weight_rows`` and ``number_rows`` as
+    plain numbers with two decimals; a group absent from a distribution prints as '-'."""
+    weight_rows = list(weight_rows) + list(number_rows)
+    frame = results_frame(distributions, list(extra_rows) + weight_rows)
 
     def fmt(row, v):
         if v is None or (isinstance(v, float) and pd.isna(v)):
