@@ -168,13 +168,19 @@ def chi2_sf(statistic, dof):
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), x))
 
 
-def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperature=1.0, max_iter=200):
+def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperature=1.0, max_iter=200,
+                    max_elements=1 << 25):
     """Fit 1/T (and a per-class bias b) by the NLL of ``targets`` under softmax(z / T + b).
 
-    The NLL is convex in (1/T, b), so L-BFGS finds the optimum. Returns (T, b [C] float64 or None).
+    The NLL is convex in (1/T, b), so L-BFGS finds the optimum. Sets larger than ``max_elements``
+    numbers are fitted on a fixed random subset of rows (seed 0). Returns (T, b [C] float64 or None).
     """
-    z = torch.as_tensor(z).double()
+    z = torch.as_tensor(z)
     y = torch.as_tensor(targets).long()
+    if z.shape[0] * z.shape[1] > max_elements:
+        keep = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(0))[:max(1, max_elements // z.shape[1])]
+        z, y = z[keep], y[keep]
+    z = z.double()
     if z.shape[0] == 0:
         raise ValueError("calibration: the reference set is empty")
     c = z.shape[1]
@@ -203,11 +209,13 @@ def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperatur
 
 def mean_prediction(log_q, targets=None, num_classes=None, balanced=False):
     """Mean of softmax over images ([C] float64); ``balanced``: the mean of the per-class means."""
-    q = torch.exp(log_q.double())
-    if not balanced:
-        return q.mean(0)
-    y = torch.as_tensor(targets).long()
-    sums = torch.zeros(num_classes, q.shape[1], dtype=torch.float64).index_add_(0, y, q)
+    c = log_q.shape[1]
+    num_classes = c if num_classes is None else num_classes
+    y = torch.zeros(log_q.shape[0], dtype=torch.long) if not balanced else torch.as_tensor(targets).long()
+    sums = torch.zeros(num_classes, c, dtype=torch.float64)
+    step = _rows_per_chunk(c)
+    for s in range(0, log_q.shape[0], step):
+        sums.index_add_(0, y[s:s + step], torch.exp(log_q[s:s + step].double()))
     counts = torch.bincount(y, minlength=num_classes).double()
     present = counts > 0
     return (sums[present] / counts[present, None]).mean(0)
