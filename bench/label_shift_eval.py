@@ -45,22 +45,32 @@ def reference(args):
 def method_grid():
     """(row name, method) pairs; one instance per row serves every test set (calibration cached)."""
     rows = [("plain average", tt.ExpertAverage())]
-    for src in ("train", "reference", "reference_balanced", "uniform"):
-        for temp in (1.0, "fit"):
-            rows.append((f"oracle src={src} T={temp}", tt.OraclePrior(source_prior=src, temperature=temp)))
-    for src in ("reference", "reference_balanced", "train", "uniform"):
-        for temp in (1.0, "fit"):
-            rows.append((f"EM src={src} T={temp}", tt.EMPrior(source_prior=src, temperature=temp)))
-    rows.append(("EM src=reference bcts", tt.EMPrior(source_prior="reference", temperature="fit", bias=True)))
-    for src in ("reference", "reference_balanced"):
-        for a in (1.0, 10.0):
-            rows.append((f"MAP src={src} T=fit a={a:g}", tt.MAPPrior(source_prior=src, temperature="fit",
-                                                                 pseudo_count=a)))
-    for src in ("reference", "reference_balanced"):
-        for sig in (1e-3, 1e-6):
-            for strength in (1.0, 0.75, 0.5):
-                rows.append((f"Safe src={src} sig={sig:g} s={strength:g}",
-                             tt.SafePrior(source_prior=src, significance=sig, strength=strength)))
+    for src in ("train", "uniform", "reference", "reference_balanced"):
+        rows.append((f"oracle src={src} T=1", tt.OraclePrior(source_prior=src)))
+    rows.append(("oracle src=reference_balanced T=fit", tt.OraclePrior(source_prior="reference_balanced",
+                                                                       temperature="fit")))
+    rows.append(("oracle bcts", tt.OraclePrior(source_prior="reference", temperature="fit", bias=True)))
+    for src in ("train", "uniform", "reference", "reference_balanced"):
+        rows.append((f"EM src={src} T=1", tt.EMPrior(source_prior=src)))
+    rows.append(("EM src=reference_balanced T=fit", tt.EMPrior(source_prior="reference_balanced", temperature="fit")))
+    rows.append(("EM bcts", tt.EMPrior(source_prior="reference", temperature="fit", bias=True)))
+    rows.append(("MAP src=reference_balanced T=fit a=1", tt.MAPPrior(source_prior="reference_balanced",
+                                                                   temperature="fit")))
+    for a in (1.0, 10.0):
+        rows.append((f"MAP bcts a={a:g} toward=plain", tt.MAPPrior(source_prior="reference", temperature="fit",
+                                                                    bias=True, toward="plain", pseudo_count=a)))
+    for sig in (1e-3, 1e-6):
+        for strength in (1.0, 0.75, 0.5):
+            for a in (1.0, 10.0):
+                rows.append((f"Safe bcts sig={sig:g} s={strength:g} a={a:g}",
+                             tt.SafePrior(significance=sig, strength=strength, pseudo_count=a)))
+    for kl in (0.02, 0.05):
+        for strength in (1.0, 0.75):
+            rows.append((f"Safe bcts sig=0.001 s={strength:g} a=1 kl={kl:g}",
+                         tt.SafePrior(significance=1e-3, strength=strength, min_divergence=kl)))
+    for strength in (1.0, 0.5):
+        rows.append((f"Safe T-only src=reference_balanced s={strength:g}",
+                     tt.SafePrior(source_prior="reference_balanced", bias=False, strength=strength)))
     return rows
 
 
@@ -106,7 +116,7 @@ def evaluate(args):
                                   targets=targets[idx_t] if method.uses_test_labels else None)
             out = method.adapt(logits[idx_t], ctx)
             accs[name] = float((out["scores"].argmax(1) == targets[idx_t]).double().mean()) * 100
-            info[name] = {k: out[k] for k in ("shift_detected", "temperature", "iterations") if k in out}
+            info[name] = {k: out[k] for k in ("shift_detected", "temperature", "iterations", "divergence", "p_value") if k in out}
         table[row] = accs
         facts[row] = info
         print(f"{row:45s} {time.time() - t0:6.1f}s", flush=True)
@@ -139,7 +149,7 @@ def print_table(table, groups, dist_names, online=False):
     if online:
         cols += [f"online_{n}" for n in dist_names]
         short.update({f"online_{n}": "o" + short[n] for n in dist_names})
-    header = f"{'method':45s}" + "".join(f"{short[c]:>9s}" for c in cols) + f"{'worst11':>9s}{'worstAll':>9s}"
+    header = f"{'method':45s}" + "".join(f" {short[c]:>8s}" for c in cols) + f"{'worst11':>9s}{'worstAll':>9s}"
     print(header)
     for row, accs in table.items():
         vals = []
@@ -149,7 +159,7 @@ def print_table(table, groups, dist_names, online=False):
         worst11 = min(accs[n] - plain[n] for n in dist_names)
         worst_all = min(np.mean([accs[k] for k in groups[g]]) - np.mean([plain[k] for k in groups[g]])
                         for g in groups)
-        print(f"{row:45s}" + "".join(f"{v:9.2f}" for v in vals) + f"{worst11:9.2f}{worst_all:9.2f}")
+        print(f"{row:45s}" + "".join(f" {v:8.2f}" for v in vals) + f"{worst11:9.2f}{worst_all:9.2f}")
 
 
 def main(argv=None):

@@ -58,9 +58,9 @@ def experts(z, source_prior):
     return torch.stack([base + lt, base, base - lt], 1)
 
 
-def context(model, reference_prior=TRAIN_PRIOR, n_ref=3000, scale=1.0, calls=None, **kw):
+def context(model, reference_prior=TRAIN_PRIOR, n_ref=3000, scale=1.0, calls=None, tilt=0.0, **kw):
     z, y = model.sample(reference_prior, n_ref, seed=99)
-    ref = experts(z, reference_prior) * scale
+    ref = experts(z, reference_prior) * scale + tilt
 
     def reference_logits():
         if calls is not None:
@@ -76,26 +76,35 @@ def accuracy(scores, y):
 
 
 # ------------------------------------------------------------------ recovering a known prior
+SETTINGS = {  # how the source prior p_s is known, and the calibration
+    "uniform": dict(source_prior="uniform", temperature=1.0, bias=False),
+    "train": dict(source_prior="train", temperature=1.0, bias=False),
+    "reference": dict(source_prior="reference", temperature=1.0, bias=False),
+    "reference_fit_T": dict(source_prior="reference", temperature="fit", bias=False),
+    "bcts": {},  # the defaults: temperature and class bias fitted on the reference logits
+}
+
+
 @pytest.mark.parametrize("shift", list(PRIORS))
-@pytest.mark.parametrize("source", ["uniform", "train", "reference"])
+@pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("method", [EMPrior, MAPPrior, SafePrior])
-def test_estimators_recover_a_known_prior(method, source, shift):
+def test_estimators_recover_a_known_prior(method, setting, shift):
     model = Gaussians()
     pi = PRIORS[shift]
     z, y = model.sample(pi, 4000, seed=1)
     # The logits are calibrated for the prior the source option names: balanced logits for
     # "uniform", the training prior's posterior for "train" and "reference".
-    calibrated_for = np.full(C, 1.0 / C) if source == "uniform" else TRAIN_PRIOR
+    calibrated_for = np.full(C, 1.0 / C) if setting == "uniform" else TRAIN_PRIOR
     logits = experts(z, calibrated_for)
     ctx = context(model, reference_prior=TRAIN_PRIOR)
-    out = method(source_prior=source).adapt(logits, ctx)
+    out = method(**SETTINGS[setting]).adapt(logits, ctx)
     est = np.array(out["prior"])
     assert est.sum() == pytest.approx(1.0, abs=1e-9)
     assert np.abs(est - pi).max() < TOL, (est, pi)
     assert np.abs(calibrated_for - pi).max() > 3 * TOL  # the unadapted prior is far off: the check can fail
     assert accuracy(out["scores"], y) > accuracy(logits.mean(1), y) + 0.01
     if method is SafePrior:
-        assert out["shift_detected"] and out["p_value"] < 1e-6
+        assert out["shift_detected"] and out["p_value"] < 1e-6 and out["divergence"] > 0.05
 
 
 def test_em_matches_the_likelihood_maximum_and_the_reference_prior_is_the_mean_prediction():
@@ -124,8 +133,8 @@ def test_map_is_finite_and_positive_with_missing_classes_and_ten_images(toward):
     z, _ = model.sample(only_two, 10, seed=2)
     logits = experts(z, np.full(C, 1.0 / C))
     ctx = context(model)
-    mle = EMPrior(source_prior="uniform").adapt(logits, ctx)
-    out = MAPPrior(source_prior="uniform", pseudo_count=1.0, toward=toward).adapt(logits, ctx)
+    mle = EMPrior(**SETTINGS["uniform"]).adapt(logits, ctx)
+    out = MAPPrior(**SETTINGS["uniform"], pseudo_count=1.0, toward=toward).adapt(logits, ctx)
     est = torch.tensor(out["prior"])
     assert torch.isfinite(est).all() and (est > 0).all()
     assert est.min() > 0.5 / (10 + C)  # at least half a pseudo-count of mass per class
@@ -139,9 +148,9 @@ def test_map_reduces_to_the_mle_as_pseudo_counts_vanish():
     z, _ = model.sample(PRIORS["forward50"], 1000, seed=4)
     logits = experts(z, np.full(C, 1.0 / C))
     ctx = context(model)
-    mle = np.array(EMPrior(source_prior="uniform", tol=1e-9).adapt(logits, ctx)["prior"])
-    tiny = np.array(MAPPrior(source_prior="uniform", pseudo_count=1e-6, tol=1e-9).adapt(logits, ctx)["prior"])
-    big = np.array(MAPPrior(source_prior="uniform", pseudo_count=1e4, toward="uniform").adapt(logits, ctx)["prior"])
+    mle = np.array(EMPrior(**SETTINGS["uniform"], tol=1e-9).adapt(logits, ctx)["prior"])
+    tiny = np.array(MAPPrior(**SETTINGS["uniform"], pseudo_count=1e-6, tol=1e-9).adapt(logits, ctx)["prior"])
+    big = np.array(MAPPrior(**SETTINGS["uniform"], pseudo_count=1e4, toward="uniform").adapt(logits, ctx)["prior"])
     assert np.abs(tiny - mle).max() < 1e-4
     assert np.abs(big - 1.0 / C).max() < 0.02  # 10^4 pseudo-counts per class overwhelm 1000 images
 
@@ -169,6 +178,38 @@ def test_safe_default_finds_shift_on_few_images_only_when_strong():
     assert not out["shift_detected"]
 
 
+def test_the_anchor_prior_reproduces_the_plain_average_under_a_fitted_bias():
+    model = Gaussians()
+    tilt = torch.tensor([0.0, 0.5, -0.5, 1.0, -1.0])  # a class bias the calibration must undo
+    ctx = context(model, scale=2.0, tilt=tilt)
+    z, _ = model.sample(PRIORS["dirichlet1"], 500, seed=14)
+    logits = experts(z, TRAIN_PRIOR) * 2.0 + tilt
+    method = SafePrior()
+    cal = method.calibration(ctx)
+    assert torch.allclose(cal["bias"] - cal["bias"].mean(), -(tilt - tilt.mean()).double() / 2.0, atol=0.15)
+    z_cal = method._calibrate(logits.mean(1), cal)
+    as_plain = z_cal.double() + torch.log(cal["anchor"]) - torch.log(cal["source_prior"])
+    assert torch.equal(as_plain.argmax(1), logits.mean(1).argmax(1))
+    # strength interpolates between the plain average (anchor) and the full adjustment
+    prior = torch.tensor(PRIORS["backward50"])
+    full = torch.log(prior) - torch.log(cal["source_prior"])
+    half = SafePrior(strength=0.5).log_ratio(prior, cal)
+    w0 = torch.log(cal["anchor"]) - torch.log(cal["source_prior"])
+    assert torch.allclose(half, 0.5 * w0 + 0.5 * full)
+
+
+def test_a_significant_but_small_shift_is_left_to_the_plain_average():
+    model = Gaussians()
+    ctx = context(model, n_ref=20000)
+    slight = 0.9 * TRAIN_PRIOR + 0.1 * PRIORS["backward50"]  # KL from the training prior ~0.02 nats
+    z, _ = model.sample(slight, 20000, seed=15)
+    logits = experts(z, TRAIN_PRIOR)
+    out = SafePrior(min_divergence=0.05).adapt(logits, ctx)
+    assert out["p_value"] < 1e-3 and out["divergence"] < 0.05 and not out["shift_detected"]
+    assert torch.equal(out["scores"], logits.mean(1))
+    assert SafePrior(min_divergence=0.0).adapt(logits, ctx)["shift_detected"]
+
+
 def test_chi_squared_tail():
     assert chi2_sf(3.841458820694124, 1) == pytest.approx(0.05, abs=1e-6)
     assert chi2_sf(9.487729036781154, 4) == pytest.approx(0.05, abs=1e-6)
@@ -180,7 +221,7 @@ def test_fitted_temperature_undoes_a_scaling_and_is_computed_once():
     model = Gaussians()
     calls = []
     ctx = context(model, scale=3.0, calls=calls, n_ref=6000)
-    method = EMPrior(source_prior="reference", temperature="fit")
+    method = EMPrior(source_prior="reference", temperature="fit", bias=False)
     z, _ = model.sample(PRIORS["backward50"], 500, seed=10)
     first = method.adapt(experts(z, TRAIN_PRIOR) * 3.0, ctx)
     second = method.adapt(experts(z[:100], TRAIN_PRIOR) * 3.0, ctx)
@@ -204,7 +245,7 @@ def test_reference_source_needs_reference_logits():
     ctx = Context(num_experts=3, num_classes=C, train_prior=torch.tensor(TRAIN_PRIOR))
     with pytest.raises(ValueError, match="reference_logits"):
         EMPrior(source_prior="reference").adapt(torch.randn(4, 3, C), ctx)
-    out = EMPrior(source_prior="train").adapt(torch.randn(4, 3, C), ctx)  # needs none
+    out = EMPrior(**SETTINGS["train"]).adapt(torch.randn(4, 3, C), ctx)  # needs none
     assert out["scores"].shape == (4, C)
 
 
@@ -257,7 +298,7 @@ def test_oracle_uses_the_test_labels_and_is_flagged():
     assert OraclePrior.uses_test_labels and "oracle" in OraclePrior.label().lower()
     assert "Oracle" in OraclePrior.__name__
     ctx = context(model, targets=y)
-    out = OraclePrior(source_prior="train").adapt(logits, ctx)
+    out = OraclePrior(**SETTINGS["train"]).adapt(logits, ctx)
     counts = np.bincount(y.numpy(), minlength=C) / len(y)
     assert np.allclose(out["prior"], counts)
     expected = logits.mean(1).double() + torch.log(torch.tensor(counts)) - torch.log(torch.tensor(TRAIN_PRIOR))
@@ -265,7 +306,7 @@ def test_oracle_uses_the_test_labels_and_is_flagged():
     assert not any(cls.uses_test_labels for name, cls in vars(test_time).items()
                    if isinstance(cls, type) and "oracle" not in name.lower())
     with pytest.raises(ValueError, match="test labels"):
-        OraclePrior(source_prior="train").adapt(logits, context(model))
+        OraclePrior(**SETTINGS["train"]).adapt(logits, context(model))
 
 
 def test_methods_are_found_by_class_name():
@@ -288,6 +329,9 @@ def test_methods_are_found_by_class_name():
     (EMPrior, {"bias": "yes"}, "bias 'yes': expected true or false"),
     (SafePrior, {"significance": 1.5}, r"significance 1.5: must be a number in \(0, 1\)"),
     (SafePrior, {"strength": 0}, r"strength 0: must be a number in \(0, 1\]"),
+    (SafePrior, {"min_divergence": -0.1}, "min_divergence -0.1: must be a number >= 0"),
+    (EMPrior, {"source_prior": "uniform"}, "bias true with source_prior 'uniform'"),
+    (MAPPrior, {"source_prior": "reference_balanced", "bias": True}, "must be \"reference\" or \"train\""),
     (OraclePrior, {"source_prior": None}, "source_prior None"),
 ])
 def test_bad_arguments_name_the_argument(cls, kwargs, message):
@@ -317,13 +361,13 @@ def test_online_beyond_the_buffer_freezes_old_statistics_and_stays_causal():
     z, y = model.sample(PRIORS["backward50"], 2000, seed=13)
     logits = experts(z, TRAIN_PRIOR)
     batches = list(torch.split(logits, 100))
-    adapter = OnlinePrior(MAPPrior(), ctx, buffer_elements=500 * C)  # room for 5 batches
+    adapter = OnlinePrior(MAPPrior(**SETTINGS["train"]), ctx, buffer_elements=500 * C)  # room for 5 batches
     scores = [adapter.step(b) for b in batches]
     summary = adapter.summary()
     assert summary["images_frozen"] == 1500 and summary["images_seen"] == 2000
     assert np.abs(np.array(summary["prior"]) - PRIORS["backward50"]).max() < 0.05
     assert accuracy(torch.cat(scores), y) > accuracy(logits.mean(1), y) + 0.2
-    again = OnlinePrior(MAPPrior(), ctx, buffer_elements=500 * C)
+    again = OnlinePrior(MAPPrior(**SETTINGS["train"]), ctx, buffer_elements=500 * C)
     changed = list(batches)
     changed[10] = torch.randn_like(batches[10]) * 10
     scores2 = [again.step(b) for b in changed]

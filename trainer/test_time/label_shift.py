@@ -34,7 +34,7 @@ import torch
 from base.base_test_time import OnlineAdapter, TestTimeMethod
 
 SOURCE_PRIORS = ("uniform", "train", "reference", "reference_balanced")
-TOWARD = ("source", "uniform")
+TOWARD = ("source", "uniform", "plain")
 FLOOR = 1e-12  # smallest prior value used in a log (keeps scores finite when an estimate reaches 0)
 _CHUNK_ELEMENTS = 1 << 22  # rows per E-step chunk: at most ~4M float64 temporaries
 
@@ -154,10 +154,19 @@ def em_prior(log_q, source_prior, extra_counts=None, tol=1e-6, max_iter=1000, in
     return pi, iterations, converged
 
 
-def log_likelihood_ratio(log_q, source_prior, pi):
-    """2 [L(pi) - L(p_s)]: under no shift approximately chi-squared with C - 1 degrees of freedom."""
+def log_likelihood_ratio(log_q, source_prior, pi, null=None):
+    """2 [L(pi) - L(null)] (null default p_s, where L = 0): for the MLE pi, under the null prior
+    approximately chi-squared with C - 1 degrees of freedom (Saerens et al. 2002)."""
     _, ll = posterior_stats(log_q, _log(pi) - _log(source_prior))
-    return 2.0 * ll
+    ll_null = 0.0 if null is None else posterior_stats(log_q, _log(null) - _log(source_prior))[1]
+    return 2.0 * (ll - ll_null)
+
+
+def kl_divergence(p, q):
+    """KL(p || q) in nats (terms with p = 0 count 0)."""
+    p, q = _normalise(p), _normalise(q)
+    mask = p > 0
+    return float((p[mask] * (torch.log(p[mask]) - _log(q[mask]))).sum())
 
 
 def chi2_sf(statistic, dof):
@@ -226,10 +235,14 @@ class LabelShiftMethod(TestTimeMethod):
     """Shared machinery: calibration and the source prior (cached per instance), the adjustment,
     and the online form. Subclasses define ``estimate(log_q, log_ps)`` (what prior to apply)."""
 
-    def __init__(self, source_prior="reference", temperature=1.0, bias=False, tol=1e-6, max_iter=1000):
+    def __init__(self, source_prior="reference", temperature="fit", bias=True, tol=1e-6, max_iter=1000):
         self.source_prior = check_choice("source_prior", source_prior, SOURCE_PRIORS)
         self.temperature = check_temperature(temperature)
         self.bias = check_bool("bias", bias)
+        if self.bias and self.source_prior not in ("reference", "train"):
+            raise ValueError(f"bias true with source_prior {self.source_prior!r}: a fitted class bias calibrates the "
+                             "posterior for the training images' prior, so source_prior must be \"reference\" or "
+                             "\"train\" (or set bias false)")
         self.tol = check_positive("tol", tol)
         self.max_iter = check_positive_int("max_iter", max_iter)
         self._calibration = None
@@ -266,6 +279,9 @@ class LabelShiftMethod(TestTimeMethod):
             log_q = torch.log_softmax(self._calibrate(reference[0], cal), 1)
             ps = mean_prediction(log_q, reference[1], c, balanced=self.source_prior == "reference_balanced")
         cal["source_prior"] = _normalise(ps.clamp_min(FLOOR))
+        # The prior under which the calibrated posterior predicts exactly what the plain average
+        # predicts: argmax z = argmax (z_cal - b) = argmax (z_cal + log anchor - log p_s).
+        cal["anchor"] = cal["source_prior"] if bias is None else _normalise(cal["source_prior"] * torch.exp(-bias))
         self._calibration = cal
         return cal
 
@@ -276,17 +292,16 @@ class LabelShiftMethod(TestTimeMethod):
 
     # ---- what a subclass decides
     @abstractmethod
-    def estimate(self, log_q, ps, ctx):
+    def estimate(self, log_q, cal, ctx):
         """-> (prior to apply [C] float64, facts dict). The adjustment is log prior - log p_s; the
         fact ``unchanged`` True returns the plain average itself."""
 
-    def strength(self):
-        """The fraction of the log-ratio applied (1 = the Bayes adjustment)."""
-        return 1.0
+    def log_ratio(self, prior, cal):
+        """What is added to the calibrated logits: log prior - log p_s (the Bayes adjustment)."""
+        return _log(prior) - _log(cal["source_prior"])
 
-    def scores(self, z_cal, prior, ps, facts=None):
-        log_w = (_log(prior) - _log(ps)) * self.strength()
-        return (z_cal.double() + log_w).float()
+    def scores(self, z_cal, prior, cal):
+        return (z_cal.double() + self.log_ratio(prior, cal)).float()
 
     # ---- the contract
     def adapt(self, logits, ctx):
@@ -294,11 +309,11 @@ class LabelShiftMethod(TestTimeMethod):
         cal = self.calibration(ctx)
         z_cal = self._calibrate(z, cal)
         log_q = torch.log_softmax(z_cal, 1)
-        prior, facts = self.estimate(log_q, cal["source_prior"], ctx)
+        prior, facts = self.estimate(log_q, cal, ctx)
         if facts.get("unchanged"):
             scores = z  # the plain average, bit for bit
         else:
-            scores = self.scores(z_cal, prior, cal["source_prior"], facts)
+            scores = self.scores(z_cal, prior, cal)
         facts.pop("unchanged", None)
         return {"scores": scores, "prior": [float(v) for v in prior], "temperature": cal["temperature"],
                 "source_prior": [float(v) for v in cal["source_prior"]], **facts}
@@ -306,7 +321,7 @@ class LabelShiftMethod(TestTimeMethod):
     def online(self, ctx):
         return OnlinePrior(self, ctx)
 
-    def extra_counts(self, ps):
+    def extra_counts(self, cal):
         return None
 
 
@@ -318,8 +333,8 @@ class EMPrior(LabelShiftMethod):
     with the temperature; default false), ``tol`` (largest change of pi at convergence; 1e-6),
     ``max_iter`` (1000)."""
 
-    def estimate(self, log_q, ps, ctx):
-        pi, it, conv = em_prior(log_q, ps, tol=self.tol, max_iter=self.max_iter)
+    def estimate(self, log_q, cal, ctx):
+        pi, it, conv = em_prior(log_q, cal["source_prior"], tol=self.tol, max_iter=self.max_iter)
         return pi, {"iterations": it, "converged": conv}
 
 
@@ -335,54 +350,69 @@ class MAPPrior(LabelShiftMethod):
         self.pseudo_count = check_positive("pseudo_count", pseudo_count)
         self.toward = check_choice("toward", toward, TOWARD)
 
-    def extra_counts(self, ps):
+    def extra_counts(self, cal):
+        ps = cal["source_prior"]
         c = ps.numel()
-        m = _normalise(ps) if self.toward == "source" else torch.full((c,), 1.0 / c, dtype=torch.float64)
-        return self.pseudo_count * c * m
+        m = {"source": ps, "plain": cal["anchor"], "uniform": torch.full((c,), 1.0 / c, dtype=torch.float64)}
+        return self.pseudo_count * c * _normalise(m[self.toward])
 
-    def estimate(self, log_q, ps, ctx):
-        pi, it, conv = em_prior(log_q, ps, extra_counts=self.extra_counts(ps), tol=self.tol, max_iter=self.max_iter)
+    def estimate(self, log_q, cal, ctx):
+        pi, it, conv = em_prior(log_q, cal["source_prior"], extra_counts=self.extra_counts(cal), tol=self.tol,
+                                max_iter=self.max_iter)
         return pi, {"iterations": it, "converged": conv}
 
 
 class SafePrior(MAPPrior):
-    """The shipped default: adjust for label shift only where the test set shows one, and cautiously.
+    """The shipped default: move away from the plain expert average only as far as the test set's
+    evidence for a label shift carries it.
 
-    1. Calibrate (``temperature`` "fit" by default: NLL on the training images' clean logits).
-    2. Shift test (Saerens 2002): the MLE prior by EM and 2 [L(pi_mle) - L(p_s)], referred to a
-       chi-squared with C - 1 degrees of freedom. If its p-value is >= ``significance`` the plain
-       expert average is returned unchanged (``shift_detected`` false).
-    3. Otherwise the MAP estimate (pseudo-counts as :class:`MAPPrior`, shrinking toward p_s) is
-       applied with a damped log-ratio: scores = z_cal + ``strength`` * (log pi_map - log p_s).
+    1. Calibrate on the training images' clean logits (allowed data): ``temperature`` "fit" and,
+       with ``bias`` (default true), a per-class bias (bias-corrected temperature scaling), which
+       makes the calibrated posterior's class marginal on the training images match their labels.
+    2. The anchor pi_0: the prior under which the calibrated posterior predicts exactly what the
+       plain average predicts (pi_0 ∝ p_s e^-b; p_s without a bias).
+    3. Shift test (Saerens 2002): 2 [L(pi_mle) - L(pi_0)] against a chi-squared with C - 1 degrees
+       of freedom. If its p-value is >= ``significance``, the plain average is returned unchanged
+       (``shift_detected`` false).
+    4. Otherwise the MAP estimate with pseudo-counts toward pi_0 (``toward`` "plain") is applied,
+       damped in log space: scores = z_cal + log pi_0 - log p_s + ``strength`` (log pi_map - log pi_0).
+       ``strength`` 0 would be the plain average, 1 the full Bayes adjustment.
 
-    Args: ``significance`` (in (0, 1); default 0.001), ``strength`` (in (0, 1]; default 1),
-    ``pseudo_count`` (> 0), ``toward``, ``source_prior``, ``temperature``, ``bias``, ``tol``,
-    ``max_iter`` (as :class:`MAPPrior`). On a stream the test is made on the batches seen so far
-    (their posterior sums and a running log-likelihood); a batch is always scored before it is used.
+    Args: ``significance`` (in (0, 1)), ``strength`` (in (0, 1]), ``pseudo_count`` (> 0),
+    ``toward``, ``source_prior``, ``temperature``, ``bias``, ``tol``, ``max_iter`` (as
+    :class:`MAPPrior`). On a stream the test is made on the images seen so far; a batch is always
+    scored before it is learnt from.
     """
 
-    def __init__(self, significance=0.001, strength=1.0, pseudo_count=1.0, toward="source",
-                 source_prior="reference", temperature="fit", **kwargs):
-        super().__init__(pseudo_count=pseudo_count, toward=toward, source_prior=source_prior,
-                         temperature=temperature, **kwargs)
+    def __init__(self, significance=0.001, strength=0.75, min_divergence=0.05, pseudo_count=1.0, toward="plain",
+                 **kwargs):
+        super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
         self.significance = check_fraction("significance", significance)
-        self._strength = check_fraction("strength", strength, high_open=False)
+        if not _is_number(min_divergence) or min_divergence < 0:
+            raise ValueError(f"min_divergence {min_divergence!r}: must be a number >= 0 (nats)")
+        self.min_divergence = float(min_divergence)
+        self.strength = check_fraction("strength", strength, high_open=False)
 
-    def strength(self):
-        return self._strength
+    def log_ratio(self, prior, cal):
+        anchor = _log(cal["anchor"])
+        return anchor - _log(cal["source_prior"]) + self.strength * (_log(prior) - anchor)
 
-    def shift_test(self, log_q, ps):
-        mle, it, conv = em_prior(log_q, ps, tol=self.tol, max_iter=self.max_iter)
-        stat = log_likelihood_ratio(log_q, ps, mle)
+    def shift_test(self, log_q, cal):
+        ps = cal["source_prior"]
+        mle, it, _ = em_prior(log_q, ps, tol=self.tol, max_iter=self.max_iter, init=cal["anchor"])
+        stat = log_likelihood_ratio(log_q, ps, mle, null=cal["anchor"])
         p_value = chi2_sf(stat, ps.numel() - 1)
-        return {"log_likelihood_ratio": stat, "p_value": p_value, "shift_detected": bool(p_value < self.significance),
-                "iterations_mle": it}
+        divergence = kl_divergence(mle, cal["anchor"])
+        detected = p_value < self.significance and divergence >= self.min_divergence
+        return {"log_likelihood_ratio": stat, "p_value": p_value, "divergence": divergence,
+                "shift_detected": bool(detected), "iterations_mle": it}
 
-    def estimate(self, log_q, ps, ctx):
-        facts = self.shift_test(log_q, ps)
+    def estimate(self, log_q, cal, ctx):
+        facts = self.shift_test(log_q, cal)
         if not facts["shift_detected"]:
-            return _normalise(ps), {**facts, "iterations": 0, "converged": True, "unchanged": True}
-        pi, it, conv = em_prior(log_q, ps, extra_counts=self.extra_counts(ps), tol=self.tol, max_iter=self.max_iter)
+            return cal["anchor"], {**facts, "iterations": 0, "converged": True, "unchanged": True}
+        pi, it, conv = em_prior(log_q, cal["source_prior"], extra_counts=self.extra_counts(cal), tol=self.tol,
+                                max_iter=self.max_iter, init=cal["anchor"])
         return pi, {**facts, "iterations": it, "converged": conv}
 
     def online(self, ctx):
@@ -391,27 +421,28 @@ class SafePrior(MAPPrior):
 
 class OnlinePrior(OnlineAdapter):
     """A label-shift method on a stream (SPEC 9.2). ``step`` scores a batch with the prior estimated
-    from the previous batches only (before the first batch: p_s, i.e. the plain average), then
-    updates the estimate by EM (warm-started) on every image seen so far, with the method's
-    pseudo-counts. The calibrated log posteriors of the stream are kept while they fit in
-    ``buffer_elements`` numbers (images x classes); images beyond that enter with their posterior
-    sums frozen at the estimate of their time (incremental EM). With ``shift_test`` (the safe
-    default) the adjustment is applied only while the likelihood-ratio test on the images seen so
-    far finds a shift."""
+    from the previous batches only (before the first batch: the plain average), then updates the
+    estimate by EM (warm-started) on every image seen so far, with the method's pseudo-counts.
+    The calibrated log posteriors of the stream are kept while they fit in ``buffer_elements``
+    numbers (images x classes); images beyond that enter with their posterior sums frozen at the
+    estimate of their time (incremental EM). With ``shift_test`` (the safe default) the adjustment is
+    applied only while the likelihood-ratio test on the images seen so far finds a shift."""
 
     def __init__(self, method, ctx, shift_test=False, buffer_elements=1 << 25):
         self.method, self.ctx = method, ctx
         self.cal = method.calibration(ctx)
         self.ps = self.cal["source_prior"]
-        self.extra = method.extra_counts(self.ps)
+        self.log_w0 = _log(self.cal["anchor"]) - _log(self.ps)  # the plain average's prior
+        self.extra = method.extra_counts(self.cal)
         self.buffer = torch.zeros(0, self.ps.numel())
         self.buffer_elements = buffer_elements
         self.frozen = {"map": torch.zeros_like(self.ps), "mle": torch.zeros_like(self.ps), "n": 0, "ll": 0.0}
-        self.prior = _normalise(self.ps)
-        self.mle = _normalise(self.ps)
+        self.prior = self.cal["anchor"].clone()
+        self.mle = self.cal["anchor"].clone()
+        self.ll_anchor = 0.0
         self.use_test = shift_test
         self.shift_detected = not shift_test
-        self.ll_ratio, self.p_value, self.n, self.batches, self.iterations = 0.0, 1.0, 0, 0, 0
+        self.ll_ratio, self.p_value, self.divergence, self.n, self.batches, self.iterations = 0.0, 1.0, 0.0, 0, 0, 0
 
     def step(self, logits):
         z = ensemble_logits(logits)
@@ -419,7 +450,7 @@ class OnlinePrior(OnlineAdapter):
         if self.n == 0 or not self.shift_detected:
             scores = z.clone()  # nothing learnt yet (or no shift found): the plain average
         else:
-            scores = self.method.scores(z_cal, self.prior, self.ps)
+            scores = self.method.scores(z_cal, self.prior, self.cal)
         self._learn(torch.log_softmax(z_cal, 1))
         return scores
 
@@ -430,25 +461,22 @@ class OnlinePrior(OnlineAdapter):
         else:
             frozen_batch = log_q  # no room: joins the estimate, then its statistics are frozen
         data = [self.buffer] if frozen_batch is None else [self.buffer, frozen_batch]
-        past = self.frozen
-        m = self.method
+        past, m, log_ps = self.frozen, self.method, _log(self.ps)
         self.prior, it, _ = em_prior(data, self.ps, extra_counts=self.extra, tol=m.tol, max_iter=m.max_iter,
                                      init=self.prior, past_counts=past["map"], past_n=past["n"])
         self.iterations = it
         if self.use_test:
             self.mle, _, _ = em_prior(data, self.ps, tol=m.tol, max_iter=m.max_iter, init=self.mle,
                                       past_counts=past["mle"], past_n=past["n"])
-            _, ll_buffer = posterior_stats(self.buffer, _log(self.mle) - _log(self.ps))
-            ll_frozen = past["ll"]
-            if frozen_batch is not None:
-                _, ll_batch = posterior_stats(frozen_batch, _log(self.mle) - _log(self.ps))
-                ll_frozen += ll_batch
-            self.ll_ratio = 2.0 * (ll_buffer + ll_frozen)
+            self.ll_anchor += posterior_stats(log_q, self.log_w0)[1]
+            ll = past["ll"] + posterior_stats(data, _log(self.mle) - log_ps)[1]
+            self.ll_ratio = 2.0 * (ll - self.ll_anchor)
             self.p_value = chi2_sf(self.ll_ratio, self.ps.numel() - 1)
-            self.shift_detected = self.p_value < m.significance
+            self.divergence = kl_divergence(self.mle, self.cal["anchor"])
+            self.shift_detected = self.p_value < m.significance and self.divergence >= m.min_divergence
         if frozen_batch is not None:
-            past["map"] = past["map"] + posterior_stats(frozen_batch, _log(self.prior) - _log(self.ps))[0]
-            mle_counts, ll_batch = posterior_stats(frozen_batch, _log(self.mle) - _log(self.ps))
+            past["map"] = past["map"] + posterior_stats(frozen_batch, _log(self.prior) - log_ps)[0]
+            mle_counts, ll_batch = posterior_stats(frozen_batch, _log(self.mle) - log_ps)
             past["mle"] = past["mle"] + mle_counts
             past["ll"] += ll_batch
             past["n"] += frozen_batch.shape[0]
@@ -461,5 +489,5 @@ class OnlinePrior(OnlineAdapter):
                "images_frozen": self.frozen["n"]}
         if self.use_test:
             out.update(shift_detected=bool(self.shift_detected), log_likelihood_ratio=self.ll_ratio,
-                       p_value=self.p_value)
+                       p_value=self.p_value, divergence=self.divergence)
         return out

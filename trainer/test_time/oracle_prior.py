@@ -14,7 +14,8 @@ class OraclePrior(LabelShiftMethod):
 
     uses_test_labels = True
 
-    def estimate(self, log_q, ps, ctx):
+    def estimate(self, log_q, cal, ctx):
+        ps = cal["source_prior"]
         if ctx.targets is None:
             raise ValueError(f"{type(self).__name__} uses the test labels, but the context for {ctx.name!r} "
                              "provides none (ctx.targets)")
@@ -34,12 +35,11 @@ class _OracleStream(OnlineAdapter):
     def __init__(self, method, ctx):
         self.method, self.ctx = method, ctx
         self.cal = method.calibration(ctx)
-        self.prior = method.estimate(torch.zeros(len(ctx.targets), ctx.num_classes), self.cal["source_prior"],
-                                     ctx)[0]
+        self.prior = method.estimate(torch.zeros(len(ctx.targets), ctx.num_classes), self.cal, ctx)[0]
 
     def step(self, logits):
         z_cal = self.method._calibrate(ensemble_logits(logits), self.cal)
-        return self.method.scores(z_cal, self.prior, self.cal["source_prior"])
+        return self.method.scores(z_cal, self.prior, self.cal)
 
     def summary(self):
         return {"prior": [float(v) for v in self.prior], "temperature": self.cal["temperature"]}
