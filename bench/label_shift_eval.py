@@ -43,34 +43,28 @@ def reference(args):
 
 # ------------------------------------------------------------------------- evaluation
 def method_grid():
-    """(row name, method) pairs; one instance per row serves every test set (calibration cached)."""
+    """(row name, method) pairs; one instance per row serves every test set (calibration cached).
+    "bcts": temperature and class bias fitted on the training images (the methods' default)."""
+    plain_cal = dict(temperature=1.0, bias=False)
     rows = [("plain average", tt.ExpertAverage())]
     for src in ("train", "uniform", "reference", "reference_balanced"):
-        rows.append((f"oracle src={src} T=1", tt.OraclePrior(source_prior=src)))
-    rows.append(("oracle src=reference_balanced T=fit", tt.OraclePrior(source_prior="reference_balanced",
-                                                                       temperature="fit")))
-    rows.append(("oracle bcts", tt.OraclePrior(source_prior="reference", temperature="fit", bias=True)))
+        rows.append((f"oracle src={src} T=1", tt.OraclePrior(source_prior=src, **plain_cal)))
+    rows.append(("oracle bcts", tt.OraclePrior()))
     for src in ("train", "uniform", "reference", "reference_balanced"):
-        rows.append((f"EM src={src} T=1", tt.EMPrior(source_prior=src)))
-    rows.append(("EM src=reference_balanced T=fit", tt.EMPrior(source_prior="reference_balanced", temperature="fit")))
-    rows.append(("EM bcts", tt.EMPrior(source_prior="reference", temperature="fit", bias=True)))
-    rows.append(("MAP src=reference_balanced T=fit a=1", tt.MAPPrior(source_prior="reference_balanced",
-                                                                   temperature="fit")))
+        rows.append((f"EM src={src} T=1", tt.EMPrior(source_prior=src, **plain_cal)))
+    rows.append(("EM src=reference_balanced T=fit", tt.EMPrior(source_prior="reference_balanced", bias=False)))
+    rows.append(("EM bcts", tt.EMPrior()))
+    rows.append(("MAP src=reference_balanced T=fit a=1", tt.MAPPrior(source_prior="reference_balanced", bias=False)))
     for a in (1.0, 10.0):
-        rows.append((f"MAP bcts a={a:g} toward=plain", tt.MAPPrior(source_prior="reference", temperature="fit",
-                                                                    bias=True, toward="plain", pseudo_count=a)))
-    for sig in (1e-3, 1e-6):
-        for strength in (1.0, 0.75, 0.5):
+        rows.append((f"MAP bcts a={a:g} toward=plain", tt.MAPPrior(toward="plain", pseudo_count=a)))
+    for strength in (1.0, 0.75, 0.5):
+        for kl in (0.0, 0.05):
             for a in (1.0, 10.0):
-                rows.append((f"Safe bcts sig={sig:g} s={strength:g} a={a:g}",
-                             tt.SafePrior(significance=sig, strength=strength, pseudo_count=a)))
-    for kl in (0.02, 0.05):
-        for strength in (1.0, 0.75):
-            rows.append((f"Safe bcts sig=0.001 s={strength:g} a=1 kl={kl:g}",
-                         tt.SafePrior(significance=1e-3, strength=strength, min_divergence=kl)))
-    for strength in (1.0, 0.5):
-        rows.append((f"Safe T-only src=reference_balanced s={strength:g}",
-                     tt.SafePrior(source_prior="reference_balanced", bias=False, strength=strength)))
+                rows.append((f"Safe bcts s={strength:g} kl={kl:g} a={a:g}",
+                             tt.SafePrior(strength=strength, min_divergence=kl, pseudo_count=a)))
+    rows.append(("Safe bcts sig=1e-6 s=0.75 kl=0.05 a=1", tt.SafePrior(significance=1e-6)))
+    rows.append(("Safe T-only src=reference_balanced", tt.SafePrior(source_prior="reference_balanced", bias=False)))
+    rows.append(("SafePrior defaults", tt.SafePrior()))
     return rows
 
 
