@@ -115,7 +115,6 @@ def evaluate(args):
         facts[row] = info
         print(f"{row:45s} {time.time() - t0:6.1f}s", flush=True)
     if args.online:
-        order = stream_order(targets.numpy(), seed=args.seed)
         for row, method in rows:
             if method.uses_test_labels:
                 continue

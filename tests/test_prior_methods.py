@@ -1,7 +1,6 @@
 """Label-shift test-time methods (SPEC 9.1, 9.2): EM, MAP-EM, the safe default, the oracle, the
 online form, calibration, argument checks. Synthetic logits of a calibrated model: Gaussian
 class-conditionals, so log p(x|y) is known exactly and the Bayes posterior under any prior is too."""
-import math
 
 import numpy as np
 import pytest
