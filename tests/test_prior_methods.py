@@ -1,0 +1,375 @@
+"""Label-shift test-time methods (SPEC 9.1, 9.2): EM, MAP-EM, the safe default, the oracle, the
+online form, calibration, argument checks. Synthetic logits of a calibrated model: Gaussian
+class-conditionals, so log p(x|y) is known exactly and the Bayes posterior under any prior is too."""
+
+import numpy as np
+import pytest
+import torch
+
+import trainer.test_time as test_time
+from base.base_test_time import TestTimeContext as Context
+from trainer.test_time import EMPrior, MAPPrior, OraclePrior, SafePrior
+from trainer.test_time.label_shift import chi2_sf, em_prior, fit_calibration, mean_prediction
+
+C = 5
+TOL = 0.03  # largest |pi_hat - pi| accepted at n = 4000 (the estimates land near 0.005 - 0.017)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny reductions on a busy 2-core machine are ~100x slower with 2 threads (contention)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def profile(ratio, reverse=False):
+    p = ratio ** (-np.arange(C) / (C - 1))
+    p = p[::-1] if reverse else p
+    return p / p.sum()
+
+
+TRAIN_PRIOR = profile(5)
+PRIORS = {"forward50": profile(50), "backward50": profile(50, reverse=True),
+          "dirichlet1": np.random.default_rng(3).dirichlet(np.ones(C))}
+
+
+class Gaussians:
+    """x | y ~ N(mu_y, I) in 4 dimensions; log p(x|y) up to a constant is the balanced logit."""
+
+    def __init__(self, seed=0, sep=1.6):
+        self.mu = np.random.default_rng(seed).normal(0, sep, size=(C, 4))
+
+    def sample(self, prior, n, seed):
+        g = np.random.default_rng(seed)
+        y = g.choice(C, size=n, p=prior)
+        x = self.mu[y] + g.normal(size=(n, self.mu.shape[1]))
+        return torch.tensor(-0.5 * ((x[:, None, :] - self.mu[None]) ** 2).sum(-1), dtype=torch.float32), torch.tensor(y)
+
+
+def experts(z, source_prior):
+    """Three 'experts' z + log p_s + d_k whose mean is the posterior logit under ``source_prior``
+    (d_k = +log p_train, 0, -log p_train, as TADE's experts differ by prior offsets)."""
+    lp = torch.log(torch.as_tensor(source_prior, dtype=torch.float32))
+    lt = torch.log(torch.as_tensor(TRAIN_PRIOR, dtype=torch.float32))
+    base = z + lp
+    return torch.stack([base + lt, base, base - lt], 1)
+
+
+def context(model, reference_prior=TRAIN_PRIOR, n_ref=3000, scale=1.0, calls=None, tilt=0.0, **kw):
+    z, y = model.sample(reference_prior, n_ref, seed=99)
+    ref = experts(z, reference_prior) * scale + tilt
+
+    def reference_logits():
+        if calls is not None:
+            calls.append(1)
+        return ref, y
+
+    return Context(num_experts=3, num_classes=C, train_prior=torch.tensor(TRAIN_PRIOR),
+                           reference_logits=reference_logits, **kw)
+
+
+def accuracy(scores, y):
+    return float((scores.argmax(1) == y).double().mean())
+
+
+# ------------------------------------------------------------------ recovering a known prior
+SETTINGS = {  # how the source prior p_s is known, and the calibration
+    "uniform": dict(source_prior="uniform", temperature=1.0, bias=False),
+    "train": dict(source_prior="train", temperature=1.0, bias=False),
+    "reference": dict(source_prior="reference", temperature=1.0, bias=False),
+    "reference_fit_T": dict(source_prior="reference", temperature="fit", bias=False),
+    "bcts": {},  # the defaults: temperature and class bias fitted on the reference logits
+}
+
+
+@pytest.mark.parametrize("shift", list(PRIORS))
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("method", [EMPrior, MAPPrior, SafePrior])
+def test_estimators_recover_a_known_prior(method, setting, shift):
+    model = Gaussians()
+    pi = PRIORS[shift]
+    z, y = model.sample(pi, 4000, seed=1)
+    # The logits are calibrated for the prior the source option names: balanced logits for
+    # "uniform", the training prior's posterior for "train" and "reference".
+    calibrated_for = np.full(C, 1.0 / C) if setting == "uniform" else TRAIN_PRIOR
+    logits = experts(z, calibrated_for)
+    ctx = context(model, reference_prior=TRAIN_PRIOR)
+    out = method(**SETTINGS[setting]).adapt(logits, ctx)
+    est = np.array(out["prior"])
+    assert est.sum() == pytest.approx(1.0, abs=1e-9)
+    assert np.abs(est - pi).max() < TOL, (est, pi)
+    assert np.abs(calibrated_for - pi).max() > 3 * TOL  # the unadapted prior is far off: the check can fail
+    assert accuracy(out["scores"], y) > accuracy(logits.mean(1), y) + 0.01
+    if method is SafePrior:
+        assert out["shift_detected"] and out["p_value"] < 1e-6 and out["divergence"] > 0.05
+
+
+def test_em_matches_the_likelihood_maximum_and_the_reference_prior_is_the_mean_prediction():
+    model = Gaussians()
+    z, y = model.sample(PRIORS["dirichlet1"], 2000, seed=5)
+    log_q = torch.log_softmax(z.double(), 1)
+    ps = torch.full((C,), 1.0 / C, dtype=torch.float64)
+    pi, it, conv = em_prior(log_q, ps, tol=1e-10, max_iter=5000)
+    assert conv and it > 1
+    # Stationarity of the concave log-likelihood on the simplex: d/dpi_y = mean_i q_iy/p_s_y / sum_c(...) = 1.
+    w = torch.exp(log_q) / ps
+    grad = (w / (w * pi).sum(1, keepdim=True)).mean(0)
+    assert torch.allclose(grad, torch.ones(C, dtype=torch.float64), atol=1e-6)
+    ref = torch.log_softmax(torch.randn(50, C, dtype=torch.float64), 1)
+    t = torch.tensor([0] * 40 + [1] * 10)
+    assert torch.allclose(mean_prediction(ref), torch.exp(ref).mean(0))
+    balanced = (torch.exp(ref[:40]).mean(0) + torch.exp(ref[40:]).mean(0)) / 2
+    assert torch.allclose(mean_prediction(ref, t, C, balanced=True), balanced)
+
+
+# ------------------------------------------------------------------ MAP: missing classes, few images
+@pytest.mark.parametrize("toward", ["source", "uniform"])
+def test_map_is_finite_and_positive_with_missing_classes_and_ten_images(toward):
+    model = Gaussians(sep=3.0)
+    only_two = np.array([0.5, 0.5, 0, 0, 0])
+    z, _ = model.sample(only_two, 10, seed=2)
+    logits = experts(z, np.full(C, 1.0 / C))
+    ctx = context(model)
+    mle = EMPrior(**SETTINGS["uniform"]).adapt(logits, ctx)
+    out = MAPPrior(**SETTINGS["uniform"], pseudo_count=1.0, toward=toward).adapt(logits, ctx)
+    est = torch.tensor(out["prior"])
+    assert torch.isfinite(est).all() and (est > 0).all()
+    assert est.min() > 0.5 / (10 + C)  # at least half a pseudo-count of mass per class
+    assert torch.isfinite(out["scores"]).all() and torch.isfinite(mle["scores"]).all()
+    assert min(mle["prior"]) < 1e-3 < float(est.min())  # the MLE drives missing classes toward 0; MAP does not
+    assert est[:2].sum() > 0.5  # the two present classes still dominate the estimate
+
+
+def test_map_reduces_to_the_mle_as_pseudo_counts_vanish():
+    model = Gaussians()
+    z, _ = model.sample(PRIORS["forward50"], 1000, seed=4)
+    logits = experts(z, np.full(C, 1.0 / C))
+    ctx = context(model)
+    mle = np.array(EMPrior(**SETTINGS["uniform"], tol=1e-9).adapt(logits, ctx)["prior"])
+    tiny = np.array(MAPPrior(**SETTINGS["uniform"], pseudo_count=1e-6, tol=1e-9).adapt(logits, ctx)["prior"])
+    big = np.array(MAPPrior(**SETTINGS["uniform"], pseudo_count=1e4, toward="uniform").adapt(logits, ctx)["prior"])
+    assert np.abs(tiny - mle).max() < 1e-4
+    assert np.abs(big - 1.0 / C).max() < 0.02  # 10^4 pseudo-counts per class overwhelm 1000 images
+
+
+# ------------------------------------------------------------------ the safe default
+def test_safe_default_leaves_the_plain_average_when_no_shift_is_found():
+    model = Gaussians()
+    ctx = context(model, reference_prior=TRAIN_PRIOR, n_ref=20000)
+    z, _ = model.sample(TRAIN_PRIOR, 1000, seed=7)  # the test prior is the training prior: no shift
+    logits = experts(z, TRAIN_PRIOR)
+    out = SafePrior().adapt(logits, ctx)
+    assert not out["shift_detected"] and out["p_value"] >= 0.001
+    assert torch.equal(out["scores"], logits.float().mean(1))
+    assert out["iterations"] == 0 and out["temperature"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_safe_default_finds_shift_on_few_images_only_when_strong():
+    model = Gaussians()
+    ctx = context(model)
+    z, _ = model.sample(PRIORS["backward50"], 300, seed=8)
+    out = SafePrior().adapt(experts(z, TRAIN_PRIOR), ctx)
+    assert out["shift_detected"]
+    z, _ = model.sample(TRAIN_PRIOR, 30, seed=9)
+    out = SafePrior().adapt(experts(z, TRAIN_PRIOR), ctx)
+    assert not out["shift_detected"]
+
+
+def test_the_anchor_prior_reproduces_the_plain_average_under_a_fitted_bias():
+    model = Gaussians()
+    tilt = torch.tensor([0.0, 0.5, -0.5, 1.0, -1.0])  # a class bias the calibration must undo
+    ctx = context(model, scale=2.0, tilt=tilt)
+    z, _ = model.sample(PRIORS["dirichlet1"], 500, seed=14)
+    logits = experts(z, TRAIN_PRIOR) * 2.0 + tilt
+    method = SafePrior()
+    cal = method.calibration(ctx)
+    assert torch.allclose(cal["bias"] - cal["bias"].mean(), -(tilt - tilt.mean()).double() / 2.0, atol=0.15)
+    z_cal = method._calibrate(logits.mean(1), cal)
+    as_plain = z_cal.double() + torch.log(cal["anchor"]) - torch.log(cal["source_prior"])
+    assert torch.equal(as_plain.argmax(1), logits.mean(1).argmax(1))
+    # strength interpolates between the plain average (anchor) and the full adjustment
+    prior = torch.tensor(PRIORS["backward50"])
+    full = torch.log(prior) - torch.log(cal["source_prior"])
+    half = SafePrior(strength=0.5).log_ratio(prior, cal)
+    w0 = torch.log(cal["anchor"]) - torch.log(cal["source_prior"])
+    assert torch.allclose(half, 0.5 * w0 + 0.5 * full)
+
+
+def test_a_significant_but_small_shift_is_left_to_the_plain_average():
+    model = Gaussians()
+    ctx = context(model, n_ref=20000)
+    slight = 0.9 * TRAIN_PRIOR + 0.1 * PRIORS["backward50"]  # KL from the training prior ~0.02 nats
+    z, _ = model.sample(slight, 20000, seed=15)
+    logits = experts(z, TRAIN_PRIOR)
+    out = SafePrior(min_divergence=0.05).adapt(logits, ctx)
+    assert out["p_value"] < 1e-3 and out["divergence"] < 0.05 and not out["shift_detected"]
+    assert torch.equal(out["scores"], logits.mean(1))
+    assert SafePrior(min_divergence=0.0).adapt(logits, ctx)["shift_detected"]
+
+
+def test_chi_squared_tail():
+    assert chi2_sf(3.841458820694124, 1) == pytest.approx(0.05, abs=1e-6)
+    assert chi2_sf(9.487729036781154, 4) == pytest.approx(0.05, abs=1e-6)
+    assert chi2_sf(0.0, 4) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ calibration
+def test_fitted_temperature_undoes_a_scaling_and_is_computed_once():
+    model = Gaussians()
+    calls = []
+    ctx = context(model, scale=3.0, calls=calls, n_ref=6000)
+    method = EMPrior(source_prior="reference", temperature="fit", bias=False)
+    z, _ = model.sample(PRIORS["backward50"], 500, seed=10)
+    first = method.adapt(experts(z, TRAIN_PRIOR) * 3.0, ctx)
+    second = method.adapt(experts(z[:100], TRAIN_PRIOR) * 3.0, ctx)
+    assert first["temperature"] == pytest.approx(3.0, rel=0.08)
+    assert second["temperature"] == first["temperature"]
+    assert len(calls) == 1  # the reference logits are read once per method instance
+    assert np.abs(np.array(first["source_prior"]) - TRAIN_PRIOR).max() < 0.03  # the model's marginal = p_train
+
+
+def test_bias_corrected_calibration_recovers_a_class_bias():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, C, generator=g, dtype=torch.float64) * 2
+    b = torch.tensor([0.5, -0.5, 1.0, 0.0, -1.0], dtype=torch.float64)
+    y = torch.multinomial(torch.softmax(z * 0.5 + b, 1), 1, generator=g).squeeze(1)
+    t, bias = fit_calibration(z, y, fit_temperature=True, fit_bias=True)
+    assert t == pytest.approx(2.0, rel=0.1)
+    assert torch.allclose(bias - bias.mean(), b - b.mean(), atol=0.15)
+
+
+def test_reference_source_needs_reference_logits():
+    ctx = Context(num_experts=3, num_classes=C, train_prior=torch.tensor(TRAIN_PRIOR))
+    with pytest.raises(ValueError, match="reference_logits"):
+        EMPrior(source_prior="reference").adapt(torch.randn(4, 3, C), ctx)
+    out = EMPrior(**SETTINGS["train"]).adapt(torch.randn(4, 3, C), ctx)  # needs none
+    assert out["scores"].shape == (4, C)
+
+
+# ------------------------------------------------------------------ online
+@pytest.mark.parametrize("method", [EMPrior, MAPPrior, SafePrior])
+def test_online_scores_a_batch_with_earlier_batches_only(method):
+    model = Gaussians()
+    ctx = context(model)
+    z, y = model.sample(PRIORS["backward50"], 2000, seed=11)
+    logits = experts(z, TRAIN_PRIOR)
+    batches = list(torch.split(logits, 100))
+
+    def run(batches):
+        adapter = method().online(ctx)
+        return [adapter.step(b) for b in batches], adapter
+
+    def offsets(scores, batches, temperature):
+        """What the method adds to a batch's calibrated logits: the adjustment it applies."""
+        return [s.double() - b.mean(1).double() / temperature for s, b in zip(scores, batches)]
+
+    scores, adapter = run(batches)
+    temperature = adapter.summary()["temperature"]
+    assert torch.equal(scores[0], batches[0].mean(1))  # nothing learnt before the first batch
+    t = 5
+    changed = list(batches)
+    changed[t] = torch.randn_like(batches[t]) * 10
+    scores2, _ = run(changed)
+    for i in range(t):
+        assert torch.equal(scores[i], scores2[i]), i
+    a, b = offsets(scores, batches, temperature), offsets(scores2, changed, temperature)
+    # Batch t's own logits do not move the adjustment applied to batch t (one offset per class) ...
+    assert torch.allclose(a[t], a[t][:1].expand_as(a[t]), atol=1e-4)
+    assert torch.allclose(a[t], b[t], atol=1e-4), (a[t][0], b[t][0])
+    # ... but they are learnt from afterwards.
+    assert not torch.allclose(a[t + 1], b[t + 1], atol=1e-2)
+    # The running estimate ends near the offline one, and streaming helps on a skewed stream.
+    offline = np.array(method().adapt(logits, ctx)["prior"])
+    final = np.array(adapter.summary()["prior"])
+    assert np.abs(final - offline).max() < 0.02
+    online_acc = accuracy(torch.cat(scores), y)
+    assert online_acc > accuracy(logits.mean(1), y) + 0.2
+    assert adapter.summary()["images_seen"] == 2000
+
+
+# ------------------------------------------------------------------ the oracle
+def test_oracle_uses_the_test_labels_and_is_flagged():
+    model = Gaussians()
+    z, y = model.sample(PRIORS["forward50"], 1000, seed=12)
+    logits = experts(z, TRAIN_PRIOR)
+    assert OraclePrior.uses_test_labels and "oracle" in OraclePrior.label().lower()
+    assert "Oracle" in OraclePrior.__name__
+    ctx = context(model, targets=y)
+    out = OraclePrior(**SETTINGS["train"]).adapt(logits, ctx)
+    counts = np.bincount(y.numpy(), minlength=C) / len(y)
+    assert np.allclose(out["prior"], counts)
+    expected = logits.mean(1).double() + torch.log(torch.tensor(counts)) - torch.log(torch.tensor(TRAIN_PRIOR))
+    assert torch.allclose(out["scores"].double(), expected, atol=1e-5)
+    assert not any(cls.uses_test_labels for name, cls in vars(test_time).items()
+                   if isinstance(cls, type) and "oracle" not in name.lower())
+    with pytest.raises(ValueError, match="test labels"):
+        OraclePrior(**SETTINGS["train"]).adapt(logits, context(model))
+
+
+def test_methods_are_found_by_class_name():
+    for name in ("EMPrior", "MAPPrior", "SafePrior", "OraclePrior"):
+        assert name in test_time.__all__
+    assert "LabelShiftMethod" not in test_time.__all__  # the shared base is not a config type
+
+
+# ------------------------------------------------------------------ argument checks
+@pytest.mark.parametrize("cls,kwargs,message", [
+    (MAPPrior, {"pseudo_count": 0}, "pseudo_count .*must be > 0"),
+    (MAPPrior, {"pseudo_count": -1.0}, "pseudo_count"),
+    (MAPPrior, {"toward": "mean"}, "toward 'mean': expected one of"),
+    (EMPrior, {"source_prior": "test"}, "source_prior 'test': expected one of"),
+    (EMPrior, {"tol": 0}, "tol 0: must be > 0"),
+    (EMPrior, {"max_iter": 0}, "max_iter 0: must be an integer >= 1"),
+    (EMPrior, {"max_iter": 2.5}, "max_iter"),
+    (EMPrior, {"temperature": -1}, "temperature -1: expected a number > 0 or \"fit\""),
+    (EMPrior, {"temperature": "auto"}, "temperature 'auto'"),
+    (EMPrior, {"bias": "yes"}, "bias 'yes': expected true or false"),
+    (SafePrior, {"significance": 1.5}, r"significance 1.5: must be a number in \(0, 1\)"),
+    (SafePrior, {"strength": 0}, r"strength 0: must be a number in \(0, 1\]"),
+    (SafePrior, {"min_divergence": -0.1}, "min_divergence -0.1: must be a number >= 0"),
+    (EMPrior, {"source_prior": "uniform"}, "bias true with source_prior 'uniform'"),
+    (MAPPrior, {"source_prior": "reference_balanced", "bias": True}, "must be \"reference\" or \"train\""),
+    (OraclePrior, {"source_prior": None}, "source_prior None"),
+])
+def test_bad_arguments_name_the_argument(cls, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cls(**kwargs)
+    with pytest.raises(TypeError):
+        cls(unknown_argument=1)
+
+
+def test_shipped_prior_configs_build_the_safe_default():
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    paths = sorted(root.glob("configs/test_time_*_prior.json"))
+    assert len(paths) == 6
+    for path in paths:
+        tt = json.loads(path.read_text())["test_time"]
+        cls = getattr(test_time, tt["type"])
+        assert not cls.uses_test_labels
+        cls(**tt.get("args", {}))
+
+
+def test_online_beyond_the_buffer_freezes_old_statistics_and_stays_causal():
+    from trainer.test_time.label_shift import OnlinePrior
+    model = Gaussians()
+    ctx = context(model)
+    z, y = model.sample(PRIORS["backward50"], 2000, seed=13)
+    logits = experts(z, TRAIN_PRIOR)
+    batches = list(torch.split(logits, 100))
+    adapter = OnlinePrior(MAPPrior(**SETTINGS["train"]), ctx, buffer_elements=500 * C)  # room for 5 batches
+    scores = [adapter.step(b) for b in batches]
+    summary = adapter.summary()
+    assert summary["images_frozen"] == 1500 and summary["images_seen"] == 2000
+    assert np.abs(np.array(summary["prior"]) - PRIORS["backward50"]).max() < 0.05
+    assert accuracy(torch.cat(scores), y) > accuracy(logits.mean(1), y) + 0.2
+    again = OnlinePrior(MAPPrior(**SETTINGS["train"]), ctx, buffer_elements=500 * C)
+    changed = list(batches)
+    changed[10] = torch.randn_like(batches[10]) * 10
+    scores2 = [again.step(b) for b in changed]
+    offset = lambda s, b: s.double() - b.mean(1).double()  # noqa: E731 (temperature 1)
+    assert torch.allclose(offset(scores[10], batches[10]), offset(scores2[10], changed[10]), atol=1e-4)
+    assert not torch.allclose(offset(scores[11], batches[11]), offset(scores2[11], changed[11]), atol=1e-2)

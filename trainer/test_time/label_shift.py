@@ -1,0 +1,505 @@
+"""Label-shift test-time methods (SPEC 9.1, 9.2): estimate the test set's class prior pi from the
+unlabeled clean logits, then apply the post-hoc adjustment
+
+    scores = z_cal + log pi_hat - log p_s
+
+where z_cal = (mean of the expert logits) / T (+ b) is the ensemble's calibrated logit and p_s the
+prior the model's posteriors are taken to be calibrated for (``source_prior``):
+
+- ``"uniform"``: balanced logits (balanced softmax, BalPoE with mean tau 1).
+- ``"train"``: ``ctx.train_prior`` (a plain long-tailed softmax).
+- ``"reference"``: the ensemble's own mean predicted distribution on the training images (clean
+  logits from ``ctx.reference_logits()``, allowed data): the model's class marginal on data drawn
+  with the training prior, so EM run on the training images would leave the prior unchanged.
+- ``"reference_balanced"``: the same mean with every training class weighted equally (uses the
+  training labels): the model's class marginal on a balanced set, so a balanced test set whose
+  images behave like the training images is left unadjusted.
+
+Calibration (``temperature``: a number, or ``"fit"``: NLL of the training labels on the reference
+logits; ``bias``: also fit a per-class bias b, bias-corrected temperature scaling, Alexandari et
+al. 2020) is computed once per method instance, on first use, and cached. The default for every
+method is ``source_prior="reference"``, ``temperature="fit"``, ``bias=true``: the fitted bias
+makes the calibrated posterior's class marginal on the training images equal their label
+frequencies, so p_s is the training prior and the model's own class bias is removed before EM
+(without it, EM turns a miscalibrated class marginal into a spurious shift; SPEC 9.2 (a)). A bias
+is only consistent with p_s "reference" or "train". Reference data may be given as [N, E, C] or
+already averaged [N, C].
+
+The anchor pi_0 = p_s e^-b (normalised) is the prior under which the calibrated posterior predicts
+exactly what the plain average predicts; :class:`SafePrior` tests against it and shrinks toward it.
+
+Methods: :class:`EMPrior` (Saerens et al. 2002, maximum likelihood), :class:`MAPPrior` (MAP-EM
+with Dirichlet pseudo-counts), :class:`SafePrior` (the shipped default: shift test, MAP shrinkage
+toward the anchor and a damped adjustment; the plain average untouched when no shift is found).
+The oracle (true test prior) is in ``oracle_prior.py``. All of them stream (``online()``): a batch
+is scored with the estimate from the previous batches only, then learnt from.
+"""
+import math
+import numbers
+from abc import abstractmethod
+
+import torch
+
+from base.base_test_time import OnlineAdapter, TestTimeMethod
+
+SOURCE_PRIORS = ("uniform", "train", "reference", "reference_balanced")
+TOWARD = ("source", "uniform", "plain")
+FLOOR = 1e-12  # smallest prior value used in a log (keeps scores finite when an estimate reaches 0)
+_CHUNK_ELEMENTS = 1 << 22  # rows per E-step chunk: at most ~4M float64 temporaries
+
+
+# ----------------------------------------------------------------------------------- validation
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def check_positive(name, value):
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{name} {value!r}: must be > 0 (a finite number)")
+    return float(value)
+
+
+def check_positive_int(name, value):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} {value!r}: must be an integer >= 1")
+    return int(value)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} {value!r}: expected one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} {value!r}: expected true or false")
+    return value
+
+
+def check_temperature(value):
+    if value == "fit":
+        return value
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"temperature {value!r}: expected a number > 0 or \"fit\" (NLL on the reference logits)")
+    return float(value)
+
+
+def check_fraction(name, value, low_open=True, high_open=True):
+    ok = _is_number(value) and (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+    if not ok:
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise ValueError(f"{name} {value!r}: must be a number in {interval}")
+    return float(value)
+
+
+# ----------------------------------------------------------------------------------- the math
+def ensemble_logits(logits):
+    """[n, E, C] expert logits -> [n, C] their mean (float32); [n, C] is taken as already averaged."""
+    logits = torch.as_tensor(logits)
+    if logits.dim() == 3:
+        return logits.float().mean(1)
+    if logits.dim() == 2:
+        return logits.float()
+    raise ValueError(f"logits of shape {tuple(logits.shape)}: expected [n, E, C] or [n, C]")
+
+
+def _rows_per_chunk(num_classes):
+    return max(1, _CHUNK_ELEMENTS // max(1, num_classes))
+
+
+def posterior_stats(log_q, log_w):
+    """``log_q``: [n, C] or a list of such blocks. Sum over images of r_i = softmax(log_q_i + log_w) ([C], float64) and the log-likelihood
+    L = sum_i log sum_y q(y|x_i) w_y (w = pi / p_s; L = 0 at w = 1 because q is normalised)."""
+    parts = log_q if isinstance(log_q, (list, tuple)) else [log_q]
+    total = torch.zeros(log_w.numel(), dtype=torch.float64)
+    ll = 0.0
+    step = _rows_per_chunk(log_w.numel())
+    for part in parts:
+        for s in range(0, part.shape[0], step):
+            a = part[s:s + step].double() + log_w
+            lse = torch.logsumexp(a, 1, keepdim=True)
+            total += torch.exp(a - lse).sum(0)
+            ll += float(lse.sum())
+    return total, ll
+
+
+def _normalise(p):
+    p = torch.as_tensor(p, dtype=torch.float64).clamp_min(0)
+    return p / p.sum()
+
+
+def _log(p):
+    return torch.log(torch.as_tensor(p, dtype=torch.float64).clamp_min(FLOOR))
+
+
+def em_prior(log_q, source_prior, extra_counts=None, tol=1e-6, max_iter=1000, init=None,
+             past_counts=None, past_n=0):
+    """EM for the test prior (Saerens et al. 2002; SPEC 9.2).
+
+    ``log_q`` [n, C]: log posteriors calibrated for ``source_prior`` p_s. E-step r_iy ∝ q_iy pi_y / p_s_y;
+    M-step pi ∝ sum_i r_iy + extra_y, extra_y = a_y - 1 (Dirichlet pseudo-counts; None = the MLE).
+    ``past_counts`` / ``past_n``: frozen sufficient statistics of images seen before (the online form).
+    Stops when the largest change of pi is below ``tol``. Returns (pi [C] float64, iterations, converged).
+    """
+    log_ps = _log(source_prior)
+    c = log_ps.numel()
+    extra = torch.zeros(c, dtype=torch.float64) if extra_counts is None else torch.as_tensor(
+        extra_counts, dtype=torch.float64)
+    past = torch.zeros(c, dtype=torch.float64) if past_counts is None else past_counts.double()
+    pi = _normalise(source_prior if init is None else init)
+    rows = sum(p.shape[0] for p in log_q) if isinstance(log_q, (list, tuple)) else log_q.shape[0]
+    if rows == 0 and past_n == 0 and float(extra.sum()) <= 0:
+        return pi, 0, True
+    iterations, converged = 0, False
+    for iterations in range(1, max_iter + 1):
+        counts, _ = posterior_stats(log_q, _log(pi) - log_ps)
+        new = _normalise(counts + past + extra)
+        delta = float((new - pi).abs().max())
+        pi = new
+        if delta < tol:
+            converged = True
+            break
+    return pi, iterations, converged
+
+
+def log_likelihood_ratio(log_q, source_prior, pi, null=None):
+    """2 [L(pi) - L(null)] (null default p_s, where L = 0): for the MLE pi, under the null prior
+    approximately chi-squared with C - 1 degrees of freedom (Saerens et al. 2002)."""
+    _, ll = posterior_stats(log_q, _log(pi) - _log(source_prior))
+    ll_null = 0.0 if null is None else posterior_stats(log_q, _log(null) - _log(source_prior))[1]
+    return 2.0 * (ll - ll_null)
+
+
+def kl_divergence(p, q):
+    """KL(p || q) in nats (terms with p = 0 count 0)."""
+    p, q = _normalise(p), _normalise(q)
+    mask = p > 0
+    return float((p[mask] * (torch.log(p[mask]) - _log(q[mask]))).sum())
+
+
+def chi2_sf(statistic, dof):
+    """P(X >= statistic) for X ~ chi-squared(dof) (the regularised upper incomplete gamma function)."""
+    if dof <= 0:
+        return 1.0
+    x = torch.tensor(max(float(statistic), 0.0) / 2.0, dtype=torch.float64)
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), x))
+
+
+def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperature=1.0, max_iter=200,
+                    max_elements=1 << 25):
+    """Fit 1/T (and a per-class bias b) by the NLL of ``targets`` under softmax(z / T + b).
+
+    The NLL is convex in (1/T, b), so L-BFGS finds the optimum. Sets larger than ``max_elements``
+    numbers are fitted on a fixed random subset of rows (seed 0). Returns (T, b [C] float64 or None).
+    """
+    z = torch.as_tensor(z)
+    y = torch.as_tensor(targets).long()
+    if z.shape[0] * z.shape[1] > max_elements:
+        keep = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(0))[:max(1, max_elements // z.shape[1])]
+        z, y = z[keep], y[keep]
+    z = z.double()
+    if z.shape[0] == 0:
+        raise ValueError("calibration: the reference set is empty")
+    c = z.shape[1]
+    beta = torch.tensor([1.0 / float(temperature)], dtype=torch.float64, requires_grad=fit_temperature)
+    bias = torch.zeros(c, dtype=torch.float64, requires_grad=fit_bias)
+    params = [p for p in (beta, bias) if p.requires_grad]
+    if not params:
+        return float(temperature), None
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z * beta + bias, y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    b = float(beta.detach())
+    if not math.isfinite(b) or b <= 0:
+        raise ValueError(f"calibration: the fitted inverse temperature {b:g} is not positive (do the reference "
+                         "logits predict their labels at all?)")
+    return 1.0 / b, (bias.detach().clone() if fit_bias else None)
+
+
+def mean_prediction(log_q, targets=None, num_classes=None, balanced=False):
+    """Mean of softmax over images ([C] float64); ``balanced``: the mean of the per-class means."""
+    c = log_q.shape[1]
+    num_classes = c if num_classes is None else num_classes
+    y = torch.zeros(log_q.shape[0], dtype=torch.long) if not balanced else torch.as_tensor(targets).long()
+    sums = torch.zeros(num_classes, c, dtype=torch.float64)
+    step = _rows_per_chunk(c)
+    for s in range(0, log_q.shape[0], step):
+        sums.index_add_(0, y[s:s + step], torch.exp(log_q[s:s + step].double()))
+    counts = torch.bincount(y, minlength=num_classes).double()
+    present = counts > 0
+    return (sums[present] / counts[present, None]).mean(0)
+
+
+# ----------------------------------------------------------------------------------- methods
+class LabelShiftMethod(TestTimeMethod):
+    """Shared machinery: calibration and the source prior (cached per instance), the adjustment,
+    and the online form. Subclasses define ``estimate(log_q, log_ps)`` (what prior to apply)."""
+
+    def __init__(self, source_prior="reference", temperature="fit", bias=True, tol=1e-6, max_iter=1000):
+        self.source_prior = check_choice("source_prior", source_prior, SOURCE_PRIORS)
+        self.temperature = check_temperature(temperature)
+        self.bias = check_bool("bias", bias)
+        if self.bias and self.source_prior not in ("reference", "train"):
+            raise ValueError(f"bias true with source_prior {self.source_prior!r}: a fitted class bias calibrates the "
+                             "posterior for the training images' prior, so source_prior must be \"reference\" or "
+                             "\"train\" (or set bias false)")
+        self.tol = check_positive("tol", tol)
+        self.max_iter = check_positive_int("max_iter", max_iter)
+        self._calibration = None
+
+    # ---- calibration (computed once per instance, from the allowed reference data)
+    def needs_reference(self):
+        return self.temperature == "fit" or self.bias or self.source_prior.startswith("reference")
+
+    def calibration(self, ctx):
+        """{"temperature": T, "bias": [C] or None, "source_prior": [C] float64}, computed on first use."""
+        if self._calibration is not None:
+            return self._calibration
+        c = ctx.num_classes
+        reference = None
+        if self.needs_reference():
+            if ctx.reference_logits is None:
+                raise ValueError(f"{type(self).__name__}: temperature {self.temperature!r} / bias {self.bias} / "
+                                 f"source_prior {self.source_prior!r} need the reference logits of the training "
+                                 "images (ctx.reference_logits), which this context does not provide")
+            ref_logits, ref_targets = ctx.reference_logits()
+            reference = (ensemble_logits(ref_logits), torch.as_tensor(ref_targets).long())
+        temperature, bias = (self.temperature if self.temperature != "fit" else 1.0), None
+        if self.temperature == "fit" or self.bias:
+            temperature, bias = fit_calibration(reference[0], reference[1], fit_temperature=self.temperature == "fit",
+                                                fit_bias=self.bias, temperature=temperature)
+        cal = {"temperature": float(temperature), "bias": bias}
+        if self.source_prior == "uniform":
+            ps = torch.full((c,), 1.0 / c, dtype=torch.float64)
+        elif self.source_prior == "train":
+            ps = torch.as_tensor(ctx.train_prior, dtype=torch.float64).flatten()
+            if ps.numel() != c or not torch.isfinite(ps).all() or (ps < 0).any() or ps.sum() <= 0:
+                raise ValueError(f"ctx.train_prior: expected {c} non-negative class frequencies")
+        else:
+            log_q = torch.log_softmax(self._calibrate(reference[0], cal), 1)
+            ps = mean_prediction(log_q, reference[1], c, balanced=self.source_prior == "reference_balanced")
+        cal["source_prior"] = _normalise(ps.clamp_min(FLOOR))
+        # The prior under which the calibrated posterior predicts exactly what the plain average
+        # predicts: argmax z = argmax (z_cal - b) = argmax (z_cal + log anchor - log p_s).
+        cal["anchor"] = cal["source_prior"] if bias is None else _normalise(cal["source_prior"] * torch.exp(-bias))
+        self._calibration = cal
+        return cal
+
+    @staticmethod
+    def _calibrate(z, cal):
+        z = z.float() / cal["temperature"]
+        return z if cal["bias"] is None else z + cal["bias"].float()
+
+    # ---- what a subclass decides
+    @abstractmethod
+    def estimate(self, log_q, cal, ctx):
+        """-> (prior to apply [C] float64, facts dict). The adjustment is log prior - log p_s; the
+        fact ``unchanged`` True returns the plain average itself."""
+
+    def log_ratio(self, prior, cal):
+        """What is added to the calibrated logits: log prior - log p_s (the Bayes adjustment)."""
+        return _log(prior) - _log(cal["source_prior"])
+
+    def scores(self, z_cal, prior, cal):
+        return (z_cal.double() + self.log_ratio(prior, cal)).float()
+
+    # ---- the contract
+    def adapt(self, logits, ctx):
+        z = ensemble_logits(logits)
+        cal = self.calibration(ctx)
+        z_cal = self._calibrate(z, cal)
+        log_q = torch.log_softmax(z_cal, 1)
+        prior, facts = self.estimate(log_q, cal, ctx)
+        if facts.get("unchanged"):
+            scores = z  # the plain average, bit for bit
+        else:
+            scores = self.scores(z_cal, prior, cal)
+        facts.pop("unchanged", None)
+        return {"scores": scores, "prior": [float(v) for v in prior], "temperature": cal["temperature"],
+                "source_prior": [float(v) for v in cal["source_prior"]], **facts}
+
+    def online(self, ctx):
+        return OnlinePrior(self, ctx)
+
+    def extra_counts(self, cal):
+        return None
+
+
+class EMPrior(LabelShiftMethod):
+    """Maximum-likelihood test prior by EM (Saerens et al. 2002), then the Bayes adjustment.
+
+    Args: ``source_prior`` ("uniform" | "train" | "reference" | "reference_balanced"; default
+    "reference"), ``temperature`` (number > 0 or "fit"; default "fit"), ``bias`` (fit a per-class
+    bias with the temperature; default true; needs source_prior "reference" or "train"), ``tol`` (largest change of pi at convergence; 1e-6),
+    ``max_iter`` (1000)."""
+
+    def estimate(self, log_q, cal, ctx):
+        pi, it, conv = em_prior(log_q, cal["source_prior"], tol=self.tol, max_iter=self.max_iter)
+        return pi, {"iterations": it, "converged": conv}
+
+
+class MAPPrior(LabelShiftMethod):
+    """MAP-EM with a Dirichlet prior of pseudo-counts: M-step pi ∝ sum_i r_iy + a_y - 1, with
+    a_y - 1 = ``pseudo_count`` * C * m_y, m = p_s (``toward``: "source", default) or uniform
+    ("uniform": a_y = 1 + pseudo_count for every class, the SPEC's a_y > 1 shrinking toward uniform).
+    ``pseudo_count`` > 0 keeps every class's estimate positive, with missing classes and few images;
+    its weight fades as the test set grows. Other args as :class:`EMPrior`."""
+
+    def __init__(self, pseudo_count=1.0, toward="source", **kwargs):
+        super().__init__(**kwargs)
+        self.pseudo_count = check_positive("pseudo_count", pseudo_count)
+        self.toward = check_choice("toward", toward, TOWARD)
+
+    def extra_counts(self, cal):
+        ps = cal["source_prior"]
+        c = ps.numel()
+        m = {"source": ps, "plain": cal["anchor"], "uniform": torch.full((c,), 1.0 / c, dtype=torch.float64)}
+        return self.pseudo_count * c * _normalise(m[self.toward])
+
+    def estimate(self, log_q, cal, ctx):
+        pi, it, conv = em_prior(log_q, cal["source_prior"], extra_counts=self.extra_counts(cal), tol=self.tol,
+                                max_iter=self.max_iter)
+        return pi, {"iterations": it, "converged": conv}
+
+
+class SafePrior(MAPPrior):
+    """The shipped default: move away from the plain expert average only as far as the test set's
+    evidence for a label shift carries it.
+
+    1. Calibrate on the training images' clean logits (allowed data): ``temperature`` "fit" and,
+       with ``bias`` (default true), a per-class bias (bias-corrected temperature scaling), which
+       makes the calibrated posterior's class marginal on the training images match their labels.
+    2. The anchor pi_0: the prior under which the calibrated posterior predicts exactly what the
+       plain average predicts (pi_0 ∝ p_s e^-b; p_s without a bias).
+    3. Shift test (Saerens 2002): 2 [L(pi_mle) - L(pi_0)] against a chi-squared with C - 1 degrees
+       of freedom, and the size of the shift KL(pi_mle || pi_0). If the p-value is >= ``significance``
+       or the KL is below ``min_divergence`` nats (a shift milder than about forward/backward 2-3,
+       where the oracle gains little and a miscalibrated model loses more), the plain average is
+       returned unchanged (``shift_detected`` false).
+    4. Otherwise the MAP estimate with pseudo-counts toward pi_0 (``toward`` "plain") is applied,
+       damped in log space: scores = z_cal + log pi_0 - log p_s + ``strength`` (log pi_map - log pi_0).
+       ``strength`` 0 would be the plain average, 1 the full Bayes adjustment.
+
+    Args (defaults chosen on CIFAR-10-LT TADE logits and synthetic miscalibrated models, see
+    ``bench/label_shift_eval.py``): ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0
+    nats; 0.05), ``strength`` (in (0, 1]; 0.75), ``pseudo_count`` (> 0; 1), ``toward`` ("plain"),
+    ``source_prior``, ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test is made on the images seen so far; a batch is always
+    scored before it is learnt from.
+    """
+
+    def __init__(self, significance=0.001, strength=0.75, min_divergence=0.05, pseudo_count=1.0, toward="plain",
+                 **kwargs):
+        super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
+        self.significance = check_fraction("significance", significance)
+        if not _is_number(min_divergence) or min_divergence < 0:
+            raise ValueError(f"min_divergence {min_divergence!r}: must be a number >= 0 (nats)")
+        self.min_divergence = float(min_divergence)
+        self.strength = check_fraction("strength", strength, high_open=False)
+
+    def log_ratio(self, prior, cal):
+        anchor = _log(cal["anchor"])
+        return anchor - _log(cal["source_prior"]) + self.strength * (_log(prior) - anchor)
+
+    def shift_test(self, log_q, cal):
+        ps = cal["source_prior"]
+        mle, it, _ = em_prior(log_q, ps, tol=self.tol, max_iter=self.max_iter, init=cal["anchor"])
+        stat = log_likelihood_ratio(log_q, ps, mle, null=cal["anchor"])
+        p_value = chi2_sf(stat, ps.numel() - 1)
+        divergence = kl_divergence(mle, cal["anchor"])
+        detected = p_value < self.significance and divergence >= self.min_divergence
+        return {"log_likelihood_ratio": stat, "p_value": p_value, "divergence": divergence,
+                "shift_detected": bool(detected), "iterations_mle": it}
+
+    def estimate(self, log_q, cal, ctx):
+        facts = self.shift_test(log_q, cal)
+        if not facts["shift_detected"]:
+            return cal["anchor"], {**facts, "iterations": 0, "converged": True, "unchanged": True}
+        pi, it, conv = em_prior(log_q, cal["source_prior"], extra_counts=self.extra_counts(cal), tol=self.tol,
+                                max_iter=self.max_iter, init=cal["anchor"])
+        return pi, {**facts, "iterations": it, "converged": conv}
+
+    def online(self, ctx):
+        return OnlinePrior(self, ctx, shift_test=True)
+
+
+class OnlinePrior(OnlineAdapter):
+    """A label-shift method on a stream (SPEC 9.2). ``step`` scores a batch with the prior estimated
+    from the previous batches only (before the first batch: the plain average), then updates the
+    estimate by EM (warm-started) on every image seen so far, with the method's pseudo-counts.
+    The calibrated log posteriors of the stream are kept while they fit in ``buffer_elements``
+    numbers (images x classes); images beyond that enter with their posterior sums frozen at the
+    estimate of their time (incremental EM). With ``shift_test`` (the safe default) the adjustment is
+    applied only while the likelihood-ratio test on the images seen so far finds a shift."""
+
+    def __init__(self, method, ctx, shift_test=False, buffer_elements=1 << 25):
+        self.method, self.ctx = method, ctx
+        self.cal = method.calibration(ctx)
+        self.ps = self.cal["source_prior"]
+        self.log_w0 = _log(self.cal["anchor"]) - _log(self.ps)  # the plain average's prior
+        self.extra = method.extra_counts(self.cal)
+        self.buffer = torch.zeros(0, self.ps.numel())
+        self.buffer_elements = buffer_elements
+        self.frozen = {"map": torch.zeros_like(self.ps), "mle": torch.zeros_like(self.ps), "n": 0, "ll": 0.0}
+        self.prior = self.cal["anchor"].clone()
+        self.mle = self.cal["anchor"].clone()
+        self.ll_anchor = 0.0
+        self.use_test = shift_test
+        self.shift_detected = not shift_test
+        self.ll_ratio, self.p_value, self.divergence, self.n, self.batches, self.iterations = 0.0, 1.0, 0.0, 0, 0, 0
+
+    def step(self, logits):
+        z = ensemble_logits(logits)
+        z_cal = self.method._calibrate(z, self.cal)
+        if self.n == 0 or not self.shift_detected:
+            scores = z.clone()  # nothing learnt yet (or no shift found): the plain average
+        else:
+            scores = self.method.scores(z_cal, self.prior, self.cal)
+        self._learn(torch.log_softmax(z_cal, 1))
+        return scores
+
+    def _learn(self, log_q):
+        if (self.buffer.shape[0] + log_q.shape[0]) * log_q.shape[1] <= self.buffer_elements:
+            self.buffer = torch.cat([self.buffer, log_q])
+            frozen_batch = None
+        else:
+            frozen_batch = log_q  # no room: joins the estimate, then its statistics are frozen
+        data = [self.buffer] if frozen_batch is None else [self.buffer, frozen_batch]
+        past, m, log_ps = self.frozen, self.method, _log(self.ps)
+        self.prior, it, _ = em_prior(data, self.ps, extra_counts=self.extra, tol=m.tol, max_iter=m.max_iter,
+                                     init=self.prior, past_counts=past["map"], past_n=past["n"])
+        self.iterations = it
+        if self.use_test:
+            self.mle, _, _ = em_prior(data, self.ps, tol=m.tol, max_iter=m.max_iter, init=self.mle,
+                                      past_counts=past["mle"], past_n=past["n"])
+            self.ll_anchor += posterior_stats(log_q, self.log_w0)[1]
+            ll = past["ll"] + posterior_stats(data, _log(self.mle) - log_ps)[1]
+            self.ll_ratio = 2.0 * (ll - self.ll_anchor)
+            self.p_value = chi2_sf(self.ll_ratio, self.ps.numel() - 1)
+            self.divergence = kl_divergence(self.mle, self.cal["anchor"])
+            self.shift_detected = self.p_value < m.significance and self.divergence >= m.min_divergence
+        if frozen_batch is not None:
+            past["map"] = past["map"] + posterior_stats(frozen_batch, _log(self.prior) - log_ps)[0]
+            mle_counts, ll_batch = posterior_stats(frozen_batch, _log(self.mle) - log_ps)
+            past["mle"] = past["mle"] + mle_counts
+            past["ll"] += ll_batch
+            past["n"] += frozen_batch.shape[0]
+        self.n += log_q.shape[0]
+        self.batches += 1
+
+    def summary(self):
+        out = {"prior": [float(v) for v in self.prior], "images_seen": self.n, "batches": self.batches,
+               "temperature": self.cal["temperature"], "iterations_last": self.iterations,
+               "images_frozen": self.frozen["n"]}
+        if self.use_test:
+            out.update(shift_detected=bool(self.shift_detected), log_likelihood_ratio=self.ll_ratio,
+                       p_value=self.p_value, divergence=self.divergence)
+        return out
