@@ -2,19 +2,23 @@
 
     python test.py -r CHECKPOINT [-c CONFIG] [-d DEVICE] [--data_dir PATH]
                    [--distributions all|uniform|NAME,NAME...] [--out PATH] [--bs N] [--save_logits] [--macs]
+                   [--protocol distributions|dirichlet|missing|streaming] [--alpha A,..] [--draws K]
+                   [--size N] [--missing_fraction F,..] [--stream_batch B,..] [--protocol_seed S]
 
 Each test image's expert logits are computed once (test transform); every distribution
-(forward50 ... uniform ... backward50) is an index subset of the test set, scored from those logits.
+(forward50 ... uniform ... backward50), or every subset of another protocol, is an index subset of
+the test set, scored from those logits: top-1, many/medium/few and the ensemble's calibration.
 """
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from data_loader.test_distributions import select_distributions
 from model.calibration import distribution_calibration, plot_reliability
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
+from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
 from utils.build import load_trained
 from utils.checkpoint import save_checkpoint
 from utils.cli import ArgumentParser, add_evaluation_args
@@ -30,15 +34,17 @@ def build_parser():
     add_evaluation_args(p)
     p.add_argument("--save_logits", action="store_true", help="also save every image's per-expert logits")
     p.add_argument("--macs", action="store_true", help="print multiply-accumulates per image (G)")
+    add_protocol_args(p)
     return p
 
 
 CALIBRATION_KEYS = ("ece", "mce", "nll", "class_tv", "class_kl")
 
 
-def default_out(checkpoint):
+def default_out(checkpoint, protocol="distributions"):
     path = Path(checkpoint)
-    return path.with_name(f"eval_{path.stem}.json")
+    suffix = "" if protocol == "distributions" else f"_{protocol}"
+    return path.with_name(f"eval_{path.stem}{suffix}.json")
 
 
 @cli_entry
@@ -52,20 +58,28 @@ def main(argv=None):
         size = getattr(data, "image_size", 32)
         print(f"MACs per image ({config['arch']['type']}, {net.num_experts} expert(s), {size} px): "
               f"{macs_per_image(net, size, device):.2f} G")
-    available = data.test_distributions()
-    names = select_distributions(list(available), args.distributions)
+    if args.protocol == "streaming":
+        # The plain average has no state: a stream in any order and batch size predicts every image
+        # as one pass does, so each batch size's row is the whole test set's.
+        everything = np.arange(len(data.test_set))
+        selected = {f"stream_b{b}": everything for b in stream_batch_sizes(args)}
+    else:
+        selected = test_sets(args, data)
+    names = list(selected)
     logits, targets = collect_expert_logits(net, data.test_loader(device=device), device, trained.perf)
     preds = logits.mean(1).argmax(1)
-    selected = {n: available[n] for n in names}
     results = distribution_metrics(preds, targets, selected, data.num_classes, data.shot_masks())
     calibration = distribution_calibration(logits, targets, selected)  # the ensemble, from the same logits
     for name, row in results.items():
         row.update({k: calibration[name][k] for k in CALIBRATION_KEYS})
     print(format_table(results, extra_rows=("ece", "class_tv"), number_rows=("nll",)))
-    out = Path(args.out) if args.out else default_out(args.resume)
+    summary = summarise(results, keys=("top1", "ece"))
+    if summary:
+        print(format_summary(summary))
+    out = Path(args.out) if args.out else default_out(args.resume, args.protocol)
     epoch = trained.checkpoint.get("epoch") if isinstance(trained.checkpoint, dict) else None
     payload = {"checkpoint": str(args.resume), "checkpoint_epoch": epoch, "config": config.config,
-               "distributions": results, "reliability_bins": {n: calibration[n]["bins"] for n in names}}
+               "protocol": args.protocol, "distributions": results, "summary": summary, "reliability_bins": {n: calibration[n]["bins"] for n in names}}
     json_path, csv_path = write_results(payload, out, extra_columns=CALIBRATION_KEYS)
     shown = "uniform" if "uniform" in names else names[0]
     png = plot_reliability(calibration[shown], out.with_name(out.stem + "_reliability.png"),
@@ -74,7 +88,7 @@ def main(argv=None):
     if args.save_logits:
         logits_path = out.with_name(out.stem + "_logits.pt")
         save_checkpoint({"logits": logits, "targets": targets,
-                         "distributions": {n: torch.as_tensor(available[n]) for n in names}}, logits_path)
+                         "distributions": {n: torch.as_tensor(np.asarray(selected[n])) for n in names}}, logits_path)
         print(f"wrote {logits_path} (per-expert logits [N, E, C], targets, distribution indices)")
 
 

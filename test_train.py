@@ -3,6 +3,8 @@
     python test_train.py -c TEST_TIME_CONFIG -r CHECKPOINT [-d DEVICE] [--data_dir PATH]
                          [--distributions all|uniform|NAME,...] [--out PATH] [--epochs N] [--bs N]
                          [--lr X] [--online] [--seed N] [--set KEY.PATH=VALUE ...]
+                         [--protocol distributions|dirichlet|missing|streaming] [--alpha A,..] [--draws K]
+                         [--size N] [--missing_fraction F,..] [--stream_batch B,..] [--protocol_seed S]
 
 ``test_time.type`` names a class of ``trainer/test_time/`` (default: TADE's self-supervised
 aggregation, ``SelfSupervisedAggregation``) built with ``test_time.args``. The clean expert logits
@@ -15,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_loader.test_distributions import select_distributions
-from trainer.adaptation import run_method
+from base.base_test_time import TestTimeMethod
+from trainer.adaptation import run_method, run_stream
 from trainer.forward import collect_expert_logits
+from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
 from utils.build import DEFAULT_TEST_TIME_METHOD as DEFAULT_METHOD
 from utils.build import build_test_time_method, load_trained, read_test_time_config
 from utils.cli import ArgumentParser, add_evaluation_args
@@ -35,6 +38,7 @@ def build_parser():
     p.add_argument("--online", action="store_true",
                    help="self-supervised aggregation: one streaming pass; classify each batch after its update")
     p.add_set_option(target="test_time", what="test-time config")
+    add_protocol_args(p)
     return p
 
 
@@ -78,9 +82,10 @@ def plot_results(results, path, title):
     plt.close(fig)
 
 
-def default_out(checkpoint, method_type, online):
+def default_out(checkpoint, method_type, online, protocol="distributions"):
     stem = Path(checkpoint).stem
     suffix = "" if method_type == DEFAULT_METHOD else f"_{method_type}"
+    suffix += "" if protocol == "distributions" else f"_{protocol}"
     return Path(checkpoint).with_name(f"test_time_{stem}{suffix}{'_online' if online else ''}.json")
 
 
@@ -99,8 +104,13 @@ def main(argv=None):
     label = method.label()
     if method.uses_test_labels:
         print(f"{label}: this method reads the test labels; its figures are a ceiling, not a result")
-    available = data.test_distributions()
-    names = select_distributions(list(available), args.distributions)
+    if args.protocol == "streaming":
+        batch_sizes = stream_batch_sizes(args)
+        if type(method).online is TestTimeMethod.online:  # the contract's default: no online form
+            raise UserError(f"--protocol streaming: test_time.type {tt['test_time']['type']} cannot run on a stream "
+                            "(it has no online form)")
+    else:
+        sets = test_sets(args, data)
     clean_logits, targets = collect_expert_logits(trained.net, data.test_loader(device=device), device, trained.perf,
                                                   desc="clean test images")
 
@@ -110,17 +120,26 @@ def main(argv=None):
         print(f"{name}: {facts}top-1 {100 * row['top1']:.1f} (expert average {100 * row['top1_average']:.1f})",
               flush=True)
 
-    results = run_method(method, trained, clean_logits, targets, {n: available[n] for n in names}, device,
-                         seed=int(tt.get("test_time.seed", 1)), report=report)
+    seed = int(tt.get("test_time.seed", 1))
+    if args.protocol == "streaming":
+        results = run_stream(method, trained, clean_logits, targets, batch_sizes, device, args.protocol_seed, seed)
+        for name, row in results.items():
+            report(name, row, None)
+    else:
+        results = run_method(method, trained, clean_logits, targets, sets, device, seed=seed, report=report)
+    summary = summarise(results)
+    if summary:
+        print(format_summary(summary))
     online = bool(tt.get("test_time.args.online", False))
     extra = ["top1_average"] + [k for k in ("epochs_run", "top1_online") if all(k in r for r in results.values())]
     num_weights = len(next(iter(results.values())).get("weights", []))
     weight_rows = [f"w{k + 1}" for k in range(num_weights)]
     table = {n: dict(r, **{f"w{k + 1}": r["weights"][k] for k in range(num_weights)}) for n, r in results.items()}
     print(format_table(table, extra_rows=extra, weight_rows=weight_rows))
-    out = Path(args.out) if args.out else default_out(args.resume, tt["test_time"]["type"], online)
+    out = Path(args.out) if args.out else default_out(args.resume, tt["test_time"]["type"], online, args.protocol)
     payload = {"checkpoint": str(args.resume), "method": label, "config": trained.config.config,
-               "test_time_config": tt["test_time"], "online": online, "distributions": results}
+               "test_time_config": tt["test_time"], "online": online, "protocol": args.protocol,
+               "distributions": results, "summary": summary}
     extra_columns = extra + [k for k in ("weights", "prior") if all(k in r for r in results.values())]
     json_path, csv_path = write_results(payload, out, extra_columns=extra_columns)
     png = out.with_suffix(".png")

@@ -74,3 +74,32 @@ def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1
         if report is not None:
             report(name, row, out)
     return results
+
+
+def run_stream(method, trained, clean_logits, targets, batch_sizes, device, seed=0, method_seed=1):
+    """The streaming protocol: ``{"stream_b{B}": results row}``. The whole test set comes in a
+    seeded order in batches of B; the method's online adapter predicts each batch before it learns
+    from it (``OnlineAdapter.step``). A method without ``online()`` cannot stream."""
+    from data_loader.test_protocols import stream_batches, stream_order
+    from utils.errors import UserError
+
+    data = trained.data
+    order = torch.as_tensor(stream_order(targets.numpy(), seed))
+    everything = np.arange(len(targets))
+    ctx = context_for(method, trained, device, "stream", everything, method_seed, targets,
+                      ReferenceLogits(trained, device))
+    results = OrderedDict()
+    for b in batch_sizes:
+        adapter = method.online(ctx)
+        if adapter is None:
+            raise UserError(f"--protocol streaming: {type(method).__name__} cannot run on a stream (no online form)")
+        preds = torch.empty(len(targets), dtype=torch.long)
+        for batch in stream_batches(order.numpy(), b):
+            idx = torch.as_tensor(batch)
+            preds[idx] = adapter.step(clean_logits[idx]).argmax(1)
+        name = f"stream_b{b}"
+        row = distribution_metrics(preds, targets, {name: everything}, data.num_classes, data.shot_masks())[name]
+        row["top1_average"] = float((clean_logits.mean(1).argmax(1) == targets).double().mean())
+        row.update(adapter.summary())
+        results[name] = row
+    return results

@@ -1,0 +1,111 @@
+"""The test protocols of test.py and test_train.py (``--protocol``), all scored from one pass of
+clean logits over the test set:
+
+- ``distributions`` (default): the eleven published test distributions (SPEC 2.2);
+- ``dirichlet``: ``--draws`` seeded test sets of ``--size`` images per ``--alpha`` (pi ~ Dir(alpha 1));
+- ``missing``: ``--draws`` seeded subsets in which ``--missing_fraction`` of the classes have no image;
+- ``streaming``: the whole test set in a seeded order, in batches of each ``--stream_batch``; a
+  method predicts a batch before it may learn from it.
+
+Subsets come from data_loader/test_protocols.py; draws are summarised as mean and standard
+deviation per group (one alpha, one fraction).
+"""
+import re
+from collections import OrderedDict
+
+import numpy as np
+
+from data_loader import test_protocols
+from data_loader.test_distributions import select_distributions
+from utils.errors import UserError
+
+PROTOCOLS = ("distributions", "dirichlet", "missing", "streaming")
+
+
+def _numbers(text, option, cast=float):
+    try:
+        values = [cast(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected a comma-separated list of numbers")
+    if not values:
+        raise UserError(f"{option} {text!r}: expected at least one value")
+    return values
+
+
+def add_protocol_args(parser):
+    parser.add_argument("--protocol", default="distributions", help=f"one of {', '.join(PROTOCOLS)}")
+    parser.add_argument("--alpha", default="0.1,1,10", help="dirichlet: concentration(s), comma-separated, > 0")
+    parser.add_argument("--draws", type=int, default=10, help="dirichlet / missing: seeded draws per setting")
+    parser.add_argument("--size", type=int, default=2000, help="dirichlet: images per drawn test set")
+    parser.add_argument("--missing_fraction", default="0.3", help="missing: fraction(s) of classes without images")
+    parser.add_argument("--stream_batch", default="1,16,128", help="streaming: batch size(s), comma-separated")
+    parser.add_argument("--protocol_seed", type=int, default=0, help="seed of the drawn subsets and stream order")
+    return parser
+
+
+def test_sets(args, data):
+    """Ordered ``{name: test-set indices}`` of a subset protocol (everything but streaming)."""
+    if args.protocol not in PROTOCOLS:
+        raise UserError(f"--protocol {args.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    targets, C = data.test_targets, data.num_classes
+    try:
+        if args.protocol == "distributions":
+            available = data.test_distributions()
+            return OrderedDict((n, available[n]) for n in select_distributions(list(available), args.distributions))
+        out = OrderedDict()
+        if args.protocol == "dirichlet":
+            for alpha in _numbers(args.alpha, "--alpha"):
+                if alpha <= 0:
+                    raise UserError(f"--alpha {alpha:g}: expected a number > 0")
+                if args.size > len(targets):
+                    raise UserError(f"--size {args.size}: a Dirichlet draw larger than the test set "
+                                    f"({len(targets)} images)")
+                out.update(test_protocols.dirichlet(targets, C, alpha, args.draws, args.size, args.protocol_seed))
+        elif args.protocol == "missing":
+            for fraction in _numbers(args.missing_fraction, "--missing_fraction"):
+                out.update(test_protocols.missing_classes(targets, C, fraction, args.draws, args.protocol_seed))
+        return out
+    except ValueError as e:  # a count or fraction the protocol functions refuse
+        raise UserError(f"--protocol {args.protocol}: {e}")
+
+
+def stream_batch_sizes(args):
+    sizes = _numbers(args.stream_batch, "--stream_batch", int)
+    if any(b < 1 for b in sizes):
+        raise UserError(f"--stream_batch {args.stream_batch!r}: batch sizes must be >= 1")
+    return sizes
+
+
+def group_of(name):
+    """``dirichlet1_3`` -> ``dirichlet1`` (the setting of a draw); other names are their own group."""
+    return re.sub(r"_\d+$", "", name)
+
+
+def summarise(rows, keys=("top1", "top1_average")):
+    """Mean and standard deviation over the draws of each group: ``{group: {key_mean, key_std, draws}}``."""
+    groups = OrderedDict()
+    for name, row in rows.items():
+        groups.setdefault(group_of(name), []).append(row)
+    out = OrderedDict()
+    for group, members in groups.items():
+        if len(members) < 2:
+            continue
+        entry = {"draws": len(members)}
+        for key in keys:
+            values = np.array([m[key] for m in members if key in m], dtype=float)
+            if len(values):
+                entry[f"{key}_mean"], entry[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1))
+        out[group] = entry
+    return out
+
+
+def format_summary(summary):
+    lines = []
+    for group, s in summary.items():
+        parts = [f"{group} ({s['draws']} draws):"]
+        for key in ("top1", "top1_average"):
+            if f"{key}_mean" in s:
+                label = "method" if key == "top1" else "expert average"
+                parts.append(f"{label} {100 * s[key + '_mean']:.1f} +- {100 * s[key + '_std']:.1f}")
+        lines.append(" ".join(parts))
+    return "\n".join(lines)
