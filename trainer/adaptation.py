@@ -50,14 +50,15 @@ def context_for(method, trained, device, name, indices, seed, targets, reference
     return ctx
 
 
-def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1, report=None):
+def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1, report=None, reference=None):
     """``{name: results row}`` of ``method`` on each test set (``{name: test-set indices}``): top-1
     and many/medium/few of the method, ``top1_average`` (the plain expert average on the same
     images, so a loss is visible), and the method's own JSON-able facts (weights, prior, ...).
-    ``report(name, row, out)`` is called after each test set."""
+    ``report(name, row, out)`` is called after each test set; ``reference`` may share one
+    ``ReferenceLogits`` between calls."""
     data = trained.data
     shot_masks = data.shot_masks()
-    reference = ReferenceLogits(trained, device)
+    reference = reference or ReferenceLogits(trained, device)
     results = OrderedDict()
     for d, (name, indices) in enumerate(test_sets.items()):
         ctx = context_for(method, trained, device, name, indices, seed * 1000 + d, targets, reference)
@@ -76,7 +77,7 @@ def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1
     return results
 
 
-def run_stream(method, trained, clean_logits, targets, batch_sizes, device, seed=0, method_seed=1):
+def run_stream(method, trained, clean_logits, targets, batch_sizes, device, seed=0, method_seed=1, reference=None):
     """The streaming protocol: ``{"stream_b{B}": results row}``. The whole test set comes in a
     seeded order in batches of B; the method's online adapter predicts each batch before it learns
     from it (``OnlineAdapter.step``). A method without ``online()`` cannot stream."""
@@ -87,7 +88,7 @@ def run_stream(method, trained, clean_logits, targets, batch_sizes, device, seed
     order = torch.as_tensor(stream_order(targets.numpy(), seed))
     everything = np.arange(len(targets))
     ctx = context_for(method, trained, device, "stream", everything, method_seed, targets,
-                      ReferenceLogits(trained, device))
+                      reference or ReferenceLogits(trained, device))
     results = OrderedDict()
     for b in batch_sizes:
         adapter = method.online(ctx)

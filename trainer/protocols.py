@@ -36,7 +36,8 @@ def add_protocol_args(parser):
     parser.add_argument("--protocol", default="distributions", help=f"one of {', '.join(PROTOCOLS)}")
     parser.add_argument("--alpha", default="0.1,1,10", help="dirichlet: concentration(s), comma-separated, > 0")
     parser.add_argument("--draws", type=int, default=10, help="dirichlet / missing: seeded draws per setting")
-    parser.add_argument("--size", type=int, default=2000, help="dirichlet: images per drawn test set")
+    parser.add_argument("--size", type=int, help="dirichlet: images per drawn test set (default 2000, or the "
+                        "test set's size if smaller)")
     parser.add_argument("--missing_fraction", default="0.3", help="missing: fraction(s) of classes without images")
     parser.add_argument("--stream_batch", default="1,16,128", help="streaming: batch size(s), comma-separated")
     parser.add_argument("--protocol_seed", type=int, default=0, help="seed of the drawn subsets and stream order")
@@ -54,13 +55,14 @@ def test_sets(args, data):
             return OrderedDict((n, available[n]) for n in select_distributions(list(available), args.distributions))
         out = OrderedDict()
         if args.protocol == "dirichlet":
+            size = min(2000, len(targets)) if args.size is None else args.size
             for alpha in _numbers(args.alpha, "--alpha"):
                 if alpha <= 0:
                     raise UserError(f"--alpha {alpha:g}: expected a number > 0")
-                if args.size > len(targets):
-                    raise UserError(f"--size {args.size}: a Dirichlet draw larger than the test set "
+                if size > len(targets):
+                    raise UserError(f"--size {size}: a Dirichlet draw larger than the test set "
                                     f"({len(targets)} images)")
-                out.update(test_protocols.dirichlet(targets, C, alpha, args.draws, args.size, args.protocol_seed))
+                out.update(test_protocols.dirichlet(targets, C, alpha, args.draws, size, args.protocol_seed))
         elif args.protocol == "missing":
             for fraction in _numbers(args.missing_fraction, "--missing_fraction"):
                 out.update(test_protocols.missing_classes(targets, C, fraction, args.draws, args.protocol_seed))

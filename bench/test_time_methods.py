@@ -1,0 +1,140 @@
+"""Every test-time method on every protocol, from one pass of clean logits (the views of
+self-supervised aggregation aside): top-1 per test set, the mean over the eleven distributions, the
+worst difference from the plain expert average, and seconds per method.
+
+    python bench/test_time_methods.py CHECKPOINT [-d DEVICE] [--data_dir PATH] [--skip_views]
+        [--draws 10] [--size 2000] [--stream_batch 1,16,128] [--out RESULTS.json]
+
+Methods: the plain expert average, each single expert, self-supervised aggregation (TADE's; the
+network runs on augmented views, minutes on a CPU; ``--skip_views`` leaves it out), EM, MAP, the
+safe default (``configs/test_time_<family>_prior.json``'s SafePrior), its online form on the stream,
+and the oracle prior (uses the test labels: a ceiling, never a method). Protocols: the eleven
+distributions, Dirichlet shift (alpha 0.1, 1, 10), missing classes (30 %), streaming.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from trainer.adaptation import ReferenceLogits, run_method, run_stream  # noqa: E402
+from trainer.forward import collect_expert_logits  # noqa: E402
+from trainer.protocols import add_protocol_args, summarise, test_sets  # noqa: E402
+from utils.build import build_test_time_method, load_trained  # noqa: E402
+from utils.parse_config import ConfigParser  # noqa: E402
+import trainer.test_time as methods  # noqa: E402
+
+ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
+
+
+def family_config(kind, dataset_type):
+    """configs/test_time_<family>_<kind>.json for the checkpoint's data module."""
+    name = dataset_type.lower()
+    for family in ("cifar100", "cifar10", "digits", "imagenet_lt", "places_lt", "inat"):
+        if name.startswith(family.replace("_", "")) or (family == "inat" and name.startswith("inaturalist")):
+            return ROOT / "configs" / f"test_time_{family}_{kind}.json"
+    raise SystemExit(f"no test-time config family for data_loader.type {dataset_type}")
+
+
+def method_list(trained, skip_views):
+    dataset = trained.config["data_loader"]["type"]
+    prior_cfg = ConfigParser(json.loads(family_config("prior", dataset).read_text()), "prior config")
+    shared = {k: v for k, v in prior_cfg["test_time"]["args"].items()
+              if k in ("source_prior", "temperature", "bias", "tol", "max_iter")}
+    out = [("expert average", methods.ExpertAverage())]
+    out += [(f"expert {k + 1} alone", methods.SingleExpert(k)) for k in range(trained.net.num_experts)]
+    if not skip_views:
+        out.append(("self-supervised aggregation (TADE)", build_test_time_method(family_config("tade", dataset))[0]))
+    out += [("EM", methods.EMPrior(**shared)), ("MAP", methods.MAPPrior(**shared)),
+            ("SafePrior (default)", prior_cfg.init_obj("test_time", methods)),
+            ("oracle prior (uses test labels)", methods.OraclePrior(**shared))]
+    return out
+
+
+def short(name):
+    for word, s in ABBREV.items():
+        if name.startswith(word):
+            return s + name[len(word):]
+    return name
+
+
+def table(rows, names, plain_key="expert average"):
+    head = ["method", *[short(n) for n in names], "mean", "worst vs plain", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    plain = rows[plain_key]["results"]
+    for label, entry in rows.items():
+        res = entry["results"]
+        acc = [100 * res[n]["top1"] for n in names]
+        worst = min(100 * (res[n]["top1"] - plain[n]["top1"]) for n in names)
+        lines.append(f"| {label} | " + " | ".join(f"{a:.1f}" for a in acc)
+                     + f" | {sum(acc) / len(acc):.2f} | {worst:+.2f} | {entry['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def summary_table(rows):
+    groups = list(next(iter(rows.values()))["summary"])
+    head = ["method", *[f"{g} mean +- std" for g in groups], "worst draw vs plain", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    plain = rows["expert average"]["results"]
+    for label, entry in rows.items():
+        s, res = entry["summary"], entry["results"]
+        cells = [f"{100 * s[g]['top1_mean']:.1f} +- {100 * s[g]['top1_std']:.1f}" for g in groups]
+        worst = min(100 * (res[n]["top1"] - plain[n]["top1"]) for n in res)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {worst:+.2f} | {entry['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("-d", "--device", default="cpu")
+    p.add_argument("--data_dir")
+    p.add_argument("--skip_views", action="store_true", help="leave out self-supervised aggregation (slow)")
+    p.add_argument("--out")
+    add_protocol_args(p)
+    p.set_defaults(distributions="all")
+    args = p.parse_args()
+    overrides = [("data_loader.args.data_dir", args.data_dir, "--data_dir")]
+    trained = load_trained(args.checkpoint, None, overrides, args.device)
+    start = time.perf_counter()
+    clean, targets = collect_expert_logits(trained.net, trained.data.test_loader(device=args.device), args.device,
+                                           trained.perf)
+    print(f"one pass over the test set: {time.perf_counter() - start:.1f} s", flush=True)
+    report = {"checkpoint": args.checkpoint, "protocols": {}}
+    reference = ReferenceLogits(trained, args.device)  # the training images' logits, computed once
+    all_methods = method_list(trained, args.skip_views)
+    for protocol in ("distributions", "dirichlet", "missing", "streaming"):
+        args.protocol = protocol
+        rows = {}
+        for label, method in all_methods:
+            if protocol == "streaming" and type(method).online is methods.TestTimeMethod.online:
+                continue  # no online form (self-supervised aggregation)
+            if protocol != "distributions" and method.needs_views:
+                continue  # minutes per test set: the eleven distributions only
+            t0 = time.perf_counter()
+            if protocol == "streaming":
+                sizes = [int(b) for b in args.stream_batch.split(",")]
+                results = run_stream(method, trained, clean, targets, sizes, args.device, args.protocol_seed,
+                                     reference=reference)
+            else:
+                results = run_method(method, trained, clean, targets, test_sets(args, trained.data), args.device,
+                                     reference=reference)
+            seconds = time.perf_counter() - t0
+            rows[label] = {"results": results, "summary": summarise(results), "seconds": seconds}
+            print(f"  {protocol}: {label} {seconds:.1f} s", flush=True)
+        names = list(rows["expert average"]["results"])
+        text = summary_table(rows) if protocol in ("dirichlet", "missing") else table(rows, names)
+        print(f"\n{protocol} (top-1 %)\n{text}\n", flush=True)
+        report["protocols"][protocol] = {k: {"results": v["results"], "summary": v["summary"],
+                                             "seconds": v["seconds"]} for k, v in rows.items()}
+        report["protocols"][protocol]["table"] = text
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("test_time_methods.json")
+    out.write_text(json.dumps(report, indent=1, default=float))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The test protocols and the prior methods through the scripts: test.py and test_train.py with
+--protocol, the shipped safe default, the oracle marked as such, streaming, the benchmark, bad input."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, assert_one_line_error, run_script, write_config
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("protocols")
+    proc = run_script("train.py", "-c", "configs/config_digits_lt_tade.json", "--epochs", "2", "--save_dir",
+                      root, "--run_id", "r", "--set", "trainer.tensorboard=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return next(Path(root).glob("*/r/last.pth"))
+
+
+def test_test_py_dirichlet_and_missing_protocols(ckpt, tmp_path):
+    out = tmp_path / "dir.json"
+    proc = run_script("test.py", "-r", ckpt, "--protocol", "dirichlet", "--alpha", "1,10", "--draws", "3",
+                      "--size", "60", "--out", out, "--save_logits")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    assert payload["protocol"] == "dirichlet"
+    assert list(payload["distributions"]) == [f"dirichlet{a}_{k}" for a in (1, 10) for k in range(3)]
+    assert all(r["num_images"] == 60 for r in payload["distributions"].values())
+    top1 = [payload["distributions"][f"dirichlet1_{k}"]["top1"] for k in range(3)]
+    s = payload["summary"]["dirichlet1"]
+    assert s["draws"] == 3 and s["top1_mean"] == pytest.approx(np.mean(top1))
+    assert s["top1_std"] == pytest.approx(np.std(top1, ddof=1))
+    import torch
+    saved = torch.load(out.with_name("dir_logits.pt"), weights_only=True)
+    idx = saved["distributions"]["dirichlet1_0"]
+    assert len(set(idx.tolist())) == 60 and int(idx.max()) < len(saved["targets"])  # inside the test set
+    out = tmp_path / "miss.json"
+    proc = run_script("test.py", "-r", ckpt, "--protocol", "missing", "--missing_fraction", "0.3", "--draws", "2",
+                      "--out", out, "--save_logits")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(out.with_name("miss_logits.pt"), weights_only=True)
+    for k in range(2):
+        present = torch.unique(saved["targets"][saved["distributions"][f"missing0.3_{k}"]])
+        assert len(present) == 7  # 3 of the 10 classes have no image
+
+
+def test_test_train_py_runs_the_safe_default_and_marks_the_oracle(ckpt, tmp_path):
+    out = tmp_path / "safe.json"
+    proc = run_script("test_train.py", "-c", "configs/test_time_digits_prior.json", "-r", ckpt, "--out", out,
+                      "--distributions", "forward50,uniform,backward50")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    assert payload["method"] == "SafePrior"
+    for row in payload["distributions"].values():
+        assert len(row["prior"]) == 10 and sum(row["prior"]) == pytest.approx(1, abs=1e-4)
+        assert isinstance(row["shift_detected"], bool) and 0 <= row["top1_average"] <= 1
+    oracle = write_config(tmp_path / "oracle.json", {"test_time": {"type": "OraclePrior", "args": {}}})
+    proc = run_script("test_train.py", "-c", oracle, "-r", ckpt, "--out", tmp_path / "o.json",
+                      "--distributions", "backward50")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "oracle" in json.loads((tmp_path / "o.json").read_text())["method"].lower()
+    assert "reads the test labels" in proc.stdout
+
+
+def test_no_shipped_config_selects_the_oracle():
+    for path in (ROOT / "configs").glob("test_time_*.json"):
+        assert "oracle" not in json.loads(path.read_text())["test_time"].get("type", "").lower(), path
+
+
+def test_streaming_protocol_and_what_cannot_stream(ckpt, tmp_path):
+    out = tmp_path / "stream.json"
+    proc = run_script("test_train.py", "-c", "configs/test_time_digits_prior.json", "-r", ckpt, "--out", out,
+                      "--protocol", "streaming", "--stream_batch", "1,64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["distributions"]
+    assert list(rows) == ["stream_b1", "stream_b64"]
+    assert all(r["num_images"] == 500 and r["images_seen"] == 500 for r in rows.values())
+    assert rows["stream_b1"]["batches"] == 500 and rows["stream_b64"]["batches"] == 8
+    assert_one_line_error(run_script("test_train.py", "-c", "configs/test_time_digits_tade.json", "-r", ckpt,
+                                     "--protocol", "streaming"), "SelfSupervisedAggregation", "stream")
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--protocol", "sideways"], ["--protocol", "sideways", "dirichlet"]),
+    (["--protocol", "dirichlet", "--alpha", "0"], ["--alpha", "> 0"]),
+    (["--protocol", "dirichlet", "--size", "5000"], ["--size 5000", "larger than the test set"]),
+    (["--protocol", "streaming", "--stream_batch", "0"], ["--stream_batch", ">= 1"]),
+    (["--protocol", "dirichlet", "--draws", "0"], ["draws"]),
+])
+def test_bad_protocol_values_are_one_line_errors(ckpt, args, fragments):
+    assert_one_line_error(run_script("test.py", "-r", ckpt, *args), *fragments)
+
+
+def test_bad_test_time_config_values_are_one_line_errors(ckpt, tmp_path):
+    cases = [({"type": "Magic"}, ["test_time.type 'Magic'", "SafePrior"]),
+             ({"type": "SafePrior", "args": {"strength": "lots"}}, ["strength"]),
+             ({"type": "MAPPrior", "args": {"pseudo_count": 0}}, ["pseudo_count"]),
+             ({"type": "EMPrior", "args": {"epochs": 3}}, ["do not fit EMPrior"])]
+    for section, fragments in cases:
+        path = write_config(tmp_path / "bad.json", {"test_time": section})
+        assert_one_line_error(run_script("test_train.py", "-c", path, "-r", ckpt), "bad.json", *fragments)
+
+
+def test_methods_benchmark_runs_every_method_on_every_protocol(ckpt, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_script("bench/test_time_methods.py", ckpt, "--skip_views", "--draws", "2", "--size", "50",
+                      "--alpha", "1", "--stream_batch", "32", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())["protocols"]
+    assert set(report) == {"distributions", "dirichlet", "missing", "streaming"}
+    methods = set(report["distributions"]) - {"table"}
+    assert {"expert average", "EM", "MAP", "SafePrior (default)", "oracle prior (uses test labels)"} <= methods
+    assert len(report["distributions"]["EM"]["results"]) == 11
+    assert "| SafePrior (default) |" in report["dirichlet"]["table"]
