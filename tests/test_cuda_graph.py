@@ -2,6 +2,7 @@
 eager step; on a GPU the graph replays equal the eager steps, and the three scripts run with
 -d cuda (these run where CUDA is present: bench/gpu_checks.sh runs them on the device machine)."""
 import copy
+import types
 import math
 
 import pytest
@@ -86,6 +87,56 @@ def test_graph_replays_equal_eager_steps(amp, loss):
     assert graphed.captures == 3
     for (name, a), b in zip(models["eager"].state_dict().items(), models["graph"].state_dict().values()):
         torch.testing.assert_close(b.float(), a.float(), rtol=1e-4, atol=1e-5, msg=name)
+
+
+@cuda
+def test_one_graph_replays_across_epochs_at_a_constant_lr():
+    """The common case: the lr stays put, so the graph captured in epoch 1 is replayed in every
+    epoch; each epoch's shorter last batch runs eagerly; the capture never happens on the short
+    batch, even when it is the first batch after the warm-up steps."""
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    counts = [40, 20, 10, 5, 3]
+    torch.manual_seed(0)
+    net = ExpertResNetCifar((1, 1, 1), num_classes=5, num_experts=3).cuda().to(memory_format=torch.channels_last)
+    models = {"eager": net, "graph": copy.deepcopy(net)}
+    crits = {k: DiverseExpertLoss(counts).cuda() for k in models}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            for k, m in models.items()}
+    eager = _eager_step(models["eager"], crits["eager"], opts["eager"], None)
+    graphed = GraphedTrainStep(models["graph"], crits["graph"], opts["graph"],
+                               _eager_step(models["graph"], crits["graph"], opts["graph"], None), None)
+    g = torch.Generator().manual_seed(2)
+    sizes = (16, 16, 16, 7)  # 3 warm-up steps, then the short batch: it must run eagerly, not be captured
+    for epoch in range(4):
+        for step, size in enumerate(sizes):
+            x = torch.randn(size, 3, 32, 32, generator=g).cuda().contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 5, (size,), generator=g).cuda()
+            out_e, loss_e = eager(x, y)
+            out_g, loss_g = graphed(x, y)
+            torch.testing.assert_close(loss_g, loss_e, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out_g, out_e, rtol=1e-3, atol=1e-3)
+            if epoch == 0 and step == 3:
+                assert graphed.graph is None  # no capture on the short batch
+    assert graphed.captures == 1 and graphed.key[0][0] == 16  # captured once, on a full batch, then replayed
+    for (name, a), b in zip(models["eager"].state_dict().items(), models["graph"].state_dict().values()):
+        torch.testing.assert_close(b.float(), a.float(), rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_short_batch_is_never_captured_cpu_logic():
+    """The capture rule without a GPU: after warm-up, a batch smaller than one already seen runs
+    the eager step (GraphedTrainStep's bookkeeping, with capture and replay stubbed out)."""
+    calls = []
+    step = GraphedTrainStep(None, None, types.SimpleNamespace(param_groups=[{"lr": 0.1}]),
+                            lambda x, y, mix=None: calls.append(("eager", x.shape[0])) or (x, x), warmup=3)
+    step._warmup_step = lambda x, y, mix=None: (calls.append(("warm", x.shape[0])), step.__setattr__(
+        "warm_steps", step.warm_steps + 1))[0] or (x, x)
+    step._capture = lambda x, y, mix, key: calls.append(("capture", x.shape[0])) or step.__setattr__("key", key) \
+        or step.__setattr__("graph", types.SimpleNamespace(replay=lambda: calls.append(("replay", 0))))
+    step.static_output = step.static_loss = None
+    step.static_x, step.static_y = torch.zeros(16, 1), torch.zeros(16)
+    for size in (16, 16, 16, 7, 16, 16, 7):
+        step(torch.zeros(size, 1), torch.zeros(size))
+    assert calls == [("warm", 16)] * 3 + [("eager", 7), ("capture", 16), ("replay", 0), ("replay", 0), ("eager", 7)]
 
 
 @cuda

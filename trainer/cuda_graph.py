@@ -52,6 +52,7 @@ class GraphedTrainStep:
         self.key = None
         self.captures = 0
         self.side_stream = None
+        self.largest_batch = 0  # a batch smaller than one already seen (an epoch's last) is never captured
 
     def _key(self, x, y, mix=None):
         state = self.criterion.schedule_state() if hasattr(self.criterion, "schedule_state") else None
@@ -95,10 +96,12 @@ class GraphedTrainStep:
         self.captures += 1
 
     def __call__(self, x, y, mix=None):
+        short = x.shape[0] < self.largest_batch
+        self.largest_batch = max(self.largest_batch, x.shape[0])
         if self.warm_steps < self.warmup:
             return self._warmup_step(x, y, mix)
         key = self._key(x, y, mix)
-        if self.graph is not None and key[:3] != self.key[:3]:
+        if short or (self.graph is not None and key[:3] != self.key[:3]):
             return self._eager(x, y, mix)  # a shorter last batch: not worth a graph of its own
         if self.graph is None or key != self.key:
             self._capture(x, y, mix, key)  # records without running: the replay below runs it
