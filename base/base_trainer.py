@@ -9,8 +9,6 @@ import logging
 import math
 from pathlib import Path
 
-import torch
-
 from utils.checkpoint import load_checkpoint, load_model_weights, remove_stale_temp_files, save_checkpoint
 from utils.errors import Interrupted, UserError, sigint_deferred
 from utils.runtime import unwrap

@@ -16,7 +16,6 @@ through torch's restricted unpickler, which calls nothing but the objects we han
 - anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ``torch.load``...) makes
   the file refused, before anything is unpickled.
 """
-import io
 import os
 import pickle
 import re
