@@ -55,9 +55,9 @@ def _eager_step(model, criterion, optimizer, amp):
     return step
 
 
-@cuda
-@pytest.mark.parametrize("amp,loss", [(None, "tade"), (torch.bfloat16, "tade"), (None, "ride")])
-def test_graph_replays_equal_eager_steps(amp, loss):
+def _eager_and_graphed(loss, amp):
+    """Two copies of one ResNet-8 with their loss and SGD: one stepped eagerly, one through
+    GraphedTrainStep (models, losses, optimisers, eager step, graphed step)."""
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     counts = [40, 20, 10, 5, 3]
     torch.manual_seed(0)
@@ -70,6 +70,13 @@ def test_graph_replays_equal_eager_steps(amp, loss):
     eager = _eager_step(models["eager"], crits["eager"], opts["eager"], amp)
     graphed = GraphedTrainStep(models["graph"], crits["graph"], opts["graph"],
                                _eager_step(models["graph"], crits["graph"], opts["graph"], amp), amp)
+    return models, crits, opts, eager, graphed
+
+
+@cuda
+@pytest.mark.parametrize("amp,loss", [(None, "tade"), (torch.bfloat16, "tade"), (None, "ride")])
+def test_graph_replays_equal_eager_steps(amp, loss):
+    models, crits, opts, eager, graphed = _eager_and_graphed(loss, amp)
     g = torch.Generator().manual_seed(1)
     for epoch in range(3):
         for opt in opts.values():  # a scheduler's change: the graph is captured again
@@ -94,17 +101,7 @@ def test_one_graph_replays_across_epochs_at_a_constant_lr():
     """The common case: the lr stays put, so the graph captured in epoch 1 is replayed in every
     epoch; each epoch's shorter last batch runs eagerly; the capture never happens on the short
     batch, even when it is the first batch after the warm-up steps."""
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    counts = [40, 20, 10, 5, 3]
-    torch.manual_seed(0)
-    net = ExpertResNetCifar((1, 1, 1), num_classes=5, num_experts=3).cuda().to(memory_format=torch.channels_last)
-    models = {"eager": net, "graph": copy.deepcopy(net)}
-    crits = {k: DiverseExpertLoss(counts).cuda() for k in models}
-    opts = {k: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-            for k, m in models.items()}
-    eager = _eager_step(models["eager"], crits["eager"], opts["eager"], None)
-    graphed = GraphedTrainStep(models["graph"], crits["graph"], opts["graph"],
-                               _eager_step(models["graph"], crits["graph"], opts["graph"], None), None)
+    models, crits, opts, eager, graphed = _eager_and_graphed("tade", None)
     g = torch.Generator().manual_seed(2)
     sizes = (16, 16, 16, 7)  # 3 warm-up steps, then the short batch: it must run eagerly, not be captured
     for epoch in range(4):
