@@ -11,10 +11,12 @@ from pathlib import Path
 
 from utils.checkpoint import load_checkpoint, load_model_weights, remove_stale_temp_files, save_checkpoint
 from utils.errors import Interrupted, UserError, sigint_deferred
+from utils.results import write_history_csv
 from utils.runtime import unwrap
 from utils.seed import get_rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = "tade-checkpoint/1"
+SELECT_ON = ("validation", "test", "last")  # trainer.select_on: what chooses model_best.pth
 
 
 class BaseTrainer:
@@ -45,6 +47,19 @@ class BaseTrainer:
                 raise UserError(f"config {config.source}: trainer.monitor mode must be min or max, got "
                                 f"{self.mnt_mode!r}")
         self.mnt_best = -math.inf if self.mnt_mode == "max" else math.inf
+        # What chooses model_best.pth: the validation split (default), the test set (the reference
+        # release's choice, named so in the log and the checkpoint), or nothing ("last").
+        self.select_on = cfg.get("select_on", "validation")
+        if self.select_on not in SELECT_ON:
+            raise UserError(f"config {config.source}: trainer.select_on {self.select_on!r}: expected one of "
+                            f"{', '.join(repr(v) for v in SELECT_ON)}")
+        if self.select_on == "last":
+            self.mnt_mode, self.mnt_metric = "off", None
+        if self.mnt_mode != "off" and self.mnt_metric.startswith("test_"):
+            raise UserError(f"config {config.source}: trainer.monitor {self.mnt_metric} would choose model_best.pth "
+                            "on the test set; monitor a val_ metric, or set trainer.select_on to \"test\" to choose on "
+                            "the test set knowingly (val_ metrics are then the test set's)")
+        self.history = []  # one dict per finished epoch (epochs.csv; kept in checkpoints for resume)
         self.last_saved_epoch = 0  # epochs held by last.pth
         self.use_tensorboard = bool(cfg.get("tensorboard", True))
         self.writer = None  # opened by train(): a refused resume leaves the run folder as it was
@@ -107,6 +122,7 @@ class BaseTrainer:
         return better
 
     def _log_epoch(self, log):
+        self.history.append(dict(log))
         if not self.runtime.is_main:
             return
         self.logger.info("epoch %d: %s", log["epoch"],
@@ -128,9 +144,15 @@ class BaseTrainer:
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "monitor_best": float(self.mnt_best),
+            "selected_on": self.selected_on(),
+            "history": [dict(row) for row in self.history],
             "config": self.config.config,
             "rng": get_rng_state(),
         }
+
+    def selected_on(self):
+        """Which split the monitor reads ("validation", "test") or "none" (monitor off)."""
+        return "none" if self.mnt_mode == "off" else self.select_on
 
     def _save_epoch(self, epoch, improved):
         if not self.runtime.is_main:
@@ -140,14 +162,14 @@ class BaseTrainer:
         if self.save_period and (epoch + 1) % self.save_period == 0:
             copies.append(self.run_dir / f"checkpoint-epoch{epoch + 1}.pth")
         if improved:
-            # Selected on the test split (CIFAR has no validation set): name it for what it is.
             copies.append(self.run_dir / "model_best.pth")
         # last.pth is renamed last: it is the commit point of the epoch (see save_checkpoint).
         save_checkpoint(state, self.run_dir / "last.pth", copies=copies)
         self.last_saved_epoch = epoch + 1
+        write_history_csv(self.history, self.run_dir / "epochs.csv")
         if improved:
-            self.logger.info("model_best.pth: best %s so far on the evaluation split (%.4f)",
-                             self.mnt_metric, self.mnt_best)
+            split = "TEST SET (trainer.select_on test)" if self.select_on == "test" else "validation split"
+            self.logger.info("model_best.pth: best %s so far on the %s (%.4f)", self.mnt_metric, split, self.mnt_best)
 
     def resume(self, path):
         """Continue from a training checkpoint of this framework: model, optimizer, LR schedule,
@@ -173,6 +195,10 @@ class BaseTrainer:
         self.start_epoch = int(ckpt["epoch"])
         self.last_saved_epoch = self.start_epoch
         self.mnt_best = float(ckpt.get("monitor_best", self.mnt_best))
+        self.history = [dict(row) for row in ckpt.get("history", [])]
+        if ckpt.get("selected_on", self.selected_on()) != self.selected_on() and self.runtime.is_main:
+            self.logger.info("the checkpoint's model_best was chosen on %s; from here on it is chosen on %s",
+                             ckpt.get("selected_on"), self.selected_on())
         set_rng_state(ckpt.get("rng"))
         if self.runtime.is_main:
             removed = remove_stale_temp_files(self.run_dir)

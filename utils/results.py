@@ -55,3 +55,10 @@ def _atomic_write(path, text):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_history_csv(history, path):
+    """The per-epoch log (one dict per epoch: loss, accuracy, lr, val_*, test_* ...) as CSV,
+    written atomically; epochs without validation leave those cells empty."""
+    path = Path(path)
+    _atomic_write(path, pd.DataFrame.from_records(history).to_csv(index=False))
