@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on every test class distribution in one pass.
 
     python test.py -r CHECKPOINT [-c CONFIG] [-d DEVICE] [--data_dir PATH]
-                   [--distributions all|uniform|NAME,NAME...] [--out PATH] [--bs N] [--save_logits] [--macs]
+                   [--distributions all|uniform|NAME,NAME...] [--out PATH] [--bs N] [--save_logits [--logits_dtype float16]] [--macs]
                    [--protocol distributions|dirichlet|missing|streaming] [--alpha A,..] [--draws K]
                    [--size N] [--missing_fraction F,..] [--stream_batch B,..] [--protocol_seed S]
 
@@ -13,14 +13,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from model.calibration import distribution_calibration, plot_reliability
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
+from trainer.saved_logits import save_logits
 from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
 from utils.build import load_trained
-from utils.checkpoint import save_checkpoint
 from utils.cli import ArgumentParser, add_evaluation_args
 from utils.errors import cli_entry
 from utils.macs import macs_per_image
@@ -32,7 +31,11 @@ def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="training config (default: the one stored in the checkpoint)")
     add_evaluation_args(p)
-    p.add_argument("--save_logits", action="store_true", help="also save every image's per-expert logits")
+    p.add_argument("--save_logits", action="store_true",
+                   help="also save the per-expert logits of the test set, the validation split and the training "
+                        "images (OUT_logits.npz; bench/test_time_methods.py --logits runs post-hoc methods on it)")
+    p.add_argument("--logits_dtype", default="float32", choices=("float32", "float16"),
+                   help="storage type of --save_logits (float16 halves the file)")
     p.add_argument("--macs", action="store_true", help="print multiply-accumulates per image (G)")
     add_protocol_args(p)
     return p
@@ -86,10 +89,18 @@ def main(argv=None):
                            title=f"{Path(args.resume).name}, {shown}: ensemble reliability")
     print(f"wrote {json_path}, {csv_path} and {png} ({shown})")
     if args.save_logits:
-        logits_path = out.with_name(out.stem + "_logits.pt")
-        save_checkpoint({"logits": logits, "targets": targets,
-                         "distributions": {n: torch.as_tensor(np.asarray(selected[n])) for n in names}}, logits_path)
-        print(f"wrote {logits_path} (per-expert logits [N, E, C], targets, distribution indices)")
+        splits = {"test": (logits, targets)}
+        if data.has_validation:
+            splits["validation"] = collect_expert_logits(net, data.validation_loader(device=device), device,
+                                                         trained.perf, desc="validation images")
+        splits["training"] = collect_expert_logits(net, data.reference_loader(device=device), device, trained.perf,
+                                                   desc="training images")
+        meta = {"checkpoint": str(args.resume), "checkpoint_epoch": epoch, "data_loader": config["data_loader"]["type"],
+                "num_experts": net.num_experts, "validation_info": data.validation_info, "protocol": args.protocol}
+        logits_path = save_logits(out.with_name(out.stem + "_logits.npz"), splits, data.cls_num_list, selected, meta,
+                                  dtype=args.logits_dtype)
+        print(f"wrote {logits_path} (per-expert logits [N, E, C] and targets of {', '.join(splits)}; "
+              "distribution indices)")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     method, tt = load_method(args, parser)
     device, _ = parse_device(args.device)
-    trained = load_trained(args.resume, None, parser.overrides(args), device)
+    overrides = parser.overrides(args)
+    if "validation" in tt["test_time"]:  # this method's own validation-split size (CIFAR-LT, Digits-LT)
+        overrides.append(("data_loader.args.validation", tt["test_time"]["validation"],
+                          f"config {args.config}: test_time.validation"))
+    trained = load_trained(args.resume, None, overrides, device)
     data = trained.data
     try:
         method.check(data)  # settings the data module cannot honour fail before any work

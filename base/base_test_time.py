@@ -41,6 +41,10 @@ class TestTimeContext:
     two_view_loader: Optional[Callable] = None
     # allowed reference data: clean logits of the *training* images (test transform), computed on first use.
     reference_logits: Optional[Callable] = None  # () -> (logits [N_train, E, C], targets [N_train])
+    # allowed held-out data: clean logits of the validation split (never trained on, not the test set);
+    # None when the data module has none.
+    validation_logits: Optional[Callable] = None  # () -> (logits [N_val, E, C], targets [N_val])
+    validation_info: Optional[dict] = None  # the data module's validation_info (where the split came from)
     # uses_test_labels only (oracles): the labels of this test set.
     targets: Optional[torch.Tensor] = None
 

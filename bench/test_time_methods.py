@@ -4,6 +4,11 @@ worst difference from the plain expert average, and seconds per method.
 
     python bench/test_time_methods.py CHECKPOINT [-d DEVICE] [--data_dir PATH] [--skip_views]
         [--draws 10] [--size 2000] [--stream_batch 1,16,128] [--out RESULTS.json]
+    python bench/test_time_methods.py --logits SAVED_LOGITS.npz [--out RESULTS.json]
+
+``--logits``: every logits-only method from a file of ``test.py --save_logits`` (or a recorded
+run's ``logits.npz``), in seconds, with no network and no data (self-supervised aggregation,
+which needs the network, is left out).
 
 Methods: the plain expert average, each single expert, self-supervised aggregation (TADE's; the
 network runs on augmented views, minutes on a CPU; ``--skip_views`` leaves it out), EM, MAP, the
@@ -20,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.adaptation import ReferenceLogits, run_method, run_stream  # noqa: E402
+from trainer.adaptation import ReferenceLogits, run_method, run_stream, validation_source  # noqa: E402
+from trainer.saved_logits import load_logits  # noqa: E402
 from trainer.forward import collect_expert_logits  # noqa: E402
 from trainer.protocols import add_protocol_args, summarise, test_sets  # noqa: E402
 from utils.build import build_test_time_method, load_trained  # noqa: E402
@@ -31,26 +37,37 @@ ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
 
 
 def family_config(kind, dataset_type):
-    """configs/test_time_<family>_<kind>.json for the checkpoint's data module."""
+    """configs/test_time_<family>_<kind>.json for a data module's type (ours, the earlier names, and
+    the reference release's ``Imbalance*`` names)."""
     name = dataset_type.lower()
+    name = name[len("imbalance"):] if name.startswith("imbalance") else name
     for family in ("cifar100", "cifar10", "digits", "imagenet_lt", "places_lt", "inat"):
         if name.startswith(family.replace("_", "")) or (family == "inat" and name.startswith("inaturalist")):
             return ROOT / "configs" / f"test_time_{family}_{kind}.json"
     raise SystemExit(f"no test-time config family for data_loader.type {dataset_type}")
 
 
-def method_list(trained, skip_views):
-    dataset = trained.config["data_loader"]["type"]
+TRAINING_CALIBRATION = {"calibration": "training", "source_prior": "reference", "temperature": "fit", "bias": True}
+
+
+def method_list(dataset, num_experts, skip_views):
+    """(label, method) rows: the plain average, each expert, the aggregation (unless skipped), the
+    label-shift methods calibrated on the validation split (the shipped prior config's settings)
+    and, beside them, on the training images; the oracle rows last."""
     prior_cfg = ConfigParser(json.loads(family_config("prior", dataset).read_text()), "prior config")
     shared = {k: v for k, v in prior_cfg["test_time"]["args"].items()
-              if k in ("source_prior", "temperature", "bias", "tol", "max_iter")}
+              if k in ("calibration", "source_prior", "temperature", "bias", "tol", "max_iter")}
     out = [("expert average", methods.ExpertAverage())]
-    out += [(f"expert {k + 1} alone", methods.SingleExpert(k)) for k in range(trained.net.num_experts)]
+    out += [(f"expert {k + 1} alone", methods.SingleExpert(k)) for k in range(num_experts)]
     if not skip_views:
         out.append(("self-supervised aggregation (TADE)", build_test_time_method(family_config("tade", dataset))[0]))
     out += [("EM", methods.EMPrior(**shared)), ("MAP", methods.MAPPrior(**shared)),
             ("SafePrior (default)", prior_cfg.init_obj("test_time", methods)),
-            ("oracle prior (uses test labels)", methods.OraclePrior(**shared))]
+            ("EM, training-image calibration", methods.EMPrior(**TRAINING_CALIBRATION)),
+            ("SafePrior, training-image calibration", methods.SafePrior(**TRAINING_CALIBRATION, strength=0.75,
+                                                                       min_divergence=0.05)),
+            ("oracle prior (uses test labels)", methods.OraclePrior()),
+            ("oracle prior, calibrated (uses test labels)", methods.OraclePrior(**shared))]
     return out
 
 
@@ -89,7 +106,8 @@ def summary_table(rows):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?")
+    p.add_argument("--logits", help="saved logits (test.py --save_logits, results/*/logits.npz) instead of a checkpoint")
     p.add_argument("-d", "--device", default="cpu")
     p.add_argument("--data_dir")
     p.add_argument("--skip_views", action="store_true", help="leave out self-supervised aggregation (slow)")
@@ -97,15 +115,27 @@ def main():
     add_protocol_args(p)
     p.set_defaults(distributions="all")
     args = p.parse_args()
-    overrides = [("data_loader.args.data_dir", args.data_dir, "--data_dir")]
-    trained = load_trained(args.checkpoint, None, overrides, args.device)
-    start = time.perf_counter()
-    clean, targets = collect_expert_logits(trained.net, trained.data.test_loader(device=args.device), args.device,
-                                           trained.perf)
-    print(f"one pass over the test set: {time.perf_counter() - start:.1f} s", flush=True)
-    report = {"checkpoint": args.checkpoint, "protocols": {}}
-    reference = ReferenceLogits(trained, args.device)  # the training images' logits, computed once
-    all_methods = method_list(trained, args.skip_views)
+    if (args.checkpoint is None) == (args.logits is None):
+        p.error("give a CHECKPOINT or --logits FILE (one of them)")
+    if args.logits:
+        trained = load_logits(args.logits)  # .data and .net: what the methods read
+        all_methods = method_list(trained.data.type_name, trained.net.num_experts, skip_views=True)
+        clean, targets = trained.splits["test"]
+        reference, validation = trained.source("training"), trained.source("validation")
+        source = {"logits": args.logits}
+    else:
+        overrides = [("data_loader.args.data_dir", args.data_dir, "--data_dir")]
+        trained = load_trained(args.checkpoint, None, overrides, args.device)
+        # the methods (and their configs) are checked before the long pass
+        all_methods = method_list(trained.config["data_loader"]["type"], trained.net.num_experts, args.skip_views)
+        start = time.perf_counter()
+        clean, targets = collect_expert_logits(trained.net, trained.data.test_loader(device=args.device),
+                                               args.device, trained.perf)
+        print(f"one pass over the test set: {time.perf_counter() - start:.1f} s", flush=True)
+        reference = ReferenceLogits(trained, args.device)  # the training images' logits, computed once
+        validation = validation_source(trained, args.device)
+        source = {"checkpoint": args.checkpoint}
+    report = {**source, "validation_info": trained.data.validation_info, "protocols": {}}
     for protocol in ("distributions", "dirichlet", "missing", "streaming"):
         args.protocol = protocol
         rows = {}
@@ -118,10 +148,10 @@ def main():
             if protocol == "streaming":
                 sizes = [int(b) for b in args.stream_batch.split(",")]
                 results = run_stream(method, trained, clean, targets, sizes, args.device, args.protocol_seed,
-                                     reference=reference)
+                                     reference=reference, validation=validation)
             else:
                 results = run_method(method, trained, clean, targets, test_sets(args, trained.data), args.device,
-                                     reference=reference)
+                                     reference=reference, validation=validation)
             seconds = time.perf_counter() - t0
             rows[label] = {"results": results, "summary": summarise(results), "seconds": seconds}
             print(f"  {protocol}: {label} {seconds:.1f} s", flush=True)
@@ -131,7 +161,7 @@ def main():
         report["protocols"][protocol] = {k: {"results": v["results"], "summary": v["summary"],
                                              "seconds": v["seconds"]} for k, v in rows.items()}
         report["protocols"][protocol]["table"] = text
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("test_time_methods.json")
+    out = Path(args.out) if args.out else Path(args.checkpoint or args.logits).with_name("test_time_methods.json")
     out.write_text(json.dumps(report, indent=1, default=float))
     print(f"wrote {out}")
 

@@ -131,11 +131,15 @@ def test_test_py_writes_json_csv_and_logits(trained, tmp_path):
     assert csv["distribution"].tolist() == distribution_names()
     assert csv.loc[csv.distribution == "uniform", "top1"].item() == pytest.approx(
         payload["distributions"]["uniform"]["top1"])
-    saved = torch.load(tmp_path / "res" / "eval_logits.pt", weights_only=True)
-    assert saved["logits"].shape == (400, 3, 100)
+    from trainer.saved_logits import load_logits
+    saved = load_logits(tmp_path / "res" / "eval_logits.npz")
+    test_logits, test_targets = saved.splits["test"]
+    assert test_logits.shape == (400, 3, 100) and test_logits.dtype == torch.float32
+    assert saved.splits["training"][0].shape[1:] == (3, 100)
+    assert list(saved.data.distributions) == distribution_names()
     # calibration of the ensemble, from the same logits; the reliability diagram beside the results
     from model.calibration import calibration_metrics
-    uniform = calibration_metrics(saved["logits"].mean(1), saved["targets"], from_logits=True)
+    uniform = calibration_metrics(test_logits.mean(1), test_targets, from_logits=True)
     for key in ("ece", "mce", "nll", "class_tv", "class_kl"):
         assert payload["distributions"]["uniform"][key] == pytest.approx(uniform[key]), key
         assert key in csv.columns

@@ -66,8 +66,12 @@ def context(model, reference_prior=TRAIN_PRIOR, n_ref=3000, scale=1.0, calls=Non
             calls.append(1)
         return ref, y
 
+    # A held-out sample of the same model (a validation split: balanced, like CIFAR's left-over images).
+    zv, yv = model.sample(np.full(C, 1.0 / C), n_ref, seed=98)
+    val = experts(zv, reference_prior) * scale + tilt
+    kw.setdefault("validation_logits", lambda: (val, yv))
     return Context(num_experts=3, num_classes=C, train_prior=torch.tensor(TRAIN_PRIOR),
-                           reference_logits=reference_logits, **kw)
+                   reference_logits=reference_logits, **kw)
 
 
 def accuracy(scores, y):
@@ -78,10 +82,12 @@ def accuracy(scores, y):
 SETTINGS = {  # how the source prior p_s is known, and the calibration
     "uniform": dict(source_prior="uniform", temperature=1.0, bias=False),
     "train": dict(source_prior="train", temperature=1.0, bias=False),
-    "reference": dict(source_prior="reference", temperature=1.0, bias=False),
-    "reference_fit_T": dict(source_prior="reference", temperature="fit", bias=False),
-    "bcts": {},  # the defaults: temperature and class bias fitted on the reference logits
+    "reference": dict(source_prior="reference", temperature=1.0, bias=False, calibration="training"),
+    "reference_fit_T": dict(source_prior="reference", temperature="fit", bias=False, calibration="training"),
+    "bcts": dict(calibration="training"),  # temperature and class bias fitted on the training images' logits
 }
+# SafePrior as it was shipped before the validation split: calibrated on the training images, fixed settings.
+TRAINING_SAFE = dict(calibration="training", strength=0.75, min_divergence=0.05)
 
 
 @pytest.mark.parametrize("shift", list(PRIORS))
@@ -96,7 +102,10 @@ def test_estimators_recover_a_known_prior(method, setting, shift):
     calibrated_for = np.full(C, 1.0 / C) if setting == "uniform" else TRAIN_PRIOR
     logits = experts(z, calibrated_for)
     ctx = context(model, reference_prior=TRAIN_PRIOR)
-    out = method(**SETTINGS[setting]).adapt(logits, ctx)
+    kwargs = dict(SETTINGS[setting])
+    if method is SafePrior:
+        kwargs.update(strength=0.75, min_divergence=0.05)
+    out = method(**kwargs).adapt(logits, ctx)
     est = np.array(out["prior"])
     assert est.sum() == pytest.approx(1.0, abs=1e-9)
     assert np.abs(est - pi).max() < TOL, (est, pi)
@@ -160,7 +169,7 @@ def test_safe_default_leaves_the_plain_average_when_no_shift_is_found():
     ctx = context(model, reference_prior=TRAIN_PRIOR, n_ref=20000)
     z, _ = model.sample(TRAIN_PRIOR, 1000, seed=7)  # the test prior is the training prior: no shift
     logits = experts(z, TRAIN_PRIOR)
-    out = SafePrior().adapt(logits, ctx)
+    out = SafePrior(**TRAINING_SAFE).adapt(logits, ctx)
     assert not out["shift_detected"] and out["p_value"] >= 0.001
     assert torch.equal(out["scores"], logits.float().mean(1))
     assert out["iterations"] == 0 and out["temperature"] == pytest.approx(1.0, abs=0.1)
@@ -170,10 +179,10 @@ def test_safe_default_finds_shift_on_few_images_only_when_strong():
     model = Gaussians()
     ctx = context(model)
     z, _ = model.sample(PRIORS["backward50"], 300, seed=8)
-    out = SafePrior().adapt(experts(z, TRAIN_PRIOR), ctx)
+    out = SafePrior(**TRAINING_SAFE).adapt(experts(z, TRAIN_PRIOR), ctx)
     assert out["shift_detected"]
     z, _ = model.sample(TRAIN_PRIOR, 30, seed=9)
-    out = SafePrior().adapt(experts(z, TRAIN_PRIOR), ctx)
+    out = SafePrior(**TRAINING_SAFE).adapt(experts(z, TRAIN_PRIOR), ctx)
     assert not out["shift_detected"]
 
 
@@ -183,7 +192,7 @@ def test_the_anchor_prior_reproduces_the_plain_average_under_a_fitted_bias():
     ctx = context(model, scale=2.0, tilt=tilt)
     z, _ = model.sample(PRIORS["dirichlet1"], 500, seed=14)
     logits = experts(z, TRAIN_PRIOR) * 2.0 + tilt
-    method = SafePrior()
+    method = SafePrior(**TRAINING_SAFE)
     cal = method.calibration(ctx)
     assert torch.allclose(cal["bias"] - cal["bias"].mean(), -(tilt - tilt.mean()).double() / 2.0, atol=0.15)
     z_cal = method._calibrate(logits.mean(1), cal)
@@ -192,7 +201,7 @@ def test_the_anchor_prior_reproduces_the_plain_average_under_a_fitted_bias():
     # strength interpolates between the plain average (anchor) and the full adjustment
     prior = torch.tensor(PRIORS["backward50"])
     full = torch.log(prior) - torch.log(cal["source_prior"])
-    half = SafePrior(strength=0.5).log_ratio(prior, cal)
+    half = SafePrior(calibration="training", strength=0.5, min_divergence=0.05).log_ratio(prior, cal)
     w0 = torch.log(cal["anchor"]) - torch.log(cal["source_prior"])
     assert torch.allclose(half, 0.5 * w0 + 0.5 * full)
 
@@ -203,10 +212,10 @@ def test_a_significant_but_small_shift_is_left_to_the_plain_average():
     slight = 0.9 * TRAIN_PRIOR + 0.1 * PRIORS["backward50"]  # KL from the training prior ~0.02 nats
     z, _ = model.sample(slight, 20000, seed=15)
     logits = experts(z, TRAIN_PRIOR)
-    out = SafePrior(min_divergence=0.05).adapt(logits, ctx)
+    out = SafePrior(calibration="training", strength=0.75, min_divergence=0.05).adapt(logits, ctx)
     assert out["p_value"] < 1e-3 and out["divergence"] < 0.05 and not out["shift_detected"]
     assert torch.equal(out["scores"], logits.mean(1))
-    assert SafePrior(min_divergence=0.0).adapt(logits, ctx)["shift_detected"]
+    assert SafePrior(calibration="training", strength=0.75, min_divergence=0.0).adapt(logits, ctx)["shift_detected"]
 
 
 def test_chi_squared_tail():
@@ -220,7 +229,7 @@ def test_fitted_temperature_undoes_a_scaling_and_is_computed_once():
     model = Gaussians()
     calls = []
     ctx = context(model, scale=3.0, calls=calls, n_ref=6000)
-    method = EMPrior(source_prior="reference", temperature="fit", bias=False)
+    method = EMPrior(source_prior="reference", temperature="fit", bias=False, calibration="training")
     z, _ = model.sample(PRIORS["backward50"], 500, seed=10)
     first = method.adapt(experts(z, TRAIN_PRIOR) * 3.0, ctx)
     second = method.adapt(experts(z[:100], TRAIN_PRIOR) * 3.0, ctx)
@@ -243,7 +252,7 @@ def test_bias_corrected_calibration_recovers_a_class_bias():
 def test_reference_source_needs_reference_logits():
     ctx = Context(num_experts=3, num_classes=C, train_prior=torch.tensor(TRAIN_PRIOR))
     with pytest.raises(ValueError, match="reference_logits"):
-        EMPrior(source_prior="reference").adapt(torch.randn(4, 3, C), ctx)
+        EMPrior(source_prior="reference", calibration="training").adapt(torch.randn(4, 3, C), ctx)
     out = EMPrior(**SETTINGS["train"]).adapt(torch.randn(4, 3, C), ctx)  # needs none
     assert out["scores"].shape == (4, C)
 
@@ -329,8 +338,11 @@ def test_methods_are_found_by_class_name():
     (SafePrior, {"significance": 1.5}, r"significance 1.5: must be a number in \(0, 1\)"),
     (SafePrior, {"strength": 0}, r"strength 0: must be a number in \(0, 1\]"),
     (SafePrior, {"min_divergence": -0.1}, "min_divergence -0.1: must be a number >= 0"),
-    (EMPrior, {"source_prior": "uniform"}, "bias true with source_prior 'uniform'"),
-    (MAPPrior, {"source_prior": "reference_balanced", "bias": True}, "must be \"reference\" or \"train\""),
+    (EMPrior, {"source_prior": "uniform", "calibration": "training"}, "bias true with source_prior 'uniform'"),
+    (EMPrior, {"calibration": "test"}, "calibration 'test': expected one of"),
+    (SafePrior, {"calibration": "training"}, "auto.* are chosen on the validation split"),
+    (MAPPrior, {"source_prior": "reference_balanced", "bias": True, "calibration": "training"},
+     "must be \"reference\" or \"train\""),
     (OraclePrior, {"source_prior": None}, "source_prior None"),
 ])
 def test_bad_arguments_name_the_argument(cls, kwargs, message):

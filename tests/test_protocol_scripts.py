@@ -32,16 +32,17 @@ def test_test_py_dirichlet_and_missing_protocols(ckpt, tmp_path):
     assert s["draws"] == 3 and s["top1_mean"] == pytest.approx(np.mean(top1))
     assert s["top1_std"] == pytest.approx(np.std(top1, ddof=1))
     import torch
-    saved = torch.load(out.with_name("dir_logits.pt"), weights_only=True)
-    idx = saved["distributions"]["dirichlet1_0"]
-    assert len(set(idx.tolist())) == 60 and int(idx.max()) < len(saved["targets"])  # inside the test set
+    from trainer.saved_logits import load_logits
+    saved = load_logits(out.with_name("dir_logits.npz"))
+    idx = saved.data.distributions["dirichlet1_0"]
+    assert len(set(idx.tolist())) == 60 and int(idx.max()) < len(saved.data.test_targets)  # inside the test set
     out = tmp_path / "miss.json"
     proc = run_script("test.py", "-r", ckpt, "--protocol", "missing", "--missing_fraction", "0.3", "--draws", "2",
                       "--out", out, "--save_logits")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    saved = torch.load(out.with_name("miss_logits.pt"), weights_only=True)
+    saved = load_logits(out.with_name("miss_logits.npz"))
     for k in range(2):
-        present = torch.unique(saved["targets"][saved["distributions"][f"missing0.3_{k}"]])
+        present = torch.unique(saved.splits["test"][1][saved.data.distributions[f"missing0.3_{k}"]])
         assert len(present) == 7  # 3 of the 10 classes have no image
 
 

@@ -15,18 +15,27 @@ _NOT_IN_ROW = ("scores", "online_scores", "history")
 
 
 class ReferenceLogits:
-    """The clean logits of the training images (test transform), computed on first use: data a
-    test-time method may use for calibration (unlike test labels)."""
+    """The clean logits of the training images (test transform), or of the validation split
+    (``split="validation"``), computed on first use: labelled data a test-time method may use for
+    calibration (unlike test labels)."""
 
-    def __init__(self, trained, device):
-        self.trained, self.device, self.value = trained, device, None
+    def __init__(self, trained, device, split="training"):
+        self.trained, self.device, self.split, self.value = trained, device, split, None
 
     def __call__(self):
         if self.value is None:
             t = self.trained
-            self.value = collect_expert_logits(t.net, t.data.reference_loader(device=self.device), self.device, t.perf,
-                                               desc="training images (reference)")
+            if self.split == "validation":
+                loader, desc = t.data.validation_loader(device=self.device), "validation images"
+            else:
+                loader, desc = t.data.reference_loader(device=self.device), "training images (reference)"
+            self.value = collect_expert_logits(t.net, loader, self.device, t.perf, desc=desc)
         return self.value
+
+
+def validation_source(trained, device):
+    """A ``ReferenceLogits`` of the validation split, or None when the data module has none."""
+    return ReferenceLogits(trained, device, "validation") if trained.data.has_validation else None
 
 
 def train_prior(data):
@@ -34,14 +43,15 @@ def train_prior(data):
     return (counts / counts.sum()).float()
 
 
-def context_for(method, trained, device, name, indices, seed, targets, reference):
+def context_for(method, trained, device, name, indices, seed, targets, reference, validation=None):
     """What ``method`` may see of test set ``indices``: the views only if it needs them, the labels
     only if it is an oracle."""
     data = trained.data
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
     ctx = TestTimeContext(num_experts=trained.net.num_experts, num_classes=data.num_classes,
                           train_prior=train_prior(data), indices=idx, name=name, seed=seed,
-                          device=torch.device(device), reference_logits=reference)
+                          device=torch.device(device), reference_logits=reference, validation_logits=validation,
+                          validation_info=getattr(data, "validation_info", None))
     if method.needs_views:
         ctx.net, ctx.perf = trained.net, trained.perf
         ctx.two_view_loader = functools.partial(data.two_view_loader, np.asarray(indices), device=device)
@@ -50,18 +60,20 @@ def context_for(method, trained, device, name, indices, seed, targets, reference
     return ctx
 
 
-def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1, report=None, reference=None):
+def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1, report=None, reference=None,
+               validation="auto"):
     """``{name: results row}`` of ``method`` on each test set (``{name: test-set indices}``): top-1
     and many/medium/few of the method, ``top1_average`` (the plain expert average on the same
     images, so a loss is visible), and the method's own JSON-able facts (weights, prior, ...).
-    ``report(name, row, out)`` is called after each test set; ``reference`` may share one
-    ``ReferenceLogits`` between calls."""
+    ``report(name, row, out)`` is called after each test set; ``reference`` and ``validation`` may
+    share one ``ReferenceLogits`` of each split between calls ("auto": made here)."""
     data = trained.data
     shot_masks = data.shot_masks()
     reference = reference or ReferenceLogits(trained, device)
+    validation = validation_source(trained, device) if validation == "auto" else validation
     results = OrderedDict()
     for d, (name, indices) in enumerate(test_sets.items()):
-        ctx = context_for(method, trained, device, name, indices, seed * 1000 + d, targets, reference)
+        ctx = context_for(method, trained, device, name, indices, seed * 1000 + d, targets, reference, validation)
         subset_logits, subset_targets = clean_logits[ctx.indices], targets[ctx.indices]
         out = method.adapt(subset_logits, ctx)
         whole = {name: np.arange(len(ctx.indices))}
@@ -77,7 +89,8 @@ def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1
     return results
 
 
-def run_stream(method, trained, clean_logits, targets, batch_sizes, device, seed=0, method_seed=1, reference=None):
+def run_stream(method, trained, clean_logits, targets, batch_sizes, device, seed=0, method_seed=1, reference=None,
+               validation="auto"):
     """The streaming protocol: ``{"stream_b{B}": results row}``. The whole test set comes in a
     seeded order in batches of B; the method's online adapter predicts each batch before it learns
     from it (``OnlineAdapter.step``). A method without ``online()`` cannot stream."""
@@ -87,8 +100,9 @@ def run_stream(method, trained, clean_logits, targets, batch_sizes, device, seed
     data = trained.data
     order = torch.as_tensor(stream_order(targets.numpy(), seed))
     everything = np.arange(len(targets))
+    validation = validation_source(trained, device) if validation == "auto" else validation
     ctx = context_for(method, trained, device, "stream", everything, method_seed, targets,
-                      reference or ReferenceLogits(trained, device))
+                      reference or ReferenceLogits(trained, device), validation)
     results = OrderedDict()
     for b in batch_sizes:
         adapter = method.online(ctx)

@@ -102,10 +102,11 @@ def read_test_time_config(path):
     if "type" not in tt:
         settings = {k: v for k, v in tt.items() if k != "seed"}
         raw["test_time"] = {"type": DEFAULT_TEST_TIME_METHOD, "args": settings, "seed": tt.get("seed", 1)}
-    unknown = set(raw["test_time"]) - {"type", "args", "seed"}
+    unknown = set(raw["test_time"]) - {"type", "args", "seed", "validation"}
     if unknown:
         raise UserError(f"config {path}: unknown key(s) test_time.{', test_time.'.join(sorted(unknown))}; expected "
-                        "test_time.type, test_time.args (the method's settings) and test_time.seed")
+                        "test_time.type, test_time.args (the method's settings), test_time.seed and "
+                        "test_time.validation (the validation split's size for this method)")
     raw["test_time"].setdefault("args", {})
     raw["test_time"].setdefault("seed", 1)
     return raw

@@ -43,6 +43,8 @@ import torch
 from base.base_test_time import OnlineAdapter, TestTimeMethod
 
 SOURCE_PRIORS = ("uniform", "train", "reference", "reference_balanced")
+CALIBRATION_DATA = ("validation", "training")  # which labelled images calibrate a method
+DEFAULT = "default"  # source_prior not given: "uniform" on validation images, "reference" on training images
 TOWARD = ("source", "uniform", "plain")
 FLOOR = 1e-12  # smallest prior value used in a log (keeps scores finite when an estimate reaches 0)
 _CHUNK_ELEMENTS = 1 << 22  # rows per E-step chunk: at most ~4M float64 temporaries
@@ -187,11 +189,14 @@ def chi2_sf(statistic, dof):
 
 
 def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperature=1.0, max_iter=200,
-                    max_elements=1 << 25):
+                    max_elements=1 << 25, class_weights=None):
     """Fit 1/T (and a per-class bias b) by the NLL of ``targets`` under softmax(z / T + b).
 
-    The NLL is convex in (1/T, b), so L-BFGS finds the optimum. Sets larger than ``max_elements``
-    numbers are fitted on a fixed random subset of rows (seed 0). Returns (T, b [C] float64 or None).
+    ``class_weights`` [C]: each image of class y counts ``class_weights[y]`` in the NLL (None: every
+    image counts 1), so the fit is the one for a set with class frequencies proportional to
+    counts x weights. The NLL is convex in (1/T, b), so L-BFGS finds the optimum. Sets larger than
+    ``max_elements`` numbers are fitted on a fixed random subset of rows (seed 0). Returns (T, b
+    [C] float64 or None).
     """
     z = torch.as_tensor(z)
     y = torch.as_tensor(targets).long()
@@ -199,6 +204,7 @@ def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperatur
         keep = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(0))[:max(1, max_elements // z.shape[1])]
         z, y = z[keep], y[keep]
     z = z.double()
+    w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float64)[y]
     if z.shape[0] == 0:
         raise ValueError("calibration: the reference set is empty")
     c = z.shape[1]
@@ -212,7 +218,10 @@ def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperatur
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z * beta + bias, y)
+        if w is None:
+            loss = torch.nn.functional.cross_entropy(z * beta + bias, y)
+        else:
+            loss = (torch.nn.functional.cross_entropy(z * beta + bias, y, reduction="none") * w).sum() / w.sum()
         loss.backward()
         return loss
 
@@ -220,7 +229,7 @@ def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperatur
         opt.step(closure)
     b = float(beta.detach())
     if not math.isfinite(b) or b <= 0:
-        raise ValueError(f"calibration: the fitted inverse temperature {b:g} is not positive (do the reference "
+        raise ValueError(f"calibration: the fitted inverse temperature {b:g} is not positive (do the calibration "
                          "logits predict their labels at all?)")
     return 1.0 / b, (bias.detach().clone() if fit_bias else None)
 
@@ -244,39 +253,76 @@ class LabelShiftMethod(TestTimeMethod):
     """Shared machinery: calibration and the source prior (cached per instance), the adjustment,
     and the online form. Subclasses define ``estimate(log_q, log_ps)`` (what prior to apply)."""
 
-    def __init__(self, source_prior="reference", temperature="fit", bias=True, tol=1e-6, max_iter=1000):
+    def __init__(self, source_prior=DEFAULT, temperature="fit", bias=True, calibration="validation", tol=1e-6,
+                 max_iter=1000):
+        self.calibration_data = check_choice("calibration", calibration, CALIBRATION_DATA)
+        if source_prior is DEFAULT:  # held-out images are weighted to a balanced set; training images are what they are
+            source_prior = "uniform" if self.calibration_data == "validation" else "reference"
         self.source_prior = check_choice("source_prior", source_prior, SOURCE_PRIORS)
         self.temperature = check_temperature(temperature)
         self.bias = check_bool("bias", bias)
-        if self.bias and self.source_prior not in ("reference", "train"):
-            raise ValueError(f"bias true with source_prior {self.source_prior!r}: a fitted class bias calibrates the "
-                             "posterior for the training images' prior, so source_prior must be \"reference\" or "
-                             "\"train\" (or set bias false)")
+        if self.bias and self.calibration_data == "training" and self.source_prior not in ("reference", "train"):
+            raise ValueError(f"bias true with source_prior {self.source_prior!r} and calibration \"training\": a class "
+                             "bias fitted on the training images calibrates the posterior for their prior, so "
+                             "source_prior must be \"reference\" or \"train\" (or set bias false, or calibrate on "
+                             "the validation split)")
         self.tol = check_positive("tol", tol)
         self.max_iter = check_positive_int("max_iter", max_iter)
         self._calibration = None
 
-    # ---- calibration (computed once per instance, from the allowed reference data)
+    # ---- calibration (computed once per instance, from the allowed labelled data)
     def needs_reference(self):
         return self.temperature == "fit" or self.bias or self.source_prior.startswith("reference")
 
-    def calibration(self, ctx):
-        """{"temperature": T, "bias": [C] or None, "source_prior": [C] float64}, computed on first use."""
-        if self._calibration is not None:
-            return self._calibration
-        c = ctx.num_classes
-        reference = None
-        if self.needs_reference():
+    def calibration_logits(self, ctx):
+        """(mean logits [N, C], targets [N]) of the images that calibrate: the validation split
+        (default) or, when asked for, the training images."""
+        if self.calibration_data == "validation":
+            if ctx.validation_logits is None:
+                raise ValueError(f"{type(self).__name__}: calibration \"validation\" needs a validation split, and "
+                                 "this data module has none (configure data_loader.args.validation or "
+                                 "data_loader.args.val_list, or set test_time.args.calibration to \"training\")")
+            logits, targets = ctx.validation_logits()
+        else:
             if ctx.reference_logits is None:
                 raise ValueError(f"{type(self).__name__}: temperature {self.temperature!r} / bias {self.bias} / "
                                  f"source_prior {self.source_prior!r} need the reference logits of the training "
                                  "images (ctx.reference_logits), which this context does not provide")
-            ref_logits, ref_targets = ctx.reference_logits()
-            reference = (ensemble_logits(ref_logits), torch.as_tensor(ref_targets).long())
+            logits, targets = ctx.reference_logits()
+        return ensemble_logits(logits), torch.as_tensor(targets).long()
+
+    def class_weights(self, targets, ctx):
+        """Per-class weights of the calibration NLL and mean predictions. Training images: none (they
+        are the training prior already). Validation images: weighted to a balanced set, or to the
+        training prior for source_prior "train" / "reference"."""
+        if self.calibration_data == "training":
+            return None
+        c = ctx.num_classes
+        counts = torch.bincount(targets, minlength=c).double()
+        if self.source_prior in ("train", "reference"):
+            goal = torch.as_tensor(ctx.train_prior, dtype=torch.float64).flatten()
+        else:
+            goal = torch.full((c,), 1.0 / c, dtype=torch.float64)
+        present = counts > 0
+        goal = torch.where(present, goal, torch.zeros_like(goal))
+        goal = goal / goal.sum()
+        return torch.where(present, goal / counts.clamp_min(1), torch.zeros_like(goal))
+
+    def calibration(self, ctx):
+        """{"temperature": T, "bias": [C] or None, "source_prior": [C] float64, "anchor": [C],
+        "data": which images, "images_per_class": [C]}, computed on first use."""
+        if self._calibration is None:
+            self._calibration = self.fit(self.calibration_logits(ctx) if self.needs_reference() else None, ctx)
+        return self._calibration
+
+    def fit(self, reference, ctx):
+        """The calibration from ``reference`` = (mean logits, targets) (or None when nothing is fitted)."""
+        c = ctx.num_classes
+        weights = None if reference is None else self.class_weights(reference[1], ctx)
         temperature, bias = (self.temperature if self.temperature != "fit" else 1.0), None
         if self.temperature == "fit" or self.bias:
             temperature, bias = fit_calibration(reference[0], reference[1], fit_temperature=self.temperature == "fit",
-                                                fit_bias=self.bias, temperature=temperature)
+                                                fit_bias=self.bias, temperature=temperature, class_weights=weights)
         cal = {"temperature": float(temperature), "bias": bias}
         if self.source_prior == "uniform":
             ps = torch.full((c,), 1.0 / c, dtype=torch.float64)
@@ -284,6 +330,9 @@ class LabelShiftMethod(TestTimeMethod):
             ps = torch.as_tensor(ctx.train_prior, dtype=torch.float64).flatten()
             if ps.numel() != c or not torch.isfinite(ps).all() or (ps < 0).any() or ps.sum() <= 0:
                 raise ValueError(f"ctx.train_prior: expected {c} non-negative class frequencies")
+        elif weights is not None:  # the calibrated posterior's mean under the class weights
+            q = torch.softmax(self._calibrate(reference[0], cal).double(), 1)
+            ps = (q * weights[reference[1]][:, None]).sum(0)
         else:
             log_q = torch.log_softmax(self._calibrate(reference[0], cal), 1)
             ps = mean_prediction(log_q, reference[1], c, balanced=self.source_prior == "reference_balanced")
@@ -291,7 +340,10 @@ class LabelShiftMethod(TestTimeMethod):
         # The prior under which the calibrated posterior predicts exactly what the plain average
         # predicts: argmax z = argmax (z_cal - b) = argmax (z_cal + log anchor - log p_s).
         cal["anchor"] = cal["source_prior"] if bias is None else _normalise(cal["source_prior"] * torch.exp(-bias))
-        self._calibration = cal
+        cal["data"] = self.calibration_data if reference is not None else "none"
+        cal["images_per_class"] = [] if reference is None else torch.bincount(reference[1], minlength=c).tolist()
+        info = ctx.validation_info or {}
+        cal["in_sample_classes"] = list(info.get("in_sample_classes", [])) if cal["data"] == "validation" else []
         return cal
 
     @staticmethod
@@ -325,7 +377,9 @@ class LabelShiftMethod(TestTimeMethod):
             scores = self.scores(z_cal, prior, cal)
         facts.pop("unchanged", None)
         return {"scores": scores, "prior": [float(v) for v in prior], "temperature": cal["temperature"],
-                "source_prior": [float(v) for v in cal["source_prior"]], **facts}
+                "source_prior": [float(v) for v in cal["source_prior"]], "calibrated_on": cal["data"],
+                "calibration_images_per_class": cal["images_per_class"],
+                "calibration_in_sample_classes": cal["in_sample_classes"], **facts}
 
     def online(self, ctx):
         return OnlinePrior(self, ctx)
@@ -373,41 +427,76 @@ class MAPPrior(LabelShiftMethod):
 
 class SafePrior(MAPPrior):
     """The shipped default: move away from the plain expert average only as far as the test set's
-    evidence for a label shift carries it.
+    evidence for a label shift carries it, and only as far as the model's own validation split says
+    the adjustment is safe.
 
-    1. Calibrate on the training images' clean logits (allowed data): ``temperature`` "fit" and,
-       with ``bias`` (default true), a per-class bias (bias-corrected temperature scaling), which
-       makes the calibrated posterior's class marginal on the training images match their labels.
+    1. Calibrate on the validation split (default; ``calibration`` "training" uses the training
+       images): ``temperature`` "fit" and, with ``bias`` (default true), a per-class bias
+       (bias-corrected temperature scaling, Alexandari et al. 2020), the NLL weighted so that the
+       classes count as under ``source_prior`` (default uniform on validation data).
     2. The anchor pi_0: the prior under which the calibrated posterior predicts exactly what the
        plain average predicts (pi_0 ∝ p_s e^-b; p_s without a bias).
     3. Shift test (Saerens 2002): 2 [L(pi_mle) - L(pi_0)] against a chi-squared with C - 1 degrees
        of freedom, and the size of the shift KL(pi_mle || pi_0). If the p-value is >= ``significance``
-       or the KL is below ``min_divergence`` nats (a shift milder than about forward/backward 2-3,
-       where the oracle gains little and a miscalibrated model loses more), the plain average is
-       returned unchanged (``shift_detected`` false).
+       or the KL is below ``min_divergence`` nats, the plain average is returned unchanged
+       (``shift_detected`` false).
     4. Otherwise the MAP estimate with pseudo-counts toward pi_0 (``toward`` "plain") is applied,
        damped in log space: scores = z_cal + log pi_0 - log p_s + ``strength`` (log pi_map - log pi_0).
        ``strength`` 0 would be the plain average, 1 the full Bayes adjustment.
 
-    Args (defaults chosen on CIFAR-10-LT TADE logits and synthetic miscalibrated models, see
-    ``bench/label_shift_eval.py``): ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0
-    nats; 0.05), ``strength`` (in (0, 1]; 0.75), ``pseudo_count`` (> 0; 1), ``toward`` ("plain"),
-    ``source_prior``, ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test is made on the images seen so far; a batch is always
-    scored before it is learnt from.
+    ``strength`` and ``min_divergence`` "auto" (the defaults) are chosen per model from the
+    validation split alone (trainer/test_time/shift_simulation.py): the split is halved per class;
+    each half calibrates while the other is resampled into simulated test sets of
+    ``simulation_size`` images under forward, backward and Dirichlet priors; the strongest setting
+    whose paired loss against the plain average stays within the noise on every simulated set is
+    kept, and none qualifying means the plain average. The choice and its evidence are written in
+    every result (``selection``).
+
+    Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats or "auto"),
+    ``strength`` (in (0, 1] or "auto"), ``simulation_size`` (images per simulated set; 2000),
+    ``pseudo_count`` (> 0; 1), ``toward`` ("plain"), ``calibration``, ``source_prior``,
+    ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test
+    is made on the images seen so far; a batch is always scored before it is learnt from.
     """
 
-    def __init__(self, significance=0.001, strength=0.75, min_divergence=0.05, pseudo_count=1.0, toward="plain",
-                 **kwargs):
+    def __init__(self, significance=0.001, strength="auto", min_divergence="auto", pseudo_count=1.0, toward="plain",
+                 simulation_size=2000, **kwargs):
         super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
         self.significance = check_fraction("significance", significance)
-        if not _is_number(min_divergence) or min_divergence < 0:
-            raise ValueError(f"min_divergence {min_divergence!r}: must be a number >= 0 (nats)")
-        self.min_divergence = float(min_divergence)
-        self.strength = check_fraction("strength", strength, high_open=False)
+        if min_divergence != "auto" and (not _is_number(min_divergence) or min_divergence < 0):
+            raise ValueError(f"min_divergence {min_divergence!r}: must be a number >= 0 (nats) or \"auto\"")
+        self.min_divergence = min_divergence if min_divergence == "auto" else float(min_divergence)
+        self.strength = strength if strength == "auto" else check_fraction("strength", strength, high_open=False)
+        self.simulation_size = check_positive_int("simulation_size", simulation_size)
+        if self.auto and self.calibration_data != "validation":
+            raise ValueError("strength / min_divergence \"auto\" are chosen on the validation split; with calibration "
+                             "\"training\" give them as numbers")
+
+    @property
+    def auto(self):
+        return self.strength == "auto" or self.min_divergence == "auto"
+
+    def calibration(self, ctx):
+        if self._calibration is None:
+            cal = super().calibration(ctx)
+            if self.auto:
+                from trainer.test_time.shift_simulation import select_settings
+                cal["selection"] = select_settings(self, self.calibration_logits(ctx), ctx)
+            else:
+                cal["selection"] = {"strength": self.strength, "min_divergence": self.min_divergence,
+                                    "chosen_by": "config"}
+        return self._calibration
+
+    def settings(self, cal):
+        """(strength, min_divergence) in use; strength 0 means the plain average (nothing qualified)."""
+        chosen = cal.get("selection") or {}
+        strength = chosen["strength"] if self.strength == "auto" else self.strength
+        divergence = chosen["min_divergence"] if self.min_divergence == "auto" else self.min_divergence
+        return float(strength), float(divergence)
 
     def log_ratio(self, prior, cal):
         anchor = _log(cal["anchor"])
-        return anchor - _log(cal["source_prior"]) + self.strength * (_log(prior) - anchor)
+        return anchor - _log(cal["source_prior"]) + self.settings(cal)[0] * (_log(prior) - anchor)
 
     def shift_test(self, log_q, cal):
         ps = cal["source_prior"]
@@ -415,17 +504,22 @@ class SafePrior(MAPPrior):
         stat = log_likelihood_ratio(log_q, ps, mle, null=cal["anchor"])
         p_value = chi2_sf(stat, ps.numel() - 1)
         divergence = kl_divergence(mle, cal["anchor"])
-        detected = p_value < self.significance and divergence >= self.min_divergence
+        strength, min_divergence = self.settings(cal)
+        detected = p_value < self.significance and divergence >= min_divergence and strength > 0
         return {"log_likelihood_ratio": stat, "p_value": p_value, "divergence": divergence,
                 "shift_detected": bool(detected), "iterations_mle": it}
 
     def estimate(self, log_q, cal, ctx):
         facts = self.shift_test(log_q, cal)
+        facts["selection"] = cal["selection"]
         if not facts["shift_detected"]:
             return cal["anchor"], {**facts, "iterations": 0, "converged": True, "unchanged": True}
-        pi, it, conv = em_prior(log_q, cal["source_prior"], extra_counts=self.extra_counts(cal), tol=self.tol,
-                                max_iter=self.max_iter, init=cal["anchor"])
+        pi, it, conv = self.map_estimate(log_q, cal)
         return pi, {**facts, "iterations": it, "converged": conv}
+
+    def map_estimate(self, log_q, cal, tol=None):
+        return em_prior(log_q, cal["source_prior"], extra_counts=self.extra_counts(cal), tol=tol or self.tol,
+                        max_iter=self.max_iter, init=cal["anchor"])
 
     def online(self, ctx):
         return OnlinePrior(self, ctx, shift_test=True)
@@ -485,7 +579,8 @@ class OnlinePrior(OnlineAdapter):
             self.ll_ratio = 2.0 * (ll - self.ll_anchor)
             self.p_value = chi2_sf(self.ll_ratio, self.ps.numel() - 1)
             self.divergence = kl_divergence(self.mle, self.cal["anchor"])
-            self.shift_detected = self.p_value < m.significance and self.divergence >= m.min_divergence
+            strength, min_divergence = m.settings(self.cal)
+            self.shift_detected = self.p_value < m.significance and self.divergence >= min_divergence and strength > 0
         if frozen_batch is not None:
             past["map"] = past["map"] + posterior_stats(frozen_batch, _log(self.prior) - log_ps)[0]
             mle_counts, ll_batch = posterior_stats(frozen_batch, _log(self.mle) - log_ps)

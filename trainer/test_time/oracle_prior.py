@@ -1,6 +1,10 @@
-"""The oracle prior (BalPoE's ``posthoc_bias_correction``; SPEC 9.1): the post-hoc adjustment with
-the true class frequencies of the test set being evaluated. A ceiling for tables, never a method:
-it reads the test labels (``uses_test_labels``), and no shipped config selects it."""
+"""The oracle prior (BalPoE's ``posthoc_bias_correction``, Sarto et al. 2023): the post-hoc
+adjustment with the true class frequencies of the test set being evaluated. A ceiling for tables,
+never a method: it reads the test labels (``uses_test_labels``), and no shipped config selects it.
+
+By default it is BalPoE's row exactly: ``z + log pi_test`` on the uncalibrated mean logits (T = 1,
+no bias, a uniform source prior). With calibration settings (``temperature`` "fit", ``bias``,
+``calibration``) it is the calibrated oracle, named so in tables."""
 import torch
 
 from base.base_test_time import OnlineAdapter
@@ -10,9 +14,13 @@ from trainer.test_time.label_shift import LabelShiftMethod, _normalise, ensemble
 class OraclePrior(LabelShiftMethod):
     """scores = z_cal + log pi_true - log p_s, pi_true = the test set's class frequencies
     (``ctx.targets``); a class absent from the test set gets prior 0 (floored at 1e-12 in the log).
-    Args: ``source_prior``, ``temperature``, ``bias`` as :class:`EMPrior` (tol / max_iter unused)."""
+    Args: ``source_prior`` (default "uniform"), ``temperature`` (default 1), ``bias`` (default
+    false), ``calibration`` as :class:`EMPrior` (tol / max_iter unused)."""
 
     uses_test_labels = True
+
+    def __init__(self, source_prior="uniform", temperature=1.0, bias=False, **kwargs):
+        super().__init__(source_prior=source_prior, temperature=temperature, bias=bias, **kwargs)
 
     def estimate(self, log_q, cal, ctx):
         ps = cal["source_prior"]

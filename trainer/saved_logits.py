@@ -1,0 +1,122 @@
+"""Clean per-expert logits saved to one compressed ``.npz`` file, and what post-hoc methods need to
+run from it without the network or the data.
+
+``test.py --save_logits`` writes it; ``bench/test_time_methods.py --logits FILE`` and recorded runs
+(``results/*/logits.npz``) read it. Keys:
+
+- ``test_logits`` [N, E, C], ``test_targets`` [N]; ``validation_*`` and ``training_*`` likewise
+  (absent when there is no validation split / when not saved);
+- ``cls_num_list`` [C] (training counts: the training prior and the many/medium/few groups);
+- ``distribution_names`` and ``distribution_<name>``: the test distributions as index arrays;
+- ``meta``: a JSON string (data module type, classes, experts, checkpoint, epoch, validation_info).
+
+Logits are stored as float16 or float32 (``dtype``); they are read back as float32.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from data_loader.long_tail import shot_masks
+from utils.errors import UserError
+
+SPLITS = ("test", "validation", "training")
+DTYPES = ("float16", "float32")
+
+
+def save_logits(path, splits, cls_num_list, distributions, meta, dtype="float32"):
+    """``splits``: {"test" | "validation" | "training": (logits [N, E, C], targets [N])}."""
+    if dtype not in DTYPES:
+        raise UserError(f"--logits_dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    arrays = {"cls_num_list": np.asarray(cls_num_list, dtype=np.int64), "meta": np.array(json.dumps(meta)),
+              "distribution_names": np.array(list(distributions), dtype=str)}
+    for name, (logits, targets) in splits.items():
+        arrays[f"{name}_logits"] = torch.as_tensor(logits).float().numpy().astype(dtype)
+        arrays[f"{name}_targets"] = torch.as_tensor(targets).numpy().astype(np.int64)
+    for name, idx in distributions.items():
+        arrays[f"distribution_{name}"] = np.asarray(idx, dtype=np.int64)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class OfflineData:
+    """The parts of a data module post-hoc methods read: classes, training counts, test labels and
+    distributions, the validation split's facts."""
+    num_classes: int
+    cls_num_list: list
+    test_targets: np.ndarray
+    distributions: dict
+    validation_info: Optional[dict] = None
+    has_validation: bool = False
+    type_name: str = ""
+
+    def shot_masks(self):
+        return shot_masks(self.cls_num_list)
+
+    def test_distributions(self):
+        return self.distributions
+
+
+@dataclass
+class OfflineNet:
+    num_experts: int
+
+
+@dataclass
+class SavedLogits:
+    """A loaded file: ``splits[name] = (logits float32 [N, E, C], targets int64 [N])``."""
+    path: str
+    splits: dict
+    data: OfflineData
+    net: OfflineNet
+    meta: dict = field(default_factory=dict)
+
+    def source(self, split):
+        """A ``() -> (logits, targets)`` callable for a TestTimeContext, or None if not saved."""
+        if split not in self.splits:
+            return None
+        value = self.splits[split]
+        return lambda: value
+
+
+def load_logits(path):
+    """Read a saved-logits file; a missing or malformed one is a one-line error naming the key."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise UserError(f"logits file {path} does not exist")
+    except (OSError, ValueError) as e:
+        raise UserError(f"logits file {path} is not a saved-logits .npz ({type(e).__name__}: {e})")
+    for key in ("test_logits", "test_targets", "cls_num_list", "meta", "distribution_names"):
+        if key not in arrays:
+            raise UserError(f"logits file {path}: missing key {key!r} (write it with test.py --save_logits)")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except ValueError as e:
+        raise UserError(f"logits file {path}: key 'meta' is not JSON ({e})")
+    splits = {}
+    counts = arrays["cls_num_list"]
+    for name in SPLITS:
+        if f"{name}_logits" not in arrays:
+            continue
+        logits, targets = arrays[f"{name}_logits"], arrays[f"{name}_targets"]
+        if logits.ndim != 3 or logits.shape[2] != len(counts) or len(targets) != len(logits):
+            raise UserError(f"logits file {path}: {name}_logits of shape {logits.shape} with {len(targets)} targets; "
+                            f"expected [N, E, {len(counts)}] and N targets")
+        splits[name] = (torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(targets.astype(np.int64)))
+    names = [str(n) for n in arrays["distribution_names"]]
+    distributions = {n: arrays[f"distribution_{n}"] for n in names}
+    data = OfflineData(num_classes=len(counts), cls_num_list=counts.tolist(),
+                       test_targets=splits["test"][1].numpy(), distributions=distributions,
+                       validation_info=meta.get("validation_info"), has_validation="validation" in splits,
+                       type_name=meta.get("data_loader", ""))
+    return SavedLogits(str(path), splits, data, OfflineNet(int(splits["test"][0].shape[1])), meta)

@@ -1,0 +1,137 @@
+"""Choosing SafePrior's strength and gate per model from its validation split alone.
+
+No test label is used. The validation split is halved per class (seeded); each half in turn
+calibrates the method while the other half is resampled, with replacement, into simulated test
+sets of ``simulation_size`` images whose class priors are forward and backward long tails (ratios
+50, 25, 10, 5, 2 over the classes ordered by training frequency), uniform, and Dirichlet draws
+(alpha 0.1, 1, 10; three each). On each simulated set every candidate setting is compared with the
+plain expert average on the same images (a paired difference of top-1). A candidate qualifies when
+on every simulated set its loss is within the noise: ``difference >= -max(2 * SE, TOLERANCE)``,
+SE = sqrt(images where exactly one of the two is right) / n, inflated by sqrt(n / distinct images)
+because a resampled set repeats images. EM runs to a tolerance of ``SIMULATION_TOL`` here (the
+choice of a setting does not need the last digits of each simulated prior). The strongest qualifying candidate
+(highest strength, then smallest gate) is chosen; none qualifying means the plain average
+(strength 0). The result holds the choice and the evidence (each candidate's worst difference).
+"""
+import math
+
+import numpy as np
+import torch
+
+STRENGTHS = (1.0, 0.75, 0.5, 0.25)
+MIN_DIVERGENCES = (0.0, 0.05)
+RATIOS = (50, 25, 10, 5, 2)
+ALPHAS = (0.1, 1.0, 10.0)
+DRAWS_PER_ALPHA = 3
+TOLERANCE = 0.005  # a loss of half a point on a simulated set is within the noise whatever its SE
+SIMULATION_TOL = 1e-4
+SEED = 0
+
+
+def simulated_priors(train_prior, rng):
+    """{name: prior [C]}: forward / backward long tails by training rank, uniform, Dirichlet draws."""
+    train_prior = np.asarray(train_prior, dtype=np.float64)
+    c = len(train_prior)
+    rank = np.empty(c)
+    rank[np.argsort(-train_prior, kind="stable")] = np.arange(c)
+    position = rank / max(c - 1, 1)
+    priors = {}
+    for r in RATIOS:
+        priors[f"forward{r}"] = float(r) ** -position
+        priors[f"backward{r}"] = float(r) ** -(1 - position)
+    priors["uniform"] = np.ones(c)
+    for alpha in ALPHAS:
+        for k in range(DRAWS_PER_ALPHA):
+            priors[f"dirichlet{alpha:g}_{k}"] = rng.dirichlet(np.full(c, alpha)) + 1e-12
+    return {name: p / p.sum() for name, p in priors.items()}
+
+
+def halves(targets, rng):
+    """Two index sets, each half of every class (a class with one image is in both)."""
+    a, b = [], []
+    for cls in np.unique(targets):
+        idx = np.where(targets == cls)[0]
+        rng.shuffle(idx)
+        if len(idx) == 1:
+            a.append(idx)
+            b.append(idx)
+            continue
+        cut = len(idx) // 2
+        a.append(idx[:cut])
+        b.append(idx[cut:])
+    return np.concatenate(a), np.concatenate(b)
+
+
+def draw(targets, prior, size, rng):
+    """Indices (with replacement) of a simulated test set with class frequencies ~ Multinomial(size, prior),
+    restricted to the classes present in ``targets``."""
+    present = np.unique(targets)
+    p = prior[present] / prior[present].sum()
+    counts = rng.multinomial(size, p)
+    parts = [rng.choice(np.where(targets == cls)[0], n, replace=True) for cls, n in zip(present, counts) if n]
+    return np.concatenate(parts)
+
+
+def candidate_scores(method, z, cal):
+    """For one simulated set (mean logits ``z``): predictions of every candidate, keyed (strength, gate)."""
+    from trainer.test_time.label_shift import _log, chi2_sf, em_prior, kl_divergence, log_likelihood_ratio
+    z_cal = method._calibrate(z, cal)
+    log_q = torch.log_softmax(z_cal, 1)
+    ps, anchor = cal["source_prior"], cal["anchor"]
+    tol = max(method.tol, SIMULATION_TOL)
+    mle, _, _ = em_prior(log_q, ps, tol=tol, max_iter=method.max_iter, init=anchor)
+    p_value = chi2_sf(log_likelihood_ratio(log_q, ps, mle, null=anchor), ps.numel() - 1)
+    divergence = kl_divergence(mle, anchor)
+    plain = z.argmax(1)
+    if p_value >= method.significance:
+        return {(s, d): plain for s in STRENGTHS for d in MIN_DIVERGENCES}, plain
+    out = {}
+    pi, _, _ = method.map_estimate(log_q, cal, tol=tol)
+    base = z_cal.double() + _log(anchor) - _log(ps)
+    step = _log(pi) - _log(anchor)
+    for s in STRENGTHS:
+        adjusted = (base + s * step).argmax(1)
+        for d in MIN_DIVERGENCES:
+            out[(s, d)] = adjusted if divergence >= d else plain
+    return out, plain
+
+
+def select_settings(method, reference, ctx):
+    """The strength and gate of ``method`` (a SafePrior) for this model, from the validation logits
+    ``reference`` = (mean logits [N, C], targets [N]); returns a JSON-able dict with the evidence."""
+    z_all, y_all = reference
+    y_np = y_all.numpy()
+    rng = np.random.RandomState(SEED)
+    first, second = halves(y_np, rng)
+    priors = simulated_priors(torch.as_tensor(ctx.train_prior).double().numpy(), rng)
+    size = method.simulation_size
+    worst = {(s, d): np.inf for s in STRENGTHS for d in MIN_DIVERGENCES}
+    worst_diff = dict(worst)
+    sets = 0
+    for fit_idx, sim_idx in ((first, second), (second, first)):
+        fit_t = torch.as_tensor(fit_idx)
+        cal = method.fit((z_all[fit_t], y_all[fit_t]), ctx)
+        z_sim, y_sim = z_all[torch.as_tensor(sim_idx)], y_np[sim_idx]
+        for prior in priors.values():
+            idx = torch.as_tensor(draw(y_sim, prior, size, rng))
+            y = torch.as_tensor(y_sim)[idx]
+            preds, plain = candidate_scores(method, z_sim[idx], cal)
+            right_plain = plain == y
+            n = len(y)
+            repeats = math.sqrt(n / len(torch.unique(idx)))
+            for key, pred in preds.items():
+                right = pred == y
+                diff = float(right.double().mean() - right_plain.double().mean())
+                se = float((right != right_plain).double().sum().sqrt()) / n * repeats
+                worst[key] = min(worst[key], diff + max(2 * se, TOLERANCE))
+                worst_diff[key] = min(worst_diff[key], diff)
+            sets += 1
+    order = sorted(worst, key=lambda k: (-k[0], k[1]))
+    chosen = next((k for k in order if worst[k] >= 0), None)
+    evidence = {f"strength {s:g}, min_divergence {d:g}": {"worst_difference": round(worst_diff[(s, d)], 6),
+                                                          "worst_margin": round(worst[(s, d)], 6)} for s, d in order}
+    return {"strength": chosen[0] if chosen else 0.0, "min_divergence": chosen[1] if chosen else 0.0,
+            "chosen_by": "validation split (cross-fitted simulation)" if chosen else
+            "validation split: no setting held, the plain average",
+            "simulated_sets": sets, "simulation_size": size,
+            "evidence": evidence}
