@@ -10,7 +10,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
+from utils.errors import UserError
+from utils.long_tail import shot_masks
 from utils.seed import epoch_seed
+from utils.two_view import TwoViews
 
 
 class LTDataModule:
@@ -36,13 +39,11 @@ class LTDataModule:
         return np.bincount(np.asarray(self.train_set.targets), minlength=self.num_classes).tolist()
 
     def shot_masks(self):
-        from data_loader.long_tail import shot_masks  # data_loader imports this module
         return shot_masks(self.cls_num_list)
 
     def rank_batch_size(self, world_size):
         """Each of ``world_size`` processes takes batch_size / world_size of the global batch."""
         if self.batch_size % world_size:
-            from utils.errors import UserError
             lower = self.batch_size - self.batch_size % world_size
             options = f"--bs {lower} or --bs {lower + world_size}" if lower else f"--bs {world_size}"
             raise UserError(f"data_loader.args.batch_size {self.batch_size} is the global batch and must be "
@@ -113,7 +114,6 @@ class LTDataModule:
         strong augmentation of test-time aggregation (SPEC 6; ``augmentation``: the test-time
         config's keys for ``two_view_transform``). Each pass reshuffles and draws new views, the
         order from ``generator``. ``device``: where the forward pass runs."""
-        from data_loader.two_view import TwoViews  # data_loader imports this module
         strong = self.test_view_dataset(self.two_view_transform(**augmentation))
         return DataLoader(TwoViews(strong, indices), batch_size=batch_size, shuffle=True, generator=generator,
                           num_workers=num_workers)

@@ -25,9 +25,9 @@ def ensure_cifar10(data_dir):
 
 def load_model_and_data(checkpoint=None, config=ROOT / "configs" / "config_cifar10_ir100_tade.json",
                         data_dir=DEFAULT_DATA, device="cpu", sets=()):
-    """A ``utils.build.Trained`` (net, config, data, perf, checkpoint): a trained checkpoint, or the
+    """A ``trainer.build.Trained`` (net, config, data, perf, checkpoint): a trained checkpoint, or the
     config's network freshly initialised (enough for timing), built the way the scripts build it."""
-    from utils.build import Trained, build_data, build_model, build_performance, load_trained, resolve_config
+    from trainer.build import Trained, build_data, build_model, build_performance, load_trained, resolve_config
     from utils.parse_config import parse_set_expression
 
     ensure_cifar10(data_dir)

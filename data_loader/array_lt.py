@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from base.base_data_module import LTDataModule
 from data_loader import tensor_augment as ta
 from data_loader import transforms as tf
-from data_loader.long_tail import img_num_per_cls, select_per_class
+from utils.long_tail import img_num_per_cls, select_per_class
 from data_loader.tensor_two_view import TensorTwoViewLoader
 from data_loader.test_distributions import generated_distributions
 from utils.errors import UserError

@@ -7,7 +7,7 @@ same rule as CIFAR-LT (head class 120 images).
 import numpy as np
 
 from data_loader.array_lt import ArrayLTDataModule
-from data_loader.long_tail import select_per_class
+from utils.long_tail import select_per_class
 
 DIGITS_MEAN = (0.3053,) * 3
 DIGITS_STD = (0.3759,) * 3

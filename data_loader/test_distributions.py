@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from data_loader.long_tail import img_num_per_cls, select_per_class
+from utils.long_tail import img_num_per_cls, select_per_class
 
 CIFAR_RATIOS = (50, 25, 10, 5, 2)
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from tests.helpers import ROOT, assert_one_line_error, run_script, write_config
 
 EXAMPLES = ROOT / "tests" / "extending"

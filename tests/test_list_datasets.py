@@ -8,7 +8,7 @@ from torchvision import transforms as T
 
 from data_loader import ImageNetLTDataLoader, INaturalistDataLoader, PlacesLTDataLoader
 from data_loader.list_lt import UnreadableImageError
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from tests.list_data import TRAIN_COUNTS, list_module_args, write_list_dataset
 from utils.errors import UserError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_loader import ImageNetLTDataLoader, PlacesLTDataLoader
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from data_txt.make_test_distributions import main as tool_main
 from data_txt.make_test_distributions import make_test_distributions
 from tests.helpers import ROOT

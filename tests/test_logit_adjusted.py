@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import model.loss as losses
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from model.loss.logit_adjusted_loss import LogitAdjustedLoss, evenly_spaced_taus
 from utils.errors import UserError
 from utils.parse_config import ConfigParser

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from model.loss import BalancedSoftmaxLoss, CrossEntropyLoss, DiverseExpertLoss
 
 
