@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from model.calibration import distribution_calibration, plot_reliability
+from trainer.build import load_trained
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
 from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
-from trainer.build import load_trained
 from utils.checkpoint import save_checkpoint
 from utils.cli import ArgumentParser, add_evaluation_args
 from utils.errors import cli_entry

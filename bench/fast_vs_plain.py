@@ -29,8 +29,8 @@ import torch  # noqa: E402
 from common import PLAIN  # noqa: E402
 from data_loader.test_distributions import generated_distributions  # noqa: E402
 from model.metric import accuracy_from_confusion, confusion_matrix  # noqa: E402
-from trainer.forward import predict  # noqa: E402
 from trainer.build import load_trained  # noqa: E402
+from trainer.forward import predict  # noqa: E402
 from utils.parse_config import parse_set_expression, set_by_path  # noqa: E402
 from utils.performance import Performance  # noqa: E402
 
