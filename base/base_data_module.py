@@ -93,7 +93,7 @@ class LTDataModule:
         return np.asarray(self.test_set.targets)
 
     def test_distributions(self):
-        """Ordered ``{name: indices into test_set}`` (SPEC 2.2); subclasses define it."""
+        """Ordered ``{name: indices into test_set}`` (docs/methods.md#test-distributions); subclasses define it."""
         raise NotImplementedError
 
     def test_view_dataset(self, transform):
@@ -111,8 +111,8 @@ class LTDataModule:
 
     def two_view_loader(self, indices, batch_size, generator, num_workers=0, device=None, **augmentation):
         """Shuffled (view1, view2, test-set index) batches of the test images ``indices`` under the
-        strong augmentation of test-time aggregation (SPEC 6; ``augmentation``: the test-time
-        config's keys for ``two_view_transform``). Each pass reshuffles and draws new views, the
+        strong augmentation of test-time aggregation (docs/methods.md#test-time-aggregation;
+        ``augmentation``: the test-time config's keys for ``two_view_transform``). Each pass reshuffles and draws new views, the
         order from ``generator``. ``device``: where the forward pass runs."""
         strong = self.test_view_dataset(self.two_view_transform(**augmentation))
         return DataLoader(TwoViews(strong, indices), batch_size=batch_size, shuffle=True, generator=generator,

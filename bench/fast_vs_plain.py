@@ -1,7 +1,7 @@
 """Numbers must not move: train the same short TADE recipe on real CIFAR-10-LT IR100 with the fast
 path (config defaults: bf16 autocast, channels_last, device-resident tensor pipeline) and with the
 plain path (fp32, NCHW, PIL transforms in DataLoader workers), same seeds, and report top-1 on all
-eleven test distributions (SPEC 2.2).
+eleven test distributions (docs/methods.md#test-distributions).
 
     python bench/fast_vs_plain.py --data_dir /work/main/.cache/cifar [--epochs 4] [--seeds 1 2]
         [-c CONFIG (default: the CIFAR-10-LT IR100 TADE config)]

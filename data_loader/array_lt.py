@@ -142,7 +142,7 @@ class ArrayLTDataModule(LTDataModule, ABC):
                                    self.mean, self.std)
 
     def two_view_transform(self, blur_p=0.2):
-        """The strong augmentation of test-time aggregation (SPEC 6)."""
+        """The strong augmentation of test-time aggregation (docs/methods.md#test-time-aggregation)."""
         return tf.small_image_two_view(self.image_size, self.mean, self.std, blur_p=blur_p, flip=self.augment["flip"])
 
     def two_view_loader(self, indices, batch_size, generator, num_workers=0, device=None, blur_p=0.2):

@@ -141,7 +141,7 @@ def test_test_py_writes_json_csv_and_logits(trained, tmp_path):
         assert key in csv.columns
     assert payload["checkpoint_epoch"] == torch.load(ckpt, weights_only=True)["epoch"]
     assert (tmp_path / "res" / "eval_reliability.png").stat().st_size > 1000
-    # the table is printed in SPEC order
+    # the table is printed in the published order
     header = next(line for line in proc.stdout.splitlines() if "forward50" in line)
     assert header.split() == distribution_names()
 

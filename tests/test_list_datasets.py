@@ -1,4 +1,4 @@
-"""List-based datasets (ImageNet-LT, Places-LT, iNat; SPEC 2.3) on generated JPEGs and lists."""
+"""List-based datasets (ImageNet-LT, Places-LT, iNat; docs/methods.md#list-datasets) on generated JPEGs and lists."""
 import logging
 
 import numpy as np

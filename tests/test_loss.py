@@ -9,7 +9,7 @@ from model.loss import BalancedSoftmaxLoss, CrossEntropyLoss, DiverseExpertLoss
 
 
 def formula(logits, target, counts, tau):
-    """SPEC 4, written out independently of the implementation."""
+    """docs/methods.md#tade-loss, written out independently of the implementation."""
     prior = torch.tensor(counts, dtype=torch.float64) / sum(counts)
     inv = torch.tensor(list(reversed(sorted(counts))), dtype=torch.float64)
     # CIFAR counts are sorted descending, so the mirrored rank of class c is C-1-c

@@ -1,4 +1,4 @@
-"""Mixup as a training option (Zhang et al., ICLR 2018; BalPoE's recipes, SPEC 9.3).
+"""Mixup as a training option (Zhang et al., ICLR 2018; BalPoE's recipes, docs/methods.md#balpoe).
 
 Config: ``trainer.mixup: {"alpha": 0.8}`` turns it on; ``null`` or no key: off. Per batch one
 lam ~ Beta(alpha, alpha) and a permutation ``perm`` of the batch:

@@ -1,4 +1,4 @@
-"""The oracle prior (BalPoE's ``posthoc_bias_correction``; SPEC 9.1): the post-hoc adjustment with
+"""The oracle prior (BalPoE's ``posthoc_bias_correction``; docs/methods.md#label-shift): the post-hoc adjustment with
 the true class frequencies of the test set being evaluated. A ceiling for tables, never a method:
 it reads the test labels (``uses_test_labels``), and no shipped config selects it."""
 import torch
