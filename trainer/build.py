@@ -14,7 +14,6 @@ Such a type is allowed from a config the user gives with ``-c`` (or sets with ``
 named in the log.
 """
 import logging
-import sys
 from dataclasses import dataclass
 
 import data_loader
@@ -72,12 +71,12 @@ def outside_types(config, prefix=""):
 
 
 def _note(message):
-    """A line for the log of train.py (its logger is set up), else for stderr."""
+    """A line for the log of train.py (its logger is set up), else for stdout (stderr stays for errors)."""
     logger = logging.getLogger("train")
     if logger.handlers:
         logger.info(message)
     else:
-        print(f"note: {message}", file=sys.stderr, flush=True)
+        print(f"note: {message}", flush=True)
 
 
 def build_data(config):
