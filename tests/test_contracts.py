@@ -10,8 +10,8 @@ from torch import nn
 
 from base.base_loss import LTLoss, check_loss
 from base.base_model import ExpertModel, check_outputs
-from base.base_test_time import TestTimeMethod, check_result
-from trainer.adaptation import run_method
+from base.base_test_time import OnlineAdapter, TestTimeMethod, check_result
+from trainer.adaptation import run_method, run_stream
 from trainer.forward import network_outputs
 from trainer.mixup import forward_loss
 from utils.errors import UserError
@@ -67,6 +67,37 @@ def test_check_result_passes_a_good_result_through():
     assert check_result(out, "M", 2, 3) is out  # "history" is not written into the row, so it may hold tensors
     with pytest.raises(UserError, match="'online_scores' of shape \\[2, 2\\]"):
         check_result({**out, "online_scores": torch.zeros(2, 2)}, "M", 2, 3)
+
+
+class Streams(TestTimeMethod):
+    def __init__(self, step, summary=None):
+        self._step, self._summary = step, summary or {}
+
+    def adapt(self, logits, ctx):
+        return {"scores": logits.mean(1)}
+
+    def online(self, ctx):
+        method = self
+
+        class Adapter(OnlineAdapter):
+            def step(self, logits):
+                return method._step(logits)
+
+            def summary(self):
+                return method._summary
+
+        return Adapter()
+
+
+@pytest.mark.parametrize("method,fragment", [
+    (Streams(lambda z: z.mean(1)[:, :2]), "online step returned scores of shape [4, 2]; expected a tensor [4, 4]"),
+    (Streams(lambda z: z.mean(1), {"prior": torch.ones(4)}), "its online summary() returned 'prior' as Tensor"),
+], ids=["step-shape", "summary-tensor"])
+def test_a_broken_online_adapter_is_one_line_naming_the_method(method, fragment):
+    logits, targets = torch.randn(8, 2, 4), torch.arange(8) % 4
+    with pytest.raises(UserError) as e:
+        run_stream(method, trained(), logits, targets, [4], "cpu")
+    assert str(e.value).startswith("test-time method Streams: ") and fragment in str(e.value), str(e.value)
 
 
 class Plain(ExpertModel):
