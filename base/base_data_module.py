@@ -112,8 +112,9 @@ class LTDataModule:
     def two_view_loader(self, indices, batch_size, generator, num_workers=0, device=None, **augmentation):
         """Shuffled (view1, view2, test-set index) batches of the test images ``indices`` under the
         strong augmentation of test-time aggregation (docs/methods.md#test-time-aggregation;
-        ``augmentation``: the test-time config's keys for ``two_view_transform``). Each pass reshuffles and draws new views, the
-        order from ``generator``. ``device``: where the forward pass runs."""
+        ``augmentation``: the test-time config's keys for ``two_view_transform``). Each pass
+        reshuffles and draws new views, the order from ``generator``. ``device``: where the forward
+        pass runs."""
         strong = self.test_view_dataset(self.two_view_transform(**augmentation))
         return DataLoader(TwoViews(strong, indices), batch_size=batch_size, shuffle=True, generator=generator,
                           num_workers=num_workers)
