@@ -127,3 +127,18 @@ def test_a_set_override_replaces_the_checkpoints_outside_type(tmp_path, outside_
     ckpt, _ = checkpoint_naming(tmp_path, "data_loader.type", "tade_side_effect.Anything")
     proc = run_script("train.py", "-r", ckpt, "--set", "data_loader.type=DigitsLTDataModule", env=env)
     assert not marker.exists() and "outside this project" not in proc.stdout + proc.stderr
+
+
+def test_an_outside_package_is_imported_from_a_checkpoint_only_when_named_by_the_user(tmp_path, outside_module):
+    env, marker = outside_module
+    ckpt, _ = checkpoint_naming(tmp_path, "data_loader.type", "tade_side_effect.Anything")
+    tt = write_config(tmp_path / "tt.json", {"test_time": {"type": "ExpertAverage", "args": {}}})
+    assert_one_line_error(run_script("test_train.py", "-c", tt, "-r", ckpt, env=env), "outside this project",
+                          "TADE_ALLOW_IMPORT=tade_side_effect")
+    assert not marker.exists()
+    assert_one_line_error(run_script("test_train.py", "-c", tt, "-r", ckpt,
+                                     env={**env, "TADE_ALLOW_IMPORT": "something_else"}), "outside this project")
+    assert not marker.exists()
+    proc = run_script("test_train.py", "-c", tt, "-r", ckpt, env={**env, "TADE_ALLOW_IMPORT": "tade_side_effect"})
+    assert marker.exists() and "'tade_side_effect.Anything' is imported from outside this project" in proc.stdout
+    assert proc.returncode == 2 and "has no class Anything" in proc.stderr
