@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from model.calibration import distribution_calibration, plot_reliability
+from trainer.build import load_trained
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
-from trainer.saved_logits import save_logits
 from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
-from utils.build import load_trained
+from trainer.saved_logits import save_logits
 from utils.cli import ArgumentParser, add_evaluation_args
 from utils.errors import cli_entry
 from utils.macs import macs_per_image

@@ -19,10 +19,10 @@ import numpy as np
 
 from base.base_test_time import TestTimeMethod
 from trainer.adaptation import run_method, run_stream
+from trainer.build import DEFAULT_TEST_TIME_METHOD as DEFAULT_METHOD
+from trainer.build import build_test_time_method, load_trained, read_test_time_config
 from trainer.forward import collect_expert_logits
 from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
-from utils.build import DEFAULT_TEST_TIME_METHOD as DEFAULT_METHOD
-from utils.build import build_test_time_method, load_trained, read_test_time_config
 from utils.cli import ArgumentParser, add_evaluation_args
 from utils.errors import UserError, cli_entry
 from utils.results import format_table, write_results

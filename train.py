@@ -7,13 +7,13 @@ import argparse
 
 from model.pretrained import apply_config_pretrained
 from trainer import Trainer
+from trainer.build import build_data, build_loss, build_model, build_performance, resolve_config, wrap_for_training
 from trainer.optim import build_lr_scheduler, build_optimizer
-from utils.build import build_data, build_loss, build_model, build_performance, resolve_config
 from utils.cli import ArgumentParser
 from utils.errors import UserError, cli_entry
 from utils.logger import log_to_file, setup_logging
 from utils.run_folder import RunFolder
-from utils.runtime import setup_runtime, teardown_runtime, wrap_model
+from utils.runtime import setup_runtime, teardown_runtime
 from utils.seed import seed_everything
 
 SECTIONS = ("arch", "data_loader", "loss", "optimizer", "trainer")
@@ -90,7 +90,7 @@ def main(argv=None):
             # Memory layout before wrapping: DDP must not see its parameters replaced afterwards.
             perf = build_performance(config)
             net = perf.apply_layout(net.to(runtime.device))
-        net = perf.maybe_compile(wrap_model(net, runtime, sync_batchnorm=config.get("trainer.sync_batchnorm", False)))
+        net = perf.maybe_compile(wrap_for_training(net, runtime, config))
         with runtime.fail_together():
             optimizer = build_optimizer(config, net)
             scheduler = build_lr_scheduler(config, optimizer)

@@ -19,7 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
+from utils.errors import UserError
+from utils.long_tail import shot_masks
 from utils.seed import epoch_seed
+from utils.two_view import TwoViews
 
 
 class LTDataModule:
@@ -48,13 +51,11 @@ class LTDataModule:
         return np.bincount(np.asarray(self.train_set.targets), minlength=self.num_classes).tolist()
 
     def shot_masks(self):
-        from data_loader.long_tail import shot_masks  # data_loader imports this module
         return shot_masks(self.cls_num_list)
 
     def rank_batch_size(self, world_size):
         """Each of ``world_size`` processes takes batch_size / world_size of the global batch."""
         if self.batch_size % world_size:
-            from utils.errors import UserError
             lower = self.batch_size - self.batch_size % world_size
             options = f"--bs {lower} or --bs {lower + world_size}" if lower else f"--bs {world_size}"
             raise UserError(f"data_loader.args.batch_size {self.batch_size} is the global batch and must be "
@@ -125,7 +126,7 @@ class LTDataModule:
         return np.asarray(self.test_set.targets)
 
     def test_distributions(self):
-        """Ordered ``{name: indices into test_set}`` (SPEC 2.2); subclasses define it."""
+        """Ordered ``{name: indices into test_set}`` (docs/methods.md#test-distributions); subclasses define it."""
         raise NotImplementedError
 
     def test_view_dataset(self, transform):
@@ -143,10 +144,10 @@ class LTDataModule:
 
     def two_view_loader(self, indices, batch_size, generator, num_workers=0, device=None, **augmentation):
         """Shuffled (view1, view2, test-set index) batches of the test images ``indices`` under the
-        strong augmentation of test-time aggregation (SPEC 6; ``augmentation``: the test-time
-        config's keys for ``two_view_transform``). Each pass reshuffles and draws new views, the
-        order from ``generator``. ``device``: where the forward pass runs."""
-        from data_loader.two_view import TwoViews  # data_loader imports this module
+        strong augmentation of test-time aggregation (docs/methods.md#test-time-aggregation;
+        ``augmentation``: the test-time config's keys for ``two_view_transform``). Each pass
+        reshuffles and draws new views, the order from ``generator``. ``device``: where the forward
+        pass runs."""
         strong = self.test_view_dataset(self.two_view_transform(**augmentation))
         return DataLoader(TwoViews(strong, indices), batch_size=batch_size, shuffle=True, generator=generator,
                           num_workers=num_workers)

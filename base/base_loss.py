@@ -11,6 +11,8 @@
   every epoch, and ``schedule_state()`` returns the Python state that ``forward`` branches on (a
   hashable value; None for a loss without a schedule). The trainer uses it to know when replayed
   training steps (CUDA graphs) must be recorded again, so a loss needs no knowledge of them.
+
+The returned value is checked at every training step (:func:`check_loss`; no device synchronisation).
 """
 import torch
 from torch import nn
@@ -50,3 +52,17 @@ class LTLoss(nn.Module):
         if isinstance(outputs, dict):
             return outputs["logits"] if "logits" in outputs else outputs["output"].unsqueeze(1)
         return outputs.unsqueeze(1)
+
+
+def check_loss(value, criterion):
+    """The contract of a loss's return value: a floating-point scalar tensor (0-dim) that autograd
+    can differentiate; one line naming the loss if not."""
+    name = type(criterion).__name__
+    if not isinstance(value, torch.Tensor) or value.dim() != 0 or not value.is_floating_point():
+        got = (f"a {value.dtype} tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor)
+               else type(value).__name__)
+        raise UserError(f"loss {name}: forward returned {got}; expected a floating-point scalar tensor (0-dim)")
+    if torch.is_grad_enabled() and not value.requires_grad:
+        raise UserError(f"loss {name}: forward returned a tensor without autograd history (requires_grad False); "
+                        "the loss must be computed from the model's outputs")
+    return value

@@ -7,10 +7,16 @@
 - ``is_classifier(name)``: whether a parameter (by its ``named_parameters`` name) belongs to an
   expert's classifier; ``optimizer.backbone_lr`` trains these at the optimiser's lr and the rest
   at ``backbone_lr``, and a pretrained start leaves them random.
+
+The output dict is checked at every forward pass of training and evaluation (:func:`check_outputs`;
+shapes only, so without a device synchronisation).
 """
 from abc import ABC, abstractmethod
 
+import torch
 from torch import nn
+
+from utils.errors import UserError
 
 
 class ExpertModel(nn.Module, ABC):
@@ -31,3 +37,26 @@ class ExpertModel(nn.Module, ABC):
 
     def classifier_parameters(self):
         return [p for n, p in self.named_parameters() if self.is_classifier(n)]
+
+
+def check_outputs(outputs, net):
+    """The contract of a model's output dict: ``output`` [B, C] and ``logits`` [B, E, C], E the
+    model's ``num_experts``; one line naming the model and the key if not."""
+    net = getattr(net, "module", net)  # DataParallel / DDP
+    name = type(net).__name__
+    if not isinstance(outputs, dict):
+        raise UserError(f"model {name}: forward returned {type(outputs).__name__}; expected a dict with "
+                        "'output' [B, C] and 'logits' [B, E, C]")
+    experts = getattr(net, "num_experts", None)
+    for key, dims in (("output", 2), ("logits", 3)):
+        value = outputs.get(key)
+        if not isinstance(value, torch.Tensor) or value.dim() != dims:
+            got = f"of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else (
+                "nothing" if value is None else type(value).__name__)
+            raise UserError(f"model {name}: forward's {key!r} is {got}; expected a tensor "
+                            f"{'[B, C]' if dims == 2 else '[B, E, C]'}")
+    out, logits = outputs["output"].shape, outputs["logits"].shape
+    if logits[0] != out[0] or logits[2] != out[1] or (isinstance(experts, int) and logits[1] != experts):
+        raise UserError(f"model {name}: forward's 'logits' {list(logits)} does not fit 'output' {list(out)} and "
+                        f"num_experts {experts}; expected [B, E, C] with 'output' [B, C]")
+    return outputs

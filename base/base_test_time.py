@@ -14,12 +14,22 @@ A method declares what it needs:
   set's labels, its name says "oracle" in every output, and no shipped default config selects it.
 - ``online()``: a method that can run on a stream (predict each batch, then learn from it) returns
   an :class:`OnlineAdapter`; the streaming protocol uses it. The default (None) means it cannot.
+
+What ``adapt`` returns is checked as soon as it returns (:func:`check_result`): ``scores`` must be
+a tensor [n, C], and every other entry JSON-able (it is written into the results row). Scores are
+only ranked (the prediction is their argmax), so logits, probabilities and log probabilities all
+work.
 """
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+
+from utils.errors import UserError
+
+NOT_FACTS = ("scores", "online_scores", "history")  # entries of a result that are not written into the row
 
 
 @dataclass
@@ -86,3 +96,37 @@ class TestTimeMethod(ABC):
         """The name written in results: the class name, marked as an oracle when it uses test labels."""
         name = cls.__name__
         return f"{name} (oracle: uses test labels)" if cls.uses_test_labels and "oracle" not in name.lower() else name
+
+
+def check_facts(facts, method, where="adapt()"):
+    """Every entry of ``facts`` (besides the scores) must be JSON-able: one line naming the key if not."""
+    for key, value in facts.items():
+        if key in NOT_FACTS:
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as e:
+            kind = type(value).__name__
+            raise UserError(f"test-time method {method}: {where} returned {key!r} as {kind} ({e}); entries beside "
+                            "'scores' must be JSON-able (numbers, strings, lists, dicts: use .tolist() or float())")
+
+
+def check_result(result, method, num_images, num_classes):
+    """The contract of ``adapt``'s return value, checked right after it returns: a dict with
+    ``scores`` [n, C] (and ``online_scores`` of the same shape if present) and JSON-able facts."""
+    if not isinstance(result, dict):
+        raise UserError(f"test-time method {method}: adapt() returned {type(result).__name__}; expected a dict "
+                        "with 'scores' ([n, C] tensor) and JSON-able facts")
+    for key in ("scores", "online_scores"):
+        if key not in result and key == "online_scores":
+            continue
+        scores = result.get(key)
+        if scores is None:
+            raise UserError(f"test-time method {method}: adapt() returned no {key!r}; expected a [n, C] tensor "
+                            f"of class scores (n = {num_images} images, C = {num_classes} classes)")
+        shape = list(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        if shape != [num_images, num_classes]:
+            raise UserError(f"test-time method {method}: adapt() returned {key!r} of shape {shape}; expected a "
+                            f"tensor [{num_images}, {num_classes}] (images, classes)")
+    check_facts(result, method)
+    return result

@@ -1,4 +1,5 @@
 """Shared benchmark set-up: real CIFAR-10 (written on demand) and a model from a config or checkpoint."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,18 +17,23 @@ PLAIN = ["trainer.autocast=null", "trainer.channels_last=false", "trainer.compil
 
 
 def ensure_cifar10(data_dir):
-    """Write CIFAR-10 with ../shared/data/make_cifar10.py unless ``data_dir`` already holds it."""
+    """``data_dir`` holding ``cifar-10-batches-py``: as it is, else written by the script named in
+    ``$CIFAR10_MAKER`` (called with the folder, for offline machines), else downloaded by torchvision."""
     if not (Path(data_dir) / "cifar-10-batches-py").is_dir():
-        maker = ROOT.parent / "shared" / "data" / "make_cifar10.py"
-        subprocess.run([sys.executable, str(maker), str(data_dir)], check=True)
+        maker = os.environ.get("CIFAR10_MAKER")
+        if maker:
+            subprocess.run([sys.executable, maker, str(data_dir)], check=True)
+        else:
+            from torchvision.datasets import CIFAR10
+            CIFAR10(str(data_dir), train=True, download=True)
     return Path(data_dir)
 
 
 def load_model_and_data(checkpoint=None, config=ROOT / "configs" / "config_cifar10_ir100_tade.json",
                         data_dir=DEFAULT_DATA, device="cpu", sets=()):
-    """A ``utils.build.Trained`` (net, config, data, perf, checkpoint): a trained checkpoint, or the
+    """A ``trainer.build.Trained`` (net, config, data, perf, checkpoint): a trained checkpoint, or the
     config's network freshly initialised (enough for timing), built the way the scripts build it."""
-    from utils.build import Trained, build_data, build_model, build_performance, load_trained, resolve_config
+    from trainer.build import Trained, build_data, build_model, build_performance, load_trained, resolve_config
     from utils.parse_config import parse_set_expression
 
     ensure_cifar10(data_dir)

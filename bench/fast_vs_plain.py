@@ -1,7 +1,7 @@
 """Numbers must not move: train the same short TADE recipe on real CIFAR-10-LT IR100 with the fast
 path (config defaults: bf16 autocast, channels_last, device-resident tensor pipeline) and with the
 plain path (fp32, NCHW, PIL transforms in DataLoader workers), same seeds, and report top-1 on all
-eleven test distributions (SPEC 2.2).
+eleven test distributions (docs/methods.md#test-distributions).
 
     python bench/fast_vs_plain.py --data_dir /work/main/.cache/cifar [--epochs 4] [--seeds 1 2]
         [-c CONFIG (default: the CIFAR-10-LT IR100 TADE config)]
@@ -29,8 +29,8 @@ import torch  # noqa: E402
 from common import PLAIN  # noqa: E402
 from data_loader.test_distributions import generated_distributions  # noqa: E402
 from model.metric import accuracy_from_confusion, confusion_matrix  # noqa: E402
+from trainer.build import load_trained  # noqa: E402
 from trainer.forward import predict  # noqa: E402
-from utils.build import load_trained  # noqa: E402
 from utils.parse_config import parse_set_expression, set_by_path  # noqa: E402
 from utils.performance import Performance  # noqa: E402
 

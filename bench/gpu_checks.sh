@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU figures of the README's performance and reproduction sections, in one run (one GPU):
+# The GPU figures of docs/performance.md and docs/results.md, in one run (one GPU):
 #   0. tests/test_cuda_graph.py (graph replays equal eager steps; needs CUDA);
 #   1. seconds per epoch of CIFAR-100-LT-sized TADE training (10,847 images, batch 128, 3 experts):
 #      config defaults (GPU-resident tensor path, bf16, channels_last, CUDA-graph steps) against the
@@ -9,7 +9,8 @@
 #      on all eleven distributions, test_train.py), with its wall time;
 #   3. bench/test_time_speed.py on the trained model (speed ratio and learned weights).
 # usage: bash bench/gpu_checks.sh [OUT_DIR]   (needs CIFAR-10 at $CIFAR_DIR, default .cache/cifar,
-# or make_cifar10.py at $MAKER; CIFAR-100 is not available offline, so step 1 uses random pixels in
+# or a script at $MAKER that writes it, else torchvision downloads it; CIFAR-100 is not available
+# offline, so step 1 uses random pixels in
 # the cifar-100-python layout: the timing does not depend on the pixel values)
 set -u
 OUT=${1:-${OUT:-runs/gpu}}
@@ -28,7 +29,8 @@ step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
 nproc
-[ -d "$DATA/cifar-10-batches-py" ] || $PY "${MAKER:-../shared/data/make_cifar10.py}" "$DATA" > /dev/null
+[ -d "$DATA/cifar-10-batches-py" ] || CIFAR10_MAKER=${MAKER:-} $PY -c \
+    "import sys; sys.path.insert(0, 'bench'); from common import ensure_cifar10; ensure_cifar10('$DATA')" > /dev/null
 $PY -c "import sys; sys.path.insert(0, 'tests'); from helpers import write_cifar100; write_cifar100('.cache/cifar100_random', 500, 100)"
 
 step "0. CUDA-graph tests"

@@ -1,5 +1,5 @@
 """Label-shift methods on saved logits: the reference (training-image) logits of a checkpoint, and an
-offline table of every method on the eleven distributions and the SPEC 9.5 protocols.
+offline table of every method on the eleven distributions and the docs/methods.md#protocols protocols.
 
     # once: the test logits (test.py) and the training images' clean logits
     python test.py -r RUN/last.pth -d cpu --data_dir DATA --save_logits --out OUT/eval.json

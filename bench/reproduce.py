@@ -24,7 +24,7 @@ from utils.parse_config import read_json  # noqa: E402
 
 ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
 
-# SPEC 8 (top-1 %); missing entries are not published.
+# docs/methods.md#published-results (top-1 %); missing entries are not published.
 PUBLISHED = {
     "cifar100_ir100": {
         "softmax": {"forward50": 62.3, "forward10": 56.2, "forward5": 52.5, "uniform": 41.4, "backward5": 30.5,

@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer.adaptation import ReferenceLogits, run_method, run_stream, validation_source  # noqa: E402
+from trainer.build import build_test_time_method, load_trained  # noqa: E402
 from trainer.saved_logits import load_logits  # noqa: E402
 from trainer.forward import collect_expert_logits  # noqa: E402
 from trainer.protocols import add_protocol_args, summarise, test_sets  # noqa: E402
-from utils.build import build_test_time_method, load_trained  # noqa: E402
 from utils.parse_config import ConfigParser  # noqa: E402
 import trainer.test_time as methods  # noqa: E402
 

@@ -17,8 +17,8 @@ import numpy as np
 from common import DEFAULT_DATA, ROOT, load_model_and_data
 
 from trainer.adaptation import run_method  # noqa: E402 - after common puts the repository on sys.path
+from trainer.build import Trained, build_data, build_test_time_method  # noqa: E402
 from trainer.forward import collect_expert_logits  # noqa: E402
-from utils.build import Trained, build_data, build_test_time_method  # noqa: E402
 from utils.parse_config import ConfigParser  # noqa: E402
 from utils.performance import Performance  # noqa: E402
 

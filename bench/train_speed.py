@@ -5,7 +5,7 @@ defaults (bf16 autocast, channels_last, device-resident tensor pipeline) against
     python bench/train_speed.py --data_dir .cache/cifar [--repeats 2] [--epochs 1] [-d DEVICE]
         [-c CONFIG] [--only defaults|plain] [--set KEY=VALUE ...]
 
-Prepares CIFAR-10 with ../shared/data/make_cifar10.py if the folder lacks it and trains through
+Prepares CIFAR-10 (``bench/common.py:ensure_cifar10``) if the folder lacks it and trains through
 train.py (the real code path) without evaluation. Each variant runs ``--repeats`` times,
 alternating, so a busy machine slows both alike; the best epoch of each is the figure least
 disturbed by other load, the median shows the spread. ``--set`` applies to both variants.

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from base.base_data_module import LTDataModule
 from data_loader import tensor_augment as ta
 from data_loader import transforms as tf
-from data_loader.long_tail import img_num_per_cls, select_per_class
+from utils.long_tail import img_num_per_cls, select_per_class
 from data_loader.tensor_two_view import TensorTwoViewLoader
 from data_loader.test_distributions import generated_distributions
 from data_loader.validation_split import describe, held_out_split, parse_validation
@@ -171,7 +171,7 @@ class ArrayLTDataModule(LTDataModule, ABC):
                                    self.mean, self.std)
 
     def two_view_transform(self, blur_p=0.2):
-        """The strong augmentation of test-time aggregation (SPEC 6)."""
+        """The strong augmentation of test-time aggregation (docs/methods.md#test-time-aggregation)."""
         return tf.small_image_two_view(self.image_size, self.mean, self.std, blur_p=blur_p, flip=self.augment["flip"])
 
     def two_view_loader(self, indices, batch_size, generator, num_workers=0, device=None, blur_p=0.2):

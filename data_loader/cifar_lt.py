@@ -1,4 +1,4 @@
-"""CIFAR-10-LT and CIFAR-100-LT (SPEC 2.1) from the standard pickle files.
+"""CIFAR-10-LT and CIFAR-100-LT (docs/methods.md#training-sets) from the standard pickle files.
 
 ``data_dir`` is the folder that holds ``cifar-10-batches-py/`` or ``cifar-100-python/`` (as
 torchvision's ``root``). Files present are read as they are (no checksum: re-encoded copies are
@@ -71,7 +71,7 @@ class _CIFARLT(ArrayLTDataModule):
 
 
 class CIFAR10LTDataModule(_CIFARLT):
-    """CIFAR-10-LT: 5,000 images at the head class (SPEC 2.1)."""
+    """CIFAR-10-LT: 5,000 images at the head class (docs/methods.md#training-sets)."""
     num_classes, train_img_max, label_key = 10, 5000, "labels"
     folder = "cifar-10-batches-py"
     train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -81,7 +81,7 @@ class CIFAR10LTDataModule(_CIFARLT):
 
 
 class CIFAR100LTDataModule(_CIFARLT):
-    """CIFAR-100-LT: 500 images at the head class (SPEC 2.1)."""
+    """CIFAR-100-LT: 500 images at the head class (docs/methods.md#training-sets)."""
     num_classes, train_img_max, label_key = 100, 500, "fine_labels"
     folder = "cifar-100-python"
     train_files, test_files = ("train",), ("test",)

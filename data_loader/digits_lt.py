@@ -1,13 +1,13 @@
 """Digits-LT: a long-tailed split of the 8x8 handwritten digits that ship inside scikit-learn.
 
-It needs no download, so the quick start runs offline in about a minute. 50 images per class form
+It needs no download, so the quick start runs offline. 50 images per class form
 the (balanced) test set; the rest is the training pool, from which a long tail is drawn with the
 same rule as CIFAR-LT (head class 120 images).
 """
 import numpy as np
 
 from data_loader.array_lt import ArrayLTDataModule
-from data_loader.long_tail import select_per_class
+from utils.long_tail import select_per_class
 
 DIGITS_MEAN = (0.3053,) * 3
 DIGITS_STD = (0.3759,) * 3

@@ -1,4 +1,4 @@
-"""List files of the large-scale sets (SPEC 2.3): one ``relative/path/to/image.jpg label`` per line.
+"""List files of the large-scale sets (docs/methods.md#list-datasets): ``relative/path/to/image.jpg label`` lines.
 
 Shared by the data modules and the ``data_txt`` tools. Every problem is a one-line ``UserError``
 naming the file and the line.

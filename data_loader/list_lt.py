@@ -1,10 +1,11 @@
-"""ImageNet-LT, Places-LT and iNaturalist 2018 (SPEC 2.3): folders of JPEGs described by list files.
+"""ImageNet-LT, Places-LT, iNaturalist 2018 (docs/methods.md#list-datasets): JPEG folders described by list files.
 
 ``data_dir`` is the folder the list paths are relative to; ``train_txt`` and ``test_txt`` name the
 training list and the (balanced) test list (iNat: its val list); ``val_list`` names the
 validation list (ImageNet-LT and Places-LT ship one, 20 images per class; iNaturalist 2018 has
-none, its val list being the test set), used for model selection and test-time calibration. Class counts come from the
-training list. The test distributions (SPEC 2.2) are read from the lists written by
+none, its val list being the test set), used for model selection and test-time calibration. Class
+counts come from the training list. The test distributions (docs/methods.md#test-distributions) are
+read from the lists written by
 ``python -m data_txt.make_test_distributions`` (``test_distribution_txt``, a path pattern with
 ``{name}``), each mapped to indices into the test list; with ``test_distribution_txt: null`` the
 same subsets are generated at start-up.
@@ -232,7 +233,8 @@ class ListLTDataModule(LTDataModule):
         return tf.large_image_two_view(self.image_size, self.mean, self.std, crop_scale=crop_scale, blur_p=blur_p)
 
     def test_distributions(self):
-        """Ordered ``{name: indices into test_set}``: forward..., uniform, backward... (SPEC 2.2)."""
+        """Ordered ``{name: test_set indices}``: forward..., uniform, backward...
+        (docs/methods.md#test-distributions)."""
         if self._distributions is None:
             if self.test_distribution_txt:
                 self._distributions = self._read_distributions(self.test_distribution_txt)
@@ -272,19 +274,19 @@ class ListLTDataModule(LTDataModule):
 
 
 class ImageNetLTDataModule(ListLTDataModule):
-    """ImageNet-LT: 1000 classes, ResNeXt-50 recipe (SPEC 2.3)."""
+    """ImageNet-LT: 1000 classes, ResNeXt-50 recipe (docs/methods.md#list-datasets)."""
     num_classes = 1000
 
 
 class PlacesLTDataModule(ListLTDataModule):
-    """Places-LT: 365 classes, relabelled by descending training frequency (SPEC 2.3)."""
+    """Places-LT: 365 classes, relabelled by descending training frequency (docs/methods.md#list-datasets)."""
     num_classes = 365
     default_relabel = True
 
 
 class INaturalistDataModule(ListLTDataModule):
     """iNaturalist 2018: 8,142 classes, no ColorJitter, its own normalisation; test distributions
-    forward/backward 2 and 3 of the val list (SPEC 2.2, 2.3)."""
+    forward/backward 2 and 3 of the val list (docs/methods.md#test-distributions, #list-datasets)."""
     num_classes = 8142
     default_ratios = (3, 2)
     default_mean, default_std, default_color_jitter = tf.INAT_MEAN, tf.INAT_STD, False

@@ -1,4 +1,4 @@
-"""SPEC 2.1's small-image training augmentation on whole batches of a uint8 tensor, on any device.
+"""docs/methods.md#training-sets's small-image training augmentation on whole batches of a uint8 tensor, on any device.
 
 RandomCrop(size, padding) with zero padding, RandomHorizontalFlip and RandomRotation(degrees)
 (nearest neighbour, zero fill) only move pixels, so together they are one index map per image:

@@ -1,5 +1,5 @@
-"""SPEC 6's strong two-view augmentation of small images, on whole batches of a uint8 tensor on any
-device (the ``"tensor"`` pipeline of test-time aggregation).
+"""The strong two-view augmentation of small images (docs/methods.md#test-time-aggregation), on whole batches of a uint8
+tensor on any device (the ``"tensor"`` pipeline of test-time aggregation).
 
 The PIL pipeline (``transforms.small_image_two_view``) does, per image: RandomCrop(size, padding),
 ColorJitter(0.4, 0.4, 0.4, 0.1) with probability 0.8 (brightness, contrast, saturation and hue in

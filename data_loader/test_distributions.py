@@ -1,4 +1,4 @@
-"""Test-agnostic test distributions (SPEC 2.2): subsets of one test set, shared by test.py and
+"""Test-agnostic test distributions (docs/methods.md#test-distributions): subsets of one test set, shared by test.py and
 test_train.py.
 
 A data module exposes ``test_distributions()`` -> ordered ``{name: indices into its test set}``.
@@ -9,20 +9,20 @@ from collections import OrderedDict
 
 import numpy as np
 
-from data_loader.long_tail import img_num_per_cls, select_per_class
+from utils.long_tail import img_num_per_cls, select_per_class
 
 CIFAR_RATIOS = (50, 25, 10, 5, 2)
 
 
 def distribution_names(ratios=CIFAR_RATIOS):
-    """SPEC column order: forward50 ... forward2, uniform, backward2 ... backward50."""
+    """the column order: forward50 ... forward2, uniform, backward2 ... backward50."""
     ratios = sorted(ratios, reverse=True)
     return [f"forward{r}" for r in ratios] + ["uniform"] + [f"backward{r}" for r in reversed(ratios)]
 
 
 def generated_distributions(test_targets, num_classes, ratios=CIFAR_RATIOS, img_max=None,
                             class_rank=None, seed=0):
-    """Forward/backward subsets by the SPEC formula with a seed-``seed`` choice within each class.
+    """Forward/backward subsets by the long-tail formula with a seed-``seed`` choice within each class.
 
     ``class_rank[c]`` is class c's rank by training frequency (0 = most frequent; default: the
     class index, as for CIFAR). ``img_max`` defaults to the images per class of the test set
@@ -49,7 +49,7 @@ def generated_distributions(test_targets, num_classes, ratios=CIFAR_RATIOS, img_
 
 
 def select_distributions(available, request):
-    """``all``, ``uniform`` or a comma list of names -> the requested names, in SPEC order."""
+    """``all``, ``uniform`` or a comma list of names -> the requested names, in the published order."""
     if request in (None, "", "all"):
         return list(available)
     wanted = [n.strip() for n in str(request).split(",") if n.strip()]

@@ -1,4 +1,4 @@
-"""Test protocols beyond the eleven distributions (SPEC 9.5): seeded subsets of one test set.
+"""Test protocols beyond the eleven distributions (docs/methods.md#protocols): seeded subsets of one test set.
 
 Every function is a pure function of the test targets and a seed and returns an ordered
 ``{name: numpy int64 array of indices into the test set}`` (ascending indices within a subset),

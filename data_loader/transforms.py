@@ -1,7 +1,8 @@
-"""torchvision transform pipelines built from config values (SPEC 2.1, 2.3, 6)."""
+"""torchvision transform pipelines built from config values (docs/methods.md#training-sets, #list-datasets,
+#test-time-aggregation)."""
 from torchvision import transforms as T
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the release normalises CIFAR-100 with these too (SPEC 2.1)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the release normalises CIFAR-100 with these too (docs/methods.md#training-sets)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
@@ -30,8 +31,8 @@ def small_image_two_view_sizes(size):
 
 
 def small_image_two_view(size, mean, std, blur_p=0.2, flip=True):
-    """Strong augmentation of test-time aggregation (SPEC 6, CIFAR): crop, jitter, grey, blur, flip.
-    data_loader/tensor_two_view.py is the same on batches of a device tensor."""
+    """Strong augmentation of test-time aggregation (CIFAR; docs/methods.md#test-time-aggregation): crop, jitter, grey,
+    blur, flip. data_loader/tensor_two_view.py is the same on batches of a device tensor."""
     padding, kernel = small_image_two_view_sizes(size)
     ops = [T.RandomCrop(size, padding=padding),
            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
@@ -48,7 +49,7 @@ def _odd(k):
     return k if k % 2 else k + 1
 
 
-# -- 224-px list datasets (SPEC 2.3, 6) --------------------------------------------------------
+# -- 224-px list datasets (docs/methods.md#list-datasets, #test-time-aggregation) ---------------------------------
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INAT_MEAN = (0.466, 0.471, 0.380)
@@ -70,8 +71,8 @@ def large_image_test(size, resize, mean, std):
 
 
 def large_image_two_view(size, mean, std, crop_scale=(0.2, 1.0), blur_p=0.5):
-    """Strong augmentation of test-time aggregation at 224 px (SPEC 6): RandomResizedCrop(scale
-    (0.2, 1)), jitter p 0.8, grey p 0.2, Gaussian blur sigma 0.1..2 with p 0.5, flip."""
+    """Strong augmentation of test-time aggregation at 224 px (docs/methods.md#test-time-aggregation):
+    RandomResizedCrop(scale (0.2, 1)), jitter p 0.8, grey p 0.2, Gaussian blur sigma 0.1..2 with p 0.5, flip."""
     return T.Compose([T.RandomResizedCrop(size, scale=tuple(crop_scale)),
                       T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
                       T.RandomGrayscale(p=0.2),

@@ -1,4 +1,4 @@
-"""Write the test-agnostic test lists of a list-based dataset (SPEC 2.2).
+"""Write the test-agnostic test lists of a list-based dataset (docs/methods.md#test-distributions).
 
     python -m data_txt.make_test_distributions --train TRAIN.txt --test TEST.txt --out DIR
         [--ratios 50 25 10 5 2] [--prefix NAME] [--num_classes C] [--img_max N] [--seed 0] [--force]

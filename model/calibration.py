@@ -1,4 +1,4 @@
-"""Calibration metrics (SPEC 9.4) and the reliability diagram.
+"""Calibration metrics (docs/methods.md#calibration) and the reliability diagram.
 
 Pure functions of scores [N, C] and integer targets [N]. Scores are probabilities, or logits with
 ``from_logits=True`` (then p = softmax(logits), and the NLL uses log_softmax, exact for any

@@ -1,4 +1,4 @@
-"""Top-1 and many/medium/few from a confusion matrix (SPEC 7), all as tensors, reduced once."""
+"""Top-1 and many/medium/few from a confusion matrix (docs/methods.md#metrics), all as tensors, reduced once."""
 import torch
 
 

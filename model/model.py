@@ -19,7 +19,7 @@ class _WrappedBackbone(ExpertModel):
 
 
 class ResNet32Model(_WrappedBackbone):
-    """Multi-expert ResNet-32 for CIFAR (SPEC 3); ``num_experts: 1`` is the Softmax baseline."""
+    """Multi-expert ResNet-32 for CIFAR (docs/methods.md#backbones); ``num_experts: 1`` is the Softmax baseline."""
 
     def __init__(self, num_classes=100, num_experts=3, reduce_dimension=False, use_norm=True, s=30,
                  returns_feat=True):
@@ -29,7 +29,7 @@ class ResNet32Model(_WrappedBackbone):
 
 
 class _ExpertBottleneckModel(_WrappedBackbone):
-    """Multi-expert Bottleneck ResNet(-Xt) for 224-px images (SPEC 3). An ImageNet-pretrained start
+    """Multi-expert Bottleneck ResNet(-Xt) for 224-px images (docs/methods.md#backbones). An ImageNet-pretrained start
     (Places-LT) is the config's ``arch.pretrained``, applied by train.py (model/pretrained.py)."""
 
     layers, groups, width_per_group = None, 1, 64

@@ -1,4 +1,4 @@
-"""Initialise a multi-expert backbone from one single-network ImageNet ResNet (SPEC 5, Places-LT).
+"""Initialise a multi-expert backbone from one single-network ImageNet ResNet (docs/methods.md#recipes, Places-LT).
 
 The stem, layer1 and layer2 are copied once; layer3 and layer4 are copied into every expert
 (``layer3.*`` -> ``layer3s.{k}.*``); the network's own classifier (``fc.*``) is skipped and the

@@ -1,4 +1,4 @@
-"""Multi-expert ResNet for 32x32 images (SPEC 3): shared stem and stage 1, one stage 2 + stage 3 +
+"""Multi-expert ResNet for 32x32 images (docs/methods.md#backbones): shared stem and stage 1, one stage 2 + stage 3 +
 classifier per expert. Parameter names match the release (``layer2s.{k}``, ``linears.{k}``)."""
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Multi-expert ResNet / ResNeXt with Bottleneck blocks for 224-px images (SPEC 3).
+"""Multi-expert ResNet / ResNeXt with Bottleneck blocks for 224-px images (docs/methods.md#backbones).
 
 Shared stem (conv1 7x7/2, bn1, ReLU, max-pool), layer1 and layer2; one layer3 + layer4 +
 classifier per expert. With ``reduce_dimension`` layer3/layer4 have 192/384 planes instead of

@@ -15,7 +15,7 @@ from base.base_data_module import LTDataModule
 from base.base_loss import LTLoss
 from base.base_model import ExpertModel
 from base.base_test_time import TestTimeMethod
-from utils.build import build_test_time_method, read_test_time_config
+from trainer.build import build_test_time_method, read_test_time_config
 from utils.errors import UserError
 from utils.parse_config import ConfigParser
 

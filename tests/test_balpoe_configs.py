@@ -1,4 +1,4 @@
-"""The shipped BalPoE recipes (SPEC 9.3): values, the loss's published tau lists, mixup's alpha, and
+"""The shipped BalPoE recipes (docs/methods.md#balpoe): values, the loss's published tau lists, mixup's alpha, and
 each config building its data (small generated files in the real formats), model and loss."""
 import pickle
 

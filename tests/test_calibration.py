@@ -1,4 +1,4 @@
-"""Calibration metrics (SPEC 9.4): ECE/MCE on 15 equal-width bins, NLL, the mean predicted class
+"""Calibration metrics (docs/methods.md#calibration): ECE/MCE on 15 equal-width bins, NLL, the mean predicted class
 distribution against the true one, and the reliability diagram."""
 import math
 

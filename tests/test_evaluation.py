@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from data_loader.test_distributions import distribution_names, generated_distributions
 from model import ResNet32Model
 from tests.helpers import assert_one_line_error, run_script, small_cifar_config, write_cifar100, write_config
@@ -102,7 +102,7 @@ def trained(tmp_path_factory):
 
 
 def test_one_pass_equals_separate_subsets(trained):
-    from utils.build import load_trained
+    from trainer.build import load_trained
     _, _, ckpt = trained
     t = load_trained(ckpt)
     net, data = t.net, t.data
@@ -145,7 +145,7 @@ def test_test_py_writes_json_csv_and_logits(trained, tmp_path):
         assert key in csv.columns
     assert payload["checkpoint_epoch"] == torch.load(ckpt, weights_only=True)["epoch"]
     assert (tmp_path / "res" / "eval_reliability.png").stat().st_size > 1000
-    # the table is printed in SPEC order
+    # the table is printed in the published order
     header = next(line for line in proc.stdout.splitlines() if "forward50" in line)
     assert header.split() == distribution_names()
 
@@ -199,7 +199,7 @@ def _release_checkpoint(path, net, config):
 
 def test_release_checkpoint_loads_and_gives_the_release_logits(trained, tmp_path):
     from tests.release_reference import ResNet32Model as ReleaseModel
-    from utils.build import load_trained
+    from trainer.build import load_trained
     root, data_dir, _ = trained
     torch.manual_seed(0)
     release = ReleaseModel(num_classes=100, reduce_dimension=True, num_experts=3)

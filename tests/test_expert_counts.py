@@ -1,4 +1,4 @@
-"""Any number of experts (SPEC 3, 9.3): parameter counts of the CIFAR ResNet-32 and the
+"""Any number of experts (docs/methods.md#backbones, #balpoe): parameter counts of the CIFAR ResNet-32 and the
 ImageNet-scale backbones for 1..7 experts, against counts computed here from the architecture
 (the shared trunk once, layer stages and classifier per expert), anchored on the published
 3-expert numbers; and forward passes with more than three experts."""
@@ -34,7 +34,7 @@ def resnet32_count(classes, experts, reduce, use_norm=True):
 
 
 def test_cifar_formula_matches_published_count():
-    assert resnet32_count(100, 3, reduce=True) == 783_856  # SPEC 3
+    assert resnet32_count(100, 3, reduce=True) == 783_856  # docs/methods.md#backbones
 
 
 @pytest.mark.parametrize("experts", EXPERTS)
@@ -83,7 +83,7 @@ def bottleneck_count(cls, classes, experts, reduce):
     ("ResNet152Model", 365, False, 171_543_616),
 ])
 def test_bottleneck_formula_matches_published_counts(cls, classes, reduce, published):
-    assert bottleneck_count(cls, classes, 3, reduce) == published  # SPEC 3
+    assert bottleneck_count(cls, classes, 3, reduce) == published  # docs/methods.md#backbones
 
 
 @pytest.mark.parametrize("experts", EXPERTS)

@@ -1,13 +1,13 @@
-"""The README's "Extending" examples (tests/extending/) are real: each is built from a config by its
+"""The examples of docs/extending.md (tests/extending/) are real: each is built from a config by its
 ``type`` through the public entry points (train.py, test.py, test_train.py) and trains or evaluates;
-the README shows each file exactly as it is here."""
+docs/extending.md shows each file exactly as it is here."""
 import json
 import re
 
 import numpy as np
 import pytest
 
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from tests.helpers import ROOT, assert_one_line_error, run_script, write_config
 
 EXAMPLES = ROOT / "tests" / "extending"
@@ -97,6 +97,6 @@ def test_a_dotted_type_must_honour_its_contract(tmp_path):
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.py") if p.name != "__init__.py"))
-def test_readme_shows_each_example_file_as_it_is(example):
-    readme = (ROOT / "README.md").read_text()
-    assert (EXAMPLES / example).read_text().strip() in readme, f"README's copy of tests/extending/{example} differs"
+def test_extending_guide_shows_each_example_file_as_it_is(example):
+    guide = (ROOT / "docs" / "extending.md").read_text()
+    assert (EXAMPLES / example).read_text().strip() in guide, f"docs/extending.md: tests/extending/{example} differs"

@@ -1,4 +1,4 @@
-"""ImageNet-scale multi-expert backbones (SPEC 3): parameter counts and names on the meta device,
+"""ImageNet-scale multi-expert backbones (docs/methods.md#backbones): parameter counts and names on the meta device,
 MACs at 224 px, a real forward pass at a small size, and the pretrained Places-LT start."""
 import pytest
 import torch

@@ -1,5 +1,5 @@
-"""The ImageNet-LT / Places-LT / iNat recipes (SPEC 5, 6) as shipped configs: values, models built
-on the meta device, and the Places parameter groups and schedule."""
+"""The ImageNet-LT / Places-LT / iNat recipes (docs/methods.md#recipes, #test-time-aggregation) as shipped configs:
+values, models built on the meta device, and the Places parameter groups and schedule."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""List-based datasets (ImageNet-LT, Places-LT, iNat; SPEC 2.3) on generated JPEGs and lists."""
+"""List-based datasets (ImageNet-LT, Places-LT, iNat; docs/methods.md#list-datasets) on generated JPEGs and lists."""
 import logging
 
 import numpy as np
@@ -8,7 +8,7 @@ from torchvision import transforms as T
 
 from data_loader import ImageNetLTDataLoader, INaturalistDataLoader, PlacesLTDataLoader
 from data_loader.list_lt import UnreadableImageError
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from tests.list_data import TRAIN_COUNTS, list_module_args, write_list_dataset
 from utils.errors import UserError
 

@@ -1,5 +1,5 @@
-"""data_txt.make_test_distributions (SPEC 2.2): published list sizes on lists with the real class
-profiles, counts by training rank in both directions, and the lists read back by the data modules."""
+"""data_txt.make_test_distributions (docs/methods.md#test-distributions): published list sizes on lists with the real
+class profiles, counts by training rank in both directions, and the lists read back by the data modules."""
 import os
 import subprocess
 import sys
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from data_loader import ImageNetLTDataLoader, PlacesLTDataLoader
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from data_txt.make_test_distributions import main as tool_main
 from data_txt.make_test_distributions import make_test_distributions
 from tests.helpers import ROOT
 from tests.list_data import TRAIN_COUNTS, list_module_args, write_list_dataset
 from utils.errors import UserError
 
-PUBLISHED = {  # SPEC 2.2: forward = backward sizes
+PUBLISHED = {  # docs/methods.md#test-distributions: forward = backward sizes
     "ImageNet-LT": (1000, 50, (50, 25, 10, 5, 2), {50: 12_058, 25: 14_437, 10: 19_059, 5: 24_365, 2: 35_574}),
     "Places-LT": (365, 100, (50, 25, 10, 5, 2), {50: 8_989, 25: 10_727, 10: 14_103, 5: 17_970, 2: 26_155}),
     "iNat 2018": (8142, 3, (3, 2), {2: 12_906}),

@@ -1,17 +1,17 @@
-"""BalPoE's logit-adjusted expert loss (SPEC 9.3): the formula, the "limits" taus, the checks."""
+"""BalPoE's logit-adjusted expert loss (docs/methods.md#balpoe): the formula, the "limits" taus, the checks."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import model.loss as losses
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from model.loss.logit_adjusted_loss import LogitAdjustedLoss, evenly_spaced_taus
 from utils.errors import UserError
 from utils.parse_config import ConfigParser
 
 
 def formula(logits, target, counts, taus):
-    """SPEC 9.3 written out: mean over experts of CE(z_k + tau_k log(p + 1e-9), y), in float64."""
+    """docs/methods.md#balpoe written out: mean over experts of CE(z_k + tau_k log(p + 1e-9), y), in float64."""
     prior = torch.tensor(counts, dtype=torch.float64) / sum(counts)
     z = logits.double()
     per_expert = [F.cross_entropy(z[:, k] + tau * torch.log(prior + 1e-9), target) for k, tau in enumerate(taus)]
@@ -100,7 +100,7 @@ def test_found_by_config_and_moves_with_the_module():
 
 
 def test_gradient_drives_each_expert_to_its_prior():
-    """At the optimum expert k's softmax(z_k) is p^(1 - tau_k), normalised (SPEC 9.3): fit free
+    """At the optimum expert k's softmax(z_k) is p^(1 - tau_k), normalised (docs/methods.md#balpoe): fit free
     logits (one vector per expert) to labels drawn from p and compare."""
     counts = [60, 30, 10]
     prior = torch.tensor(counts, dtype=torch.float64) / sum(counts)

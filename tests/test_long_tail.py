@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from data_loader.long_tail import img_num_per_cls, select_per_class, shot_masks
+from utils.long_tail import img_num_per_cls, select_per_class, shot_masks
 from tests.helpers import write_cifar100
 
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_loader.long_tail import img_num_per_cls
+from utils.long_tail import img_num_per_cls
 from model.loss import BalancedSoftmaxLoss, CrossEntropyLoss, DiverseExpertLoss
 
 
 def formula(logits, target, counts, tau):
-    """SPEC 4, written out independently of the implementation."""
+    """docs/methods.md#tade-loss, written out independently of the implementation."""
     prior = torch.tensor(counts, dtype=torch.float64) / sum(counts)
     inv = torch.tensor(list(reversed(sorted(counts))), dtype=torch.float64)
     # CIFAR counts are sorted descending, so the mirrored rank of class c is C-1-c

@@ -1,4 +1,4 @@
-"""Mixup as a training option (trainer.mixup, SPEC 9.3): config errors, seeded draws, convex
+"""Mixup as a training option (trainer.mixup, docs/methods.md#balpoe): config errors, seeded draws, convex
 combinations with the drawn lam, lam = 1 is exactly no mixup, the trainer's step, and a mixup run
 on Digits-LT killed and resumed ends with the uninterrupted run's weights."""
 import copy

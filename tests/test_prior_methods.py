@@ -1,5 +1,5 @@
-"""Label-shift test-time methods (SPEC 9.1, 9.2): EM, MAP-EM, the safe default, the oracle, the
-online form, calibration, argument checks. Synthetic logits of a calibrated model: Gaussian
+"""Label-shift test-time methods (docs/methods.md#label-shift, #prior-estimation): EM, MAP-EM, the safe default, the
+oracle, the online form, calibration, argument checks. Synthetic logits of a calibrated model: Gaussian
 class-conditionals, so log p(x|y) is known exactly and the Bayes posterior under any prior is too."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Protocol subsets (SPEC 9.5): Dirichlet shift, missing classes, streaming order and batches."""
+"""Protocol subsets (docs/methods.md#protocols): Dirichlet shift, missing classes, streaming order and batches."""
 import numpy as np
 import pytest
 

@@ -7,11 +7,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from base.base_test_time import TestTimeContext
+from base.base_test_time import NOT_FACTS, TestTimeContext, check_facts, check_result
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
-
-_NOT_IN_ROW = ("scores", "online_scores", "history")
 
 
 class ReferenceLogits:
@@ -75,14 +73,15 @@ def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1
     for d, (name, indices) in enumerate(test_sets.items()):
         ctx = context_for(method, trained, device, name, indices, seed * 1000 + d, targets, reference, validation)
         subset_logits, subset_targets = clean_logits[ctx.indices], targets[ctx.indices]
-        out = method.adapt(subset_logits, ctx)
+        out = check_result(method.adapt(subset_logits, ctx), type(method).__name__, len(ctx.indices),
+                           data.num_classes)
         whole = {name: np.arange(len(ctx.indices))}
         row = distribution_metrics(out["scores"].argmax(1), subset_targets, whole, data.num_classes, shot_masks)[name]
         row["top1_average"] = distribution_metrics(subset_logits.mean(1).argmax(1), subset_targets, whole,
                                                    data.num_classes, shot_masks)[name]["top1"]
         if "online_scores" in out:
             row["top1_online"] = float((out["online_scores"].argmax(1) == subset_targets).double().mean())
-        row.update({k: v for k, v in out.items() if k not in _NOT_IN_ROW})
+        row.update({k: v for k, v in out.items() if k not in NOT_FACTS})
         results[name] = row
         if report is not None:
             report(name, row, out)
@@ -111,10 +110,17 @@ def run_stream(method, trained, clean_logits, targets, batch_sizes, device, seed
         preds = torch.empty(len(targets), dtype=torch.long)
         for batch in stream_batches(order.numpy(), b):
             idx = torch.as_tensor(batch)
-            preds[idx] = adapter.step(clean_logits[idx]).argmax(1)
+            scores = adapter.step(clean_logits[idx])
+            if not isinstance(scores, torch.Tensor) or list(scores.shape) != [len(idx), data.num_classes]:
+                shape = list(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+                raise UserError(f"test-time method {type(method).__name__}: its online step returned scores of "
+                                f"shape {shape}; expected a tensor [{len(idx)}, {data.num_classes}] (images, classes)")
+            preds[idx] = scores.argmax(1)
         name = f"stream_b{b}"
         row = distribution_metrics(preds, targets, {name: everything}, data.num_classes, data.shot_masks())[name]
         row["top1_average"] = float((clean_logits.mean(1).argmax(1) == targets).double().mean())
-        row.update(adapter.summary())
+        summary = adapter.summary()
+        check_facts(summary, type(method).__name__, "its online summary()")
+        row.update(summary)
         results[name] = row
     return results

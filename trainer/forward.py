@@ -4,6 +4,7 @@ import contextlib
 
 import torch
 
+from base.base_model import check_outputs
 from utils.performance import Performance
 from utils.progress import progress
 
@@ -13,7 +14,7 @@ def network_outputs(net, x, perf, device, grad=False):
     ``grad=True`` keeps autograd (only to measure the release's backprop-through-the-network way)."""
     perf = perf or Performance()
     with (contextlib.nullcontext() if grad else torch.inference_mode()), perf.autocast_context(device):
-        return net(perf.prepare_input(x, device))
+        return check_outputs(net(perf.prepare_input(x, device)), net)
 
 
 def batch_outputs(net, loader, perf, device, desc=None):

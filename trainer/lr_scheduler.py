@@ -3,7 +3,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 class _WarmupStep:
-    """Picklable multiplier (SPEC 5): gamma^2 from step2, gamma from step1, times (e+1)/warmup
+    """Picklable multiplier (docs/methods.md#recipes): gamma^2 from step2, gamma from step1, times (e+1)/warmup
     while e < warmup; e is the 0-based epoch."""
 
     def __init__(self, step1, step2, gamma, warmup_epoch):

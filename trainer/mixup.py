@@ -1,4 +1,4 @@
-"""Mixup as a training option (Zhang et al., ICLR 2018; BalPoE's recipes, SPEC 9.3).
+"""Mixup as a training option (Zhang et al., ICLR 2018; BalPoE's recipes, docs/methods.md#balpoe).
 
 Config: ``trainer.mixup: {"alpha": 0.8}`` turns it on; ``null`` or no key: off. Per batch one
 lam ~ Beta(alpha, alpha) and a permutation ``perm`` of the batch:
@@ -22,6 +22,8 @@ import math
 import numpy as np
 import torch
 
+from base.base_loss import check_loss
+from base.base_model import check_outputs
 from utils.errors import UserError
 from utils.seed import epoch_seed
 
@@ -101,8 +103,8 @@ def mixed_loss(criterion, outputs, y, lam, perm):
 def forward_loss(model, criterion, x, y, mix=None):
     """The model's outputs and the training loss of one batch, mixed when ``mix = (lam, perm)``."""
     if mix is None:
-        outputs = model(x)
-        return outputs, criterion(outputs, y)
+        outputs = check_outputs(model(x), model)
+        return outputs, check_loss(criterion(outputs, y), criterion)
     lam, perm = mix
-    outputs = model(mix_inputs(x, lam, perm))
-    return outputs, mixed_loss(criterion, outputs, y, lam, perm)
+    outputs = check_outputs(model(mix_inputs(x, lam, perm)), model)
+    return outputs, check_loss(mixed_loss(criterion, outputs, y, lam, perm), criterion)

@@ -9,7 +9,7 @@ from utils.runtime import unwrap
 def parameter_groups(model, backbone_lr, source="config"):
     """Two groups: the experts' classifiers (``is_classifier`` of the model contract, base/base_model.py)
     at the optimiser's ``lr``, everything
-    else at ``backbone_lr`` (Places-LT fine-tunes a pretrained backbone slowly, SPEC 5). The
+    else at ``backbone_lr`` (Places-LT fine-tunes a pretrained backbone slowly, docs/methods.md#recipes). The
     classifier group comes first, so logs that show group 0's lr show ``lr``."""
     if not isinstance(backbone_lr, (int, float)) or isinstance(backbone_lr, bool) or backbone_lr < 0:
         raise UserError(f"config {source}: optimizer.backbone_lr must be a non-negative number, got {backbone_lr!r}")

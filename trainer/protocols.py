@@ -1,7 +1,7 @@
 """The test protocols of test.py and test_train.py (``--protocol``), all scored from one pass of
 clean logits over the test set:
 
-- ``distributions`` (default): the eleven published test distributions (SPEC 2.2);
+- ``distributions`` (default): the eleven published test distributions (docs/methods.md#test-distributions);
 - ``dirichlet``: ``--draws`` seeded test sets of ``--size`` images per ``--alpha`` (pi ~ Dir(alpha 1));
 - ``missing``: ``--draws`` seeded subsets in which ``--missing_fraction`` of the classes have no image;
 - ``streaming``: the whole test set in a seeded order, in batches of each ``--stream_batch``; a

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from data_loader.long_tail import shot_masks
+from utils.long_tail import shot_masks
 from utils.errors import UserError
 
 SPLITS = ("test", "validation", "training")

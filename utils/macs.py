@@ -1,4 +1,4 @@
-"""Multiply-accumulates per image, as the published cost tables count them (SPEC 3).
+"""Multiply-accumulates per image, as the published cost tables count them (docs/methods.md#backbones).
 
 MACs = FLOPs / 2 of the convolutions and matrix products (linear / cosine classifiers), measured
 with ``torch.utils.flop_counter.FlopCounterMode`` on one image. Batch norm, activations, pooling

@@ -79,7 +79,7 @@ class Performance:
 
     def configure_backends(self):
         """Process-wide switch: cuDNN autotuning (``cudnn_benchmark``). Called once per process by
-        the build path (utils/build.py)."""
+        the build path (trainer/build.py)."""
         if self.cudnn_benchmark and torch.backends.cudnn.is_available():
             torch.backends.cudnn.benchmark = True
 

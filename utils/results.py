@@ -1,4 +1,4 @@
-"""Result tables: print aligned (distributions as columns, SPEC order), write JSON and CSV."""
+"""Result tables: print aligned (distributions as columns, the published order), write JSON and CSV."""
 import json
 import os
 from pathlib import Path

@@ -159,14 +159,9 @@ def teardown_runtime(runtime):
         dist.destroy_process_group()
 
 
-def wrap_model(model, runtime, sync_batchnorm=False):
-    """Move to the device and wrap for DataParallel or DDP as the runtime asks.
-
-    ``sync_batchnorm`` (DDP only): BatchNorm statistics over the global batch instead of each
-    rank's share, on GPUs and on CPU (``model/sync_batchnorm.py``). Parameter names do not change."""
-    if runtime.distributed and sync_batchnorm:
-        from model.sync_batchnorm import convert_sync_batchnorm
-        model = convert_sync_batchnorm(model, runtime.device)
+def wrap_model(model, runtime):
+    """Move to the device and wrap for DataParallel or DDP as the runtime asks (global-batch
+    BatchNorm, ``trainer.sync_batchnorm``, is converted before: ``trainer/build.py``)."""
     model = model.to(runtime.device)
     if runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None

@@ -1,4 +1,4 @@
-"""TADE's diverse-expert loss (SPEC 4).
+"""TADE's diverse-expert loss (docs/methods.md#tade-loss).
 
   L = CE(z1, y) + CE(z2 + log(pi + eps), y) + CE(z3 + log(pi + eps) - tau * log(pi_inv + eps), y)
 

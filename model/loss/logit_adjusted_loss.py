@@ -1,4 +1,4 @@
-"""BalPoE's logit-adjusted expert family (Sanchez Aimar et al., CVPR 2023; SPEC 9.3).
+"""BalPoE's logit-adjusted expert family (Sanchez Aimar et al., CVPR 2023; docs/methods.md#balpoe).
 
 Expert k is trained with the logit-adjusted cross-entropy
 

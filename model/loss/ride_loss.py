@@ -1,4 +1,5 @@
-"""RIDE's stage-one loss (Wang et al., ICLR 2021), the three-expert baseline of SPEC 4/8.
+"""RIDE's stage-one loss (Wang et al., ICLR 2021), the three-expert baseline
+(docs/methods.md#baselines).
 
 For every expert: an LDAM margin loss (margin m_c proportional to n_c^(-1/4), the largest 0.5,
 subtracted from the true-class logit as m_c * s) with deferred re-weighting by effective numbers

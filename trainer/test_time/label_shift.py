@@ -1,5 +1,5 @@
-"""Label-shift test-time methods (SPEC 9.1, 9.2): estimate the test set's class prior pi from the
-unlabeled clean logits, then apply the post-hoc adjustment
+"""Label-shift test-time methods (docs/methods.md#label-shift, #prior-estimation): estimate the test set's class prior
+pi from the unlabeled clean logits, then apply the post-hoc adjustment
 
     scores = z_cal + log pi_hat - log p_s
 
@@ -21,8 +21,8 @@ al. 2020) is computed once per method instance, on first use, and cached. The de
 method is ``source_prior="reference"``, ``temperature="fit"``, ``bias=true``: the fitted bias
 makes the calibrated posterior's class marginal on the training images equal their label
 frequencies, so p_s is the training prior and the model's own class bias is removed before EM
-(without it, EM turns a miscalibrated class marginal into a spurious shift; SPEC 9.2 (a)). A bias
-is only consistent with p_s "reference" or "train". Reference data may be given as [N, E, C] or
+(without it, EM turns a miscalibrated class marginal into a spurious shift; docs/methods.md#prior-estimation).
+A bias is only consistent with p_s "reference" or "train". Reference data may be given as [N, E, C] or
 already averaged [N, C].
 
 The anchor pi_0 = p_s e^-b (normalised) is the prior under which the calibrated posterior predicts
@@ -137,7 +137,7 @@ def _log(p):
 
 def em_prior(log_q, source_prior, extra_counts=None, tol=1e-6, max_iter=1000, init=None,
              past_counts=None, past_n=0):
-    """EM for the test prior (Saerens et al. 2002; SPEC 9.2).
+    """EM for the test prior (Saerens et al. 2002; docs/methods.md#prior-estimation).
 
     ``log_q`` [n, C]: log posteriors calibrated for ``source_prior`` p_s. E-step r_iy ∝ q_iy pi_y / p_s_y;
     M-step pi ∝ sum_i r_iy + extra_y, extra_y = a_y - 1 (Dirichlet pseudo-counts; None = the MLE).
@@ -404,7 +404,7 @@ class EMPrior(LabelShiftMethod):
 class MAPPrior(LabelShiftMethod):
     """MAP-EM with a Dirichlet prior of pseudo-counts: M-step pi ∝ sum_i r_iy + a_y - 1, with
     a_y - 1 = ``pseudo_count`` * C * m_y, m = p_s (``toward``: "source", default) or uniform
-    ("uniform": a_y = 1 + pseudo_count for every class, the SPEC's a_y > 1 shrinking toward uniform).
+    ("uniform": a_y = 1 + pseudo_count for every class, a_y > 1 shrinks toward uniform).
     ``pseudo_count`` > 0 keeps every class's estimate positive, with missing classes and few images;
     its weight fades as the test set grows. Other args as :class:`EMPrior`."""
 
@@ -526,8 +526,8 @@ class SafePrior(MAPPrior):
 
 
 class OnlinePrior(OnlineAdapter):
-    """A label-shift method on a stream (SPEC 9.2). ``step`` scores a batch with the prior estimated
-    from the previous batches only (before the first batch: the plain average), then updates the
+    """A label-shift method on a stream (docs/methods.md#prior-estimation). ``step`` scores a batch with the prior
+    estimated from the previous batches only (before the first batch: the plain average), then updates the
     estimate by EM (warm-started) on every image seen so far, with the method's pseudo-counts.
     The calibrated log posteriors of the stream are kept while they fit in ``buffer_elements``
     numbers (images x classes); images beyond that enter with their posterior sums frozen at the

@@ -1,6 +1,7 @@
-"""The oracle prior (BalPoE's ``posthoc_bias_correction``, Sarto et al. 2023): the post-hoc
-adjustment with the true class frequencies of the test set being evaluated. A ceiling for tables,
-never a method: it reads the test labels (``uses_test_labels``), and no shipped config selects it.
+"""The oracle prior (BalPoE's ``posthoc_bias_correction``, Sarto et al. 2023; docs/methods.md#label-shift):
+the post-hoc adjustment with the true class frequencies of the test set being evaluated. A ceiling
+for tables, never a method: it reads the test labels (``uses_test_labels``), and no shipped config
+selects it.
 
 By default it is BalPoE's row exactly: ``z + log pi_test`` on the uncalibrated mean logits (T = 1,
 no bias, a uniform source prior). With calibration settings (``temperature`` "fit", ``bias``,

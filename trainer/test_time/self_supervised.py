@@ -1,4 +1,4 @@
-"""Test-time self-supervised aggregation of the experts (TADE, SPEC 6).
+"""Test-time self-supervised aggregation of the experts (TADE, docs/methods.md#test-time-aggregation).
 
 On one unlabeled test distribution, learn expert weights w = softmax(alpha) so that the aggregated
 logits a(x) = sum_k w_k z_k(x) of two strongly augmented views of each image agree (cosine

@@ -5,20 +5,34 @@
       -> data module, model (+ trained weights), precision settings (built once per process)
 
 Each step is a function, so a script takes the steps it needs; ``load_trained`` is the whole chain
-for a trained checkpoint.
+for a trained checkpoint. This module wires the packages together, so it sits at the top of the
+import stack (``utils`` and ``base`` below, then ``data_loader`` and ``model``, then ``trainer``).
+
+A config read from a checkpoint may name only this project's types: a dotted ``type`` whose module
+lies outside the project is refused before anything is imported (a checkpoint must never run code).
+Such a type is allowed from a config the user gives with ``-c`` (or sets with ``--set``), or from a
+checkpoint when its top-level package is named in the environment variable ``TADE_ALLOW_IMPORT``
+(comma-separated: the explicit opt-in, for test_train.py, whose ``-c`` is the test-time config); it
+is then named in the log.
 """
+import logging
+import os
 from dataclasses import dataclass
 
 import data_loader
 import model as models
 import model.loss as losses
 import trainer.test_time as test_time_methods
+from model.sync_batchnorm import convert_sync_batchnorm
 from utils.checkpoint import config_from_checkpoint, extract_state_dict, load_checkpoint, load_model_weights
 from utils.errors import UserError
 from utils.parse_config import ConfigParser, read_json
 from utils.performance import Performance
+from utils.registry import is_project_module
+from utils.runtime import wrap_model
 
 DEFAULT_TEST_TIME_METHOD = "SelfSupervisedAggregation"
+ALLOW_IMPORT = "TADE_ALLOW_IMPORT"  # packages outside the project a checkpoint's config may import
 
 
 def resolve_config(config_path=None, checkpoint=None, overrides=(), sections=("arch", "data_loader"),
@@ -35,11 +49,40 @@ def resolve_config(config_path=None, checkpoint=None, overrides=(), sections=("a
             raise UserError(f"checkpoint {checkpoint} holds no config of this framework; give one with -c")
     else:
         raise UserError(f"{script}: give a config with -c CONFIG (or a checkpoint with -r CHECKPOINT)")
+    stored = dict(outside_types(config)) if config_path is None else {}
     ConfigParser.apply_overrides(config, overrides, source)
+    allowed = {name.strip() for name in os.environ.get(ALLOW_IMPORT, "").split(",") if name.strip()}
+    for key_path, type_name in outside_types(config):
+        if stored.get(key_path) == type_name and type_name.split(".")[0] not in allowed:  # the checkpoint's own
+            raise UserError(f"checkpoint {checkpoint}: its config's {key_path} {type_name!r} names a module outside "
+                            f"this project, which a checkpoint may not import; to use it, give the config with -c "
+                            f"or allow the package with {ALLOW_IMPORT}={type_name.split('.')[0]}")
+        _note(f"config {source}: {key_path} {type_name!r} is imported from outside this project")
     for section in sections:
         if section not in config:
             raise UserError(f"config {source}: missing section '{section}'")
     return ConfigParser(config, source=source), ckpt
+
+
+def outside_types(config, prefix=""):
+    """(key path, type) for every dotted ``type`` of ``config`` (any depth) whose module is not part
+    of this project; found without importing anything."""
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        path = f"{prefix}{key}"
+        if key == "type" and isinstance(value, str) and "." in value and not is_project_module(value):
+            yield path, value
+        elif isinstance(value, (dict, list)):
+            yield from outside_types(value, path + ".")
+
+
+def _note(message):
+    """A line for the log of train.py (its logger is set up), else for stdout (stderr stays for errors)."""
+    logger = logging.getLogger("train")
+    if logger.handlers:
+        logger.info(message)
+    else:
+        print(f"note: {message}", flush=True)
 
 
 def build_data(config):
@@ -58,6 +101,15 @@ def build_loss(config, data, num_experts):
     criterion = config.init_obj("loss", losses, cls_num_list=data.cls_num_list)
     criterion.check_experts(num_experts, config.source)
     return criterion
+
+
+def wrap_for_training(net, runtime, config):
+    """The network on its device, wrapped for DataParallel or DDP; with ``trainer.sync_batchnorm``
+    under DDP its BatchNorm layers first normalise over the global batch (``model/sync_batchnorm.py``,
+    on GPUs and CPUs; parameter names do not change)."""
+    if runtime.distributed and config.get("trainer.sync_batchnorm", False):
+        net = convert_sync_batchnorm(net, runtime.device)
+    return wrap_model(net, runtime)
 
 
 def build_performance(config):

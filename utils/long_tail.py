@@ -1,7 +1,8 @@
-"""Long-tailed class counts and the seed-0 selection rule of the reference release (SPEC 2.1, 2.2)."""
+"""Long-tailed class counts and the seed-0 selection rule of the reference release (docs/methods.md#training-sets,
+#test-distributions)."""
 import numpy as np
 
-# Shot groups on training counts: many > 100, medium 20..100, few < 20 (SPEC 2.1).
+# Shot groups on training counts: many > 100, medium 20..100, few < 20 (docs/methods.md#training-sets).
 MANY_THRESHOLD = 100
 FEW_THRESHOLD = 20
 

@@ -1,0 +1,144 @@
+"""The registry reads a package's modules as text and imports one only when a type it defines is
+named: a broken file stops only the configs that name it. A config read from a checkpoint never
+imports a module outside the project."""
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, assert_one_line_error, run_script, write_config
+from utils.errors import UserError
+from utils.parse_config import ConfigParser
+from utils.registry import is_project_module
+
+INIT = ("from base.base_loss import LTLoss\nfrom utils.registry import export_package\n\n"
+        "__all__ = export_package(__name__, globals(), LTLoss)\n")
+GOOD = ("from base.base_loss import LTLoss\n\n\nclass GoodLoss(LTLoss):\n    def forward(self, outputs, target):\n"
+        "        return outputs['output'].sum()\n\n\nOtherName = GoodLoss\n\n\nclass _Helper(LTLoss):\n    pass\n")
+BROKEN = "from base.base_loss import LTLoss\n\n\nclass BrokenLoss(LTLoss):\n    def forward(self, outputs, target)\n"
+
+
+@pytest.fixture
+def lossy_package(tmp_path, monkeypatch):
+    """A package ``lossy`` with one good loss module and one with a syntax error."""
+    package = tmp_path / "lossy"
+    package.mkdir()
+    (package / "__init__.py").write_text(INIT)
+    (package / "good.py").write_text(GOOD)
+    (package / "broken.py").write_text(BROKEN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield package
+    for name in [m for m in sys.modules if m == "lossy" or m.startswith("lossy.")]:
+        del sys.modules[name]
+
+
+def test_modules_are_read_not_imported_until_a_type_is_named(lossy_package):
+    import lossy
+    assert lossy.__all__ == ["GoodLoss", "OtherName"]  # aliases too; private and unreadable ones not listed
+    assert "lossy.good" not in sys.modules and "lossy.broken" not in sys.modules
+    loss = ConfigParser({"loss": {"type": "GoodLoss", "args": {}}}, source="c.json").init_obj(
+        "loss", lossy, cls_num_list=[3, 1])
+    assert type(loss).__name__ == "GoodLoss" and lossy.OtherName is lossy.GoodLoss
+    assert "lossy.good" in sys.modules and "lossy.broken" not in sys.modules
+
+
+def test_naming_a_type_of_a_broken_module_is_one_line_naming_it(lossy_package):
+    import lossy
+    config = ConfigParser({"loss": {"type": "BrokenLoss", "args": {}}}, source="c.json")
+    with pytest.raises(UserError, match=r"lossy.BrokenLoss: module lossy.broken cannot be imported \(line 5\)"):
+        config.init_obj("loss", lossy, cls_num_list=[3, 1])
+    with pytest.raises(UserError, match="'Missing' is not a known loss type; expected one of: GoodLoss, OtherName"):
+        ConfigParser({"loss": {"type": "Missing", "args": {}}}, source="c.json").init_obj("loss", lossy)
+
+
+def test_a_broken_loss_file_does_not_break_train_and_test_scripts(tmp_path):
+    """A copy of the project with a syntax error in one loss module: training with another loss and
+    test.py work; a config naming the broken loss gets one line naming its module."""
+    copy = tmp_path / "project"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "saved", "data", ".cache", "runs", "results",
+                                                              "__pycache__", ".pytest_cache", ".benchmarks"))
+    (copy / "model" / "loss" / "zz_broken_loss.py").write_text(BROKEN)
+    config = json.loads((ROOT / "configs" / "config_digits_lt_tade.json").read_text())
+    config["trainer"].update(epochs=1, save_dir=str(tmp_path / "saved"), tensorboard=False)
+    cfg = write_config(tmp_path / "c.json", config)
+    proc = run_script(copy / "train.py", "-c", cfg, "--run_id", "r", cwd=copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = tmp_path / "saved" / config["name"] / "r" / "last.pth"
+    proc = run_script(copy / "test.py", "-r", last, "--distributions", "uniform", cwd=copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config["loss"]["type"] = "BrokenLoss"
+    assert_one_line_error(run_script(copy / "train.py", "-c", write_config(tmp_path / "b.json", config), cwd=copy),
+                          "BrokenLoss", "model.loss.zz_broken_loss cannot be imported", "SyntaxError")
+
+
+def test_project_modules_are_told_apart_without_importing():
+    assert is_project_module("tests.extending.focal_loss.FocalLoss")
+    assert is_project_module("data_loader.cifar_lt.CIFAR100LTDataModule")
+    assert not is_project_module("antigravity.X") and "antigravity" not in sys.modules
+    assert not is_project_module("torch.optim.SGD") and not is_project_module("os.system")
+    assert not is_project_module("no_such_module_anywhere.X") and not is_project_module("..X")
+
+
+@pytest.fixture
+def outside_module(tmp_path):
+    """A module outside the project that leaves a file behind when imported, and the env to find it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    marker = tmp_path / "imported.txt"
+    (site / "tade_side_effect.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n")
+    return {"PYTHONPATH": str(site)}, marker
+
+
+def checkpoint_naming(tmp_path, key, type_name):
+    config = json.loads((ROOT / "configs" / "config_digits_lt_tade.json").read_text())
+    node = config
+    for part in key.split(".")[:-1]:
+        node = node[part]
+    node["type"] = type_name
+    path = tmp_path / "last.pth"
+    torch.save({"state_dict": {}, "config": config, "epoch": 1}, path)
+    return path, config
+
+
+@pytest.mark.parametrize("key", ["data_loader.type", "arch.type", "optimizer.type"])
+def test_a_checkpoint_naming_an_outside_module_imports_nothing(tmp_path, outside_module, key):
+    env, marker = outside_module
+    ckpt, _ = checkpoint_naming(tmp_path, key, "tade_side_effect.Anything")
+    for script in ("test.py", "train.py"):
+        line = assert_one_line_error(run_script(script, "-r", ckpt, env=env), str(ckpt), key,
+                                     "tade_side_effect.Anything", "outside this project", "-c")
+        assert not marker.exists(), (script, line)
+
+
+def test_an_outside_module_from_a_config_given_with_c_is_imported_and_named(tmp_path, outside_module):
+    env, marker = outside_module
+    ckpt, config = checkpoint_naming(tmp_path, "data_loader.type", "tade_side_effect.Anything")
+    cfg = write_config(tmp_path / "mine.json", config)
+    proc = run_script("test.py", "-r", ckpt, "-c", cfg, env=env)
+    assert marker.exists()  # the user's own config: allowed, and said so
+    assert "data_loader.type 'tade_side_effect.Anything' is imported from outside this project" in proc.stdout
+    assert proc.returncode == 2 and "has no class Anything" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_set_override_replaces_the_checkpoints_outside_type(tmp_path, outside_module):
+    env, marker = outside_module
+    ckpt, _ = checkpoint_naming(tmp_path, "data_loader.type", "tade_side_effect.Anything")
+    proc = run_script("train.py", "-r", ckpt, "--set", "data_loader.type=DigitsLTDataModule", env=env)
+    assert not marker.exists() and "outside this project" not in proc.stdout + proc.stderr
+
+
+def test_an_outside_package_is_imported_from_a_checkpoint_only_when_named_by_the_user(tmp_path, outside_module):
+    env, marker = outside_module
+    ckpt, _ = checkpoint_naming(tmp_path, "data_loader.type", "tade_side_effect.Anything")
+    tt = write_config(tmp_path / "tt.json", {"test_time": {"type": "ExpertAverage", "args": {}}})
+    assert_one_line_error(run_script("test_train.py", "-c", tt, "-r", ckpt, env=env), "outside this project",
+                          "TADE_ALLOW_IMPORT=tade_side_effect")
+    assert not marker.exists()
+    assert_one_line_error(run_script("test_train.py", "-c", tt, "-r", ckpt,
+                                     env={**env, "TADE_ALLOW_IMPORT": "something_else"}), "outside this project")
+    assert not marker.exists()
+    proc = run_script("test_train.py", "-c", tt, "-r", ckpt, env={**env, "TADE_ALLOW_IMPORT": "tade_side_effect"})
+    assert marker.exists() and "'tade_side_effect.Anything' is imported from outside this project" in proc.stdout
+    assert proc.returncode == 2 and "has no class Anything" in proc.stderr
