@@ -178,7 +178,7 @@ def main():
     train_command = json.loads((work / "train_command.json").read_text()) if (work / "train_command.json").is_file() \
         else None
     config = json.loads((run_dir / "config.json").read_text())
-    precision = re.search(r"\| (\S+)\s*$", (run_dir / "info.log").read_text().splitlines()[0])
+    precision = re.search(r"run folder .*\| (\S+)\s*$", (run_dir / "info.log").read_text(), re.M)
     record = {
         "name": name, "config": str(args.config), "dataset": config["data_loader"]["type"],
         "loss": config.get("loss", {}).get("type"), "epochs": args.epochs, "seed": args.seed,
