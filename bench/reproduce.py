@@ -2,7 +2,10 @@
 (and, for TADE, run test-time aggregation), and write a Markdown table beside the published rows.
 
     python bench/reproduce.py --dataset cifar10_ir100 --methods softmax,ride,tade --epochs 200 \
-        [--data_dir PATH] [--out_dir runs/reproduce] [-d DEVICE] [--set KEY.PATH=VALUE ...]
+        [--seeds 1 2 3] [--data_dir PATH] [--out_dir runs/reproduce] [-d DEVICE] [--set KEY.PATH=VALUE ...]
+
+``--seeds``: one run per seed (default: the config's seed); the table then gives the mean +- standard
+deviation over the seeds of each distribution.
 
 Configs are ``configs/config_<dataset>_<method>.json`` and ``configs/test_time_<family>_tade.json``.
 With a reduced ``--epochs`` budget the schedule's milestones (LR steps, warmup, cosine period,
@@ -12,6 +15,7 @@ command again: finished steps are skipped, a partly trained run resumes from its
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -112,10 +116,14 @@ def checkpoint_epoch(path):
         return -1
 
 
-def train_method(args, method, out_dir, log):
+def run_id(args, seed):
+    return f"e{args.epochs}" if seed is None else f"e{args.epochs}_s{seed}"
+
+
+def train_method(args, method, out_dir, log, seed=None):
     config_path = ROOT / "configs" / f"config_{args.dataset}_{method}.json"
     config = read_json(config_path)
-    run_dir = out_dir / method / f"e{args.epochs}"
+    run_dir = out_dir / method / run_id(args, seed)
     last = run_dir / "last.pth"
     common = ["-d", args.device] if args.device else []
     if last.is_file() and checkpoint_epoch(last) >= args.epochs:
@@ -126,7 +134,9 @@ def train_method(args, method, out_dir, log):
         if run_dir.exists():  # started but no finished epoch: keep it aside, start again
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
         cmd = [sys.executable, "train.py", "-c", config_path, "--epochs", args.epochs, "--save_dir", out_dir,
-               "--name", method, "--run_id", f"e{args.epochs}", *common]
+               "--name", method, "--run_id", run_id(args, seed), *common]
+        if seed is not None:
+            cmd += ["--seed", seed]
         if args.data_dir:
             cmd += ["--data_dir", args.data_dir]
         for s in scaled_overrides(config, args.epochs) + args.set:
@@ -167,15 +177,26 @@ def column_label(name):
     return name
 
 
+def cell(per_seed, name):
+    """One distribution's top-1: the value, or mean +- std over the seeds."""
+    values = [100 * d[name]["top1"] for d in per_seed if name in d]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{sum(values) / len(values):.1f} +- {statistics.stdev(values):.1f}"
+
+
 def markdown_table(args, rows, names):
     head = ["method", *[column_label(n) for n in names], "GMACs", "train time", "images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     published = PUBLISHED.get(longest_prefix(args.dataset, PUBLISHED), {})
-    for key, (dists, macs, seconds, rate) in rows.items():
-        measured = [f"{100 * dists[n]['top1']:.1f}" if n in dists else "" for n in names]
+    seeds = f", {len(args.seeds)} seeds" if args.seeds and len(args.seeds) > 1 else ""
+    for key, (per_seed, macs, seconds, rate) in rows.items():
+        measured = [cell(per_seed, n) for n in names]
         time_text = f"{seconds / 60:.1f} min" if seconds else ""
         rate_text = f"{rate:.0f}" if rate else ""
-        lines.append(f"| {LABEL[key]} ({args.epochs} ep, measured) | " + " | ".join(measured)
+        lines.append(f"| {LABEL[key]} ({args.epochs} ep{seeds}, measured) | " + " | ".join(measured)
                      + f" | {macs} | {time_text} | {rate_text} |")
         if key in published:
             pub = [f"{published[key][n]:.1f}" if n in published[key] else "" for n in names]
@@ -193,6 +214,7 @@ def main():
     p.add_argument("--out_dir", default=str(ROOT / "runs" / "reproduce"))
     p.add_argument("-d", "--device")
     p.add_argument("--set", action="append", default=[], help="extra train.py --set overrides")
+    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed; the table gives mean +- std")
     args = p.parse_args()
     out_dir = Path(args.out_dir).resolve() / args.dataset
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,13 +223,16 @@ def main():
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         if not (ROOT / "configs" / f"config_{args.dataset}_{method}.json").is_file():
             sys.exit(f"--methods: no config configs/config_{args.dataset}_{method}.json")
-        run_dir, trained = train_method(args, method, out_dir, log)
-        print(f"{method}: {'trained' if trained else 'already trained'} ({run_dir})", flush=True)
-        results, macs = evaluate(args, method, run_dir, log)
-        seconds, rate = training_stats(run_dir)
-        for key, dists in results.items():
-            rows[key] = (dists, macs, seconds, rate)
-            names = names or list(dists)
+        for seed in args.seeds or [None]:
+            run_dir, trained = train_method(args, method, out_dir, log, seed)
+            print(f"{method}{'' if seed is None else f' seed {seed}'}: "
+                  f"{'trained' if trained else 'already trained'} ({run_dir})", flush=True)
+            results, macs = evaluate(args, method, run_dir, log)
+            seconds, rate = training_stats(run_dir)
+            for key, dists in results.items():
+                per_seed, _, total, _ = rows.get(key, ([], macs, 0.0, rate))
+                rows[key] = (per_seed + [dists], macs, total + seconds, rate)
+                names = names or list(dists)
     table = markdown_table(args, rows, names)
     (out_dir / f"results_e{args.epochs}.md").write_text(table)
     print(table)

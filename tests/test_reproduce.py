@@ -41,3 +41,23 @@ def test_schedule_scaling_to_budget():
     assert scaled_overrides(config, 20) == ["lr_scheduler.args.step1=16", "lr_scheduler.args.step2=18",
                                             "lr_scheduler.args.warmup_epoch=1", "loss.args.reweight_epoch=16"]
     assert scaled_overrides(config, 200) == []
+
+
+def test_seeds_give_mean_and_std_per_distribution(tmp_path):
+    data_dir = write_cifar100(tmp_path / "data", train_per_class=10, test_per_class=2)
+    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--dataset", "cifar100_ir100", "--methods",
+           "softmax", "--epochs", "1", "--seeds", "1", "2", "--out_dir", str(tmp_path / "runs"), "-d", "cpu"]
+    for s in small_data_sets(data_dir):
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = tmp_path / "runs" / "cifar100_ir100" / "softmax"
+    assert (runs / "e1_s1" / "last.pth").is_file() and (runs / "e1_s2" / "last.pth").is_file()
+    import json
+    import statistics
+    per_seed = [json.loads((runs / f"e1_s{s}" / "eval_last.json").read_text())["distributions"] for s in (1, 2)]
+    row = next(line for line in (tmp_path / "runs" / "cifar100_ir100" / "results_e1.md").read_text().splitlines()
+               if line.startswith("| Softmax (1 ep, 2 seeds, measured)"))
+    uniform = [100 * d["uniform"]["top1"] for d in per_seed]
+    expected = f"{sum(uniform) / 2:.1f} +- {statistics.stdev(uniform):.1f}"
+    assert row.split("|")[7].strip() == expected  # column 6 of the eleven: Uni
