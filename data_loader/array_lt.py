@@ -99,6 +99,7 @@ class ArrayLTDataModule(LTDataModule, ABC):
         idx, counts, in_sample = held_out_split(train_y, keep, self.num_classes, per_class, seed,
                                                 option=f"{option}.per_class", explicit=explicit)
         self.validation_indices = idx  # into the training split as load_arrays() returned it
+        self.split_facts = {"targets": np.asarray(train_y), "long_tail": np.asarray(keep), "seed": seed}
         self.validation_set = ArrayImageDataset(train_x[idx], np.asarray(train_y)[idx], self.test_set.transform)
         self.validation_info = {"source": "training-split images the long tail left out", "per_class": per_class,
                                 "seed": seed, "counts": counts, "in_sample_classes": in_sample, "option": option}
@@ -144,6 +145,18 @@ class ArrayLTDataModule(LTDataModule, ABC):
             indices = indices[torch.randperm(len(indices), generator=generator)]
         return ta.TensorEvalLoader(self.device_images("test", device), indices, batch_size or self.batch_size,
                                    self.mean, self.std)
+
+    def validation_subset(self, per_class):
+        """Positions in ``validation_set`` of the split this module would make with a smaller
+        ``per_class`` (the splits are nested: each class takes the first images of one shuffle)."""
+        facts = self.split_facts
+        idx, _, _ = held_out_split(facts["targets"], facts["long_tail"], self.num_classes, per_class, facts["seed"],
+                                   explicit=False)
+        position = {int(v): p for p, v in enumerate(self.validation_indices)}
+        missing = [int(v) for v in idx if int(v) not in position]
+        if missing:
+            raise ValueError(f"per_class {per_class} is not a subset of this module's split")
+        return np.array([position[int(v)] for v in idx], dtype=np.int64)
 
     def validation_loader(self, indices=None, batch_size=None, device=None):
         self.require_validation("the validation loader")

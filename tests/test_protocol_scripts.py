@@ -56,6 +56,15 @@ def test_test_train_py_runs_the_safe_default_and_marks_the_oracle(ckpt, tmp_path
     for row in payload["distributions"].values():
         assert len(row["prior"]) == 10 and sum(row["prior"]) == pytest.approx(1, abs=1e-4)
         assert isinstance(row["shift_detected"], bool) and 0 <= row["top1_average"] <= 1
+        assert row["calibrated_on"] == "validation" and row["selection"]["simulated_sets"] == 40
+    # a test-time config may size the validation split it calibrates on
+    sized = json.loads((ROOT / "configs" / "test_time_digits_prior.json").read_text())
+    sized["test_time"]["validation"] = {"per_class": 5}
+    proc = run_script("test_train.py", "-c", write_config(tmp_path / "sized.json", sized), "-r", ckpt,
+                      "--out", tmp_path / "sized_out.json", "--distributions", "uniform")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "sized_out.json").read_text())["distributions"]["uniform"]
+    assert row["calibration_images_per_class"] == [5] * 10
     oracle = write_config(tmp_path / "oracle.json", {"test_time": {"type": "OraclePrior", "args": {}}})
     proc = run_script("test_train.py", "-c", oracle, "-r", ckpt, "--out", tmp_path / "o.json",
                       "--distributions", "backward50")

@@ -97,3 +97,28 @@ def test_the_docs_tables_match_the_records():
     """docs/results.md says what results/ says (regenerate with python bench/report.py)."""
     proc = run_script("bench/report.py", "--check")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_validation_size_sweep_runs_on_a_recorded_model(record, tmp_path):
+    _, _, folder = record
+    out = tmp_path / "sizes.json"
+    proc = run_script("bench/validation_size.py", folder / "model.pth", "--sizes", "5,all", "--draws", "2",
+                      "--size", "100", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {f"{m}, {c}" for m in ("SafePrior (shipped)", "EM")
+                         for c in ("validation, 5 per class", "validation, all per class", "training images")}
+    five = rows["EM, validation, 5 per class"]["eleven"]["uniform"]
+    assert five["calibrated_on"] == "validation" and max(five["calibration_images_per_class"]) == 5
+    assert rows["EM, training images"]["eleven"]["uniform"]["calibrated_on"] == "training"
+
+
+def test_jpeg_sensitivity_on_a_recorded_model(record, tmp_path):
+    _, _, folder = record
+    out = tmp_path / "jpeg.json"
+    proc = run_script("bench/jpeg_sensitivity.py", folder / "model.pth", "--qualities", "90,10", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    q = json.loads(out.read_text())["qualities"]
+    assert list(q) == ["as stored", "JPEG quality 90", "JPEG quality 10"]
+    recorded = json.loads((folder / "eval_last.json").read_text())["distributions"]["uniform"]["top1"]
+    assert q["as stored"]["uniform"]["top1"] == recorded  # the same images, the same model

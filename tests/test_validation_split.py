@@ -145,7 +145,7 @@ def test_model_best_is_chosen_on_the_validation_split(small_cifar, tmp_path):
     ckpt = torch.load(run / "last.pth", weights_only=True)
     assert ckpt["selected_on"] == "validation" and len(ckpt["history"]) == 2
     csv = (run / "epochs.csv").read_text().splitlines()
-    assert len(csv) == 3 and "val_accuracy" in csv[0] and "test_many" in csv[0]
+    assert len(csv) == 3 and "val_accuracy" in csv[0] and "test_accuracy" in csv[0]
     # the release's choice, asked for explicitly and named so
     cfg["trainer"]["select_on"] = "test"
     proc = run_script("train.py", "-c", write_config(tmp_path / "c.json", cfg), "--run_id", "t")
@@ -217,3 +217,14 @@ def test_safe_prior_falls_back_to_the_plain_average_when_no_setting_holds(monkey
     assert out["selection"]["strength"] == 0 and "no setting held" in out["selection"]["chosen_by"]
     assert not out["shift_detected"] and torch.equal(out["scores"], test.mean(1))
     assert all(e["worst_margin"] < 0 for e in out["selection"]["evidence"].values())
+
+
+def test_a_method_calibrated_on_validation_is_refused_before_work_without_a_split(lists):
+    from trainer.test_time import EMPrior, SafePrior
+    args = list_module_args(lists)
+    args.pop("val_list")
+    data = INaturalistDataModule(**args)
+    for method in (SafePrior(), EMPrior()):
+        with pytest.raises(ValueError, match="has no validation split; configure one with data_loader.args.val_list"):
+            method.check(data)
+    EMPrior(calibration="training").check(data)  # calibrated on the training images: fine

@@ -270,6 +270,13 @@ class LabelShiftMethod(TestTimeMethod):
         self.max_iter = check_positive_int("max_iter", max_iter)
         self._calibration = None
 
+    def check(self, data):
+        """Before any work: a method calibrated on the validation split needs the data module to have one."""
+        if self.needs_reference() and self.calibration_data == "validation" and not data.has_validation:
+            option = getattr(data, "validation_option", "data_loader.args.validation")
+            raise ValueError(f"calibration \"validation\": {type(data).__name__} has no validation split; configure "
+                             f"one with {option}, or set test_time.args.calibration to \"training\"")
+
     # ---- calibration (computed once per instance, from the allowed labelled data)
     def needs_reference(self):
         return self.temperature == "fit" or self.bias or self.source_prior.startswith("reference")

@@ -1,0 +1,78 @@
+"""How sensitive a model is to JPEG compression of its test images: the plain expert average's top-1
+on the eleven distributions with the test images as they are and re-encoded at several JPEG
+qualities (array data sets: CIFAR-LT, Digits-LT).
+
+    python bench/jpeg_sensitivity.py CHECKPOINT [--data_dir PATH] [-d DEVICE] [--qualities 95,75,50,30]
+        [--out RESULTS.json]
+
+The CIFAR-10 copy on these machines is itself a JPEG re-encoding (quality about 75) of the original
+images, and both the training and the test images went through it. Re-encoding the test images once
+more, at the same and at harsher qualities, measures how far the model's accuracy moves with one
+more JPEG step: a bound on how much the copy can shift published comparisons.
+"""
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from trainer.build import load_trained  # noqa: E402
+from trainer.evaluation import distribution_metrics  # noqa: E402
+from trainer.forward import collect_expert_logits  # noqa: E402
+
+
+def reencode(images, quality):
+    """uint8 N x H x W x 3 -> the same images after one JPEG round trip at ``quality``."""
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+        buf.seek(0)
+        out[i] = np.asarray(Image.open(buf).convert("RGB"))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("-d", "--device", default="cpu")
+    p.add_argument("--data_dir")
+    p.add_argument("--qualities", default="95,75,50,30")
+    p.add_argument("--out")
+    args = p.parse_args()
+    trained = load_trained(args.checkpoint, None, [("data_loader.args.data_dir", args.data_dir, "--data_dir")],
+                           args.device)
+    data = trained.data
+    if not hasattr(data, "test_images"):
+        sys.exit(f"jpeg_sensitivity: {type(data).__name__} holds no image arrays (CIFAR-LT, Digits-LT only)")
+    dists = data.test_distributions()
+    original = data.test_set.data
+    rows, report = [], {"checkpoint": args.checkpoint, "qualities": {}}
+    for quality in [None] + [int(q) for q in args.qualities.split(",")]:
+        data.test_set.data = original if quality is None else reencode(original, quality)
+        data._device_sets.pop(("test", str(args.device)), None)  # the tensor pipeline's cached copy
+        logits, targets = collect_expert_logits(trained.net, data.test_loader(device=args.device), args.device,
+                                                trained.perf, desc=f"JPEG {quality or 'none'}")
+        res = distribution_metrics(logits.mean(1).argmax(1), targets, dists, data.num_classes, data.shot_masks())
+        label = "as stored" if quality is None else f"JPEG quality {quality}"
+        report["qualities"][label] = res
+        top = [100 * r["top1"] for r in res.values()]
+        rows.append(f"| {label} | {100 * res['uniform']['top1']:.2f} | {sum(top) / len(top):.2f} |")
+        print(rows[-1], flush=True)
+    data.test_set.data = original
+    text = "| test images | uniform top-1 | mean of 11 |\n|---|---|---|\n" + "\n".join(rows)
+    report["table"] = text
+    print("\n" + text)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("jpeg_sensitivity.json")
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
