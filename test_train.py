@@ -23,7 +23,7 @@ from trainer.forward import collect_expert_logits
 from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
 from utils.build import DEFAULT_TEST_TIME_METHOD as DEFAULT_METHOD
 from utils.build import build_test_time_method, load_trained, read_test_time_config
-from utils.cli import ArgumentParser, add_evaluation_args
+from utils.cli import ArgumentParser, add_evaluation_args, finite_float
 from utils.errors import UserError, cli_entry
 from utils.results import format_table, write_results
 from utils.runtime import parse_device
@@ -33,7 +33,7 @@ def build_parser():
     p.add_argument("-c", "--config", required=True, help="test-time config (configs/test_time_*.json)")
     add_evaluation_args(p)  # its --bs also sets test_time.args.batch_size where the method has one
     p.add_override("--epochs", type=int, key="test_time.args.epochs", target="test_time", help="test-time epochs")
-    p.add_override("--lr", type=float, key="test_time.args.optimizer.args.lr", target="test_time")
+    p.add_override("--lr", type=finite_float, key="test_time.args.optimizer.args.lr", target="test_time")
     p.add_override("--seed", type=int, key="test_time.seed", target="test_time")
     p.add_argument("--online", action="store_true",
                    help="self-supervised aggregation: one streaming pass; classify each batch after its update")
@@ -94,11 +94,13 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     method, tt = load_method(args, parser)
+    seed = tt.get_int("test_time.seed", 1)
     device, _ = parse_device(args.device)
     trained = load_trained(args.resume, None, parser.overrides(args), device)
     data = trained.data
     try:
-        method.check(data)  # settings the data module cannot honour fail before any work
+        method.check(data)  # settings the data module or the model cannot honour fail before any work
+        method.check_experts(trained.net.num_experts)
     except ValueError as e:
         raise UserError(f"config {args.config}: test_time.args: {e}")
     label = method.label()
@@ -120,7 +122,6 @@ def main(argv=None):
         print(f"{name}: {facts}top-1 {100 * row['top1']:.1f} (expert average {100 * row['top1_average']:.1f})",
               flush=True)
 
-    seed = int(tt.get("test_time.seed", 1))
     if args.protocol == "streaming":
         results = run_stream(method, trained, clean_logits, targets, batch_sizes, device, args.protocol_seed, seed)
         for name, row in results.items():

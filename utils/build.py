@@ -7,6 +7,7 @@
 Each step is a function, so a script takes the steps it needs; ``load_trained`` is the whole chain
 for a trained checkpoint.
 """
+import inspect
 from dataclasses import dataclass
 
 import data_loader
@@ -52,6 +53,22 @@ def build_model(config):
     return config.init_obj("arch", models)
 
 
+def check_class_count(config, data):
+    """The model's ``num_classes`` (``arch.args.num_classes``, or the class's default) must be the
+    data's: a 5-class head on 10-class data fails with an IndexError mid-epoch otherwise."""
+    cls, section = config._lookup("arch", models)
+    args = section.get("args") or {}
+    try:
+        parameter = inspect.signature(cls).parameters.get("num_classes")
+    except (TypeError, ValueError):
+        parameter = None
+    count = args.get("num_classes", parameter.default if parameter is not None else None)
+    if isinstance(count, int) and count != data.num_classes:
+        raise UserError(f"config {config.source}: arch.args.num_classes is {count}, but "
+                        f"{config['data_loader']['type']} has {data.num_classes} classes; expected "
+                        f"arch.args.num_classes {data.num_classes}")
+
+
 def build_loss(config, data, num_experts):
     """The loss named by ``loss.type``, given the training counts; refuses a model whose number of
     experts the loss is not written for."""
@@ -83,6 +100,7 @@ def load_trained(checkpoint, config_path=None, overrides=(), device="cpu"):
     """The whole build chain for a trained checkpoint (test.py, test_train.py, bench scripts)."""
     config, ckpt = resolve_config(config_path, checkpoint, overrides)
     data = build_data(config)
+    check_class_count(config, data)
     net = build_model(config)
     load_model_weights(net, extract_state_dict(ckpt, checkpoint), checkpoint)
     perf = build_performance(config)
