@@ -25,6 +25,7 @@ from utils.build import DEFAULT_TEST_TIME_METHOD as DEFAULT_METHOD
 from utils.build import build_test_time_method, load_trained, read_test_time_config
 from utils.cli import ArgumentParser, add_evaluation_args, finite_float
 from utils.errors import UserError, cli_entry
+from utils.result_path import check_result_path
 from utils.results import format_table, write_results
 from utils.runtime import parse_device
 
@@ -95,6 +96,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     method, tt = load_method(args, parser)
     seed = tt.get_int("test_time.seed", 1)
+    online = bool(tt.get("test_time.args.online", False))
+    out = Path(args.out) if args.out else default_out(args.resume, tt["test_time"]["type"], online, args.protocol)
+    check_result_path(out, "test_train.py", [out.with_suffix(".csv"), out.with_suffix(".png")])  # before any work
     device, _ = parse_device(args.device)
     trained = load_trained(args.resume, None, parser.overrides(args), device)
     data = trained.data
@@ -131,14 +135,12 @@ def main(argv=None):
     summary = summarise(results)
     if summary:
         print(format_summary(summary))
-    online = bool(tt.get("test_time.args.online", False))
     extra = ["top1_average"] + [k for k in ("epochs_run", "top1_online") if all(k in r for r in results.values())]
     num_weights = len(next(iter(results.values())).get("weights", []))
     weight_rows = [f"w{k + 1}" for k in range(num_weights)]
     table = {n: dict(r, **{f"w{k + 1}": r["weights"][k] for k in range(num_weights)}) for n, r in results.items()}
     print(format_table(table, extra_rows=extra, weight_rows=weight_rows))
-    out = Path(args.out) if args.out else default_out(args.resume, tt["test_time"]["type"], online, args.protocol)
-    payload = {"checkpoint": str(args.resume), "method": label, "config": trained.config.config,
+    payload = {"written_by": "test_train.py", "checkpoint": str(args.resume), "method": label, "config": trained.config.config,
                "test_time_config": tt["test_time"], "online": online, "protocol": args.protocol,
                "distributions": results, "summary": summary}
     extra_columns = extra + [k for k in ("weights", "prior") if all(k in r for r in results.values())]

@@ -9,7 +9,8 @@ import logging
 import math
 from pathlib import Path
 
-from utils.checkpoint import load_checkpoint, load_model_weights, remove_stale_temp_files, save_checkpoint
+from utils.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_weights, remove_stale_temp_files,
+                              save_checkpoint)
 from utils.errors import Interrupted, UserError, sigint_deferred
 from utils.known_keys import nearest
 from utils.runtime import unwrap
@@ -147,7 +148,12 @@ class BaseTrainer:
             # Selected on the test split (CIFAR has no validation set): name it for what it is.
             copies.append(self.run_dir / "model_best.pth")
         # last.pth is renamed last: it is the commit point of the epoch (see save_checkpoint).
-        save_checkpoint(state, self.run_dir / "last.pth", copies=copies)
+        try:
+            save_checkpoint(state, self.run_dir / "last.pth", copies=copies)
+        except CheckpointWriteError as e:
+            kept = (f"{self.run_dir / 'last.pth'} (epoch {self.last_saved_epoch}) is kept, continue with: python "
+                    f"train.py -r {self.run_dir / 'last.pth'}" if self.last_saved_epoch else "no checkpoint was written")
+            raise CheckpointWriteError(f"epoch {epoch + 1} not saved, {e}; {kept}") from None
         self.last_saved_epoch = epoch + 1
         if improved:
             self.logger.info("model_best.pth: best %s so far on the evaluation split (%.4f)",

@@ -41,7 +41,8 @@ def add_protocol_args(parser):
                         "test set's size if smaller)")
     parser.add_argument("--missing_fraction", default="0.3", help="missing: fraction(s) of classes without images")
     parser.add_argument("--stream_batch", default="1,16,128", help="streaming: batch size(s), comma-separated")
-    parser.add_argument("--protocol_seed", type=nonnegative_int, default=0, help="seed of the drawn subsets and stream order")
+    parser.add_argument("--protocol_seed", type=nonnegative_int, default=0,
+                        help="seed of the drawn subsets and stream order")
     return parser
 
 

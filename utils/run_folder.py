@@ -91,7 +91,7 @@ class RunFolder:
         write_json(config, self.path / "config.json")
 
     def has_checkpoint(self):
-        return any(self.path.glob("*.pth"))
+        return (self.path / "last.pth").exists()
 
     def close(self):
         self.lock.release()
