@@ -87,6 +87,8 @@ def main(argv=None):
         data = None
         with runtime.fail_together():
             config = resolve_training_config(args, parser)
+            if runtime.is_main and args.resume is not None and not forks(args):
+                folder = RunFolder.existing(args.resume)  # locked and checked writable before any long work
             if runtime.local_rank == 0:
                 data = build_rank_data(config, runtime)
         with runtime.fail_together():
@@ -106,7 +108,7 @@ def main(argv=None):
         with runtime.fail_together():
             optimizer = build_optimizer(config, net)
             scheduler = build_lr_scheduler(config, optimizer)
-            if runtime.is_main:
+            if runtime.is_main and folder is None:
                 folder = run_folder(args, config)
         run_dir = runtime.broadcast_object(folder.path if folder is not None else None)
         with runtime.fail_together():
@@ -129,8 +131,12 @@ def main(argv=None):
             if (run_dir / "last.pth").exists():
                 logger.info("finished: %s (last epoch), model_best.pth (best on the evaluation split)",
                             run_dir / "last.pth")
-            else:
-                logger.info("finished: no epoch to train (trainer.epochs %d), no checkpoint written", trainer.epochs)
+            else:  # trainer.epochs 0: a run without a checkpoint leaves no folder behind
+                logger.info("finished: no epoch to train (trainer.epochs %d), no checkpoint written; %s removed",
+                            trainer.epochs, run_dir)
+                close_log_file()
+                folder.discard_if_unused()
+                folder = None
     except BaseException:
         if folder is not None:
             close_log_file()  # before a folder without a checkpoint is removed with its info.log
