@@ -120,6 +120,9 @@ def main(argv=None):
                 if forks(args):
                     logger.info("forked from %s: this run continues in %s, which is left untouched",
                                 args.resume, run_dir)
+                if folder.reused:
+                    logger.info("run folder %s: taken over from a run that was killed before its first checkpoint",
+                                run_dir)
                 log_to_file(run_dir)  # with the lines logged so far
                 folder.write_config(config.config)
                 n_params = sum(p.numel() for p in net.parameters())

@@ -20,7 +20,7 @@ def read_arrays(module, source):
         raise UserError(f"{type(module).__name__}: data file {e.filename or source} does not exist "
                         "(data_loader.args.data_dir)")
     except KeyError as e:
-        key = e.args[0] if e.args else e
+        key = str(e.args[0] if e.args else e).split(" is not a file")[0]  # numpy: "KEY is not a file in the archive"
         raise UserError(f"{type(module).__name__}: {source} has no array {key}; expected the arrays "
                         f"{', '.join(NAMES)}")
     except (OSError, ValueError, EOFError) as e:

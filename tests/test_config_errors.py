@@ -167,6 +167,30 @@ def _corrupt_tensor_data(w):
     return ["-r", run / "last.pth"], [run / "last.pth", "is corrupt", "checksum"]
 
 
+def _npz(w, change=None, **data_args):
+    """train.py on the README's .npz dataset example, its arrays changed by ``change(arrays)``."""
+    from tests.test_extending import example_config, write_npz
+    arrays = dict(np.load(write_npz(w.path("good.npz"))))
+    if change is not None:
+        change(arrays)
+    np.savez(w.path("bad.npz"), **arrays)
+    config = example_config(w.path("bad.npz"), w.path("saved"))
+    config["data_loader"]["args"].update(data_args)
+    return ["-c", w.write("npz.json", config)]
+
+
+def _set(**values):
+    return lambda arrays: arrays.update(values)
+
+
+def _relabel(key, index, value, dtype=None):
+    def change(arrays):
+        labels = arrays[key].astype(dtype or arrays[key].dtype)
+        labels[index] = value
+        arrays[key] = labels
+    return change
+
+
 def _existing_run_folder(w):
     run = w.path("saved") / "small" / "r1"
     run.mkdir(parents=True)
@@ -247,6 +271,29 @@ CATALOGUE = [
     ("train.py", "loss_for_another_number_of_experts",
      lambda w: (["-c", w.modified("arch.args.num_experts", 2)],
                 ["c.json", "loss.type DiverseExpertLoss needs arch.args.num_experts 3, got 2"])),
+    ("train.py", "npz_float_images", lambda w: (_npz(w, lambda a: a.update(train_x=a["train_x"] / 255.0)),
+                                                ["bad.npz: train_x is float64", "expected uint8 images"])),
+    ("train.py", "npz_nan_pixels", lambda w: (_npz(w, lambda a: a.update(test_x=np.full(a["test_x"].shape, np.nan))),
+                                              ["bad.npz: test_x is float64 holding NaN", "expected uint8"])),
+    ("train.py", "npz_wrong_shape", lambda w: (_npz(w, lambda a: a.update(train_x=a["train_x"][..., 0])),
+                                               ["bad.npz: train_x has shape", "expected N x 32 x 32 x 3"])),
+    ("train.py", "npz_empty_test_set", lambda w: (_npz(w, _set(test_x=np.zeros((0, 32, 32, 3), np.uint8),
+                                                               test_y=np.zeros(0, np.int64))),
+                                                  ["bad.npz: test_x holds no images"])),
+    ("train.py", "npz_label_count", lambda w: (_npz(w, lambda a: a.update(test_y=a["test_y"][:-1])),
+                                               ["bad.npz: test_y has shape", "labels, one per image of test_x"])),
+    ("train.py", "npz_nan_label", lambda w: (_npz(w, _relabel("train_y", 0, np.nan, np.float64)),
+                                             ["bad.npz: train_y holds nan", "integer labels 0..9"])),
+    ("train.py", "npz_label_42", lambda w: (_npz(w, _relabel("train_y", 3, 42)),
+                                            ["bad.npz: train_y holds the label 42", "labels 0..9"])),
+    ("train.py", "npz_label_minus_1", lambda w: (_npz(w, _relabel("test_y", 3, -1)),
+                                                 ["bad.npz: test_y holds the label -1", "labels 0..9"])),
+    ("train.py", "npz_missing_key", lambda w: (_npz(w, lambda a: a.pop("test_y")),
+                                               ["bad.npz has no array test_y", "train_x, train_y, test_x, test_y"])),
+    ("train.py", "npz_missing_file", lambda w: (_npz(w, data_dir=str(w.path("nope.npz"))),
+                                                [w.path("nope.npz"), "does not exist"])),
+    ("train.py", "npz_mean_length", lambda w: (_npz(w, mean=[0.5, 0.5]),
+                                               ["npz.json", "mean [0.5, 0.5]", "three numbers"])),
     ("test.py", "missing_checkpoint", lambda w: (["-r", w.path("nope.pth")], [w.path("nope.pth"), "does not exist"])),
     ("test.py", "truncated_checkpoint", _truncated_checkpoint),
     ("test.py", "foreign_checkpoint", _foreign_checkpoint),

@@ -3,6 +3,7 @@ overwriting an existing one, locked to one process, given the resolved config, a
 if the run fails before its first checkpoint (so the same ``--run_id`` works again)."""
 import json
 import os
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,16 @@ def write_json(obj, path):
         raise UserError(f"cannot write {path}: {e.strerror or e}")
 
 
+_START_FILES = re.compile(r"^(config\.json|info\.log|model_best\.pth|events\.out\.tfevents\..*|\..+\.tmp\d+|"
+                          + re.escape(LOCK_NAME) + r")$")
+
+
+def _start_leftover(run_dir):
+    """Whether ``run_dir`` holds only files a run writes before its first ``last.pth``."""
+    entries = list(run_dir.iterdir())
+    return not (run_dir / "last.pth").exists() and all(e.is_file() and _START_FILES.match(e.name) for e in entries)
+
+
 class RunFolder:
     """``path``: the run folder; ``created``: the folders made for it, deepest first (an existing
     folder, the resumed run's, has none). The folder is locked (utils/run_lock.py) from the moment
@@ -40,6 +51,7 @@ class RunFolder:
         self.path = Path(path)
         self.created = list(created)
         self.lock = RunLock(self.path)
+        self.reused = False  # a leftover of a run killed before its first checkpoint, taken over
 
     @classmethod
     def existing(cls, checkpoint):
@@ -55,10 +67,18 @@ class RunFolder:
     @classmethod
     def create(cls, save_dir, name, run_id=None):
         """Create ``save_dir/name/run_id`` (``run_id`` defaults to the date and time), refusing an
-        existing one."""
+        existing one, except the leftover of a run killed before its first checkpoint (SIGKILL
+        leaves no chance to clean up): a folder holding only what a run writes at its start, no
+        checkpoint, and not locked by a running process is taken over."""
         run_id = run_id or datetime.now().strftime("%m%d_%H%M%S")
         run_dir = Path(save_dir) / name / run_id
         exists = f"run folder {run_dir} already exists; choose another --run_id, or resume with -r"
+        if run_dir.is_dir() and _start_leftover(run_dir):
+            folder = cls(run_dir, [run_dir])
+            folder.lock.acquire()  # a process still starting up holds it: refused as "in use"
+            folder.reused = True
+            folder._clear()
+            return folder
         if run_dir.exists():
             raise UserError(exists)
         created = []
@@ -96,16 +116,20 @@ class RunFolder:
     def close(self):
         self.lock.release()
 
+    def _clear(self):
+        """Remove what a run wrote into the folder (config.json, info.log, TensorBoard files), not the lock."""
+        for entry in self.path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.name != LOCK_NAME:
+                entry.unlink(missing_ok=True)
+
     def discard_if_unused(self):
         """Release the lock; a folder that ``create`` made and that holds no checkpoint (the run
-        failed before its first epoch was saved) is removed with what the run wrote into it
-        (config.json, info.log, TensorBoard files), so the same command works again."""
+        failed before its first epoch was saved) is removed with what the run wrote into it, so the
+        same command works again."""
         if self.created and self.path.is_dir() and not self.has_checkpoint():
-            for entry in self.path.iterdir():
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                elif entry.name != LOCK_NAME:
-                    entry.unlink(missing_ok=True)
+            self._clear()
         self.close()
         for folder in self.created:
             try:
