@@ -128,8 +128,9 @@ def save_checkpoint(obj, path, copies=()):
     _fsync_dir(path.parent)
 
 
-class CheckpointWriteError(UserError):
-    """A checkpoint could not be written (disk full, read-only folder); nothing was replaced."""
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint could not be written (disk full, read-only folder); nothing was replaced. A
+    UserError (one line, exit 2) that is still the OSError it was for callers that catch those."""
 
 
 def _write_reason(e):
