@@ -86,6 +86,21 @@ def test_resume_beside_a_read_only_checkpoint_is_refused_before_any_work(tiny, t
     assert snapshot(root) == before
 
 
+def test_evaluation_beside_a_read_only_checkpoint_is_refused_before_any_work(tmp_path, trained_checkpoint,  # noqa: F811
+                                                                           capfd, monkeypatch):
+    run = tmp_path / "ro"
+    run.mkdir()
+    shutil.copy(trained_checkpoint, run / "last.pth")
+    import os
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(run) else real_access(p, mode, **k))
+    before = snapshot(tmp_path)
+    code, _, err = run_entry("test.py", ["-r", run / "last.pth", "-d", "cpu", "--data_dir", tmp_path / "nowhere"],
+                             capfd)  # the data folder is never read: the output is checked first
+    one_line_error(code, err, run / "eval_last.json", "is not writable", "another --out")
+    assert snapshot(tmp_path) == before
+
+
 # -- runs that never saved a checkpoint leave no folder -----------------------------------------
 def test_diverging_first_epoch_leaves_no_folder_and_the_same_command_runs_again(tiny, capfd):
     root, config = tiny

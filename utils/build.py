@@ -16,6 +16,7 @@ import model.loss as losses
 import trainer.test_time as test_time_methods
 from utils.checkpoint import config_from_checkpoint, extract_state_dict, load_checkpoint, load_model_weights
 from utils.errors import UserError
+from utils.known_keys import unknown_key_error
 from utils.parse_config import ConfigParser, read_json
 from utils.performance import Performance
 
@@ -120,10 +121,12 @@ def read_test_time_config(path):
     if "type" not in tt:
         settings = {k: v for k, v in tt.items() if k != "seed"}
         raw["test_time"] = {"type": DEFAULT_TEST_TIME_METHOD, "args": settings, "seed": tt.get("seed", 1)}
-    unknown = set(raw["test_time"]) - {"type", "args", "seed"}
-    if unknown:
-        raise UserError(f"config {path}: unknown key(s) test_time.{', test_time.'.join(sorted(unknown))}; expected "
-                        "test_time.type, test_time.args (the method's settings) and test_time.seed")
+    for key in raw:
+        if key != "test_time":
+            raise unknown_key_error(path, "", key, ["test_time"])
+    for key in raw["test_time"]:
+        if key not in ("type", "args", "seed"):
+            raise unknown_key_error(path, "test_time", key, ["type", "args", "seed"])
     raw["test_time"].setdefault("args", {})
     raw["test_time"].setdefault("seed", 1)
     return raw
