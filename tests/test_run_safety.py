@@ -204,6 +204,18 @@ def test_trainer_schema_fills_defaults_and_takes_the_new_keys():
     assert trainer_settings({"verbosity": 2}, training=False)["autocast"] is None  # a release config, evaluated
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_config_passes_the_key_checks(path):
+    from utils.build import read_test_time_config
+    from utils.known_keys import check_config_keys
+    if path.name.startswith("test_time_"):
+        read_test_time_config(path)
+    else:
+        config = json.loads(path.read_text())
+        check_config_keys(config, path)
+        trainer_settings(config["trainer"], path)
+
+
 def test_known_arguments_follow_kwargs_to_the_base_class():
     from data_loader.digits_lt import DigitsLTDataModule
 

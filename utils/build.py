@@ -122,8 +122,8 @@ def read_test_time_config(path):
         settings = {k: v for k, v in tt.items() if k != "seed"}
         raw["test_time"] = {"type": DEFAULT_TEST_TIME_METHOD, "args": settings, "seed": tt.get("seed", 1)}
     for key in raw:
-        if key != "test_time":
-            raise unknown_key_error(path, "", key, ["test_time"])
+        if key not in ("name", "test_time"):
+            raise unknown_key_error(path, "", key, ["name", "test_time"])
     for key in raw["test_time"]:
         if key not in ("type", "args", "seed"):
             raise unknown_key_error(path, "test_time", key, ["type", "args", "seed"])
