@@ -1,9 +1,18 @@
 """What every dataset gives the trainer and the test scripts.
 
-A data module owns a long-tailed training set and a test set. Training asks it for a loader per
-epoch (seeded, so a resumed run sees the same batches); evaluation asks for the test set with the
-test transform, the named test distributions (index subsets of the test set), and the same test
-images under another transform (the two-view augmentation of test-time aggregation).
+A data module owns a long-tailed training set, a test set and, where the data allows one, a
+labelled validation split that the network never trains on and that is not the test set. Training
+asks it for a loader per epoch (seeded, so a resumed run sees the same batches); model selection
+and the calibration of test-time methods use the validation split; evaluation asks for the test
+set with the test transform, the named test distributions (index subsets of the test set), and the
+same test images under another transform (the two-view augmentation of test-time aggregation).
+
+The validation split (``validation_set``, ``validation_info``) is computed from the data module's
+config alone, so a checkpoint whose config names no split gets the same one as a new run. Its
+``validation_info`` says where it came from: ``source`` (how it was made), ``per_class`` (asked
+for), ``counts`` (images per class), ``in_sample_classes`` (classes whose validation images are
+training images, because the training selection left none of theirs over) and ``option`` (the
+config key that sets it).
 """
 import numpy as np
 import torch
@@ -17,6 +26,9 @@ class LTDataModule:
     num_classes: int
     train_set = None  # Dataset with .targets
     test_set = None  # Dataset with .targets, test transform
+    validation_set = None  # Dataset with .targets, test transform; None: this data module has no split
+    validation_info = None  # dict (see the module docstring) when validation_set is set
+    validation_option = "data_loader.args.validation"  # the config key that configures the split
 
     def __init__(self, batch_size=128, num_workers=0, pin_memory=False, persistent_workers=False,
                  shuffle=True, drop_last=False):
@@ -86,6 +98,27 @@ class LTDataModule:
         return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, pin_memory=self.pin_memory, generator=generator,
                           persistent_workers=self.persistent_workers)
+
+    # -- validation -----------------------------------------------------------------------------
+    @property
+    def has_validation(self):
+        return self.validation_set is not None and len(self.validation_set) > 0
+
+    def require_validation(self, who):
+        """Raise a one-line error naming the option when there is no validation split."""
+        if not self.has_validation:
+            from utils.errors import UserError
+            raise UserError(f"{who} needs a validation split, and {type(self).__name__} has none; configure one "
+                            f"with {self.validation_option}")
+
+    def validation_loader(self, indices=None, batch_size=None, device=None):
+        """Batches of the validation split (optionally only ``indices``) under the test transform, in order."""
+        self.require_validation("the validation loader")
+        return self.test_loader(indices=indices, dataset=self.validation_set, batch_size=batch_size, device=device)
+
+    @property
+    def validation_targets(self):
+        return np.asarray(self.validation_set.targets) if self.validation_set is not None else np.zeros(0, int)
 
     @property
     def test_targets(self):

@@ -13,6 +13,7 @@ from utils.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_
                               save_checkpoint)
 from utils.errors import Interrupted, UserError, sigint_deferred
 from utils.known_keys import nearest
+from utils.results import write_history_csv
 from utils.runtime import unwrap
 from utils.seed import get_rng_state, set_rng_state
 from utils.trainer_schema import trainer_settings
@@ -41,6 +42,16 @@ class BaseTrainer:
         else:
             self.mnt_mode, self.mnt_metric = settings["monitor"].split()
         self.mnt_best = -math.inf if self.mnt_mode == "max" else math.inf
+        # What chooses model_best.pth: the validation split (default), the test set (the reference
+        # release's choice, named so in the log and the checkpoint), or nothing ("last").
+        self.select_on = settings["select_on"]  # one of SELECT_ON_CHOICES (utils/trainer_schema.py)
+        if self.select_on == "last":
+            self.mnt_mode, self.mnt_metric = "off", None
+        if self.mnt_mode != "off" and self.mnt_metric.startswith("test_"):
+            raise UserError(f"config {config.source}: trainer.monitor {self.mnt_metric} would choose model_best.pth "
+                            "on the test set; monitor a val_ metric, or set trainer.select_on to \"test\" to choose on "
+                            "the test set knowingly (val_ metrics are then the test set's)")
+        self.history = []  # one dict per finished epoch (epochs.csv; kept in checkpoints for resume)
         self.last_saved_epoch = 0  # epochs held by last.pth
         self.use_tensorboard = settings["tensorboard"]
         self.writer = None  # opened by train(): a refused resume leaves the run folder as it was
@@ -112,6 +123,7 @@ class BaseTrainer:
         return better
 
     def _log_epoch(self, log):
+        self.history.append(dict(log))
         if not self.runtime.is_main:
             return
         self.logger.info("epoch %d: %s", log["epoch"],
@@ -133,9 +145,15 @@ class BaseTrainer:
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "monitor_best": float(self.mnt_best),
+            "selected_on": self.selected_on(),
+            "history": [dict(row) for row in self.history],
             "config": self.config.config,
             "rng": get_rng_state(),
         }
+
+    def selected_on(self):
+        """Which split the monitor reads ("validation", "test") or "none" (monitor off)."""
+        return "none" if self.mnt_mode == "off" else self.select_on
 
     def _save_epoch(self, epoch, improved):
         if not self.runtime.is_main:
@@ -145,7 +163,6 @@ class BaseTrainer:
         if self.save_period and (epoch + 1) % self.save_period == 0:
             copies.append(self.run_dir / f"checkpoint-epoch{epoch + 1}.pth")
         if improved:
-            # Selected on the test split (CIFAR has no validation set): name it for what it is.
             copies.append(self.run_dir / "model_best.pth")
         # last.pth is renamed last: it is the commit point of the epoch (see save_checkpoint).
         try:
@@ -155,9 +172,14 @@ class BaseTrainer:
                     f"train.py -r {self.run_dir / 'last.pth'}" if self.last_saved_epoch else "no checkpoint was written")
             raise CheckpointWriteError(f"epoch {epoch + 1} not saved, {e}; {kept}") from None
         self.last_saved_epoch = epoch + 1
+        try:
+            write_history_csv(self.history, self.run_dir / "epochs.csv")
+        except UserError as e:  # disk full after the checkpoint: the epoch itself is saved
+            raise UserError(f"{e}; {self.run_dir / 'last.pth'} (epoch {epoch + 1}) is saved, continue with: "
+                            f"python train.py -r {self.run_dir / 'last.pth'}") from None
         if improved:
-            self.logger.info("model_best.pth: best %s so far on the evaluation split (%.4f)",
-                             self.mnt_metric, self.mnt_best)
+            split = "TEST SET (trainer.select_on test)" if self.select_on == "test" else "validation split"
+            self.logger.info("model_best.pth: best %s so far on the %s (%.4f)", self.mnt_metric, split, self.mnt_best)
 
     def resume(self, path):
         """Continue from a training checkpoint of this framework: model, optimizer, LR schedule,
@@ -183,6 +205,10 @@ class BaseTrainer:
         self.start_epoch = int(ckpt["epoch"])
         self.last_saved_epoch = self.start_epoch
         self.mnt_best = float(ckpt.get("monitor_best", self.mnt_best))
+        self.history = [dict(row) for row in ckpt.get("history", [])]
+        if ckpt.get("selected_on", self.selected_on()) != self.selected_on() and self.runtime.is_main:
+            self.logger.info("the checkpoint's model_best was chosen on %s; from here on it is chosen on %s",
+                             ckpt.get("selected_on"), self.selected_on())
         set_rng_state(ckpt.get("rng"))
         if self.runtime.is_main:
             removed = remove_stale_temp_files(self.run_dir)

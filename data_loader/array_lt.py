@@ -8,6 +8,7 @@ Two input pipelines, chosen by ``data_loader.args.pipeline``:
   parameters, same sampler order, no workers. Test-time aggregation's two views likewise
   (data_loader/tensor_two_view.py: same parameter distributions, float instead of uint8 rounding).
 """
+import logging
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -22,6 +23,7 @@ from data_loader.array_checks import check_normalisation, read_arrays
 from data_loader.long_tail import img_num_per_cls, select_per_class
 from data_loader.tensor_two_view import TensorTwoViewLoader
 from data_loader.test_distributions import generated_distributions
+from data_loader.validation_split import describe, held_out_split, parse_validation
 from utils.errors import UserError
 from utils.seed import epoch_seed
 
@@ -52,11 +54,12 @@ class ArrayLTDataModule(LTDataModule, ABC):
     num_classes = None
     image_size = 32
     train_img_max = None  # per-class images at the head of the long tail
+    default_validation_per_class = 100  # validation images per class from the left-over training split
     default_padding, default_flip, default_rotation = 4, True, 15
 
     def __init__(self, data_dir, imb_factor=0.01, batch_size=128, num_workers=0, mean=tf.CIFAR_MEAN,
                  std=tf.CIFAR_STD, padding=None, flip=None, rotation=None, img_max=None, pipeline="pil",
-                 **loader_kw):
+                 validation=None, **loader_kw):
         super().__init__(batch_size=batch_size, num_workers=num_workers, **loader_kw)
         if pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {', '.join(repr(p) for p in PIPELINES)}, got {pipeline!r}")
@@ -85,6 +88,23 @@ class ArrayLTDataModule(LTDataModule, ABC):
                                            tf.small_image_train(mean=self.mean, std=self.std, **self.augment))
         self.test_images = test_x
         self.test_set = ArrayImageDataset(test_x, test_y, tf.small_image_test(self.mean, self.std))
+        self._make_validation(validation, train_x, train_y, keep)
+
+    def _make_validation(self, validation, train_x, train_y, keep):
+        """The held-out split from the training-split images the long tail left out
+        (data_loader/validation_split.py); ``validation``: null (default size), false, N, "all" or
+        {"per_class", "seed"}."""
+        option = self.validation_option
+        per_class, seed, explicit = parse_validation(validation, option, self.default_validation_per_class)
+        if per_class is None:
+            return
+        idx, counts, in_sample = held_out_split(train_y, keep, self.num_classes, per_class, seed,
+                                                option=f"{option}.per_class", explicit=explicit)
+        self.validation_indices = idx  # into the training split as load_arrays() returned it
+        self.validation_set = ArrayImageDataset(train_x[idx], np.asarray(train_y)[idx], self.test_set.transform)
+        self.validation_info = {"source": "training-split images the long tail left out", "per_class": per_class,
+                                "seed": seed, "counts": counts, "in_sample_classes": in_sample, "option": option}
+        logging.getLogger("train").info("%s", describe(self.validation_info))
 
     @abstractmethod
     def load_arrays(self):
@@ -92,11 +112,11 @@ class ArrayLTDataModule(LTDataModule, ABC):
 
     # -- device-resident pipeline ------------------------------------------------------------------
     def device_images(self, split, device=None):
-        """The ``"train"`` or ``"test"`` images as one uint8 tensor on ``device`` (made once)."""
+        """The ``"train"``, ``"test"`` or ``"validation"`` images as one uint8 tensor on ``device`` (made once)."""
         device = torch.device(device if device is not None else "cpu")
         key = (split, str(device))
         if key not in self._device_sets:
-            ds = self.train_set if split == "train" else self.test_set
+            ds = {"train": self.train_set, "test": self.test_set, "validation": self.validation_set}[split]
             self._device_sets[key] = ta.DeviceImages(ds.data, ds.targets, device)
         return self._device_sets[key]
 
@@ -125,6 +145,15 @@ class ArrayLTDataModule(LTDataModule, ABC):
         if shuffle:
             indices = indices[torch.randperm(len(indices), generator=generator)]
         return ta.TensorEvalLoader(self.device_images("test", device), indices, batch_size or self.batch_size,
+                                   self.mean, self.std)
+
+    def validation_loader(self, indices=None, batch_size=None, device=None):
+        self.require_validation("the validation loader")
+        if self.pipeline == "pil":
+            return super().validation_loader(indices, batch_size, device)
+        indices = torch.arange(len(self.validation_set)) if indices is None else torch.as_tensor(
+            np.asarray(indices), dtype=torch.int64)
+        return ta.TensorEvalLoader(self.device_images("validation", device), indices, batch_size or self.batch_size,
                                    self.mean, self.std)
 
     def test_distributions(self):

@@ -1,7 +1,9 @@
 """ImageNet-LT, Places-LT and iNaturalist 2018 (SPEC 2.3): folders of JPEGs described by list files.
 
 ``data_dir`` is the folder the list paths are relative to; ``train_txt`` and ``test_txt`` name the
-training list and the (balanced) test list (iNat: its val list). Class counts come from the
+training list and the (balanced) test list (iNat: its val list); ``val_list`` names the
+validation list (ImageNet-LT and Places-LT ship one, 20 images per class; iNaturalist 2018 has
+none, its val list being the test set), used for model selection and test-time calibration. Class counts come from the
 training list. The test distributions (SPEC 2.2) are read from the lists written by
 ``python -m data_txt.make_test_distributions`` (``test_distribution_txt``, a path pattern with
 ``{name}``), each mapped to indices into the test list; with ``test_distribution_txt: null`` the
@@ -24,6 +26,7 @@ from base.base_data_module import LTDataModule
 from data_loader import transforms as tf
 from data_loader.list_file import check_images_exist, frequency_order, frequency_rank, read_list
 from data_loader.test_distributions import distribution_names, generated_distributions
+from data_loader.validation_split import describe
 from utils.errors import UserError
 from utils.seed import epoch_seed
 
@@ -136,7 +139,7 @@ class ListLTDataModule(LTDataModule):
     def __init__(self, data_dir, train_txt, test_txt, test_distribution_txt=None, num_classes=None,
                  test_ratios=None, relabel_by_frequency=None, image_size=224, resize=None, mean=None, std=None,
                  color_jitter=None, check_images=True, batch_size=128, num_workers=0, pin_memory=True,
-                 persistent_workers=True, **loader_kw):
+                 persistent_workers=True, val_list=None, **loader_kw):
         super().__init__(batch_size=batch_size, num_workers=num_workers,
                          pin_memory=bool(pin_memory) and _accelerator_available(),
                          persistent_workers=persistent_workers, **loader_kw)
@@ -169,8 +172,38 @@ class ListLTDataModule(LTDataModule):
         self.train_set = ListImageDataset(self.data_dir, train, self.label_map[train.labels],
                                           tf.large_image_train(self.image_size, self.mean, self.std, color_jitter))
         self.test_set = self.test_view_dataset(tf.large_image_test(self.image_size, self.resize, self.mean, self.std))
+        if val_list:
+            self._read_validation(val_list, check_images)
         self._distributions = None
         self._train_loader, self._train_loader_key = None, None
+
+    validation_option = "data_loader.args.val_list"
+
+    def _read_validation(self, path, check_images):
+        """The validation list: its classes must be training classes, and none of its images may be a
+        training or test image (refused, naming the first one)."""
+        val = read_list(path, self.num_classes, "validation list")
+        trained = np.bincount(self.train_list.labels, minlength=self.num_classes) > 0
+        lacking = np.nonzero(~trained[val.labels])[0]
+        if len(lacking):
+            j = int(lacking[0])
+            raise UserError(f"{path}, line {val.lines[j]}: class {val.labels[j]} is not in the training list "
+                            f"{self.train_list.path}; a validation list may only hold training classes")
+        for other, what in ((self.train_list, "training"), (self.test_list, "test")):
+            seen = set(other.images)
+            overlap = [j for j, rel in enumerate(val.images) if rel in seen]
+            if overlap:
+                j = overlap[0]
+                raise UserError(f"{path}, line {val.lines[j]}: image {val.images[j]} is also in the {what} list "
+                                f"{other.path} ({len(overlap)} shared); validation images must be held out")
+        if check_images:
+            check_images_exist(val, self.data_dir)
+        self.val_list = val
+        self.validation_set = ListImageDataset(self.data_dir, val, self.label_map[val.labels], self.test_set.transform)
+        counts = np.bincount(self.validation_set.targets, minlength=self.num_classes).tolist()
+        self.validation_info = {"source": f"validation list {path}", "per_class": None, "counts": counts,
+                                "in_sample_classes": [], "option": self.validation_option}
+        logger.info("%s", describe(self.validation_info))
 
     # -- training -------------------------------------------------------------------------------
     def train_loader(self, epoch, seed, rank=0, world_size=1, device=None):

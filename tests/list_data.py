@@ -12,13 +12,16 @@ from tests.helpers import ROOT
 TRAIN_COUNTS = (6, 14, 3, 10, 2)
 
 
-def write_list_dataset(root, train_counts=TRAIN_COUNTS, test_per_class=4, size=(40, 30), seed=0):
+def write_list_dataset(root, train_counts=TRAIN_COUNTS, test_per_class=4, size=(40, 30), seed=0, val_per_class=2):
     """JPEGs ``images/{split}/c{label}/{j}.jpg`` (each class a different mean colour) and the lists
-    ``train.txt`` and ``test.txt``; returns a dict of the paths."""
+    ``train.txt``, ``test.txt`` and ``val.txt``; returns a dict of the paths."""
     rng = np.random.RandomState(seed)
     root = Path(root)
-    paths = {"data_dir": root / "images", "train_txt": root / "train.txt", "test_txt": root / "test.txt"}
-    for split, counts in (("train", train_counts), ("test", [test_per_class] * len(train_counts))):
+    paths = {"data_dir": root / "images", "train_txt": root / "train.txt", "test_txt": root / "test.txt",
+             "val_txt": root / "val.txt"}
+    splits = (("train", train_counts), ("test", [test_per_class] * len(train_counts)),
+              ("val", [val_per_class] * len(train_counts)))
+    for split, counts in splits:
         lines = []
         for label, n in enumerate(counts):
             folder = paths["data_dir"] / split / f"c{label}"
@@ -35,7 +38,7 @@ def write_list_dataset(root, train_counts=TRAIN_COUNTS, test_per_class=4, size=(
 
 def list_module_args(paths, **overrides):
     args = {"data_dir": str(paths["data_dir"]), "train_txt": str(paths["train_txt"]),
-            "test_txt": str(paths["test_txt"]), "num_classes": len(TRAIN_COUNTS), "test_distribution_txt": None,
+            "test_txt": str(paths["test_txt"]), "val_list": str(paths["val_txt"]), "num_classes": len(TRAIN_COUNTS), "test_distribution_txt": None,
             "image_size": 32, "batch_size": 8, "num_workers": 0, "test_ratios": [5, 2]}
     args.update(overrides)
     return args

@@ -1,5 +1,5 @@
-"""TADE training: one epoch of the loss on per-expert logits, and evaluation on the test split
-(top-1 and many/medium/few). Metrics stay tensors on the device and are read only when the
+"""TADE training: one epoch of the loss on per-expert logits, and evaluation (top-1 and
+many/medium/few) on the validation split, which selects model_best.pth, and on the test set. Metrics stay tensors on the device and are read only when the
 progress bar refreshes and at the end of an epoch."""
 import time
 
@@ -36,13 +36,31 @@ class Trainer(BaseTrainer):
                             f"trainer.monitor to \"off\" or valid_period to 1 or more")
         self.shot_masks = data.shot_masks()
         self.check_monitor(self.logged_metrics())
+        self._announce_selection()
         self.mixup = Mixup.from_config(config)  # trainer.mixup; None: off
         self.graphed_step = self._make_graphed_step()
 
     def logged_metrics(self):
-        """What an epoch logs (``_train_epoch`` and ``_valid_epoch``): the names trainer.monitor may use."""
+        """What an epoch may log (``_train_epoch``, ``_valid_epoch``): the names trainer.monitor may use."""
         train = ["loss", "accuracy", "lr", "images_per_s", "epoch_time_s"]
-        return train + (["val_accuracy", *(f"val_{g}" for g in self.shot_masks)] if self.valid_period > 0 else [])
+        if self.valid_period <= 0:
+            return train
+        groups = ["accuracy", *self.shot_masks]
+        return train + [f"val_{g}" for g in groups] + [f"test_{g}" for g in groups]
+
+    def _announce_selection(self):
+        """Say what chooses model_best.pth; with no validation split (and select_on validation) nothing does."""
+        if self.mnt_mode == "off":
+            return
+        if self.select_on == "validation" and not self.data.has_validation:
+            self.mnt_mode = "off"
+            if self.runtime.is_main:
+                self.logger.info("no validation split (%s): model_best.pth is not written; trainer.select_on "
+                                 "\"test\" would choose on the test set, as the reference release did",
+                                 self.data.validation_option)
+        elif self.select_on == "test" and self.runtime.is_main:
+            self.logger.info("trainer.select_on test: model_best.pth is chosen on the TEST SET (the reference "
+                             "release's choice); val_* metrics are the test set's")
 
     def autocast(self):
         return self.perf.autocast_context(self.runtime.device)
@@ -142,13 +160,28 @@ class Trainer(BaseTrainer):
         net = unwrap(self.model) if self.runtime.distributed else self.model
         return predict(net, loader, self.perf, self.runtime.device)
 
-    def _valid_epoch(self, epoch):
-        if self.valid_period <= 0 or ((epoch + 1) % self.valid_period and epoch + 1 != self.epochs):
-            return {}
-        n = len(self.data.test_set)
+    def _evaluate(self, loader_for, n):
+        """Top-1 and many/medium/few over a split of ``n`` images, sharded over the ranks;
+        ``loader_for(indices)`` gives this rank's loader."""
         shard = range(self.runtime.rank, n, self.runtime.world_size)
-        preds, targets = self.predict(self.data.test_loader(indices=shard, device=self.runtime.device))
+        preds, targets = self.predict(loader_for(shard))
         cm = confusion_matrix(preds, targets, self.data.num_classes)
         self.runtime.all_reduce_sum(cm)
-        metrics = accuracy_from_confusion(cm, self.shot_masks)
-        return {"val_accuracy" if k == "top1" else f"val_{k}": v for k, v in metrics.items()}
+        return accuracy_from_confusion(cm, self.shot_masks)
+
+    def _valid_epoch(self, epoch):
+        """``val_*``: the split that selects model_best.pth (trainer.select_on: the validation split,
+        or the test set where asked for); ``test_*``: the test set, logged and never selecting."""
+        if self.valid_period <= 0 or ((epoch + 1) % self.valid_period and epoch + 1 != self.epochs):
+            return {}
+        device = self.runtime.device
+        test = self._evaluate(lambda idx: self.data.test_loader(indices=idx, device=device), len(self.data.test_set))
+        out = {}
+        if self.select_on == "test":
+            out.update({"val_accuracy" if k == "top1" else f"val_{k}": v for k, v in test.items()})
+        elif self.data.has_validation:
+            val = self._evaluate(lambda idx: self.data.validation_loader(indices=idx, device=device),
+                                 len(self.data.validation_set))
+            out.update({"val_accuracy" if k == "top1" else f"val_{k}": v for k, v in val.items()})
+        out.update({"test_accuracy" if k == "top1" else f"test_{k}": v for k, v in test.items()})
+        return out

@@ -1,0 +1,200 @@
+"""Record a reference run: train, evaluate, run the test-time methods, and keep the evidence in
+``results/NAME/`` for good (docs/results.md is generated from these folders by bench/report.py).
+
+    python bench/record.py -c configs/config_cifar10_ir100_tade.json --data_dir DATA --epochs 30 --seed 1 \
+        [--set KEY.PATH=VALUE ...] [--name NAME] [--work_dir DIR] [--results_dir results] [-d DEVICE]
+        [--skip_views] [--train_only]
+
+Steps (each skipped when its output exists, so an interrupted command is resumed by running it again):
+1. train with train.py into ``WORK_DIR/NAME/train/`` (outside the repository; resumed from its
+   last.pth when one exists);
+2. ``test.py`` on last.pth (eleven distributions, many/medium/few, ECE, NLL, reliability) and on
+   model_best.pth (chosen on the validation split), with the clean logits of the test set, the
+   validation split and the training images saved as compressed float16 (``logits.npz``);
+3. ``bench/test_time_methods.py`` on last.pth: every test-time method on every protocol
+   (self-supervised aggregation included unless ``--skip_views``);
+4. the folder: resolved config, per-epoch curve (``epochs.csv``), training log, the commits that
+   trained and evaluated it, the command, the machine and precision, and the weights (float32,
+   without optimiser state) where they are small (at most ``SMALL_WEIGHTS`` bytes).
+
+The record is assembled in ``results/.NAME.partial/`` and renamed into place at the end; an
+existing ``results/NAME`` is never overwritten.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.reproduce import checkpoint_epoch  # noqa: E402
+
+SMALL_WEIGHTS = 8 << 20  # weights kept in a record up to this size (a CIFAR ResNet-32 with 3 experts: 5.4 MB)
+DEFAULT_WORK_DIR = Path.home() / ".cache" / "tade-records"
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        return out.stdout.strip() + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine():
+    import torch
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count()}
+    try:
+        names = re.findall(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        info["cpu"] = names[0].strip() if names else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def step(cmd, log):
+    """Run one step from the repository root, its output appended to ``log``; stop if it fails."""
+    with open(log, "a") as f:
+        f.write(f"\n$ {' '.join(map(str, cmd))}\n")
+        f.flush()
+        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        sys.exit(f"record: step failed (exit {proc.returncode}), see {log}: {' '.join(map(str, cmd[1:4]))} ...")
+
+
+def default_name(config_path, epochs, seed):
+    stem = Path(config_path).stem
+    return f"{stem[len('config_'):] if stem.startswith('config_') else stem}_e{epochs}_s{seed}"
+
+
+def train(args, run_dir, log):
+    """Train (or resume) into ``run_dir``; the commit that started training is kept beside it."""
+    last = run_dir / "last.pth"
+    common = ["-d", args.device] if args.device else []
+    if last.is_file() and checkpoint_epoch(last) >= args.epochs:
+        return False
+    if last.is_file():
+        cmd = [sys.executable, "train.py", "-r", last, *common]
+    else:
+        if run_dir.exists():  # started, no finished epoch: set aside, start again
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        (run_dir.parent / "train_commit.txt").write_text(git_commit() + "\n")
+        (run_dir.parent / "train_command.json").write_text(json.dumps(sys.argv) + "\n")
+        cmd = [sys.executable, "train.py", "-c", args.config, "--epochs", args.epochs, "--seed", args.seed,
+               "--save_dir", run_dir.parent.parent, "--name", run_dir.parent.name, "--run_id", run_dir.name,
+               *common]
+        if args.data_dir:
+            cmd += ["--data_dir", args.data_dir]
+        for s in args.set:
+            cmd += ["--set", s]
+    step(cmd, log)
+    return True
+
+
+def small_weights(checkpoint, out):
+    """The weights alone (float32, no optimiser state), if small: enough to re-run methods that
+    need the network (self-supervised aggregation) later."""
+    import torch
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+    ckpt = load_checkpoint(checkpoint)
+    keep = {k: ckpt[k] for k in ("format", "arch", "epoch", "config", "selected_on") if k in ckpt}
+    keep["state_dict"] = ckpt["state_dict"]
+    size = sum(t.numel() * t.element_size() for t in ckpt["state_dict"].values() if torch.is_tensor(t))
+    if size > SMALL_WEIGHTS:
+        return False
+    save_checkpoint(keep, out)
+    return True
+
+
+def training_seconds(info_log):
+    text = Path(info_log).read_text()
+    return sum(float(v) for v in re.findall(r"epoch_time_s ([0-9.]+)", text))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--data_dir")
+    p.add_argument("--set", action="append", default=[], help="train.py --set overrides (the recipe at this budget)")
+    p.add_argument("--name", help="record name (default: <config>_e<epochs>_s<seed>)")
+    p.add_argument("--work_dir", default=str(DEFAULT_WORK_DIR), help="where training runs (outside the repository)")
+    p.add_argument("--results_dir", default=str(ROOT / "results"))
+    p.add_argument("-d", "--device")
+    p.add_argument("--skip_views", action="store_true", help="leave out self-supervised aggregation (slow on a CPU)")
+    p.add_argument("--train_only", action="store_true", help="stop after training (record later with the same command)")
+    args = p.parse_args()
+    name = args.name or default_name(args.config, args.epochs, args.seed)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        sys.exit(f"record: --name {name!r}: use letters, digits, '_', '-' and '.'")
+    final = Path(args.results_dir) / name
+    if final.exists():
+        print(f"record: {final} is a recorded run and records are never overwritten; choose another --name",
+              file=sys.stderr)
+        sys.exit(2)
+    work = Path(args.work_dir).expanduser().resolve() / name
+    run_dir = work / "train"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "record.log"
+    started = time.time()
+    trained = train(args, run_dir, log)
+    print(f"{name}: {'trained' if trained else 'already trained'} ({run_dir})", flush=True)
+    if args.train_only:
+        return
+    stage = Path(args.results_dir) / f".{name}.partial"
+    stage.mkdir(parents=True, exist_ok=True)
+    common = ["-d", args.device] if args.device else []
+    data = ["--data_dir", args.data_dir] if args.data_dir else []
+    if not (stage / "eval_last.json").is_file():
+        step([sys.executable, "test.py", "-r", run_dir / "last.pth", *common, *data, "--out", stage / "eval_last.json",
+              "--save_logits", "--logits_dtype", "float16"], log)
+        os.replace(stage / "eval_last_logits.npz", stage / "logits.npz")
+    best = run_dir / "model_best.pth"
+    if best.is_file() and not (stage / "eval_best.json").is_file():
+        step([sys.executable, "test.py", "-r", best, *common, *data, "--out", stage / "eval_best.json"], log)
+    if not (stage / "test_time_methods.json").is_file():
+        step([sys.executable, "bench/test_time_methods.py", run_dir / "last.pth", *common, *data,
+              *(["--skip_views"] if args.skip_views else []), "--stream_batch", "16,128",
+              "--out", stage / "test_time_methods.json"], log)
+    for src in ("config.json", "epochs.csv", "info.log"):
+        shutil.copyfile(run_dir / src, stage / src)
+    has_weights = small_weights(run_dir / "last.pth", stage / "model.pth")
+    train_commit = (work / "train_commit.txt").read_text().strip() if (work / "train_commit.txt").is_file() else None
+    train_command = json.loads((work / "train_command.json").read_text()) if (work / "train_command.json").is_file() \
+        else None
+    config = json.loads((run_dir / "config.json").read_text())
+    precision = re.search(r"\| (\S+)\s*$", (run_dir / "info.log").read_text().splitlines()[0])
+    record = {
+        "name": name, "config": str(args.config), "dataset": config["data_loader"]["type"],
+        "loss": config.get("loss", {}).get("type"), "epochs": args.epochs, "seed": args.seed,
+        "overrides": args.set, "data_dir": args.data_dir,
+        "command": [Path(sys.executable).name, *sys.argv], "train_command": train_command,
+        "commit_trained": train_commit, "commit_evaluated": git_commit(),
+        "machine": machine(), "precision": precision.group(1) if precision else None,
+        "training_seconds": training_seconds(run_dir / "info.log"),
+        "record_seconds_this_call": time.time() - started,
+        "weights": "model.pth" if has_weights else None,
+        "files": sorted(f.name for f in stage.iterdir()) + (["record.json"]),
+    }
+    (stage / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(stage, final)
+    print(f"recorded {final}")
+
+
+if __name__ == "__main__":
+    main()
