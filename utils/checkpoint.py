@@ -248,7 +248,8 @@ def load_checkpoint(path, map_location="cpu"):
     if mismatch:
         raise UserError(f"checkpoint {path} is corrupt: its contents do not match the checksum stored in it "
                         f"({mismatch[0]}, computed {mismatch[1].split(':')[1]}); expected an intact file (restore "
-                        "it from a copy, or use model_best.pth or a checkpoint-epochN.pth)")
+                        "it from a copy, or use model_best.pth or a checkpoint-epochN.pth; a checkpoint edited on "
+                        "purpose loads once its 'checksum' entry is removed)")
     return ckpt
 
 

@@ -63,5 +63,8 @@ def close_log_file(name="train"):
     """Stop writing info.log (before a failed run's folder is removed)."""
     logger = logging.getLogger(name)
     for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-        handler.close()
         logger.removeHandler(handler)
+        try:
+            handler.close()
+        except OSError:  # its last lines could not be flushed (disk full); the file is closed anyway
+            pass
