@@ -208,12 +208,25 @@ def test_trainer_schema_fills_defaults_and_takes_the_new_keys():
 def test_every_shipped_config_passes_the_key_checks(path):
     from utils.build import read_test_time_config
     from utils.known_keys import check_config_keys
+    import data_loader
+    import model
+    import model.loss
+    import trainer.lr_scheduler
+    import trainer.test_time
+    from utils.known_keys import check_arguments
+    from utils.parse_config import ConfigParser
+    modules = {"arch": model, "data_loader": data_loader, "loss": model.loss, "optimizer": torch.optim,
+               "lr_scheduler": [trainer.lr_scheduler, torch.optim.lr_scheduler], "test_time": trainer.test_time}
     if path.name.startswith("test_time_"):
-        read_test_time_config(path)
+        config = read_test_time_config(path)
     else:
         config = json.loads(path.read_text())
         check_config_keys(config, path)
         trainer_settings(config["trainer"], path)
+    parsed = ConfigParser(config, source=path)
+    for section in set(config) & set(modules):
+        cls, _ = parsed._lookup(section, modules[section])
+        check_arguments(path, section, cls, config[section].get("args") or {})  # the args its class takes
 
 
 def test_known_arguments_follow_kwargs_to_the_base_class():
