@@ -127,8 +127,9 @@ class RunFolder:
     def discard_if_unused(self):
         """Release the lock; a folder that ``create`` made and that holds no checkpoint (the run
         failed before its first epoch was saved) is removed with what the run wrote into it, so the
-        same command works again."""
-        if self.created and self.path.is_dir() and not self.has_checkpoint():
+        same command works again. Only the lock's holder clears the folder: a process that lost the
+        race for a new folder to another one leaves that one's files alone."""
+        if self.created and self.lock.held and self.path.is_dir() and not self.has_checkpoint():
             self._clear()
         self.close()
         for folder in self.created:

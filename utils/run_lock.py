@@ -61,6 +61,11 @@ class RunLock:
         self._fd = fd
         return self
 
+    @property
+    def held(self):
+        """Whether this process holds the folder (always, where there is no locking)."""
+        return fcntl is None or self._fd is not None
+
     def release(self):
         if self._fd is None:
             return
