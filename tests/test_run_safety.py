@@ -208,15 +208,10 @@ def test_trainer_schema_fills_defaults_and_takes_the_new_keys():
 def test_every_shipped_config_passes_the_key_checks(path):
     from utils.build import read_test_time_config
     from utils.known_keys import check_config_keys
-    import data_loader
-    import model
-    import model.loss
-    import trainer.lr_scheduler
-    import trainer.test_time
+    from utils.build import section_modules
     from utils.known_keys import check_arguments
     from utils.parse_config import ConfigParser
-    modules = {"arch": model, "data_loader": data_loader, "loss": model.loss, "optimizer": torch.optim,
-               "lr_scheduler": [trainer.lr_scheduler, torch.optim.lr_scheduler], "test_time": trainer.test_time}
+    modules = section_modules()
     if path.name.startswith("test_time_"):
         config = read_test_time_config(path)
     else:

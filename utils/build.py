@@ -16,7 +16,7 @@ import model.loss as losses
 import trainer.test_time as test_time_methods
 from utils.checkpoint import config_from_checkpoint, extract_state_dict, load_checkpoint, load_model_weights
 from utils.errors import UserError
-from utils.known_keys import unknown_key_error
+from utils.known_keys import check_arguments, unknown_key_error
 from utils.parse_config import ConfigParser, read_json
 from utils.performance import Performance
 
@@ -41,7 +41,30 @@ def resolve_config(config_path=None, checkpoint=None, overrides=(), sections=("a
     for section in sections:
         if section not in config:
             raise UserError(f"config {source}: missing section '{section}'")
-    return ConfigParser(config, source=source), ckpt
+    parsed = ConfigParser(config, source=source)
+    check_set_arguments(parsed, overrides)
+    return parsed, ckpt
+
+
+def section_modules():
+    """Where each section's ``type`` is looked up: the modules its builder hands ``init_obj``."""
+    import torch
+
+    import trainer.lr_scheduler as schedulers
+    return {"arch": models, "data_loader": data_loader, "loss": losses, "optimizer": torch.optim,
+            "lr_scheduler": [schedulers, torch.optim.lr_scheduler], "test_time": test_time_methods}
+
+
+def check_set_arguments(config, overrides):
+    """``--set SECTION.args.KEY=VALUE`` may add an argument the file does not write; KEY must be an
+    argument of the class ``SECTION.type`` names, checked now (before the data is read), also for a
+    section the script does not build."""
+    modules = section_modules()
+    for key_path, _, option in overrides:
+        name, *rest = key_path.split(".")
+        if option == "--set" and len(rest) == 2 and rest[0] == "args" and name in modules and name in config:
+            cls, _ = config._lookup(name, modules[name])
+            check_arguments(config.source, name, cls, [rest[1]])
 
 
 def build_data(config):
@@ -138,4 +161,5 @@ def build_test_time_method(path, overrides=()):
     raw = read_test_time_config(path)
     ConfigParser.apply_overrides(raw, overrides, path)
     config = ConfigParser(raw, source=path)
+    check_set_arguments(config, overrides)
     return config.init_obj("test_time", test_time_methods), config
