@@ -86,7 +86,8 @@ def main(argv=None):
     if summary:
         print(format_summary(summary))
     epoch = trained.checkpoint.get("epoch") if isinstance(trained.checkpoint, dict) else None
-    payload = {"written_by": "test.py", "checkpoint": str(args.resume), "checkpoint_epoch": epoch, "config": config.config,
+    payload = {"written_by": "test.py", "checkpoint": str(args.resume), "checkpoint_epoch": epoch,
+               "config": config.config,
                "protocol": args.protocol, "distributions": results, "summary": summary, "reliability_bins": {n: calibration[n]["bins"] for n in names}}
     json_path, csv_path = write_results(payload, out, extra_columns=CALIBRATION_KEYS)
     shown = "uniform" if "uniform" in names else names[0]

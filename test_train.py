@@ -140,7 +140,8 @@ def main(argv=None):
     weight_rows = [f"w{k + 1}" for k in range(num_weights)]
     table = {n: dict(r, **{f"w{k + 1}": r["weights"][k] for k in range(num_weights)}) for n, r in results.items()}
     print(format_table(table, extra_rows=extra, weight_rows=weight_rows))
-    payload = {"written_by": "test_train.py", "checkpoint": str(args.resume), "method": label, "config": trained.config.config,
+    payload = {"written_by": "test_train.py", "checkpoint": str(args.resume), "method": label,
+               "config": trained.config.config,
                "test_time_config": tt["test_time"], "online": online, "protocol": args.protocol,
                "distributions": results, "summary": summary}
     extra_columns = extra + [k for k in ("weights", "prior") if all(k in r for r in results.values())]

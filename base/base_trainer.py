@@ -168,8 +168,9 @@ class BaseTrainer:
         try:
             save_checkpoint(state, self.run_dir / "last.pth", copies=copies)
         except CheckpointWriteError as e:
-            kept = (f"{self.run_dir / 'last.pth'} (epoch {self.last_saved_epoch}) is kept, continue with: python "
-                    f"train.py -r {self.run_dir / 'last.pth'}" if self.last_saved_epoch else "no checkpoint was written")
+            last = self.run_dir / "last.pth"
+            kept = (f"{last} (epoch {self.last_saved_epoch}) is kept, continue with: python train.py -r {last}"
+                    if self.last_saved_epoch else "no checkpoint was written")
             raise CheckpointWriteError(f"epoch {epoch + 1} not saved, {e}; {kept}") from None
         self.last_saved_epoch = epoch + 1
         try:

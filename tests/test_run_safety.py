@@ -55,7 +55,8 @@ def test_lock_refuses_a_second_holder_and_a_killed_holder_leaves_it_free(tmp_pat
 
 
 # -- resume: fork or in place -------------------------------------------------------------------
-def test_resume_with_a_new_run_id_forks_and_leaves_the_original_untouched(tiny, trained_checkpoint, capfd):  # noqa: F811
+def test_resume_with_a_new_run_id_forks_and_leaves_the_original_untouched(tiny, trained_checkpoint,  # noqa: F811
+                                                                          capfd):
     root, _ = tiny
     original = root / "orig"
     original.mkdir()
