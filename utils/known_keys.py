@@ -26,8 +26,12 @@ def unknown_key_error(source, where, key, known, owner=None):
     path = f"{where}.{key}" if where else str(key)
     of = f" (not an argument of {owner.__name__})" if owner is not None else ""
     close = nearest(key, known)
-    hint = f"did you mean {f'{where}.{close}' if where else close}?" if close else \
-        f"expected one of: {', '.join(sorted(map(str, known)))}"
+    if close:
+        hint = f"did you mean {f'{where}.{close}' if where else close}?"
+    elif known:
+        hint = f"expected one of: {', '.join(sorted(map(str, known)))}"
+    else:
+        hint = f"{owner.__name__} takes no arguments" if owner is not None else "expected no keys here"
     return UserError(f"config {source}: unknown key {path!r}{of}; {hint}")
 
 
