@@ -237,6 +237,15 @@ def test_known_arguments_follow_kwargs_to_the_base_class():
     assert known_arguments(Opaque) is None  # **kwargs that go nowhere inspectable: the class checks itself
 
 
+def test_set_adds_a_trainer_key_of_the_schema_but_not_a_typo():
+    from utils.parse_config import ConfigParser
+    config = {"trainer": {"epochs": 1}}
+    ConfigParser.apply_overrides(config, [("trainer.mixup", {"alpha": 0.8}, "--set")], "c.json")
+    assert trainer_settings(config["trainer"])["mixup"] == {"alpha": 0.8}
+    with pytest.raises(UserError, match="unknown config key 'trainer.mixpu'; did you mean trainer.mixup?"):
+        ConfigParser.apply_overrides(config, [("trainer.mixpu", None, "--set")], "c.json")
+
+
 def test_set_adds_an_argument_the_class_takes_but_the_file_lacks(tmp_path):
     from utils.build import build_test_time_method
     path = tmp_path / "single.json"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from utils.errors import UserError
 from utils.known_keys import check_arguments, nearest
+from utils.trainer_schema import SCHEMA as TRAINER_SCHEMA
 
 
 def read_json(path):
@@ -45,13 +46,17 @@ def get_by_path(config, key_path, default=None):
 def set_by_path(config, key_path, value, source="--set", must_exist=True):
     """Set ``a.b.c`` in a nested dict. Unknown paths are refused (a typo must not pass silently),
     except an argument of a built section (``SECTION.args.KEY`` where SECTION has a ``type``): it
-    may be added, and is checked against the signature of that class when the section is built."""
+    may be added, and is checked against the signature of that class when the section is built;
+    and a key of the trainer schema (``trainer.mixup``), checked by the schema."""
     keys = key_path.split(".")
     node = config
     if must_exist and len(keys) == 3 and keys[1] == "args" and isinstance(config.get(keys[0]), dict) \
             and "type" in config[keys[0]]:
         if not isinstance(config[keys[0]].get("args"), dict):
             config[keys[0]]["args"] = {}
+        must_exist = False
+    if must_exist and len(keys) == 2 and keys[0] == "trainer" and keys[1] in TRAINER_SCHEMA \
+            and isinstance(config.get("trainer"), dict):
         must_exist = False
     for i, key in enumerate(keys[:-1]):
         if not isinstance(node, dict) or key not in node:
