@@ -23,6 +23,7 @@ from trainer.saved_logits import save_logits
 from utils.cli import ArgumentParser, add_evaluation_args
 from utils.errors import cli_entry
 from utils.macs import macs_per_image
+from utils.result_path import check_result_path
 from utils.results import format_table, write_results
 from utils.runtime import parse_device
 
@@ -50,11 +51,19 @@ def default_out(checkpoint, protocol="distributions"):
     return path.with_name(f"eval_{path.stem}{suffix}.json")
 
 
+def result_files(out, save_logits=False):
+    """The files written beside the results JSON: CSV, reliability plot (and the logits)."""
+    files = [out.with_suffix(".csv"), out.with_name(out.stem + "_reliability.png")]
+    return files + ([out.with_name(out.stem + "_logits.npz")] if save_logits else [])
+
+
 @cli_entry
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     device, _ = parse_device(args.device)
+    out = Path(args.out) if args.out else default_out(args.resume, args.protocol)
+    check_result_path(out, "test.py", result_files(out, args.save_logits))  # before any work
     trained = load_trained(args.resume, args.config, parser.overrides(args), device)
     net, config, data = trained.net, trained.config, trained.data
     if args.macs:
@@ -79,13 +88,13 @@ def main(argv=None):
     summary = summarise(results, keys=("top1", "ece"))
     if summary:
         print(format_summary(summary))
-    out = Path(args.out) if args.out else default_out(args.resume, args.protocol)
     epoch = trained.checkpoint.get("epoch") if isinstance(trained.checkpoint, dict) else None
-    payload = {"checkpoint": str(args.resume), "checkpoint_epoch": epoch, "config": config.config,
+    payload = {"written_by": "test.py", "checkpoint": str(args.resume), "checkpoint_epoch": epoch,
+               "config": config.config,
                "protocol": args.protocol, "distributions": results, "summary": summary, "reliability_bins": {n: calibration[n]["bins"] for n in names}}
     json_path, csv_path = write_results(payload, out, extra_columns=CALIBRATION_KEYS)
     shown = "uniform" if "uniform" in names else names[0]
-    png = plot_reliability(calibration[shown], out.with_name(out.stem + "_reliability.png"),
+    png = plot_reliability(calibration[shown], result_files(out)[1],
                            title=f"{Path(args.resume).name}, {shown}: ensemble reliability")
     print(f"wrote {json_path}, {csv_path} and {png} ({shown})")
     if args.save_logits:
@@ -97,7 +106,7 @@ def main(argv=None):
                                                    desc="training images")
         meta = {"checkpoint": str(args.resume), "checkpoint_epoch": epoch, "data_loader": config["data_loader"]["type"],
                 "num_experts": net.num_experts, "validation_info": data.validation_info, "protocol": args.protocol}
-        logits_path = save_logits(out.with_name(out.stem + "_logits.npz"), splits, data.cls_num_list, selected, meta,
+        logits_path = save_logits(result_files(out, True)[2], splits, data.cls_num_list, selected, meta,
                                   dtype=args.logits_dtype)
         print(f"wrote {logits_path} (per-expert logits [N, E, C] and targets of {', '.join(splits)}; "
               "distribution indices)")

@@ -23,8 +23,9 @@ from trainer.build import DEFAULT_TEST_TIME_METHOD as DEFAULT_METHOD
 from trainer.build import build_test_time_method, load_trained, read_test_time_config
 from trainer.forward import collect_expert_logits
 from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
-from utils.cli import ArgumentParser, add_evaluation_args
+from utils.cli import ArgumentParser, add_evaluation_args, finite_float
 from utils.errors import UserError, cli_entry
+from utils.result_path import check_result_path
 from utils.results import format_table, write_results
 from utils.runtime import parse_device
 
@@ -33,7 +34,7 @@ def build_parser():
     p.add_argument("-c", "--config", required=True, help="test-time config (configs/test_time_*.json)")
     add_evaluation_args(p)  # its --bs also sets test_time.args.batch_size where the method has one
     p.add_override("--epochs", type=int, key="test_time.args.epochs", target="test_time", help="test-time epochs")
-    p.add_override("--lr", type=float, key="test_time.args.optimizer.args.lr", target="test_time")
+    p.add_override("--lr", type=finite_float, key="test_time.args.optimizer.args.lr", target="test_time")
     p.add_override("--seed", type=int, key="test_time.seed", target="test_time")
     p.add_argument("--online", action="store_true",
                    help="self-supervised aggregation: one streaming pass; classify each batch after its update")
@@ -94,6 +95,10 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     method, tt = load_method(args, parser)
+    seed = tt.get_int("test_time.seed", 1)
+    online = bool(tt.get("test_time.args.online", False))
+    out = Path(args.out) if args.out else default_out(args.resume, tt["test_time"]["type"], online, args.protocol)
+    check_result_path(out, "test_train.py", [out.with_suffix(".csv"), out.with_suffix(".png")])  # before any work
     device, _ = parse_device(args.device)
     overrides = parser.overrides(args)
     if "validation" in tt["test_time"]:  # this method's own validation-split size (CIFAR-LT, Digits-LT)
@@ -102,7 +107,8 @@ def main(argv=None):
     trained = load_trained(args.resume, None, overrides, device)
     data = trained.data
     try:
-        method.check(data)  # settings the data module cannot honour fail before any work
+        method.check(data)  # settings the data module or the model cannot honour fail before any work
+        method.check_experts(trained.net.num_experts)
     except ValueError as e:
         raise UserError(f"config {args.config}: test_time.args: {e}")
     label = method.label()
@@ -124,7 +130,6 @@ def main(argv=None):
         print(f"{name}: {facts}top-1 {100 * row['top1']:.1f} (expert average {100 * row['top1_average']:.1f})",
               flush=True)
 
-    seed = int(tt.get("test_time.seed", 1))
     if args.protocol == "streaming":
         results = run_stream(method, trained, clean_logits, targets, batch_sizes, device, args.protocol_seed, seed)
         for name, row in results.items():
@@ -134,14 +139,13 @@ def main(argv=None):
     summary = summarise(results)
     if summary:
         print(format_summary(summary))
-    online = bool(tt.get("test_time.args.online", False))
     extra = ["top1_average"] + [k for k in ("epochs_run", "top1_online") if all(k in r for r in results.values())]
     num_weights = len(next(iter(results.values())).get("weights", []))
     weight_rows = [f"w{k + 1}" for k in range(num_weights)]
     table = {n: dict(r, **{f"w{k + 1}": r["weights"][k] for k in range(num_weights)}) for n, r in results.items()}
     print(format_table(table, extra_rows=extra, weight_rows=weight_rows))
-    out = Path(args.out) if args.out else default_out(args.resume, tt["test_time"]["type"], online, args.protocol)
-    payload = {"checkpoint": str(args.resume), "method": label, "config": trained.config.config,
+    payload = {"written_by": "test_train.py", "checkpoint": str(args.resume), "method": label,
+               "config": trained.config.config,
                "test_time_config": tt["test_time"], "online": online, "protocol": args.protocol,
                "distributions": results, "summary": summary}
     extra_columns = extra + [k for k in ("weights", "prior") if all(k in r for r in results.values())]

@@ -7,14 +7,17 @@ import argparse
 
 from model.pretrained import apply_config_pretrained
 from trainer import Trainer
-from trainer.build import build_data, build_loss, build_model, build_performance, resolve_config, wrap_for_training
+from trainer.build import (build_data, build_loss, build_model, build_performance, check_class_count, resolve_config,
+                           wrap_for_training)
 from trainer.optim import build_lr_scheduler, build_optimizer
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, finite_float
 from utils.errors import UserError, cli_entry
-from utils.logger import log_to_file, setup_logging
+from utils.known_keys import check_config_keys
+from utils.logger import close_log_file, log_to_file, setup_logging
 from utils.run_folder import RunFolder
 from utils.runtime import setup_runtime, teardown_runtime
 from utils.seed import seed_everything
+from utils.trainer_schema import trainer_settings
 
 SECTIONS = ("arch", "data_loader", "loss", "optimizer", "trainer")
 
@@ -26,7 +29,7 @@ def build_parser():
     p.add_argument("-d", "--device", help="cpu, cuda, cuda:N or a GPU list like 0,1 (DataParallel)")
     p.add_override("--seed", type=int, key="seed")
     p.add_override("--epochs", type=int, key="trainer.epochs")
-    p.add_override("--lr", type=float, key="optimizer.args.lr")
+    p.add_override("--lr", type=finite_float, key="optimizer.args.lr")
     p.add_override("--bs", type=int, key="data_loader.args.batch_size", help="global batch size")
     p.add_override("--name", key="name", help="run name (folder under save_dir)")
     p.add_override("--data_dir", key="data_loader.args.data_dir")
@@ -42,18 +45,26 @@ def resolve_training_config(args, parser):
         raise UserError("train.py: give a config with -c CONFIG (or resume a run with -r CHECKPOINT)")
     config, _ = resolve_config(args.config, args.resume, parser.overrides(args), SECTIONS, "train.py")
     config.config.setdefault("seed", 1)
-    sync_bn = config.get("trainer.sync_batchnorm", False)
-    if not isinstance(sync_bn, bool):
-        raise UserError(f"config {config.source}: trainer.sync_batchnorm {sync_bn!r}: expected true or false")
+    check_config_keys(config.config, config.source)
+    config.get_int("seed")
+    trainer_settings(config["trainer"], config.source)  # every trainer key, before any work
     return config
 
 
+def forks(args):
+    """``-r RUN/last.pth`` with ``--run_id``, ``--save_dir`` or ``--name``: the resumed run continues
+    in a new folder and RUN is left untouched."""
+    return args.resume is not None and any(v is not None for v in (args.run_id, args.save_dir, args.name))
+
+
 def run_folder(args, config):
-    """The folder this run writes: the resumed checkpoint's, or a new one (removed again by
-    ``RunFolder.discard_if_unused`` if the run fails before writing)."""
-    if args.resume is not None:
+    """The folder this run writes (locked): the resumed checkpoint's, or a new one (also when a
+    resume forks; removed again by ``RunFolder.discard_if_unused`` if the run fails before its first
+    checkpoint)."""
+    if args.resume is not None and not forks(args):
         return RunFolder.existing(args.resume)
-    return RunFolder.create(config["trainer"].get("save_dir", "saved"), config.get("name", "run"), args.run_id)
+    settings = trainer_settings(config["trainer"], config.source)
+    return RunFolder.create(settings["save_dir"], config.get("name", "run"), args.run_id)
 
 
 def build_rank_data(config, runtime):
@@ -77,12 +88,15 @@ def main(argv=None):
         data = None
         with runtime.fail_together():
             config = resolve_training_config(args, parser)
+            if runtime.is_main and args.resume is not None and not forks(args):
+                folder = RunFolder.existing(args.resume)  # locked and checked writable before any long work
             if runtime.local_rank == 0:
                 data = build_rank_data(config, runtime)
         with runtime.fail_together():
             if data is None:
                 data = build_rank_data(config, runtime)
             seed_everything(config.get_int("seed"))
+            check_class_count(config, data)
             net = build_model(config)
             if args.resume is None:
                 apply_config_pretrained(config, net)
@@ -94,7 +108,7 @@ def main(argv=None):
         with runtime.fail_together():
             optimizer = build_optimizer(config, net)
             scheduler = build_lr_scheduler(config, optimizer)
-            if runtime.is_main:
+            if runtime.is_main and folder is None:
                 folder = run_folder(args, config)
         run_dir = runtime.broadcast_object(folder.path if folder is not None else None)
         with runtime.fail_together():
@@ -103,6 +117,12 @@ def main(argv=None):
             if args.resume is not None:
                 trainer.resume(args.resume)  # a refused checkpoint stops before any file of the run is written
             if runtime.is_main:
+                if forks(args):
+                    logger.info("forked from %s: this run continues in %s, which is left untouched",
+                                args.resume, run_dir)
+                if folder.reused:
+                    logger.info("run folder %s: taken over from a run that was killed before its first checkpoint",
+                                run_dir)
                 log_to_file(run_dir)  # with the lines logged so far
                 folder.write_config(config.config)
                 n_params = sum(p.numel() for p in net.parameters())
@@ -111,12 +131,24 @@ def main(argv=None):
                             runtime.device, _processes(runtime, data), f" | {perf.precision(runtime.device)}")
         trainer.train()
         if runtime.is_main:
-            logger.info("finished: %s (last epoch), model_best.pth (best on the evaluation split)", run_dir / "last.pth")
+            if (run_dir / "last.pth").exists():
+                logger.info("finished: %s (last epoch), model_best.pth (best on the evaluation split)",
+                            run_dir / "last.pth")
+            else:  # trainer.epochs 0: a run without a checkpoint leaves no folder behind
+                logger.info("finished: no epoch to train (trainer.epochs %d), no checkpoint written; %s removed",
+                            trainer.epochs, run_dir)
+                close_log_file()
+                folder.discard_if_unused()
+                folder = None
     except BaseException:
         if folder is not None:
+            close_log_file()  # before a folder without a checkpoint is removed with its info.log
             folder.discard_if_unused()  # only rank 0 created one
+            folder = None
         raise
     finally:
+        if folder is not None:
+            folder.close()
         teardown_runtime(runtime)
 
 

@@ -87,6 +87,10 @@ class TestTimeMethod(ABC):
         """Called once with the data module before any work: raise ValueError for settings it
         cannot honour (e.g. augmentation keys its two-view transform does not take)."""
 
+    def check_experts(self, num_experts):
+        """Called once with the model's number of experts before any work: raise ValueError for
+        settings the model cannot honour (an expert index out of range)."""
+
     def online(self, ctx):
         """An :class:`OnlineAdapter` for the streaming protocol, or None if the method cannot stream."""
         return None

@@ -9,14 +9,16 @@ import logging
 import math
 from pathlib import Path
 
-from utils.checkpoint import load_checkpoint, load_model_weights, remove_stale_temp_files, save_checkpoint
+from utils.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_weights, remove_stale_temp_files,
+                              save_checkpoint)
 from utils.errors import Interrupted, UserError, sigint_deferred
+from utils.known_keys import nearest
 from utils.results import write_history_csv
 from utils.runtime import unwrap
 from utils.seed import get_rng_state, set_rng_state
+from utils.trainer_schema import trainer_settings
 
 CHECKPOINT_FORMAT = "tade-checkpoint/1"
-SELECT_ON = ("validation", "test", "last")  # trainer.select_on: what chooses model_best.pth
 
 
 class BaseTrainer:
@@ -29,30 +31,20 @@ class BaseTrainer:
         self.config = config
         self.runtime = runtime
         self.logger = logging.getLogger("train")
-        cfg = config["trainer"]
-        self.epochs = config.get_int("trainer.epochs", minimum=0)
-        self.save_period = config.get_int("trainer.save_period", 0, minimum=0) if cfg.get("save_period") else 0
+        settings = trainer_settings(config["trainer"], config.source)  # every trainer key, checked
+        self.settings = settings
+        self.epochs = settings["epochs"]
+        self.save_period = settings["save_period"]
         self.run_dir = Path(run_dir) if run_dir is not None else None  # where checkpoints go (rank 0)
         self.start_epoch = 0
-        monitor = cfg.get("monitor", "max val_accuracy")
-        if monitor == "off":
+        if settings["monitor"] == "off":
             self.mnt_mode, self.mnt_metric = "off", None
         else:
-            try:
-                self.mnt_mode, self.mnt_metric = monitor.split()
-            except ValueError:
-                raise UserError(f"config {config.source}: trainer.monitor {monitor!r}: expected 'max NAME', "
-                                "'min NAME' or 'off'")
-            if self.mnt_mode not in ("min", "max"):
-                raise UserError(f"config {config.source}: trainer.monitor mode must be min or max, got "
-                                f"{self.mnt_mode!r}")
+            self.mnt_mode, self.mnt_metric = settings["monitor"].split()
         self.mnt_best = -math.inf if self.mnt_mode == "max" else math.inf
         # What chooses model_best.pth: the validation split (default), the test set (the reference
         # release's choice, named so in the log and the checkpoint), or nothing ("last").
-        self.select_on = cfg.get("select_on", "validation")
-        if self.select_on not in SELECT_ON:
-            raise UserError(f"config {config.source}: trainer.select_on {self.select_on!r}: expected one of "
-                            f"{', '.join(repr(v) for v in SELECT_ON)}")
+        self.select_on = settings["select_on"]  # one of SELECT_ON_CHOICES (utils/trainer_schema.py)
         if self.select_on == "last":
             self.mnt_mode, self.mnt_metric = "off", None
         if self.mnt_mode != "off" and self.mnt_metric.startswith("test_"):
@@ -61,7 +53,7 @@ class BaseTrainer:
                             "the test set knowingly (val_ metrics are then the test set's)")
         self.history = []  # one dict per finished epoch (epochs.csv; kept in checkpoints for resume)
         self.last_saved_epoch = 0  # epochs held by last.pth
-        self.use_tensorboard = bool(cfg.get("tensorboard", True))
+        self.use_tensorboard = settings["tensorboard"]
         self.writer = None  # opened by train(): a refused resume leaves the run folder as it was
 
     def _train_epoch(self, epoch):
@@ -106,6 +98,15 @@ class BaseTrainer:
             return (f"stopped in epoch {epoch + 1}; {last} holds epoch {self.last_saved_epoch}, "
                     f"continue with: python train.py -r {last}")
         return f"stopped in epoch {epoch + 1}, before any epoch finished; nothing was saved"
+
+    def check_monitor(self, logged):
+        """Before training: ``trainer.monitor`` must name one of the metrics an epoch logs
+        (``logged``), not fail after the first epoch."""
+        if self.mnt_mode != "off" and self.mnt_metric not in logged:
+            close = nearest(self.mnt_metric, logged)
+            hint = f"did you mean {self.mnt_mode} {close}?" if close else f"expected one of: {', '.join(logged)}"
+            raise UserError(f"config {self.config.source}: trainer.monitor metric {self.mnt_metric!r} is not "
+                            f"logged; {hint}")
 
     def _update_monitor(self, log):
         if self.mnt_mode == "off":
@@ -164,9 +165,19 @@ class BaseTrainer:
         if improved:
             copies.append(self.run_dir / "model_best.pth")
         # last.pth is renamed last: it is the commit point of the epoch (see save_checkpoint).
-        save_checkpoint(state, self.run_dir / "last.pth", copies=copies)
+        try:
+            save_checkpoint(state, self.run_dir / "last.pth", copies=copies)
+        except CheckpointWriteError as e:
+            last = self.run_dir / "last.pth"
+            kept = (f"{last} (epoch {self.last_saved_epoch}) is kept, continue with: python train.py -r {last}"
+                    if self.last_saved_epoch else "no checkpoint was written")
+            raise CheckpointWriteError(f"epoch {epoch + 1} not saved, {e}; {kept}") from None
         self.last_saved_epoch = epoch + 1
-        write_history_csv(self.history, self.run_dir / "epochs.csv")
+        try:
+            write_history_csv(self.history, self.run_dir / "epochs.csv")
+        except UserError as e:  # disk full after the checkpoint: the epoch itself is saved
+            raise UserError(f"{e}; {self.run_dir / 'last.pth'} (epoch {epoch + 1}) is saved, continue with: "
+                            f"python train.py -r {self.run_dir / 'last.pth'}") from None
         if improved:
             split = "TEST SET (trainer.select_on test)" if self.select_on == "test" else "validation split"
             self.logger.info("model_best.pth: best %s so far on the %s (%.4f)", self.mnt_metric, split, self.mnt_best)

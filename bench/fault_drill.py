@@ -2,7 +2,7 @@
 check that it ends with the same weights as an uninterrupted run.
 
     python bench/fault_drill.py [--config configs/config_digits_lt_tade.json] [--epochs 8] [--kills 5]
-                                [--seed 0] [--workdir DIR]
+                                [--seed 0] [--workdir DIR] [--drill kill|disk-full|concurrent-resume]
 
 Trains through train.py (the real code path) on CPU with one thread (Digits-LT by default: no
 download). First an uninterrupted run gives the reference and the timing. Then the drill run is
@@ -11,8 +11,17 @@ epochs = 40 % into epoch 3), one of them mid-save instead (as soon as a temporar
 ``.NAME.pth.tmpPID`` appears beside an existing last.pth, i.e. while last.pth is being replaced). After each kill, last.pth must load
 with the safe loader; the run is resumed with ``-r last.pth``. At the end it prints how many kills
 were survived and whether the final weights (and optimizer state) equal the reference's bit for bit.
+
+``--drill disk-full`` trains into a small tmpfs (it needs the right to mount one, e.g. root; it is
+skipped with the reason otherwise): the disk fills while epoch 2 is saved (one-line error, exit 2,
+last.pth keeps epoch 1 and loads, no temporary file), and at the start of a run (no folder left, the
+same command can run again); once there is space, the run resumes to its end.
+``--drill concurrent-resume`` resumes one run twice at once (``--lr 0.01`` and ``--lr 0.02``): the
+second gets a one-line error and exit 2 while the first holds the folder; a holder killed with
+SIGKILL does not leave the folder locked.
 """
 import argparse
+import json
 import os
 import random
 import shutil
@@ -34,12 +43,13 @@ from utils.errors import UserError  # noqa: E402
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
-def command(args, save_dir, run_id, resume=None):
+def command(args, save_dir, run_id, resume=None, epochs=None):
+    epochs = ["--epochs", str(epochs)] if epochs is not None else []
     if resume is not None:
-        return [sys.executable, str(ROOT / "train.py"), "-r", str(resume), "-d", "cpu"]
+        return [sys.executable, str(ROOT / "train.py"), "-r", str(resume), "-d", "cpu", *epochs]
     return [sys.executable, str(ROOT / "train.py"), "-c", str(args.config), "-d", "cpu", "--save_dir", str(save_dir),
             "--run_id", run_id, "--epochs", str(args.epochs), "--seed", str(args.train_seed),
-            "--set", "trainer.tensorboard=false"]
+            "--set", "trainer.tensorboard=false", *epochs]
 
 
 def start(cmd, log):
@@ -110,6 +120,97 @@ def kill_mid_save(proc, run_dir, ignore=()):
     return None
 
 
+def run(cmd, log=None):
+    """Run to the end; (exit code, stderr lines)."""
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, stdout=log or subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc.returncode, proc.stderr.strip().splitlines()
+
+
+def one_line(code, lines):
+    return f"exit {code}, {len(lines)} stderr line(s): {lines[-1] if lines else ''}"
+
+
+def mount_tmpfs(folder, size):
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    return None if proc.returncode == 0 else (proc.stderr.strip() or f"mount exit {proc.returncode}")
+
+
+def disk_full_drill(args, work, log):
+    """The disk fills while a checkpoint is saved, then at the start of a run."""
+    probe = work / "probe"
+    code, lines = run(command(args, probe, "size", epochs=1), log)
+    if code:
+        sys.exit(f"probe run failed: {one_line(code, lines)}")
+    size = next(probe.glob("*/size/last.pth")).stat().st_size
+    disk = work / "disk"
+    reason = mount_tmpfs(disk, 5 * size // 2)  # room for last.pth and model_best.pth, not for a third file
+    if reason:
+        print(f"disk-full drill skipped: cannot mount a tmpfs here ({reason}); it needs root or CAP_SYS_ADMIN")
+        return True
+    ok = True
+    try:
+        print(f"disk-full drill: tmpfs of {5 * size // 2 / 1e6:.1f} MB, checkpoints of {size / 1e6:.1f} MB", flush=True)
+        code, lines = run(command(args, disk, "full", epochs=3), log)
+        last = next(disk.glob("*/full/last.pth"))
+        held, left = checkpoint_epoch(last), temp_files(last.parent)
+        good = code == 2 and len(lines) == 1 and "No space left" in lines[0] and held == 1 and not left
+        ok &= good
+        print(f"  full during the save of epoch 2: {one_line(code, lines)}; last.pth holds epoch {held}, loads; "
+              f"temporary files left: {len(left)} -> {'ok' if good else 'FAILED'}", flush=True)
+        subprocess.run(["mount", "-o", f"remount,size={8 * size}", str(disk)], check=True)
+        code, lines = run(command(args, disk, "full", epochs=3, resume=last), log)
+        good = code == 0 and checkpoint_epoch(last) == 3
+        ok &= good
+        print(f"  space freed, resumed: exit {code}{', ' + lines[-1] if code and lines else ''}, last.pth holds "
+              f"epoch {checkpoint_epoch(last)} -> {'ok' if good else 'FAILED'}", flush=True)
+        subprocess.run(["umount", str(disk)], check=True)
+        mount_tmpfs(disk, "4k")  # a disk full from the start: config.json cannot be written
+        for attempt in (1, 2):
+            code, lines = run(command(args, disk, "start", epochs=1), log)
+            folders = list(disk.glob("*/start"))
+            good = code == 2 and len(lines) == 1 and "No space left" in lines[0] and not folders
+            ok &= good
+            print(f"  full at the start, attempt {attempt}: {one_line(code, lines)}; run folder left: "
+                  f"{'yes' if folders else 'no'} -> {'ok' if good else 'FAILED'}", flush=True)
+    finally:
+        subprocess.run(["umount", str(disk)])
+    return ok
+
+
+def concurrent_resume_drill(args, work, log):
+    """Two resumes of one run at once; then a lock holder killed with SIGKILL."""
+    save_dir = work / "saved"
+    code, lines = run(command(args, save_dir, "shared", epochs=1), log)
+    if code:
+        sys.exit(f"first run failed: {one_line(code, lines)}")
+    last = next(save_dir.glob("*/shared/last.pth"))
+    lock = last.parent / ".lock"
+    resume = command(args, save_dir, "shared", epochs=args.epochs, resume=last)
+    first = start(resume + ["--lr", "0.01"], log)
+    while not lock.exists() and first.poll() is None:
+        time.sleep(0.01)
+    code, lines = run(resume + ["--lr", "0.02"], log)
+    first_code = first.wait()
+    config_lr = json.loads((last.parent / "config.json").read_text())["optimizer"]["args"]["lr"]
+    ckpt_lr = load_checkpoint(last)["config"]["optimizer"]["args"]["lr"]
+    ok = code == 2 and len(lines) == 1 and "in use" in lines[0] and first_code == 0 and config_lr == ckpt_lr == 0.01
+    print(f"concurrent resume: second ({one_line(code, lines)}); first exit {first_code}; config.json lr {config_lr}, "
+          f"last.pth lr {ckpt_lr} -> {'ok' if ok else 'FAILED'}", flush=True)
+    holder = start(resume + ["--epochs", str(args.epochs + 2)], log)
+    while not lock.exists() and holder.poll() is None:
+        time.sleep(0.01)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    code, lines = run(resume + ["--epochs", str(args.epochs + 1)], log)
+    good = code == 0 and checkpoint_epoch(last) == args.epochs + 1
+    ok &= good
+    print(f"lock holder killed with SIGKILL: next resume exit {code}, last.pth holds epoch {checkpoint_epoch(last)} "
+          f"-> {'ok' if good else 'FAILED'}", flush=True)
+    return ok
+
+
 def same_state(a_path, b_path):
     a, b = torch.load(a_path, weights_only=True), torch.load(b_path, weights_only=True)
     weights = a["state_dict"].keys() == b["state_dict"].keys() and all(
@@ -128,12 +229,17 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     p.add_argument("--train_seed", type=int, default=1)
     p.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--drill", default="kill", choices=("kill", "disk-full", "concurrent-resume"))
     args = p.parse_args()
     rng = random.Random(args.seed)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fault_drill_"))
     work.mkdir(parents=True, exist_ok=True)
     save_dir = work / "saved"
     log = open(work / "drill.log", "a")
+    if args.drill != "kill":
+        drill = disk_full_drill if args.drill == "disk-full" else concurrent_resume_drill
+        print(f"{args.drill} drill: {Path(args.config).name}, CPU, 1 thread; runs in {work}", flush=True)
+        sys.exit(0 if drill(args, work, log) else 1)
     print(f"fault drill: {Path(args.config).name}, {args.epochs} epochs, train seed {args.train_seed}, "
           f"kill seed {args.seed}, CPU, 1 thread; runs in {work}", flush=True)
 

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from base.base_data_module import LTDataModule
 from data_loader import tensor_augment as ta
 from data_loader import transforms as tf
+from data_loader.array_checks import check_normalisation, read_arrays
 from utils.long_tail import img_num_per_cls, select_per_class
 from data_loader.tensor_two_view import TensorTwoViewLoader
 from data_loader.test_distributions import generated_distributions
@@ -68,13 +69,14 @@ class ArrayLTDataModule(LTDataModule, ABC):
             raise ValueError(f"imb_factor must be in (0, 1] (1 / imbalance ratio), got {imb_factor!r}")
         self.data_dir = data_dir
         self.imb_factor = float(imb_factor)
+        check_normalisation(mean, std)
         self.mean, self.std = tuple(mean), tuple(std)
         padding = self.default_padding if padding is None else padding
         flip = self.default_flip if flip is None else flip
         rotation = self.default_rotation if rotation is None else rotation
         self.augment = dict(size=self.image_size, padding=padding, flip=flip, rotation=rotation)
 
-        train_x, train_y, test_x, test_y = self.load_arrays()
+        train_x, train_y, test_x, test_y = read_arrays(self, data_dir)
         # img_max: images of the head class; the published value unless a smoke test shrinks it.
         img_max = self.train_img_max if img_max is None else int(img_max)
         counts = img_num_per_cls(img_max, self.num_classes, self.imb_factor)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from data_loader import tensor_augment as ta
+from data_loader.transforms import check_probability
 
 JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue of ColorJitter
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
@@ -164,7 +165,7 @@ class TensorTwoViewLoader:
         self.images, self.batch_size, self.generator = images, batch_size, generator
         self.indices = torch.as_tensor(indices, dtype=torch.int64).cpu()
         self.mean, self.std, self.padding, self.kernel_size = mean, std, padding, kernel_size
-        self.flip, self.blur_p = flip, blur_p
+        self.flip, self.blur_p = flip, check_probability("blur_p", blur_p)
         self.grid = ta.pixel_grid(images.shape[1:3], images.device)
 
     def __len__(self):

@@ -30,9 +30,17 @@ def small_image_two_view_sizes(size):
     return max(1, size // 8), _odd(size // 10)
 
 
+def check_probability(name, p):
+    """A probability argument of an augmentation (``blur_p``) must lie in [0, 1]."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"{name} {p!r}: expected a probability in [0, 1]")
+    return float(p)
+
+
 def small_image_two_view(size, mean, std, blur_p=0.2, flip=True):
     """Strong augmentation of test-time aggregation (CIFAR; docs/methods.md#test-time-aggregation): crop, jitter, grey,
     blur, flip. data_loader/tensor_two_view.py is the same on batches of a device tensor."""
+    check_probability("blur_p", blur_p)
     padding, kernel = small_image_two_view_sizes(size)
     ops = [T.RandomCrop(size, padding=padding),
            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
@@ -73,6 +81,7 @@ def large_image_test(size, resize, mean, std):
 def large_image_two_view(size, mean, std, crop_scale=(0.2, 1.0), blur_p=0.5):
     """Strong augmentation of test-time aggregation at 224 px (docs/methods.md#test-time-aggregation):
     RandomResizedCrop(scale (0.2, 1)), jitter p 0.8, grey p 0.2, Gaussian blur sigma 0.1..2 with p 0.5, flip."""
+    check_probability("blur_p", blur_p)
     return T.Compose([T.RandomResizedCrop(size, scale=tuple(crop_scale)),
                       T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
                       T.RandomGrayscale(p=0.2),

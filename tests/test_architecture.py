@@ -70,7 +70,8 @@ def test_test_time_method_arguments_are_checked(tmp_path):
     with pytest.raises(UserError, match="tt.json.*epochs 0: expected an integer >= 1"):
         build_test_time_method(path)
     path.write_text(json.dumps({"test_time": {"type": "ExpertAverage", "args": {"epochs": 3}}}))
-    with pytest.raises(UserError, match="tt.json: test_time.args do not fit ExpertAverage"):
+    with pytest.raises(UserError, match=r"tt.json: unknown key 'test_time.args.epochs' \(not an argument of "
+                                        r"ExpertAverage\); ExpertAverage takes no arguments"):
         build_test_time_method(path)
     path.write_text(json.dumps({"test_time": {"type": "ExpertAverage", "optimizer": {}}}))
     with pytest.raises(UserError, match="tt.json: unknown key.*test_time.optimizer"):

@@ -15,8 +15,8 @@ import torch
 
 from base.base_trainer import BaseTrainer
 from model import ResNet32Model
-from utils.checkpoint import (InertPlaceholder, extract_state_dict, load_checkpoint, load_model_weights,
-                              remove_stale_temp_files, save_checkpoint)
+from utils.checkpoint import (CheckpointWriteError, InertPlaceholder, extract_state_dict, load_checkpoint,
+                              load_model_weights, remove_stale_temp_files, save_checkpoint)
 from utils.errors import UserError, sigint_deferred
 from utils.parse_config import ConfigParser
 from utils.runtime import Runtime
@@ -41,7 +41,7 @@ def _fail_save(real):
     return save
 
 
-@pytest.mark.parametrize("target,make,error", [("os.replace", _fail_replace, OSError),
+@pytest.mark.parametrize("target,make,error", [("os.replace", _fail_replace, CheckpointWriteError),  # an OSError too
                                                ("torch.save", _fail_save, KeyboardInterrupt)])
 def test_failure_between_write_and_rename_keeps_previous_checkpoint(tmp_path, monkeypatch, target, make, error):
     path = tmp_path / "last.pth"

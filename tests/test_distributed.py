@@ -231,7 +231,7 @@ def test_sync_batchnorm_must_be_true_or_false(cifar_dir, tmp_path):
     cfg = write_config(tmp_path / "c.json", ddp_config(cifar_dir, tmp_path / "saved"))
     parser = train.build_parser()
     args = parser.parse_args(["-c", str(cfg), "--set", "trainer.sync_batchnorm=yes"])
-    with pytest.raises(UserError, match="trainer.sync_batchnorm 'yes': expected true or false"):
+    with pytest.raises(UserError, match="trainer.sync_batchnorm is 'yes': expected true or false"):
         train.resolve_training_config(args, parser)
 
 

@@ -15,6 +15,7 @@ checkpoint when its top-level package is named in the environment variable ``TAD
 (comma-separated: the explicit opt-in, for test_train.py, whose ``-c`` is the test-time config); it
 is then named in the log.
 """
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import trainer.test_time as test_time_methods
 from model.sync_batchnorm import convert_sync_batchnorm
 from utils.checkpoint import config_from_checkpoint, extract_state_dict, load_checkpoint, load_model_weights
 from utils.errors import UserError
+from utils.known_keys import check_arguments, unknown_key_error
 from utils.parse_config import ConfigParser, read_json
 from utils.performance import Performance
 from utils.registry import is_project_module
@@ -61,7 +63,30 @@ def resolve_config(config_path=None, checkpoint=None, overrides=(), sections=("a
     for section in sections:
         if section not in config:
             raise UserError(f"config {source}: missing section '{section}'")
-    return ConfigParser(config, source=source), ckpt
+    parsed = ConfigParser(config, source=source)
+    check_set_arguments(parsed, overrides)
+    return parsed, ckpt
+
+
+def section_modules():
+    """Where each section's ``type`` is looked up: the modules its builder hands ``init_obj``."""
+    import torch
+
+    import trainer.lr_scheduler as schedulers
+    return {"arch": models, "data_loader": data_loader, "loss": losses, "optimizer": torch.optim,
+            "lr_scheduler": [schedulers, torch.optim.lr_scheduler], "test_time": test_time_methods}
+
+
+def check_set_arguments(config, overrides):
+    """``--set SECTION.args.KEY=VALUE`` may add an argument the file does not write; KEY must be an
+    argument of the class ``SECTION.type`` names, checked now (before the data is read), also for a
+    section the script does not build."""
+    modules = section_modules()
+    for key_path, _, option in overrides:
+        name, *rest = key_path.split(".")
+        if option == "--set" and len(rest) == 2 and rest[0] == "args" and name in modules and name in config:
+            cls, _ = config._lookup(name, modules[name])
+            check_arguments(config.source, name, cls, [rest[1]])
 
 
 def outside_types(config, prefix=""):
@@ -93,6 +118,22 @@ def build_data(config):
 def build_model(config):
     """The network named by ``arch.type`` (freshly initialised)."""
     return config.init_obj("arch", models)
+
+
+def check_class_count(config, data):
+    """The model's ``num_classes`` (``arch.args.num_classes``, or the class's default) must be the
+    data's: a 5-class head on 10-class data fails with an IndexError mid-epoch otherwise."""
+    cls, section = config._lookup("arch", models)
+    args = section.get("args") or {}
+    try:
+        parameter = inspect.signature(cls).parameters.get("num_classes")
+    except (TypeError, ValueError):
+        parameter = None
+    count = args.get("num_classes", parameter.default if parameter is not None else None)
+    if isinstance(count, int) and count != data.num_classes:
+        raise UserError(f"config {config.source}: arch.args.num_classes is {count}, but "
+                        f"{config['data_loader']['type']} has {data.num_classes} classes; expected "
+                        f"arch.args.num_classes {data.num_classes}")
 
 
 def build_loss(config, data, num_experts):
@@ -135,6 +176,7 @@ def load_trained(checkpoint, config_path=None, overrides=(), device="cpu"):
     """The whole build chain for a trained checkpoint (test.py, test_train.py, bench scripts)."""
     config, ckpt = resolve_config(config_path, checkpoint, overrides)
     data = build_data(config)
+    check_class_count(config, data)
     net = build_model(config)
     load_model_weights(net, extract_state_dict(ckpt, checkpoint), checkpoint)
     perf = build_performance(config)
@@ -154,11 +196,12 @@ def read_test_time_config(path):
     if "type" not in tt:
         settings = {k: v for k, v in tt.items() if k != "seed"}
         raw["test_time"] = {"type": DEFAULT_TEST_TIME_METHOD, "args": settings, "seed": tt.get("seed", 1)}
-    unknown = set(raw["test_time"]) - {"type", "args", "seed", "validation"}
-    if unknown:
-        raise UserError(f"config {path}: unknown key(s) test_time.{', test_time.'.join(sorted(unknown))}; expected "
-                        "test_time.type, test_time.args (the method's settings), test_time.seed and "
-                        "test_time.validation (the validation split's size for this method)")
+    for key in raw:
+        if key not in ("name", "test_time"):
+            raise unknown_key_error(path, "", key, ["name", "test_time"])
+    for key in raw["test_time"]:
+        if key not in ("type", "args", "seed", "validation"):
+            raise unknown_key_error(path, "test_time", key, ["type", "args", "seed", "validation"])
     raw["test_time"].setdefault("args", {})
     raw["test_time"].setdefault("seed", 1)
     return raw
@@ -170,4 +213,5 @@ def build_test_time_method(path, overrides=()):
     raw = read_test_time_config(path)
     ConfigParser.apply_overrides(raw, overrides, path)
     config = ConfigParser(raw, source=path)
+    check_set_arguments(config, overrides)
     return config.init_obj("test_time", test_time_methods), config

@@ -17,6 +17,7 @@ import numpy as np
 
 from data_loader import test_protocols
 from data_loader.test_distributions import select_distributions
+from utils.cli import nonnegative_int
 from utils.errors import UserError
 
 PROTOCOLS = ("distributions", "dirichlet", "missing", "streaming")
@@ -40,12 +41,24 @@ def add_protocol_args(parser):
                         "test set's size if smaller)")
     parser.add_argument("--missing_fraction", default="0.3", help="missing: fraction(s) of classes without images")
     parser.add_argument("--stream_batch", default="1,16,128", help="streaming: batch size(s), comma-separated")
-    parser.add_argument("--protocol_seed", type=int, default=0, help="seed of the drawn subsets and stream order")
+    parser.add_argument("--protocol_seed", type=nonnegative_int, default=0,
+                        help="seed of the drawn subsets and stream order")
     return parser
 
 
 def test_sets(args, data):
-    """Ordered ``{name: test-set indices}`` of a subset protocol (everything but streaming)."""
+    """Ordered ``{name: test-set indices}`` of a subset protocol (everything but streaming); a test
+    set without images is refused before any work (it has no accuracy to report)."""
+    sets = _test_sets(args, data)
+    empty = [name for name, indices in sets.items() if len(indices) == 0]
+    if empty:
+        raise UserError(f"--protocol {args.protocol}: test set {empty[0]} has no images ({len(empty)} of {len(sets)} "
+                        f"are empty; the test set has {len(data.test_targets)} image(s)); expected a larger test set, "
+                        "or select others with --distributions")
+    return sets
+
+
+def _test_sets(args, data):
     if args.protocol not in PROTOCOLS:
         raise UserError(f"--protocol {args.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     targets, C = data.test_targets, data.num_classes

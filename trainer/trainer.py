@@ -27,17 +27,26 @@ class Trainer(BaseTrainer):
         super().__init__(model, criterion, optimizer, lr_scheduler, config, runtime, scaler=scaler, run_dir=run_dir)
         self.data = data
         self.seed = config.get_int("seed", 0)
-        self.refresh_every = config.get_int("trainer.log_step", 20, minimum=1)
+        self.refresh_every = self.settings["log_step"]
         self.perf = perf if perf is not None else Performance.from_config(config["trainer"], config.source)
-        self.valid_period = config.get_int("trainer.valid_period", 1)
+        self.valid_period = self.settings["valid_period"]
         if self.valid_period <= 0 and self.mnt_mode != "off" and self.mnt_metric.startswith("val_"):
             raise UserError(f"config {config.source}: trainer.monitor {self.mnt_mode} {self.mnt_metric} needs "
                             f"validation, but trainer.valid_period is {self.valid_period}; set "
                             f"trainer.monitor to \"off\" or valid_period to 1 or more")
         self.shot_masks = data.shot_masks()
+        self.check_monitor(self.logged_metrics())
         self._announce_selection()
         self.mixup = Mixup.from_config(config)  # trainer.mixup; None: off
         self.graphed_step = self._make_graphed_step()
+
+    def logged_metrics(self):
+        """What an epoch may log (``_train_epoch``, ``_valid_epoch``): the names trainer.monitor may use."""
+        train = ["loss", "accuracy", "lr", "images_per_s", "epoch_time_s"]
+        if self.valid_period <= 0:
+            return train
+        groups = ["accuracy", *self.shot_masks]
+        return train + [f"val_{g}" for g in groups] + [f"test_{g}" for g in groups]
 
     def _announce_selection(self):
         """Say what chooses model_best.pth; with no validation split (and select_on validation) nothing does."""

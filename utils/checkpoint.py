@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from utils.content_checksum import checksum_mismatch, with_checksum
 from utils.errors import UserError
 from utils.safe_pickle import numpy_reconstructors
 
@@ -93,10 +94,12 @@ def save_checkpoint(obj, path, copies=()):
     when ``path`` is ``last.pth`` it is the commit point of an epoch: a kill in between leaves
     ``last.pth`` at the previous epoch, and resuming rewrites the copies identically.
     A crash at any moment leaves each file either as it was or complete, never torn; on an error
-    (disk full, Ctrl-C) the temporary files are removed and the error is raised. Tensors are
-    written from the CPU (:func:`to_cpu`).
+    (Ctrl-C) the temporary files are removed and the error is raised; a write that fails (disk
+    full, read-only folder) is a :class:`CheckpointWriteError` naming the file. Tensors are
+    written from the CPU (:func:`to_cpu`); a dict gets the checksum of its contents
+    (utils/content_checksum.py), checked by :func:`load_checkpoint`.
     """
-    obj = to_cpu(obj)
+    obj = with_checksum(to_cpu(obj))
     path = Path(path)
     tmp = _tmp_path(path)
     written = [tmp]
@@ -116,11 +119,27 @@ def save_checkpoint(obj, path, copies=()):
             os.replace(copy_tmp, copy)
             _fsync_dir(copy.parent)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         for t in written:
             _unlink_quietly(t)
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a failed write as RuntimeError
+            raise CheckpointWriteError(f"cannot write {path}: {_write_reason(e)}") from None
         raise
     _fsync_dir(path.parent)
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint could not be written (disk full, read-only folder); nothing was replaced. A
+    UserError (one line, exit 2) that is still the OSError it was for callers that catch those."""
+
+
+def _write_reason(e):
+    """The OS reason of a failed write: torch wraps ENOSPC in a RuntimeError whose context holds it."""
+    while e is not None:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        e = e.__cause__ or e.__context__
+    return "the write failed (is the disk full?)"
 
 
 def _process_alive(pid):
@@ -224,6 +243,17 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise UserError(f"checkpoint {path} is not a file")
+    ckpt = _load(path, map_location)
+    mismatch = checksum_mismatch(ckpt)
+    if mismatch:
+        raise UserError(f"checkpoint {path} is corrupt: its contents do not match the checksum stored in it "
+                        f"({mismatch[0]}, computed {mismatch[1].split(':')[1]}); expected an intact file (restore "
+                        "it from a copy, or use model_best.pth or a checkpoint-epochN.pth; a checkpoint edited on "
+                        "purpose loads once its 'checksum' entry is removed)")
+    return ckpt
+
+
+def _load(path, map_location):
     try:
         return _torch_load(path, map_location)
     except pickle.UnpicklingError as e:
@@ -296,6 +326,11 @@ def load_model_weights(model, state_dict, path="checkpoint"):
             parts.append(f"{len(wrong)} of other shape (e.g. {k}: {tuple(state_dict[k].shape)} vs "
                          f"{tuple(own[k].shape)})")
         raise UserError(f"{path} does not match the model {type(model).__name__}: " + "; ".join(parts))
+    bad = [k for k, v in state_dict.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{path}: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]}); expected finite "
+                        "weights (the file is corrupt, or it was saved from a run that diverged)")
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -7,6 +7,7 @@ keeps that table, so ``parser.overrides(args)`` turns the command line into the
 out is skipped; ``--set KEY.PATH=VALUE`` sets any existing key (JSON null included).
 """
 import argparse
+import math
 
 from utils.errors import UserError
 from utils.parse_config import parse_set_expression
@@ -46,6 +47,28 @@ class ArgumentParser(argparse.ArgumentParser):
             if t == target:
                 out += [(*parse_set_expression(e), "--set") for e in getattr(args, dest)]
         return out
+
+
+def finite_float(text):
+    """argparse type: a finite number (``--lr nan`` would train or adapt to NaN weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def nonnegative_int(text):
+    """argparse type: an integer >= 0 (seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def add_evaluation_args(parser):

@@ -35,12 +35,21 @@ def setup_logging(run_dir=None, is_main=True, name="train"):
     return logger
 
 
+class _LogFile(logging.FileHandler):
+    """info.log. A line that cannot be written (disk full) is dropped without logging's multi-line
+    report on stderr: the console has the line, and a checkpoint that cannot be written either is
+    reported as the run's one-line error."""
+
+    def handleError(self, record):
+        self.failed = True
+
+
 def log_to_file(run_dir, name="train"):
     """Write ``run_dir/info.log`` from now on, starting with the lines kept so far (main process)."""
     logger = logging.getLogger(name)
     if logger.level > logging.INFO:  # not the main process
         return logger
-    handler = logging.FileHandler(run_dir / "info.log", delay=True)  # created at the first line
+    handler = _LogFile(run_dir / "info.log", delay=True)  # created at the first line
     handler.setFormatter(_FORMAT)
     for pending in [h for h in logger.handlers if isinstance(h, _Pending)]:
         logger.removeHandler(pending)
@@ -48,3 +57,14 @@ def log_to_file(run_dir, name="train"):
             handler.handle(record)
     logger.addHandler(handler)
     return logger
+
+
+def close_log_file(name="train"):
+    """Stop writing info.log (before a failed run's folder is removed)."""
+    logger = logging.getLogger(name)
+    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(handler)
+        try:
+            handler.close()
+        except OSError:  # its last lines could not be flushed (disk full); the file is closed anyway
+            pass

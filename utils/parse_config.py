@@ -8,9 +8,12 @@ the given module(s) and called with ``args``. Code may add arguments that the co
 import importlib
 import inspect
 import json
+import math
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.known_keys import check_arguments, nearest
+from utils.trainer_schema import SCHEMA as TRAINER_SCHEMA
 
 
 def read_json(path):
@@ -41,18 +44,35 @@ def get_by_path(config, key_path, default=None):
 
 
 def set_by_path(config, key_path, value, source="--set", must_exist=True):
-    """Set ``a.b.c`` in a nested dict. Unknown paths are refused (a typo must not pass silently)."""
+    """Set ``a.b.c`` in a nested dict. Unknown paths are refused (a typo must not pass silently),
+    except an argument of a built section (``SECTION.args.KEY`` where SECTION has a ``type``): it
+    may be added, and is checked against the signature of that class when the section is built;
+    and a key of the trainer schema (``trainer.mixup``), checked by the schema."""
     keys = key_path.split(".")
     node = config
+    if must_exist and len(keys) == 3 and keys[1] == "args" and isinstance(config.get(keys[0]), dict) \
+            and "type" in config[keys[0]]:
+        if not isinstance(config[keys[0]].get("args"), dict):
+            config[keys[0]]["args"] = {}
+        must_exist = False
+    if must_exist and len(keys) == 2 and keys[0] == "trainer" and keys[1] in TRAINER_SCHEMA \
+            and isinstance(config.get("trainer"), dict):
+        must_exist = False
     for i, key in enumerate(keys[:-1]):
         if not isinstance(node, dict) or key not in node:
             if must_exist:
-                raise UserError(f"{source}: unknown config key '{'.'.join(keys[:i + 1])}' in '{key_path}'")
+                raise UserError(f"{source}: unknown config key '{'.'.join(keys[:i + 1])}' in '{key_path}'"
+                                f"{_did_you_mean(node, keys[:i], key)}")
             node[key] = {}
         node = node[key]
     if not isinstance(node, dict) or (must_exist and keys[-1] not in node):
-        raise UserError(f"{source}: unknown config key '{key_path}'")
+        raise UserError(f"{source}: unknown config key '{key_path}'{_did_you_mean(node, keys[:-1], keys[-1])}")
     node[keys[-1]] = value
+
+
+def _did_you_mean(node, parents, key):
+    close = nearest(key, node) if isinstance(node, dict) else None
+    return f"; did you mean {'.'.join([*parents, close])}?" if close else ""
 
 
 def parse_set_expression(expr):
@@ -157,6 +177,7 @@ class ConfigParser:
         clash = set(config_args) & set(kwargs)
         if clash:
             raise ValueError(f"init_obj('{name}'): code arguments {sorted(clash)} would override config keys")
+        check_arguments(self.source, name, cls, section.get("args") or {})
         config_args.update(kwargs)
         try:
             signature = inspect.signature(cls)
@@ -187,6 +208,8 @@ class ConfigParser:
                 for k, p in params.items():
                     defaults.setdefault(k, p.default)
         for key, value in config_args.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"config {self.source}: {name}.args.{key} is {value!r}: expected a finite number")
             if key not in defaults or not isinstance(value, str):
                 continue
             default = defaults[key]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.errors import UserError
+from utils.trainer_schema import trainer_settings
 
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 _FLAGS = ("channels_last", "compile", "cudnn_benchmark", "cuda_graph")
@@ -39,17 +39,9 @@ class Performance:
 
     @classmethod
     def from_config(cls, trainer_cfg, source="config"):
-        trainer_cfg = trainer_cfg or {}
-        amp = trainer_cfg.get("autocast", None)
-        if amp not in (None, "auto", *_DTYPES):
-            raise UserError(f"config {source}: trainer.autocast {amp!r}: expected null, \"auto\", \"bf16\" or \"fp16\"")
-        flags = {}
-        for key in _FLAGS:
-            value = trainer_cfg.get(key, False)
-            if not isinstance(value, bool):
-                raise UserError(f"config {source}: trainer.{key} {value!r}: expected true or false")
-            flags[key] = value
-        return cls(autocast=amp, **flags)
+        """The precision keys of a ``trainer`` section, checked by its schema (utils/trainer_schema.py)."""
+        settings = trainer_settings(trainer_cfg, source, training=False)
+        return cls(autocast=settings["autocast"], **{key: settings[key] for key in _FLAGS})
 
     def amp_dtype(self, device):
         """The autocast dtype on ``device`` (None: fp32)."""

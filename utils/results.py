@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from utils.errors import UserError
+
 METRIC_ROWS = ("num_images", "top1", "many", "medium", "few")
 
 
@@ -52,9 +54,15 @@ def write_results(payload, json_path, extra_columns=()):
 
 
 def _atomic_write(path, text):
+    """Temporary file + rename; a failed write (disk full) removes the temporary file and is a
+    one-line UserError naming ``path``."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e}")
 
 
 def write_history_csv(history, path):

@@ -21,6 +21,10 @@ class SingleExpert(TestTimeMethod):
             raise ValueError(f"expert {expert!r}: expected an expert index >= 0")
         self.expert = expert
 
+    def check_experts(self, num_experts):
+        if self.expert >= num_experts:
+            raise ValueError(f"expert {self.expert}: the model has {num_experts} expert(s) (0-based index)")
+
     def adapt(self, logits, ctx):
         if self.expert >= logits.shape[1]:
             raise ValueError(f"expert {self.expert}: the model has {logits.shape[1]} expert(s) (0-based index)")

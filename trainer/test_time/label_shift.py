@@ -41,6 +41,7 @@ from abc import abstractmethod
 import torch
 
 from base.base_test_time import OnlineAdapter, TestTimeMethod
+from utils.errors import UserError
 
 SOURCE_PRIORS = ("uniform", "train", "reference", "reference_balanced")
 CALIBRATION_DATA = ("validation", "training")  # which labelled images calibrate a method
@@ -229,8 +230,9 @@ def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperatur
         opt.step(closure)
     b = float(beta.detach())
     if not math.isfinite(b) or b <= 0:
-        raise ValueError(f"calibration: the fitted inverse temperature {b:g} is not positive (do the calibration "
-                         "logits predict their labels at all?)")
+        raise UserError(f"calibration: the fitted inverse temperature {b:g} is not positive (do the calibration "
+                        "logits predict their labels at all?); expected a fitted temperature > 0, or set "
+                        "test_time.args.temperature to a number")
     return 1.0 / b, (bias.detach().clone() if fit_bias else None)
 
 

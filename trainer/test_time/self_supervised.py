@@ -145,6 +145,7 @@ class SelfSupervisedAggregation(TestTimeMethod):
         if unknown:
             raise ValueError(f"augmentation {self.augmentation!r}: expected keys among {', '.join(allowed)} "
                              f"({type(data).__name__})")
+        data.two_view_transform(**self.augmentation)  # its values too (blur_p 5), before any work
 
     def adapt(self, logits, ctx):
         generator = torch.Generator().manual_seed(ctx.seed)
