@@ -1,5 +1,7 @@
-"""The shipped BalPoE recipes (docs/methods.md#balpoe): values, the loss's published tau lists, mixup's alpha, and
-each config building its data (small generated files in the real formats), model and loss."""
+"""The shipped BalPoE recipes (docs/methods.md#balpoe): values as BalPoE's own configs give them, the loss's published
+tau lists, mixup's alpha, and each config building its data (small generated files in the real formats), model and
+loss."""
+import math
 import pickle
 
 import numpy as np
@@ -13,6 +15,7 @@ from tests.helpers import ROOT, write_cifar100
 from tests.list_data import TRAIN_COUNTS, write_list_dataset
 from trainer import Trainer
 from trainer.mixup import Mixup
+from trainer.optim import build_lr_scheduler
 from utils.parse_config import ConfigParser, read_json
 from utils.runtime import Runtime
 
@@ -20,11 +23,11 @@ CIFAR = {  # name: (loader, classes, imb_factor, alpha)
     f"cifar{c}_ir{ir}": (f"CIFAR{c}LTDataModule", c, 1 / ir, 0.8 if c == 10 else 0.4)
     for c in (10, 100) for ir in (10, 50, 100)
 }
-LARGE = {  # name: (arch, loader, classes, batch, lr, wd, epochs, taus, alpha, parameters)
+LARGE = {  # name: (arch, loader, classes, batch, lr, wd, epochs, taus, alpha, T_max, parameters)
     "imagenet_lt_resnext50": ("ResNeXt50Model", "ImageNetLTDataModule", 1000, 64, 0.025, 5e-4, 180,
-                              [0, 1.25, 2.5], 0.3, 42_889_024),
+                              [0, 1.25, 2.5], 0.3, 180, 72_258_880),
     "inat2018_resnet50": ("ResNet50Model", "INaturalistDataModule", 8142, 512, 0.2, 2e-4, 100, [-1, 1, 3], 0.2,
-                          76_587_584),
+                          100, 117_658_688),
 }
 
 
@@ -95,12 +98,16 @@ def list_paths(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(LARGE))
 def test_large_scale_recipe_builds_with_published_values(name, list_paths):
-    arch, loader, classes, batch, lr, wd, epochs, taus, alpha, count = LARGE[name]
+    arch, loader, classes, batch, lr, wd, epochs, taus, alpha, t_max, count = LARGE[name]
     cfg = load(name)
     tade = read_json(ROOT / "configs" / f"config_{name}_tade.json")
-    for section in ("arch", "data_loader", "optimizer", "lr_scheduler"):
-        assert cfg[section] == tade[section], section  # BalPoE changes the loss and adds mixup only
+    for section in ("data_loader", "optimizer"):
+        assert cfg[section] == tade[section], section  # BalPoE's batch, lr and weight decay are TADE's
     assert {k: v for k, v in cfg["trainer"].items() if k != "mixup"} == tade["trainer"]
+    # BalPoE's own configs: experts not reduced, cosine over all epochs to 0 without warmup (iNat too)
+    assert cfg["arch"]["args"] == {**tade["arch"]["args"], "reduce_dimension": False}
+    assert cfg["lr_scheduler"] == {"type": "CosineAnnealingLR", "args": {"T_max": t_max, "eta_min": 0}}
+    assert t_max == epochs
     assert cfg["arch"]["type"] == arch and cfg["arch"]["args"]["num_classes"] == classes
     assert cfg["data_loader"]["args"]["batch_size"] == batch and cfg["trainer"]["epochs"] == epochs
     assert cfg["optimizer"]["args"]["lr"] == lr and cfg["optimizer"]["args"]["weight_decay"] == wd
@@ -116,6 +123,7 @@ def test_large_scale_recipe_builds_with_published_values(name, list_paths):
     cfg.config["data_loader"]["args"].update(data_dir=str(list_paths["data_dir"]),
                                              train_txt=str(list_paths["train_txt"]),
                                              test_txt=str(list_paths["test_txt"]), test_distribution_txt=None,
+                                             val_list=None,
                                              num_classes=len(TRAIN_COUNTS), test_ratios=[5, 2], image_size=32,
                                              batch_size=8, num_workers=0, persistent_workers=False)
     data = cfg.init_obj("data_loader", data_loader)
@@ -123,3 +131,16 @@ def test_large_scale_recipe_builds_with_published_values(name, list_paths):
     small = cfg.init_obj("loss", losses, cls_num_list=data.cls_num_list)
     assert sorted(data.cls_num_list, reverse=True) == sorted(TRAIN_COUNTS, reverse=True)
     assert small.tau_list == criterion.tau_list and tuple(small.offsets.shape) == (3, len(TRAIN_COUNTS))
+
+
+def test_inat_schedule_is_cosine_without_warmup():
+    cfg = load("inat2018_resnet50")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    sched = build_lr_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.2) and lrs[50] == pytest.approx(0.1)  # no warmup; halfway, half the lr
+    assert lrs[99] == pytest.approx(0.1 * (1 + math.cos(math.pi * 99 / 100)))

@@ -1,5 +1,6 @@
 """The ImageNet-LT / Places-LT / iNat recipes (docs/methods.md#recipes, #test-time-aggregation) as shipped configs:
-values, models built on the meta device, and the Places parameter groups and schedule."""
+values, models built on the meta device, and the Places parameter groups and schedule; the RIDE configs against RIDE's
+own (docs/methods.md#baselines)."""
 import pytest
 import torch
 
@@ -16,6 +17,17 @@ RECIPES = {  # config: (arch, classes, batch, lr, wd, epochs, tau, parameters wi
     "places_lt_resnet152": ("ResNet152Model", 365, 128, 0.01, 4e-4, 30, 1, 171_543_616),
     "inat2018_resnet50": ("ResNet50Model", 8142, 512, 0.2, 2e-4, 100, 1, 76_587_584),
 }
+# RIDE's own ImageNet-LT recipe replaces the TADE one: (batch, lr, wd, epochs)
+RIDE_OWN = {"imagenet_lt_resnext50": (256, 0.1, 2e-4, 100)}
+# RIDE's configs: lr schedule (step1, step2, gamma, warmup), reweight_epoch, reweight_factor, diversity factor;
+# CIFAR-10 and Places-LT have no RIDE config (CIFAR-10 takes RIDE's CIFAR-100 schedule, Places the TADE recipe)
+RIDE = {
+    "cifar100_ir100": ((160, 180, 0.01, 5), 160, 0.05, -0.45),
+    "cifar10_ir100": ((160, 180, 0.01, 5), 160, 0.05, -0.2),
+    "imagenet_lt_resnext50": ((60, 80, 0.1, 5), 80, 0.02, -0.2),
+    "inat2018_resnet50": ((60, 80, 0.1, 5), 80, 0.015, -0.2),
+    "places_lt_resnet152": ((10, 20, 0.1, 0), 24, 0.05, -0.2),
+}
 
 
 def load(name):
@@ -27,6 +39,8 @@ def load(name):
 @pytest.mark.parametrize("method", ["tade", "softmax", "ride"])
 def test_training_configs(name, method):
     arch, classes, batch, lr, wd, epochs, tau, count = RECIPES[name]
+    if method == "ride" and name in RIDE_OWN:
+        batch, lr, wd, epochs = RIDE_OWN[name]
     cfg = load(f"{name}_{method}")
     assert cfg["arch"]["type"] == arch and cfg["arch"]["args"]["num_classes"] == classes
     assert cfg["data_loader"]["args"]["batch_size"] == batch and cfg["trainer"]["epochs"] == epochs
@@ -43,6 +57,32 @@ def test_training_configs(name, method):
         assert 0 < criterion.reweight_epoch < epochs and criterion.additional_diversity_factor == -0.2
     else:
         assert net.num_experts == 1 and type(criterion).__name__ == "CrossEntropyLoss"
+
+
+@pytest.mark.parametrize("name", list(RIDE))
+def test_ride_configs_as_ride_ships_them(name):
+    (step1, step2, gamma, warmup), reweight_epoch, factor, diversity = RIDE[name]
+    cfg = load(f"{name}_ride")
+    assert cfg["lr_scheduler"] == {"type": "WarmupStepLR", "args": {"step1": step1, "step2": step2, "gamma": gamma,
+                                                                    "warmup_epoch": warmup}}
+    assert cfg["loss"] == {"type": "RIDELoss", "args": {
+        "base_diversity_temperature": 1.0, "max_m": 0.5, "s": 30, "reweight": True, "reweight_epoch": reweight_epoch,
+        "reweight_factor": factor, "additional_diversity_factor": diversity}}
+    criterion = cfg.init_obj("loss", losses, cls_num_list=[10] * cfg["arch"]["args"]["num_classes"])
+    assert criterion.reweight_epoch == reweight_epoch and criterion.additional_diversity_factor == diversity
+    assert cfg["arch"]["args"]["reduce_dimension"] == (name in ("cifar100_ir100", "imagenet_lt_resnext50",
+                                                                "inat2018_resnet50"))
+    if name.startswith("cifar"):  # the LDAM-DRW schedule: x0.01 at 160, x1e-4 at 180
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg["optimizer"]["args"]["lr"])
+        sched = build_lr_scheduler(cfg, opt)
+        lrs = []
+        for _ in range(200):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        base = cfg["optimizer"]["args"]["lr"]
+        assert lrs[159] == pytest.approx(base) and lrs[160] == pytest.approx(base * 0.01)
+        assert lrs[180] == pytest.approx(base * 1e-4) and lrs[199] == pytest.approx(base * 1e-4)
 
 
 def test_imagenet_and_inat_schedules():

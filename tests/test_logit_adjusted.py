@@ -67,6 +67,35 @@ def test_limits_resolved_from_the_number_of_experts(m):
     assert lazy.tau_list == loss.tau_list
 
 
+@pytest.mark.parametrize("m, low, high, expected", [
+    (3, -1.0, 3.0, [-1.0, 1.0, 3.0]), (3, 0.0, 2.5, [0.0, 1.25, 2.5]), (1, -1.0, 3.0, [1.0]),
+    (5, 0.0, 2.0, [0.0, 0.5, 1.0, 1.5, 2.0])])
+def test_limits_between_tau_min_and_tau_max(m, low, high, expected):
+    """BalPoE's bounds of "limits" (its iNaturalist taus are -1..3): from loss.args, through the config."""
+    cfg = ConfigParser({"loss": {"type": "LogitAdjustedLoss",
+                                 "args": {"tau_list": "limits", "tau_min": low, "tau_max": high}}}, source="c.json")
+    loss = cfg.init_obj("loss", losses, cls_num_list=[30, 20, 10])
+    loss.check_experts(m, "c.json")
+    assert loss.tau_list == pytest.approx(expected) and loss.tau_bounds == (low, high)
+    # one bound alone keeps the other's default; neither gives today's [0, 2]
+    assert LogitAdjustedLoss([3, 1], tau_list="limits", tau_max=4).resolve(3) == pytest.approx([0.0, 2.0, 4.0])
+    assert LogitAdjustedLoss([3, 1], tau_list="limits").tau_bounds == (0.0, 2.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"tau_list": [0, 1, 2], "tau_min": 0}, "apply only to tau_list \"limits\""),
+    ({"tau_list": "limits", "tau_min": "low"}, "tau_min must be a finite number"),
+    ({"tau_list": "limits", "tau_max": float("inf")}, "tau_max must be a finite number"),
+    ({"tau_list": "limits", "tau_min": True}, "tau_min must be a finite number"),
+    ({"tau_list": "limits", "tau_min": 3, "tau_max": 1}, "must not exceed tau_max")])
+def test_bad_tau_bounds_are_refused(args, message):
+    with pytest.raises(ValueError, match=message):
+        LogitAdjustedLoss([5, 3, 1], **args)
+    cfg = ConfigParser({"loss": {"type": "LogitAdjustedLoss", "args": args}}, source="c.json")
+    with pytest.raises(UserError, match="c.json.*tau_"):
+        cfg.init_obj("loss", losses, cls_num_list=[5, 3, 1])
+
+
 def test_offsets_cifar100_ir100():
     """tau_k log p: between class 0 (p max) and class 99 (100x rarer) expert k's offset is tau_k ln 100."""
     loss = LogitAdjustedLoss(img_num_per_cls(500, 100, 0.01), tau_list=[0, 1, 2])

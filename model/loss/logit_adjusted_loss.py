@@ -10,7 +10,9 @@ CE), 1 the uniform one (balanced softmax), 2 the inverted one. The prediction st
 the experts' logits (the model's ``output``); with mean(tau) = 1 that average is balanced.
 
 ``tau_list`` is a list with one number per expert, or ``"limits"``: M values evenly spaced over
-[0, 2] (mean 1; one expert gets tau 1), resolved once the number of experts is known.
+[``tau_min``, ``tau_max``] (default [0, 2]: mean 1, one expert gets tau 1), resolved once the number of
+experts is known. BalPoE's own configs name the same bounds as ``loss.tau_min`` / ``loss.tau_max``; here
+they are ``loss.args`` and apply to ``"limits"`` only.
 """
 import numbers
 
@@ -35,6 +37,29 @@ def evenly_spaced_taus(num_experts, low=0.0, high=2.0):
     return [low + (high - low) * k / (m - 1) for k in range(m)]
 
 
+def _finite(value):
+    return (not isinstance(value, bool) and isinstance(value, numbers.Real) and value == value
+            and value not in (float("inf"), float("-inf")))
+
+
+def _parse_bounds(tau_list, tau_min, tau_max):
+    """The [low, high] of "limits" (default [0, 2]); a ValueError for bounds with an explicit list,
+    a bound that is not a finite number, or tau_min above tau_max."""
+    if tau_list != LIMITS:
+        if tau_min is not None or tau_max is not None:
+            raise ValueError(f"tau_min / tau_max apply only to tau_list \"{LIMITS}\"; tau_list is {tau_list!r}: "
+                             "drop them or use \"limits\"")
+        return None
+    low = 0.0 if tau_min is None else tau_min
+    high = 2.0 if tau_max is None else tau_max
+    for name, v in (("tau_min", low), ("tau_max", high)):
+        if not _finite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if low > high:
+        raise ValueError(f"tau_min ({low!r}) must not exceed tau_max ({high!r})")
+    return float(low), float(high)
+
+
 def _parse_tau_list(tau_list):
     """A list of finite numbers, or None for "limits"; anything else is a ValueError naming tau_list."""
     if isinstance(tau_list, str) and tau_list == LIMITS:
@@ -45,7 +70,7 @@ def _parse_tau_list(tau_list):
     if not values:
         raise ValueError("tau_list must hold one number per expert, got an empty list")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v or v in (float("inf"), float("-inf")):
+        if not _finite(v):
             raise ValueError(f"tau_list must be a list of finite numbers, got {v!r} in {tau_list!r}")
     return [float(v) for v in values]
 
@@ -53,10 +78,11 @@ def _parse_tau_list(tau_list):
 class LogitAdjustedLoss(LTLoss):
     """One logit-adjusted cross-entropy per expert, averaged (any number of experts)."""
 
-    def __init__(self, cls_num_list=None, tau_list=LIMITS):
+    def __init__(self, cls_num_list=None, tau_list=LIMITS, tau_min=None, tau_max=None):
         super().__init__(cls_num_list)
         self.tau_spec = tau_list
         taus = _parse_tau_list(tau_list)
+        self.tau_bounds = _parse_bounds(tau_list, tau_min, tau_max)  # None for an explicit list
         self.tau_list = None
         self.register_buffer("log_prior", torch.log(self.prior + EPS), persistent=False)
         self.register_buffer("offsets", None, persistent=False)
@@ -71,7 +97,7 @@ class LogitAdjustedLoss(LTLoss):
     def resolve(self, num_experts):
         """Fix "limits" to ``num_experts`` values (no-op for an explicit list); returns the taus."""
         if self.tau_list is None:
-            self._set_taus(evenly_spaced_taus(num_experts))
+            self._set_taus(evenly_spaced_taus(num_experts, *self.tau_bounds))
         return self.tau_list
 
     def check_experts(self, num_experts, source="config"):
