@@ -5,8 +5,8 @@
 #      config defaults (GPU-resident tensor path, bf16, channels_last, CUDA-graph steps) against the
 #      plain PIL/DataLoader fp32 path, then the defaults with eager steps (trainer.cuda_graph=false),
 #      and bench/compute_ceiling.py (bare step against the GPU's matrix-product rate);
-#   2. the full 200-epoch CIFAR-10-LT IR100 TADE recipe through bench/reproduce.py (train, test.py
-#      on all eleven distributions, test_train.py), with its wall time;
+#   2. the full 200-epoch CIFAR-10-LT IR100 TADE recipe recorded by bench/record.py (train, test.py
+#      on all eleven distributions, every test-time method), with its wall time;
 #   3. bench/test_time_speed.py on the trained model (speed ratio and learned weights).
 # usage: bash bench/gpu_checks.sh [OUT_DIR]   (needs CIFAR-10 at $CIFAR_DIR, default .cache/cifar,
 # or a script at $MAKER that writes it, else torchvision downloads it; CIFAR-100 is not available
@@ -45,16 +45,15 @@ timeout 60 $PY bench/train_speed.py -c $C100 --data_dir .cache/cifar100_random -
 step "1c. the bare training step against the GPU's matrix-product rate"
 timeout 60 $PY bench/compute_ceiling.py -c $C100 -d $DEVICE 2>&1 | grep -v "^USDT\|^ERROR"
 
-step "2. $EPOCHS-epoch CIFAR-10-LT IR100 TADE (validation every 50 epochs; two views on the GPU)"
-REPRO=runs/gpu_repro
-timeout $((BUDGET - SECONDS - 50)) $PY bench/reproduce.py --dataset cifar10_ir100 --methods tade --epochs $EPOCHS \
-    --data_dir "$DATA" -d $DEVICE --out_dir $REPRO --set trainer.valid_period=50
-echo "reproduce exit $?"
-RUN=$REPRO/cifar10_ir100/tade/e$EPOCHS
-for f in $REPRO/cifar10_ir100/results_e$EPOCHS.md $REPRO/cifar10_ir100/reproduce.log $RUN/info.log $RUN/last.pth \
-         $RUN/eval_last.json $RUN/test_time_last.json $RUN/test_time_last.png; do
-    [ -f "$f" ] && cp "$f" "$OUT/"
-done
+step "2. $EPOCHS-epoch CIFAR-10-LT IR100 TADE, recorded (bench/record.py: train, test.py, every test-time method)"
+# The record lands in $OUT/results/NAME (copy it into the repository's results/ and run bench/report.py).
+NAME=cifar10_ir100_tade_e${EPOCHS}_s1
+timeout $((BUDGET - SECONDS - 50)) $PY bench/record.py -c configs/config_cifar10_ir100_tade.json --epochs $EPOCHS \
+    --seed 1 --data_dir "$DATA" -d $DEVICE --set trainer.valid_period=50 --work_dir runs/gpu_records \
+    --results_dir "$OUT/results" --name $NAME
+echo "record exit $?"
+RUN=runs/gpu_records/$NAME/train
+cp runs/gpu_records/$NAME/record.log "$OUT/" 2>/dev/null
 
 if [ -f $RUN/last.pth ] && [ $((BUDGET - SECONDS)) -gt 30 ]; then
     step "3. test-time aggregation speed and weights on the trained model"

@@ -122,6 +122,11 @@ def test_bad_validation_lists_are_refused(lists, tmp_path):
     overlap.write_text(test_line + "\n")
     with pytest.raises(UserError, match="is also in the test list"):
         ImageNetLTDataModule(**list_module_args(lists, val_list=str(overlap)))
+    no_four = tmp_path / "train_no4.txt"
+    no_four.write_text("".join(f"{line}\n" for line in lists["train_txt"].read_text().splitlines()
+                               if not line.endswith(" 4")))
+    with pytest.raises(UserError, match=r"val.txt, line \d+: class 4 is not in the training list"):
+        ImageNetLTDataModule(**list_module_args(lists, train_txt=str(no_four)))
     foreign = tmp_path / "foreign.txt"
     foreign.write_text("val/c0/0.jpg 5\n")
     with pytest.raises(UserError, match=r"foreign.txt, line 1: label 5 out of range"):

@@ -33,7 +33,7 @@ class ReferenceLogits:
 
 def validation_source(trained, device):
     """A ``ReferenceLogits`` of the validation split, or None when the data module has none."""
-    return ReferenceLogits(trained, device, "validation") if trained.data.has_validation else None
+    return ReferenceLogits(trained, device, "validation") if getattr(trained.data, "has_validation", False) else None
 
 
 def train_prior(data):
