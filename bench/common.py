@@ -45,3 +45,14 @@ def load_model_and_data(checkpoint=None, config=ROOT / "configs" / "config_cifar
     perf = build_performance(cfg)
     net = perf.apply_layout(build_model(cfg).to(device)).eval()
     return Trained(net, cfg, build_data(cfg), perf, None)
+
+
+def checkpoint_parser(doc):
+    """The arguments of a benchmark that evaluates one trained checkpoint: CHECKPOINT, -d, --data_dir, --out."""
+    import argparse
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("-d", "--device", default="cpu")
+    p.add_argument("--data_dir")
+    p.add_argument("--out", help="results JSON (default: beside the checkpoint)")
+    return p

@@ -10,7 +10,6 @@ images, and both the training and the test images went through it. Re-encoding t
 more, at the same and at harsher qualities, measures how far the model's accuracy moves with one
 more JPEG step: a bound on how much the copy can shift published comparisons.
 """
-import argparse
 import io
 import json
 import sys
@@ -22,6 +21,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import checkpoint_parser  # noqa: E402
 from trainer.build import load_trained  # noqa: E402
 from trainer.evaluation import distribution_metrics  # noqa: E402
 from trainer.forward import collect_expert_logits  # noqa: E402
@@ -39,12 +39,8 @@ def reencode(images, quality):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
-    p.add_argument("-d", "--device", default="cpu")
-    p.add_argument("--data_dir")
+    p = checkpoint_parser(__doc__)
     p.add_argument("--qualities", default="95,75,50,30")
-    p.add_argument("--out")
     args = p.parse_args()
     trained = load_trained(args.checkpoint, None, [("data_loader.args.data_dir", args.data_dir, "--data_dir")],
                            args.device)

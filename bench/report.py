@@ -56,6 +56,11 @@ def load_record(folder):
            "methods": read_json(folder / "test_time_methods.json", ("protocols",))}
     if (folder / "eval_best.json").is_file():
         rec["best"] = read_json(folder / "eval_best.json", ("distributions",))
+    # analyses added to a record later (bench/validation_size.py, bench/jpeg_sensitivity.py --out RECORD/...)
+    if (folder / "validation_size.json").is_file():
+        rec["sizes"] = read_json(folder / "validation_size.json", ("rows",))
+    if (folder / "jpeg_sensitivity.json").is_file():
+        rec["jpeg"] = read_json(folder / "jpeg_sensitivity.json", ("qualities",))
     try:
         rec["curve"] = pd.read_csv(folder / "epochs.csv")
     except (OSError, ValueError) as e:
@@ -174,6 +179,29 @@ def dirichlet_table(rec):
     return table(["method", *[f"{g} mean +- std" for g in groups], "worst draw vs plain"], rows)
 
 
+def sizes_table(rec):
+    rows = []
+    for label, row in rec["sizes"]["rows"].items():
+        name, calibrated = label.split(", ", 1)
+        first = next(iter(row["eleven"].values()))
+        images = sum(first.get("calibration_images_per_class", []))
+        strength = row.get("selection", {}).get("strength", "")
+        rows.append([name, f"{calibrated} ({images} images)", f"{100 * row['mean']:.2f}", f"{100 * row['plain_mean']:.2f}",
+                     f"{100 * row['worst']:+.2f}", f"{100 * row['worst_draw']:+.2f}", strength])
+    return table(["method", "calibrated on", "mean of 11", "plain mean", "worst of 11 vs plain",
+                  "worst Dirichlet draw vs plain", "strength"], rows)
+
+
+def jpeg_table(rec):
+    rows = []
+    base = rec["jpeg"]["qualities"].get("as stored")
+    for label, res in rec["jpeg"]["qualities"].items():
+        top = [r["top1"] for r in res.values()]
+        delta = "" if base is None else f"{100 * (res['uniform']['top1'] - base['uniform']['top1']):+.2f}"
+        rows.append([label, pct(res["uniform"]["top1"]), delta, f"{100 * np.mean(top):.2f}"])
+    return table(["test images", "uniform top-1", "change", "mean of 11"], rows)
+
+
 def pairs(records):
     """(TADE record, BalPoE record) with the same data, epochs and seed."""
     by_key = {}
@@ -245,6 +273,12 @@ def render(records):
         d = dirichlet_table(r)
         if d:
             parts += [f"Dirichlet label shift on `{r['record']['name']}` (top-1 %)", d]
+        if "sizes" in r:
+            parts += [f"Label-shift methods against the validation split's size on `{r['record']['name']}` "
+                      "(`bench/validation_size.py`; top-1 %, differences in points)", sizes_table(r)]
+        if "jpeg" in r:
+            parts += [f"JPEG sensitivity of `{r['record']['name']}` (`bench/jpeg_sensitivity.py`; plain average, "
+                      "top-1 %)", jpeg_table(r)]
     return "\n\n".join(parts) + "\n"
 
 

@@ -11,7 +11,6 @@ Rows: the shipped SafePrior (``configs/test_time_<family>_prior.json``) and EM w
 calibration. Columns: mean over the eleven distributions, the worst of the eleven against the plain
 average, and the worst Dirichlet draw (alpha 0.1, 1, 10; ``--draws`` each, 2000 images) against it.
 """
-import argparse
 import json
 import sys
 import time
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.test_time_methods import TRAINING_CALIBRATION, family_config  # noqa: E402
 from trainer.adaptation import ReferenceLogits, run_method  # noqa: E402
+from bench.common import checkpoint_parser  # noqa: E402
 from trainer.build import load_trained  # noqa: E402
 from trainer.forward import collect_expert_logits  # noqa: E402
 from trainer.protocols import add_protocol_args, test_sets  # noqa: E402
@@ -46,12 +46,8 @@ def score(method, trained, clean, targets, sets, device, reference, validation):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
-    p.add_argument("-d", "--device", default="cpu")
-    p.add_argument("--data_dir")
+    p = checkpoint_parser(__doc__)
     p.add_argument("--sizes", default="10,20,50,100,all")
-    p.add_argument("--out")
     add_protocol_args(p)
     args = p.parse_args()
     sizes = [s if s == "all" else int(s) for s in args.sizes.split(",")]

@@ -101,7 +101,9 @@ def test_the_docs_tables_match_the_records():
 
 def test_validation_size_sweep_runs_on_a_recorded_model(record, tmp_path):
     _, _, folder = record
-    out = tmp_path / "sizes.json"
+    copy = tmp_path / "results" / folder.name
+    shutil.copytree(folder, copy)
+    out = copy / "validation_size.json"
     proc = run_script("bench/validation_size.py", folder / "model.pth", "--sizes", "5,all", "--draws", "2",
                       "--size", "100", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -111,6 +113,9 @@ def test_validation_size_sweep_runs_on_a_recorded_model(record, tmp_path):
     five = rows["EM, validation, 5 per class"]["eleven"]["uniform"]
     assert five["calibrated_on"] == "validation" and max(five["calibration_images_per_class"]) == 5
     assert rows["EM, training images"]["eleven"]["uniform"]["calibrated_on"] == "training"
+    doc = tmp_path / "r.md"
+    assert run_script("bench/report.py", "--results", copy.parent, "--doc", doc).returncode == 0
+    assert "against the validation split's size" in doc.read_text()
 
 
 def test_jpeg_sensitivity_on_a_recorded_model(record, tmp_path):
