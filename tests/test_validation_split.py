@@ -161,7 +161,7 @@ def test_model_best_is_chosen_on_the_validation_split(small_cifar, tmp_path):
 
 @pytest.mark.parametrize("section, key, value, fragment", [
     ("trainer", "monitor", "max test_accuracy", "would choose model_best.pth on the test set"),
-    ("trainer", "select_on", "best", "trainer.select_on 'best'"),
+    ("trainer", "select_on", "best", "trainer.select_on"),
     ("data_loader", "validation", 0, "data_loader.args.validation.per_class 0"),
     ("data_loader", "validation", 50, "larger than any class can give"),
 ])
