@@ -40,6 +40,7 @@ from abc import abstractmethod
 
 import torch
 
+from base.base_model import average_experts
 from base.base_test_time import OnlineAdapter, TestTimeMethod
 from utils.errors import UserError
 
@@ -101,7 +102,7 @@ def ensemble_logits(logits):
     """[n, E, C] expert logits -> [n, C] their mean (float32); [n, C] is taken as already averaged."""
     logits = torch.as_tensor(logits)
     if logits.dim() == 3:
-        return logits.float().mean(1)
+        return average_experts(logits.float())
     if logits.dim() == 2:
         return logits.float()
     raise ValueError(f"logits of shape {tuple(logits.shape)}: expected [n, E, C] or [n, C]")
