@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from base.base_model import average_experts
 from model.calibration import distribution_calibration, plot_reliability
 from trainer.build import load_trained
 from trainer.evaluation import distribution_metrics
@@ -79,7 +80,7 @@ def main(argv=None):
         selected = test_sets(args, data)
     names = list(selected)
     logits, targets = collect_expert_logits(net, data.test_loader(device=device), device, trained.perf)
-    preds = logits.mean(1).argmax(1)
+    preds = average_experts(logits).argmax(1)
     results = distribution_metrics(preds, targets, selected, data.num_classes, data.shot_masks())
     calibration = distribution_calibration(logits, targets, selected)  # the ensemble, from the same logits
     for name, row in results.items():

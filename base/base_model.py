@@ -39,6 +39,13 @@ class ExpertModel(nn.Module, ABC):
         return [p for n, p in self.named_parameters() if self.is_classifier(n)]
 
 
+def average_experts(logits):
+    """The plain expert average, the ensemble prediction of this contract: per-expert logits
+    [B, E, C] -> their mean over the experts [B, C] (in the logits' dtype). Every place that averages
+    the experts calls this (the models' ``output``, test.py, the test-time methods, calibration)."""
+    return logits.mean(1)
+
+
 def check_outputs(outputs, net):
     """The contract of a model's output dict: ``output`` [B, C] and ``logits`` [B, E, C], E the
     model's ``num_experts``; one line naming the model and the key if not."""

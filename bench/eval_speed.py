@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from common import DEFAULT_DATA, load_model_and_data
+from base.base_model import average_experts  # after common, which puts the project on the path
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
 
@@ -28,14 +29,14 @@ def main():
 
     def one_pass():
         logits, targets = collect_expert_logits(net, data.test_loader(device=args.device), args.device, perf)
-        return distribution_metrics(logits.mean(1).argmax(1), targets, dists, data.num_classes, masks)
+        return distribution_metrics(average_experts(logits).argmax(1), targets, dists, data.num_classes, masks)
 
     def per_distribution():
         out = {}
         for name, idx in dists.items():
             sub, sub_t = collect_expert_logits(net, data.test_loader(indices=idx, device=args.device), args.device,
                                                perf)
-            out.update(distribution_metrics(sub.mean(1).argmax(1), sub_t, {name: np.arange(len(sub_t))},
+            out.update(distribution_metrics(average_experts(sub).argmax(1), sub_t, {name: np.arange(len(sub_t))},
                                             data.num_classes, masks))
         return out
 

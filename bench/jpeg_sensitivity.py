@@ -21,6 +21,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from base.base_model import average_experts  # noqa: E402
 from bench.common import checkpoint_parser  # noqa: E402
 from trainer.build import load_trained  # noqa: E402
 from trainer.evaluation import distribution_metrics  # noqa: E402
@@ -55,7 +56,7 @@ def main():
         data._device_sets.pop(("test", str(args.device)), None)  # the tensor pipeline's cached copy
         logits, targets = collect_expert_logits(trained.net, data.test_loader(device=args.device), args.device,
                                                 trained.perf, desc=f"JPEG {quality or 'none'}")
-        res = distribution_metrics(logits.mean(1).argmax(1), targets, dists, data.num_classes, data.shot_masks())
+        res = distribution_metrics(average_experts(logits).argmax(1), targets, dists, data.num_classes, data.shot_masks())
         label = "as stored" if quality is None else f"JPEG quality {quality}"
         report["qualities"][label] = res
         top = [100 * r["top1"] for r in res.values()]

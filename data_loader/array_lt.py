@@ -49,17 +49,27 @@ class ArrayImageDataset(Dataset):
 
 
 class ArrayLTDataModule(LTDataModule, ABC):
-    """Subclasses implement ``load_arrays()`` -> (train_x, train_y, test_x, test_y), uint8 NHWC."""
+    """Subclasses implement ``load_arrays()`` -> (train_x, train_y, test_x, test_y), uint8 NHWC, and
+    state what their data are: every class attribute of ``REQUIRED`` (checked when the module is
+    made, one line naming the class and the attribute if one is not set):
 
-    num_classes = None
-    image_size = 32
-    train_img_max = None  # per-class images at the head of the long tail
+    - ``num_classes``, ``image_size`` (pixels, square), ``train_img_max`` (images of the head class);
+    - the normalisation: ``default_mean``, ``default_std`` (per channel, of images in [0, 1]);
+    - the training augmentation: ``default_padding`` (of the random crop), ``default_flip``
+      (horizontal), ``default_rotation`` (degrees, at most).
+
+    The config's ``mean``, ``std``, ``padding``, ``flip`` and ``rotation`` override the defaults."""
+
+    REQUIRED = ("num_classes", "image_size", "train_img_max", "default_mean", "default_std", "default_padding",
+                "default_flip", "default_rotation")
+    num_classes = image_size = train_img_max = None
+    default_mean = default_std = None  # the data's own; CIFAR's: data_loader/transforms.py
+    default_padding = default_flip = default_rotation = None
     default_validation_per_class = 100  # validation images per class from the left-over training split
-    default_padding, default_flip, default_rotation = 4, True, 15
 
-    def __init__(self, data_dir, imb_factor=0.01, batch_size=128, num_workers=0, mean=tf.CIFAR_MEAN,
-                 std=tf.CIFAR_STD, padding=None, flip=None, rotation=None, img_max=None, pipeline="pil",
-                 validation=None, **loader_kw):
+    def __init__(self, data_dir, imb_factor=0.01, batch_size=128, num_workers=0, mean=None, std=None, padding=None,
+                 flip=None, rotation=None, img_max=None, pipeline="pil", validation=None, **loader_kw):
+        self._check_class_attributes()
         super().__init__(batch_size=batch_size, num_workers=num_workers, **loader_kw)
         if pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {', '.join(repr(p) for p in PIPELINES)}, got {pipeline!r}")
@@ -69,6 +79,8 @@ class ArrayLTDataModule(LTDataModule, ABC):
             raise ValueError(f"imb_factor must be in (0, 1] (1 / imbalance ratio), got {imb_factor!r}")
         self.data_dir = data_dir
         self.imb_factor = float(imb_factor)
+        mean = self.default_mean if mean is None else mean
+        std = self.default_std if std is None else std
         check_normalisation(mean, std)
         self.mean, self.std = tuple(mean), tuple(std)
         padding = self.default_padding if padding is None else padding
@@ -106,6 +118,13 @@ class ArrayLTDataModule(LTDataModule, ABC):
         self.validation_info = {"source": "training-split images the long tail left out", "per_class": per_class,
                                 "seed": seed, "counts": counts, "in_sample_classes": in_sample, "option": option}
         logging.getLogger("train").info("%s", describe(self.validation_info))
+
+    @classmethod
+    def _check_class_attributes(cls):
+        for name in cls.REQUIRED:
+            if getattr(cls, name, None) is None:
+                raise UserError(f"data module {cls.__name__}: class attribute {name} is not set; an array data "
+                                f"module states {', '.join(cls.REQUIRED)} (data_loader/array_lt.py)")
 
     @abstractmethod
     def load_arrays(self):

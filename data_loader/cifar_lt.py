@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_loader import transforms as tf
 from data_loader.array_lt import ArrayLTDataModule
 from utils.errors import UserError
 from utils.safe_pickle import load_data_pickle
@@ -39,6 +40,8 @@ class _CIFARLT(ArrayLTDataModule):
     folder = url = md5 = filename = label_key = None
     train_files = test_files = ()
     image_size = 32
+    default_mean, default_std = tf.CIFAR_MEAN, tf.CIFAR_STD
+    default_padding, default_flip, default_rotation = 4, True, 15
 
     def __init__(self, data_dir, imb_factor=0.01, download=False, **kw):
         self.download = download

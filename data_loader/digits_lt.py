@@ -15,12 +15,13 @@ DIGITS_STD = (0.3759,) * 3
 
 class DigitsLTDataModule(ArrayLTDataModule):
     num_classes, train_img_max, image_size = 10, 120, 8
+    default_mean, default_std = DIGITS_MEAN, DIGITS_STD
     default_padding, default_flip, default_rotation = 1, False, 10
     test_per_class = 50
     default_validation_per_class = 20  # left over per class: about 10 at the head, about 120 at the tail
 
-    def __init__(self, data_dir=None, imb_factor=0.1, mean=DIGITS_MEAN, std=DIGITS_STD, **kw):
-        super().__init__(data_dir, imb_factor=imb_factor, mean=mean, std=std, **kw)
+    def __init__(self, data_dir=None, imb_factor=0.1, **kw):
+        super().__init__(data_dir, imb_factor=imb_factor, **kw)
 
     def load_arrays(self):
         from sklearn.datasets import load_digits

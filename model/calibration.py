@@ -3,7 +3,7 @@
 Pure functions of scores [N, C] and integer targets [N]. Scores are probabilities, or logits with
 ``from_logits=True`` (then p = softmax(logits), and the NLL uses log_softmax, exact for any
 logits). For the multi-expert models the prediction is the mean of the experts' logits, so the
-ensemble's probabilities are ``softmax(logits.mean(1))``: pass ``logits.mean(1)`` with
+ensemble's probabilities are ``softmax(average_experts(logits))`` (base/base_model.py): pass that with
 ``from_logits=True``. Everything is computed in float64; results are Python floats (and lists).
 
 - ECE: the top-class probability (confidence) is put in ``n_bins`` (15) equal-width bins on [0, 1];
@@ -18,6 +18,8 @@ ensemble's probabilities are ``softmax(logits.mean(1))``: pass ``logits.mean(1)`
 import math
 
 import torch
+
+from base.base_model import average_experts
 
 N_BINS = 15
 PROB_FLOOR = 1e-12
@@ -120,7 +122,7 @@ def distribution_calibration(expert_logits, targets, distributions, n_bins=N_BIN
     """``calibration_metrics`` of the ensemble (softmax of the mean expert logits) on each test
     distribution: ``expert_logits`` [N, E, C] (or [N, C]), ``distributions`` {name: indices}."""
     logits = torch.as_tensor(expert_logits)
-    ensemble = logits.mean(1) if logits.dim() == 3 else logits
+    ensemble = average_experts(logits) if logits.dim() == 3 else logits
     targets = torch.as_tensor(targets)
     out = {}
     for name, indices in distributions.items():

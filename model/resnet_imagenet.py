@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from base.base_model import average_experts
+
 from model.normed_linear import NormedLinear
 
 
@@ -71,4 +73,4 @@ class ExpertResNet(nn.Module):
             feats.append(feat)
             logits.append(self.linears[k](feat) * self.s)
         logits = torch.stack(logits, dim=1)
-        return {"output": logits.mean(dim=1), "logits": logits, "feat": torch.stack(feats, dim=1)}
+        return {"output": average_experts(logits), "logits": logits, "feat": torch.stack(feats, dim=1)}

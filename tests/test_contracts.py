@@ -28,7 +28,7 @@ class Returns(TestTimeMethod):
 
 def trained(num_classes=4, num_experts=2):
     data = SimpleNamespace(cls_num_list=[8, 4, 2, 1][:num_classes], num_classes=num_classes,
-                           shot_masks=lambda: {})
+                           shot_masks=lambda: {}, has_validation=False)
     return SimpleNamespace(net=SimpleNamespace(num_experts=num_experts), data=data, perf=None)
 
 

@@ -96,6 +96,36 @@ def test_a_dotted_type_must_honour_its_contract(tmp_path):
                           "loss.type", "tests.extending.nowhere")
 
 
+def test_an_array_dataset_states_its_normalisation_and_augmentation(tmp_path):
+    """No CIFAR values by default: each stated attribute is required, one line naming class and attribute."""
+    from tests.extending.npz_lt import NpzLTDataModule
+    from utils.errors import UserError
+
+    npz = write_npz(tmp_path / "d.npz")
+    for name in ("default_mean", "default_std", "default_padding", "default_flip", "default_rotation"):
+        unstated = type("Unstated", (NpzLTDataModule,), {name: None})
+        with pytest.raises(UserError) as err:
+            unstated(str(npz), imb_factor=0.1, img_max=30)
+        assert "\n" not in str(err.value) and "Unstated" in str(err.value) and f"{name} is not set" in str(err.value)
+    module = NpzLTDataModule(str(npz), imb_factor=0.1, img_max=30, std=(0.5, 0.5, 0.5), rotation=0)
+    assert module.mean == (0.4914, 0.4822, 0.4465) and module.std == (0.5, 0.5, 0.5)  # the config overrides
+    assert module.augment == {"size": 32, "padding": 4, "flip": True, "rotation": 0}
+
+
+def test_cifar_and_digits_keep_their_normalisation_and_augmentation():
+    from data_loader import transforms as tf
+    from data_loader.cifar_lt import CIFAR10LTDataModule, CIFAR100LTDataModule
+    from data_loader.digits_lt import DIGITS_MEAN, DIGITS_STD, DigitsLTDataModule
+
+    for cifar in (CIFAR10LTDataModule, CIFAR100LTDataModule):
+        assert (cifar.default_mean, cifar.default_std) == (tf.CIFAR_MEAN, tf.CIFAR_STD)
+        assert (cifar.default_padding, cifar.default_flip, cifar.default_rotation) == (4, True, 15)
+        assert cifar.image_size == 32
+    digits = DigitsLTDataModule()
+    assert (digits.mean, digits.std) == (DIGITS_MEAN, DIGITS_STD)
+    assert digits.augment == {"size": 8, "padding": 1, "flip": False, "rotation": 10}
+
+
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.py") if p.name != "__init__.py"))
 def test_extending_guide_shows_each_example_file_as_it_is(example):
     guide = (ROOT / "docs" / "extending.md").read_text()

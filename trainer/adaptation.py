@@ -7,6 +7,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from base.base_model import average_experts
 from base.base_test_time import NOT_FACTS, TestTimeContext, check_facts, check_result
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
@@ -77,7 +78,7 @@ def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1
                            data.num_classes)
         whole = {name: np.arange(len(ctx.indices))}
         row = distribution_metrics(out["scores"].argmax(1), subset_targets, whole, data.num_classes, shot_masks)[name]
-        row["top1_average"] = distribution_metrics(subset_logits.mean(1).argmax(1), subset_targets, whole,
+        row["top1_average"] = distribution_metrics(average_experts(subset_logits).argmax(1), subset_targets, whole,
                                                    data.num_classes, shot_masks)[name]["top1"]
         if "online_scores" in out:
             row["top1_online"] = float((out["online_scores"].argmax(1) == subset_targets).double().mean())
@@ -118,7 +119,7 @@ def run_stream(method, trained, clean_logits, targets, batch_sizes, device, seed
             preds[idx] = scores.argmax(1)
         name = f"stream_b{b}"
         row = distribution_metrics(preds, targets, {name: everything}, data.num_classes, data.shot_masks())[name]
-        row["top1_average"] = float((clean_logits.mean(1).argmax(1) == targets).double().mean())
+        row["top1_average"] = float((average_experts(clean_logits).argmax(1) == targets).double().mean())
         summary = adapter.summary()
         check_facts(summary, type(method).__name__, "its online summary()")
         row.update(summary)

@@ -2,7 +2,8 @@
 
 A ResNet-32 training step is about 2,000 small kernels. Launched one by one from Python, the GPU
 waits for the host: about 3 s per CIFAR-100-LT epoch on an H200 whatever the precision. Captured
-once as a CUDA graph (forward, loss, backward and optimiser step), a step is a copy of the batch
+once as a CUDA graph (forward, loss, backward and optimiser step: the eager step's function,
+trainer/train_step.py), a step is a copy of the batch
 into a fixed input buffer and one graph launch. The kernels and their order are the ones the eager
 step runs, so the numbers do not change.
 
@@ -23,7 +24,7 @@ import contextlib
 
 import torch
 
-from trainer.mixup import forward_loss
+from trainer.train_step import optimisation_step
 
 
 def graph_unsupported_reason(runtime, model, scaler):
@@ -86,12 +87,9 @@ class GraphedTrainStep:
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            with self._autocast():
-                outputs, loss = forward_loss(self.model, self.criterion, self.static_x, self.static_y,
-                                             self.static_mix)
-            loss.backward()
-            self.optimizer.step()
-        self.static_output, self.static_loss = outputs["output"].detach(), loss.detach()
+            self.static_output, self.static_loss = optimisation_step(
+                self.model, self.criterion, self.optimizer, self.static_x, self.static_y, self.static_mix,
+                autocast=self._autocast())
         self.graph, self.key = graph, key
         self.captures += 1
 

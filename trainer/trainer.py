@@ -9,7 +9,8 @@ from base.base_trainer import BaseTrainer
 from model.metric import accuracy_from_confusion, confusion_matrix
 from trainer.cuda_graph import GraphedTrainStep, graph_unsupported_reason
 from trainer.forward import predict
-from trainer.mixup import Mixup, forward_loss
+from trainer.mixup import Mixup
+from trainer.train_step import optimisation_step
 from utils.errors import UserError
 from utils.performance import Performance
 from utils.progress import progress
@@ -108,19 +109,10 @@ class Trainer(BaseTrainer):
                 "images_per_s": float(totals[2]) / elapsed, "epoch_time_s": elapsed}
 
     def _eager_step(self, x, y, mix=None):
-        """One optimisation step (on the mixed batch when ``mix = (lam, perm)``, trainer/mixup.py);
-        returns the detached ensemble output and loss."""
-        with self.autocast():
-            outputs, loss = forward_loss(self.model, self.criterion, x, y, mix)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        return outputs["output"].detach(), loss.detach()
+        """One optimisation step (trainer/train_step.py; on the mixed batch when ``mix = (lam, perm)``,
+        trainer/mixup.py); returns the detached ensemble output and loss."""
+        return optimisation_step(self.model, self.criterion, self.optimizer, x, y, mix, autocast=self.autocast(),
+                                 scaler=self.scaler)
 
     def _make_graphed_step(self):
         """The CUDA-graph step when ``trainer.cuda_graph`` is on and usable here, else None."""

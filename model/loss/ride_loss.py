@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from base.base_loss import LTLoss
+from base.base_model import average_experts
 
 
 class RIDELoss(LTLoss):
@@ -55,7 +56,7 @@ class RIDELoss(LTLoss):
 
     def forward(self, outputs, target):
         logits = self.expert_logits(outputs).float()
-        mean_logits = logits.mean(1)
+        mean_logits = average_experts(logits)
         weight = self.class_weights if self.reweighting else None
         if self.reweighting:
             temperature = self.base_diversity_temperature * self.diversity_temperature.view(1, -1)

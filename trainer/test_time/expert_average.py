@@ -1,5 +1,6 @@
 """The references every test-time method is compared with: the plain average of the experts'
 logits (what ``test.py`` reports) and a single expert."""
+from base.base_model import average_experts
 from base.base_test_time import OnlineAdapter, TestTimeMethod
 
 
@@ -7,7 +8,7 @@ class ExpertAverage(TestTimeMethod):
     """No adaptation: the mean of the expert logits."""
 
     def adapt(self, logits, ctx):
-        return {"scores": logits.float().mean(1)}
+        return {"scores": average_experts(logits.float())}
 
     def online(self, ctx):
         return _Stateless(self, ctx)

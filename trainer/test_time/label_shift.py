@@ -33,6 +33,10 @@ with Dirichlet pseudo-counts), :class:`SafePrior` (the shipped default: shift te
 toward the anchor and a damped adjustment; the plain average untouched when no shift is found).
 The oracle (true test prior) is in ``oracle_prior.py``. All of them stream (``online()``): a batch
 is scored with the estimate from the previous batches only, then learnt from.
+
+This module holds the methods and their arguments; the math (EM, the likelihood-ratio test, KL) is
+in ``prior_math.py``, the calibration fit in ``prior_calibration.py`` and the online adapter in
+``prior_online.py``, all importable from here as before.
 """
 import math
 import numbers
@@ -40,15 +44,17 @@ from abc import abstractmethod
 
 import torch
 
-from base.base_test_time import OnlineAdapter, TestTimeMethod
-from utils.errors import UserError
+from base.base_test_time import TestTimeMethod
+from trainer.test_time.prior_calibration import fit_calibration
+from trainer.test_time.prior_math import (FLOOR, _log, _normalise, chi2_sf, em_prior, ensemble_logits, kl_divergence,
+                                          log_likelihood_ratio, mean_prediction)
+from trainer.test_time.prior_math import posterior_stats  # noqa: F401 - re-exported, as before the split
+from trainer.test_time.prior_online import OnlinePrior
 
 SOURCE_PRIORS = ("uniform", "train", "reference", "reference_balanced")
 CALIBRATION_DATA = ("validation", "training")  # which labelled images calibrate a method
 DEFAULT = "default"  # source_prior not given: "uniform" on validation images, "reference" on training images
 TOWARD = ("source", "uniform", "plain")
-FLOOR = 1e-12  # smallest prior value used in a log (keeps scores finite when an estimate reaches 0)
-_CHUNK_ELEMENTS = 1 << 22  # rows per E-step chunk: at most ~4M float64 temporaries
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -94,160 +100,6 @@ def check_fraction(name, value, low_open=True, high_open=True):
         interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
         raise ValueError(f"{name} {value!r}: must be a number in {interval}")
     return float(value)
-
-
-# ----------------------------------------------------------------------------------- the math
-def ensemble_logits(logits):
-    """[n, E, C] expert logits -> [n, C] their mean (float32); [n, C] is taken as already averaged."""
-    logits = torch.as_tensor(logits)
-    if logits.dim() == 3:
-        return logits.float().mean(1)
-    if logits.dim() == 2:
-        return logits.float()
-    raise ValueError(f"logits of shape {tuple(logits.shape)}: expected [n, E, C] or [n, C]")
-
-
-def _rows_per_chunk(num_classes):
-    return max(1, _CHUNK_ELEMENTS // max(1, num_classes))
-
-
-def posterior_stats(log_q, log_w):
-    """``log_q``: [n, C] or a list of such blocks. Sum over images of r_i = softmax(log_q_i + log_w) ([C], float64) and the log-likelihood
-    L = sum_i log sum_y q(y|x_i) w_y (w = pi / p_s; L = 0 at w = 1 because q is normalised)."""
-    parts = log_q if isinstance(log_q, (list, tuple)) else [log_q]
-    total = torch.zeros(log_w.numel(), dtype=torch.float64)
-    ll = 0.0
-    step = _rows_per_chunk(log_w.numel())
-    for part in parts:
-        for s in range(0, part.shape[0], step):
-            a = part[s:s + step].double() + log_w
-            lse = torch.logsumexp(a, 1, keepdim=True)
-            total += torch.exp(a - lse).sum(0)
-            ll += float(lse.sum())
-    return total, ll
-
-
-def _normalise(p):
-    p = torch.as_tensor(p, dtype=torch.float64).clamp_min(0)
-    return p / p.sum()
-
-
-def _log(p):
-    return torch.log(torch.as_tensor(p, dtype=torch.float64).clamp_min(FLOOR))
-
-
-def em_prior(log_q, source_prior, extra_counts=None, tol=1e-6, max_iter=1000, init=None,
-             past_counts=None, past_n=0):
-    """EM for the test prior (Saerens et al. 2002; docs/methods.md#prior-estimation).
-
-    ``log_q`` [n, C]: log posteriors calibrated for ``source_prior`` p_s. E-step r_iy ∝ q_iy pi_y / p_s_y;
-    M-step pi ∝ sum_i r_iy + extra_y, extra_y = a_y - 1 (Dirichlet pseudo-counts; None = the MLE).
-    ``past_counts`` / ``past_n``: frozen sufficient statistics of images seen before (the online form).
-    Stops when the largest change of pi is below ``tol``. Returns (pi [C] float64, iterations, converged).
-    """
-    log_ps = _log(source_prior)
-    c = log_ps.numel()
-    extra = torch.zeros(c, dtype=torch.float64) if extra_counts is None else torch.as_tensor(
-        extra_counts, dtype=torch.float64)
-    past = torch.zeros(c, dtype=torch.float64) if past_counts is None else past_counts.double()
-    pi = _normalise(source_prior if init is None else init)
-    rows = sum(p.shape[0] for p in log_q) if isinstance(log_q, (list, tuple)) else log_q.shape[0]
-    if rows == 0 and past_n == 0 and float(extra.sum()) <= 0:
-        return pi, 0, True
-    iterations, converged = 0, False
-    for iterations in range(1, max_iter + 1):
-        counts, _ = posterior_stats(log_q, _log(pi) - log_ps)
-        new = _normalise(counts + past + extra)
-        delta = float((new - pi).abs().max())
-        pi = new
-        if delta < tol:
-            converged = True
-            break
-    return pi, iterations, converged
-
-
-def log_likelihood_ratio(log_q, source_prior, pi, null=None):
-    """2 [L(pi) - L(null)] (null default p_s, where L = 0): for the MLE pi, under the null prior
-    approximately chi-squared with C - 1 degrees of freedom (Saerens et al. 2002)."""
-    _, ll = posterior_stats(log_q, _log(pi) - _log(source_prior))
-    ll_null = 0.0 if null is None else posterior_stats(log_q, _log(null) - _log(source_prior))[1]
-    return 2.0 * (ll - ll_null)
-
-
-def kl_divergence(p, q):
-    """KL(p || q) in nats (terms with p = 0 count 0)."""
-    p, q = _normalise(p), _normalise(q)
-    mask = p > 0
-    return float((p[mask] * (torch.log(p[mask]) - _log(q[mask]))).sum())
-
-
-def chi2_sf(statistic, dof):
-    """P(X >= statistic) for X ~ chi-squared(dof) (the regularised upper incomplete gamma function)."""
-    if dof <= 0:
-        return 1.0
-    x = torch.tensor(max(float(statistic), 0.0) / 2.0, dtype=torch.float64)
-    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), x))
-
-
-def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperature=1.0, max_iter=200,
-                    max_elements=1 << 25, class_weights=None):
-    """Fit 1/T (and a per-class bias b) by the NLL of ``targets`` under softmax(z / T + b).
-
-    ``class_weights`` [C]: each image of class y counts ``class_weights[y]`` in the NLL (None: every
-    image counts 1), so the fit is the one for a set with class frequencies proportional to
-    counts x weights. The NLL is convex in (1/T, b), so L-BFGS finds the optimum. Sets larger than
-    ``max_elements`` numbers are fitted on a fixed random subset of rows (seed 0). Returns (T, b
-    [C] float64 or None).
-    """
-    z = torch.as_tensor(z)
-    y = torch.as_tensor(targets).long()
-    if z.shape[0] * z.shape[1] > max_elements:
-        keep = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(0))[:max(1, max_elements // z.shape[1])]
-        z, y = z[keep], y[keep]
-    z = z.double()
-    w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float64)[y]
-    if z.shape[0] == 0:
-        raise ValueError("calibration: the reference set is empty")
-    c = z.shape[1]
-    beta = torch.tensor([1.0 / float(temperature)], dtype=torch.float64, requires_grad=fit_temperature)
-    bias = torch.zeros(c, dtype=torch.float64, requires_grad=fit_bias)
-    params = [p for p in (beta, bias) if p.requires_grad]
-    if not params:
-        return float(temperature), None
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        if w is None:
-            loss = torch.nn.functional.cross_entropy(z * beta + bias, y)
-        else:
-            loss = (torch.nn.functional.cross_entropy(z * beta + bias, y, reduction="none") * w).sum() / w.sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    b = float(beta.detach())
-    if not math.isfinite(b) or b <= 0:
-        raise UserError(f"calibration: the fitted inverse temperature {b:g} is not positive (do the calibration "
-                        "logits predict their labels at all?); expected a fitted temperature > 0, or set "
-                        "test_time.args.temperature to a number")
-    return 1.0 / b, (bias.detach().clone() if fit_bias else None)
-
-
-def mean_prediction(log_q, targets=None, num_classes=None, balanced=False):
-    """Mean of softmax over images ([C] float64); ``balanced``: the mean of the per-class means."""
-    c = log_q.shape[1]
-    num_classes = c if num_classes is None else num_classes
-    y = torch.zeros(log_q.shape[0], dtype=torch.long) if not balanced else torch.as_tensor(targets).long()
-    sums = torch.zeros(num_classes, c, dtype=torch.float64)
-    step = _rows_per_chunk(c)
-    for s in range(0, log_q.shape[0], step):
-        sums.index_add_(0, y[s:s + step], torch.exp(log_q[s:s + step].double()))
-    counts = torch.bincount(y, minlength=num_classes).double()
-    present = counts > 0
-    return (sums[present] / counts[present, None]).mean(0)
 
 
 # ----------------------------------------------------------------------------------- methods
@@ -402,8 +254,8 @@ class EMPrior(LabelShiftMethod):
 
     Args: ``source_prior`` ("uniform" | "train" | "reference" | "reference_balanced"; default
     "reference"), ``temperature`` (number > 0 or "fit"; default "fit"), ``bias`` (fit a per-class
-    bias with the temperature; default true; needs source_prior "reference" or "train"), ``tol`` (largest change of pi at convergence; 1e-6),
-    ``max_iter`` (1000)."""
+    bias with the temperature; default true; needs source_prior "reference" or "train"), ``tol``
+    (largest change of pi at convergence; 1e-6), ``max_iter`` (1000)."""
 
     def estimate(self, log_q, cal, ctx):
         pi, it, conv = em_prior(log_q, cal["source_prior"], tol=self.tol, max_iter=self.max_iter)
@@ -532,78 +384,3 @@ class SafePrior(MAPPrior):
 
     def online(self, ctx):
         return OnlinePrior(self, ctx, shift_test=True)
-
-
-class OnlinePrior(OnlineAdapter):
-    """A label-shift method on a stream (docs/methods.md#prior-estimation). ``step`` scores a batch with the prior
-    estimated from the previous batches only (before the first batch: the plain average), then updates the
-    estimate by EM (warm-started) on every image seen so far, with the method's pseudo-counts.
-    The calibrated log posteriors of the stream are kept while they fit in ``buffer_elements``
-    numbers (images x classes); images beyond that enter with their posterior sums frozen at the
-    estimate of their time (incremental EM). With ``shift_test`` (the safe default) the adjustment is
-    applied only while the likelihood-ratio test on the images seen so far finds a shift."""
-
-    def __init__(self, method, ctx, shift_test=False, buffer_elements=1 << 25):
-        self.method, self.ctx = method, ctx
-        self.cal = method.calibration(ctx)
-        self.ps = self.cal["source_prior"]
-        self.log_w0 = _log(self.cal["anchor"]) - _log(self.ps)  # the plain average's prior
-        self.extra = method.extra_counts(self.cal)
-        self.buffer = torch.zeros(0, self.ps.numel())
-        self.buffer_elements = buffer_elements
-        self.frozen = {"map": torch.zeros_like(self.ps), "mle": torch.zeros_like(self.ps), "n": 0, "ll": 0.0}
-        self.prior = self.cal["anchor"].clone()
-        self.mle = self.cal["anchor"].clone()
-        self.ll_anchor = 0.0
-        self.use_test = shift_test
-        self.shift_detected = not shift_test
-        self.ll_ratio, self.p_value, self.divergence, self.n, self.batches, self.iterations = 0.0, 1.0, 0.0, 0, 0, 0
-
-    def step(self, logits):
-        z = ensemble_logits(logits)
-        z_cal = self.method._calibrate(z, self.cal)
-        if self.n == 0 or not self.shift_detected:
-            scores = z.clone()  # nothing learnt yet (or no shift found): the plain average
-        else:
-            scores = self.method.scores(z_cal, self.prior, self.cal)
-        self._learn(torch.log_softmax(z_cal, 1))
-        return scores
-
-    def _learn(self, log_q):
-        if (self.buffer.shape[0] + log_q.shape[0]) * log_q.shape[1] <= self.buffer_elements:
-            self.buffer = torch.cat([self.buffer, log_q])
-            frozen_batch = None
-        else:
-            frozen_batch = log_q  # no room: joins the estimate, then its statistics are frozen
-        data = [self.buffer] if frozen_batch is None else [self.buffer, frozen_batch]
-        past, m, log_ps = self.frozen, self.method, _log(self.ps)
-        self.prior, it, _ = em_prior(data, self.ps, extra_counts=self.extra, tol=m.tol, max_iter=m.max_iter,
-                                     init=self.prior, past_counts=past["map"], past_n=past["n"])
-        self.iterations = it
-        if self.use_test:
-            self.mle, _, _ = em_prior(data, self.ps, tol=m.tol, max_iter=m.max_iter, init=self.mle,
-                                      past_counts=past["mle"], past_n=past["n"])
-            self.ll_anchor += posterior_stats(log_q, self.log_w0)[1]
-            ll = past["ll"] + posterior_stats(data, _log(self.mle) - log_ps)[1]
-            self.ll_ratio = 2.0 * (ll - self.ll_anchor)
-            self.p_value = chi2_sf(self.ll_ratio, self.ps.numel() - 1)
-            self.divergence = kl_divergence(self.mle, self.cal["anchor"])
-            strength, min_divergence = m.settings(self.cal)
-            self.shift_detected = self.p_value < m.significance and self.divergence >= min_divergence and strength > 0
-        if frozen_batch is not None:
-            past["map"] = past["map"] + posterior_stats(frozen_batch, _log(self.prior) - log_ps)[0]
-            mle_counts, ll_batch = posterior_stats(frozen_batch, _log(self.mle) - log_ps)
-            past["mle"] = past["mle"] + mle_counts
-            past["ll"] += ll_batch
-            past["n"] += frozen_batch.shape[0]
-        self.n += log_q.shape[0]
-        self.batches += 1
-
-    def summary(self):
-        out = {"prior": [float(v) for v in self.prior], "images_seen": self.n, "batches": self.batches,
-               "temperature": self.cal["temperature"], "iterations_last": self.iterations,
-               "images_frozen": self.frozen["n"]}
-        if self.use_test:
-            out.update(shift_detected=bool(self.shift_detected), log_likelihood_ratio=self.ll_ratio,
-                       p_value=self.p_value, divergence=self.divergence)
-        return out

@@ -9,7 +9,8 @@ no bias, a uniform source prior). With calibration settings (``temperature`` "fi
 import torch
 
 from base.base_test_time import OnlineAdapter
-from trainer.test_time.label_shift import LabelShiftMethod, _normalise, ensemble_logits
+from trainer.test_time.label_shift import LabelShiftMethod
+from trainer.test_time.prior_math import _normalise, ensemble_logits
 
 
 class OraclePrior(LabelShiftMethod):

@@ -18,6 +18,8 @@ import math
 import numpy as np
 import torch
 
+from trainer.test_time.prior_math import _log, chi2_sf, em_prior, kl_divergence, log_likelihood_ratio
+
 STRENGTHS = (1.0, 0.75, 0.5, 0.25)
 MIN_DIVERGENCES = (0.0, 0.05)
 RATIOS = (50, 25, 10, 5, 2)
@@ -74,7 +76,6 @@ def draw(targets, prior, size, rng):
 
 def candidate_scores(method, z, cal):
     """For one simulated set (mean logits ``z``): predictions of every candidate, keyed (strength, gate)."""
-    from trainer.test_time.label_shift import _log, chi2_sf, em_prior, kl_divergence, log_likelihood_ratio
     z_cal = method._calibrate(z, cal)
     log_q = torch.log_softmax(z_cal, 1)
     ps, anchor = cal["source_prior"], cal["anchor"]
