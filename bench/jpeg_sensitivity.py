@@ -56,7 +56,8 @@ def main():
         data._device_sets.pop(("test", str(args.device)), None)  # the tensor pipeline's cached copy
         logits, targets = collect_expert_logits(trained.net, data.test_loader(device=args.device), args.device,
                                                 trained.perf, desc=f"JPEG {quality or 'none'}")
-        res = distribution_metrics(average_experts(logits).argmax(1), targets, dists, data.num_classes, data.shot_masks())
+        preds = average_experts(logits).argmax(1)
+        res = distribution_metrics(preds, targets, dists, data.num_classes, data.shot_masks())
         label = "as stored" if quality is None else f"JPEG quality {quality}"
         report["qualities"][label] = res
         top = [100 * r["top1"] for r in res.values()]
