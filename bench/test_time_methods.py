@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer.adaptation import ReferenceLogits, run_method, run_stream, validation_source  # noqa: E402
-from trainer.build import build_test_time_method, load_trained  # noqa: E402
+from trainer.build import build_test_time_method, load_trained, resolve_config  # noqa: E402
 from trainer.saved_logits import load_logits  # noqa: E402
 from trainer.forward import collect_expert_logits  # noqa: E402
 from trainer.protocols import add_protocol_args, summarise, test_sets  # noqa: E402
@@ -125,6 +125,10 @@ def main():
         source = {"logits": args.logits}
     else:
         overrides = [("data_loader.args.data_dir", args.data_dir, "--data_dir")]
+        dataset = resolve_config(None, args.checkpoint)[0]["data_loader"]["type"]
+        prior_tt = json.loads(family_config("prior", dataset).read_text())["test_time"]
+        if "validation" in prior_tt:  # the validation split the shipped prior config calibrates on
+            overrides.append(("data_loader.args.validation", prior_tt["validation"], "prior config"))
         trained = load_trained(args.checkpoint, None, overrides, args.device)
         # the methods (and their configs) are checked before the long pass
         all_methods = method_list(trained.config["data_loader"]["type"], trained.net.num_experts, args.skip_views)
