@@ -138,3 +138,18 @@ def one_line_error(code, err, *fragments):
     for fragment in fragments:
         assert str(fragment) in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def lr_trace(config, epochs, lr=None):
+    """The learning rate of each epoch under a config's ``lr_scheduler`` (one parameter, SGD)."""
+    import torch
+    from trainer.optim import build_lr_scheduler
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config["optimizer"]["args"]["lr"] if lr is None
+                          else lr)
+    sched = build_lr_scheduler(config, opt)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs

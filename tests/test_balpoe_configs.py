@@ -11,11 +11,10 @@ import torch
 import data_loader
 import model as models
 import model.loss as losses
-from tests.helpers import ROOT, write_cifar100
+from tests.helpers import ROOT, lr_trace, write_cifar100
 from tests.list_data import TRAIN_COUNTS, write_list_dataset
 from trainer import Trainer
 from trainer.mixup import Mixup
-from trainer.optim import build_lr_scheduler
 from utils.parse_config import ConfigParser, read_json
 from utils.runtime import Runtime
 
@@ -135,12 +134,6 @@ def test_large_scale_recipe_builds_with_published_values(name, list_paths):
 
 def test_inat_schedule_is_cosine_without_warmup():
     cfg = load("inat2018_resnet50")
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
-    sched = build_lr_scheduler(cfg, opt)
-    lrs = []
-    for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = lr_trace(cfg, 100, lr=0.2)
     assert lrs[0] == pytest.approx(0.2) and lrs[50] == pytest.approx(0.1)  # no warmup; halfway, half the lr
     assert lrs[99] == pytest.approx(0.1 * (1 + math.cos(math.pi * 99 / 100)))

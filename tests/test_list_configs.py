@@ -7,7 +7,7 @@ import torch
 import model as models
 import model.loss as losses
 from model.pretrained import apply_config_pretrained
-from tests.helpers import ROOT
+from tests.helpers import ROOT, lr_trace
 from trainer.optim import build_lr_scheduler, build_optimizer
 from utils.errors import UserError
 from utils.parse_config import ConfigParser, read_json
@@ -73,13 +73,7 @@ def test_ride_configs_as_ride_ships_them(name):
     assert cfg["arch"]["args"]["reduce_dimension"] == (name in ("cifar100_ir100", "imagenet_lt_resnext50",
                                                                 "inat2018_resnet50"))
     if name.startswith("cifar"):  # the LDAM-DRW schedule: x0.01 at 160, x1e-4 at 180
-        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg["optimizer"]["args"]["lr"])
-        sched = build_lr_scheduler(cfg, opt)
-        lrs = []
-        for _ in range(200):
-            lrs.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
+        lrs = lr_trace(cfg, 200)
         base = cfg["optimizer"]["args"]["lr"]
         assert lrs[159] == pytest.approx(base) and lrs[160] == pytest.approx(base * 0.01)
         assert lrs[180] == pytest.approx(base * 1e-4) and lrs[199] == pytest.approx(base * 1e-4)
@@ -89,13 +83,7 @@ def test_imagenet_and_inat_schedules():
     cfg = load("imagenet_lt_resnext50_tade")
     assert cfg["lr_scheduler"] == {"type": "CosineAnnealingLR", "args": {"T_max": 180, "eta_min": 0}}
     cfg = load("inat2018_resnet50_tade")
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
-    sched = build_lr_scheduler(cfg, opt)
-    lrs = []
-    for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = lr_trace(cfg, 100, lr=0.2)
     assert lrs[0] == pytest.approx(0.04) and lrs[4] == pytest.approx(0.2) and lrs[59] == pytest.approx(0.2)
     assert lrs[60] == pytest.approx(0.02) and lrs[80] == pytest.approx(0.002)
 
