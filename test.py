@@ -1,7 +1,8 @@
 """Evaluate a checkpoint on every test class distribution in one pass.
 
     python test.py -r CHECKPOINT [-c CONFIG] [-d DEVICE] [--data_dir PATH]
-                   [--distributions all|uniform|NAME,NAME...] [--out PATH] [--bs N] [--save_logits [--logits_dtype float16]] [--macs]
+                   [--distributions all|uniform|NAME,NAME...] [--out PATH] [--bs N]
+                   [--save_logits [--logits_dtype float16]] [--macs]
                    [--protocol distributions|dirichlet|missing|streaming] [--alpha A,..] [--draws K]
                    [--size N] [--missing_fraction F,..] [--stream_batch B,..] [--protocol_seed S]
 
@@ -92,7 +93,8 @@ def main(argv=None):
     epoch = trained.checkpoint.get("epoch") if isinstance(trained.checkpoint, dict) else None
     payload = {"written_by": "test.py", "checkpoint": str(args.resume), "checkpoint_epoch": epoch,
                "config": config.config,
-               "protocol": args.protocol, "distributions": results, "summary": summary, "reliability_bins": {n: calibration[n]["bins"] for n in names}}
+               "protocol": args.protocol, "distributions": results, "summary": summary,
+               "reliability_bins": {n: calibration[n]["bins"] for n in names}}
     json_path, csv_path = write_results(payload, out, extra_columns=CALIBRATION_KEYS)
     shown = "uniform" if "uniform" in names else names[0]
     png = plot_reliability(calibration[shown], result_files(out)[1],

@@ -46,6 +46,19 @@ def average_experts(logits):
     return logits.mean(1)
 
 
+def expert_outputs(feature_maps, linears, scale):
+    """The contract's dict from the experts' last feature maps: each map [B, D, H, W] is averaged
+    over space into the expert's features [B, D], its classifier (``linears[k]``) times ``scale``
+    gives its logits [B, C]. ``feature_maps`` yields one map per expert, in order."""
+    logits, feats = [], []
+    for feature_map, linear in zip(feature_maps, linears):
+        feat = torch.nn.functional.adaptive_avg_pool2d(feature_map, 1).flatten(1)
+        feats.append(feat)
+        logits.append(linear(feat) * scale)
+    logits = torch.stack(logits, dim=1)
+    return {"output": average_experts(logits), "logits": logits, "feat": torch.stack(feats, dim=1)}
+
+
 def check_outputs(outputs, net):
     """The contract of a model's output dict: ``output`` [B, C] and ``logits`` [B, E, C], E the
     model's ``num_experts``; one line naming the model and the key if not."""

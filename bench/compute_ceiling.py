@@ -16,9 +16,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import ROOT
 
-import model.loss as losses  # noqa: E402 - after common puts the repository on sys.path
-from trainer.build import build_model, build_performance, resolve_config  # noqa: E402
-from utils.performance import Performance  # noqa: E402
+import model.loss as losses
+from trainer.build import build_model, build_performance, resolve_config
+from utils.performance import Performance
 
 
 def sync(device):

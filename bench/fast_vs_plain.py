@@ -24,15 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from common import PLAIN  # noqa: E402
-from data_loader.test_distributions import generated_distributions  # noqa: E402
-from model.metric import accuracy_from_confusion, confusion_matrix  # noqa: E402
-from trainer.build import load_trained  # noqa: E402
-from trainer.forward import predict  # noqa: E402
-from utils.parse_config import parse_set_expression, set_by_path  # noqa: E402
-from utils.performance import Performance  # noqa: E402
+from common import PLAIN
+from data_loader.test_distributions import generated_distributions
+from model.metric import accuracy_from_confusion, confusion_matrix
+from trainer.build import load_trained
+from trainer.forward import predict
+from utils.parse_config import parse_set_expression, set_by_path
+from utils.performance import Performance
 
 CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
 VARIANTS = {"fast": [], "plain": PLAIN}

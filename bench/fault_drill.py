@@ -8,9 +8,10 @@ Trains through train.py (the real code path) on CPU with one thread (Digits-LT b
 download). First an uninterrupted run gives the reference and the timing. Then the drill run is
 killed ``--kills`` times: at random moments of training progress (uniform over the run, e.g. 2.4
 epochs = 40 % into epoch 3), one of them mid-save instead (as soon as a temporary checkpoint file
-``.NAME.pth.tmpPID`` appears beside an existing last.pth, i.e. while last.pth is being replaced). After each kill, last.pth must load
-with the safe loader; the run is resumed with ``-r last.pth``. At the end it prints how many kills
-were survived and whether the final weights (and optimizer state) equal the reference's bit for bit.
+``.NAME.pth.tmpPID`` appears beside an existing last.pth, i.e. while last.pth is being replaced).
+After each kill, last.pth must load with the safe loader; the run is resumed with ``-r last.pth``.
+At the end it prints how many kills were survived and whether the final weights (and optimizer
+state) equal the reference's bit for bit.
 
 ``--drill disk-full`` trains into a small tmpfs (it needs the right to mount one, e.g. root; it is
 skipped with the reason otherwise): the disk fills while epoch 2 is saved (one-line error, exit 2,
@@ -37,8 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.checkpoint import load_checkpoint  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -285,7 +286,8 @@ def main():
             killed = names is not None
         else:
             killed = kill_at(proc, progress, target, startup_s, epoch_s)
-            what = (f"aimed at {target:.2f} epochs of progress, {time.monotonic() - t_start:.1f} s after start" if killed
+            elapsed = time.monotonic() - t_start
+            what = (f"aimed at {target:.2f} epochs of progress, {elapsed:.1f} s after start" if killed
                     else f"planned at {target:.2f} epochs, but the run ended first")
         try:
             after = checkpoint_epoch(last)

@@ -21,11 +21,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from base.base_model import average_experts  # noqa: E402
-from bench.common import checkpoint_parser  # noqa: E402
-from trainer.build import load_trained  # noqa: E402
-from trainer.evaluation import distribution_metrics  # noqa: E402
-from trainer.forward import collect_expert_logits  # noqa: E402
+from base.base_model import average_experts
+from bench.common import checkpoint_parser
+from trainer.build import load_trained
+from trainer.evaluation import distribution_metrics
+from trainer.forward import collect_expert_logits
 
 
 def reencode(images, quality):

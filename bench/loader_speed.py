@@ -19,7 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_loader import ImageNetLTDataLoader  # noqa: E402
+from data_loader import ImageNetLTDataLoader
 
 
 def write_jpegs(root, n, size=(500, 375), classes=10, seed=0):

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.reproduce import checkpoint_epoch  # noqa: E402
+from bench.reproduce import checkpoint_epoch
 
 SMALL_WEIGHTS = 8 << 20  # weights kept in a record up to this size (a CIFAR ResNet-32 with 3 experts: 5.4 MB)
 DEFAULT_WORK_DIR = Path.home() / ".cache" / "tade-records"

@@ -186,8 +186,9 @@ def sizes_table(rec):
         first = next(iter(row["eleven"].values()))
         images = sum(first.get("calibration_images_per_class", []))
         strength = row.get("selection", {}).get("strength", "")
-        rows.append([name, f"{calibrated} ({images} images)", f"{100 * row['mean']:.2f}", f"{100 * row['plain_mean']:.2f}",
-                     f"{100 * row['worst']:+.2f}", f"{100 * row['worst_draw']:+.2f}", strength])
+        rows.append([name, f"{calibrated} ({images} images)", f"{100 * row['mean']:.2f}",
+                     f"{100 * row['plain_mean']:.2f}", f"{100 * row['worst']:+.2f}",
+                     f"{100 * row['worst_draw']:+.2f}", strength])
     return table(["method", "calibrated on", "mean of 11", "plain mean", "worst of 11 vs plain",
                   "worst Dirichlet draw vs plain", "strength"], rows)
 
@@ -227,7 +228,8 @@ def comparison_table(tade, balpoe):
         diff = [(bv - tv) * (1 if key == "nll" else 100) for tv, bv in zip(t, b)]
         rows.append([f"BalPoE - TADE {label}", *[f"{d:+.3f}" if key == "nll" else f"{d:+.1f}" for d in diff]])
     for group in ("many", "medium", "few"):
-        t, b = tade["last"]["distributions"]["uniform"].get(group), balpoe["last"]["distributions"]["uniform"].get(group)
+        t = tade["last"]["distributions"]["uniform"].get(group)
+        b = balpoe["last"]["distributions"]["uniform"].get(group)
         if t is not None and b is not None:
             rows.append([f"uniform {group}: TADE / BalPoE", pct(t), pct(b), *[""] * (len(names) - 2)])
     return table(["", *[short(n) for n in names]], rows)

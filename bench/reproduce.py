@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.parse_config import read_json  # noqa: E402
+from utils.parse_config import read_json
 
 ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
 

@@ -25,13 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.adaptation import ReferenceLogits, run_method, run_stream, validation_source  # noqa: E402
-from trainer.build import build_test_time_method, load_trained, resolve_config  # noqa: E402
-from trainer.saved_logits import load_logits  # noqa: E402
-from trainer.forward import collect_expert_logits  # noqa: E402
-from trainer.protocols import add_protocol_args, summarise, test_sets  # noqa: E402
-from utils.parse_config import ConfigParser  # noqa: E402
-import trainer.test_time as methods  # noqa: E402
+from trainer.adaptation import ReferenceLogits, run_method, run_stream, validation_source
+from trainer.build import build_test_time_method, load_trained, resolve_config
+from trainer.saved_logits import load_logits
+from trainer.forward import collect_expert_logits
+from trainer.protocols import add_protocol_args, summarise, test_sets
+from utils.parse_config import ConfigParser
+import trainer.test_time as methods
 
 ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
 
@@ -107,7 +107,8 @@ def summary_table(rows):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", nargs="?")
-    p.add_argument("--logits", help="saved logits (test.py --save_logits, results/*/logits.npz) instead of a checkpoint")
+    p.add_argument("--logits",
+                   help="saved logits (test.py --save_logits, results/*/logits.npz) instead of a checkpoint")
     p.add_argument("-d", "--device", default="cpu")
     p.add_argument("--data_dir")
     p.add_argument("--skip_views", action="store_true", help="leave out self-supervised aggregation (slow)")

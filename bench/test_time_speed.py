@@ -16,11 +16,11 @@ import numpy as np
 
 from common import DEFAULT_DATA, ROOT, load_model_and_data
 
-from trainer.adaptation import run_method  # noqa: E402 - after common puts the repository on sys.path
-from trainer.build import Trained, build_data, build_test_time_method  # noqa: E402
-from trainer.forward import collect_expert_logits  # noqa: E402
-from utils.parse_config import ConfigParser  # noqa: E402
-from utils.performance import Performance  # noqa: E402
+from trainer.adaptation import run_method
+from trainer.build import Trained, build_data, build_test_time_method
+from trainer.forward import collect_expert_logits
+from utils.parse_config import ConfigParser
+from utils.performance import Performance
 
 TT_CONFIG = str(ROOT / "configs" / "test_time_cifar10_tade.json")
 
@@ -46,7 +46,8 @@ def main():
     clean, targets = collect_expert_logits(fast.net, fast.data.test_loader(device=args.device), args.device, fast.perf)
     raw = copy.deepcopy(fast.config.config)
     raw["data_loader"]["args"]["pipeline"] = "pil"
-    plain = Trained(fast.net, fast.config, build_data(ConfigParser(raw, source=fast.config.source)), Performance(), None)
+    plain_data = build_data(ConfigParser(raw, source=fast.config.source))
+    plain = Trained(fast.net, fast.config, plain_data, Performance(), None)
     dists = fast.data.test_distributions()
     idx = np.asarray(dists[args.distribution])
     t_fast, row_fast = run(fast, clean, targets, idx, args.device, args.epochs, backprop=False)

@@ -69,7 +69,8 @@ def main():
     for name, r in rates.items():
         best_s = min(seconds[name])
         print(f"{Path(args.config).stem} ({args.device}, {name}: {' '.join(variants[name]) or 'config'}): "
-              f"best {max(r):.1f} images/s, median {statistics.median(r):.1f} (epochs: {', '.join(f'{v:.1f}' for v in r)}); "
+              f"best {max(r):.1f} images/s, median {statistics.median(r):.1f} "
+              f"(epochs: {', '.join(f'{v:.1f}' for v in r)}); "
               f"best epoch {best_s:.2f} s, {recipe_epochs} epochs at that pace {recipe_epochs * best_s / 60:.1f} min "
               f"(training steps only)")
     if len(rates) == 2:

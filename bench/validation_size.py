@@ -11,6 +11,7 @@ Rows: the shipped SafePrior (``configs/test_time_<family>_prior.json``) and EM w
 calibration. Columns: mean over the eleven distributions, the worst of the eleven against the plain
 average, and the worst Dirichlet draw (alpha 0.1, 1, 10; ``--draws`` each, 2000 images) against it.
 """
+import functools
 import json
 import sys
 import time
@@ -21,14 +22,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.test_time_methods import TRAINING_CALIBRATION, family_config  # noqa: E402
-from trainer.adaptation import ReferenceLogits, run_method  # noqa: E402
-from bench.common import checkpoint_parser  # noqa: E402
-from trainer.build import load_trained  # noqa: E402
-from trainer.forward import collect_expert_logits  # noqa: E402
-from trainer.protocols import add_protocol_args, test_sets  # noqa: E402
-from utils.parse_config import ConfigParser  # noqa: E402
-import trainer.test_time as methods  # noqa: E402
+from bench.test_time_methods import TRAINING_CALIBRATION, family_config
+from trainer.adaptation import ReferenceLogits, run_method
+from bench.common import checkpoint_parser
+from trainer.build import load_trained
+from trainer.forward import collect_expert_logits
+from trainer.protocols import add_protocol_args, test_sets
+from utils.parse_config import ConfigParser
+import trainer.test_time as methods
 
 
 def prior_methods(dataset):
@@ -75,7 +76,7 @@ def main():
         else:
             pos = torch.as_tensor(data.validation_subset(k))
             subset = (val_logits[pos], val_targets[pos])
-            validation = (lambda s=subset: s)
+            validation = functools.partial(tuple, subset)  # the context calls it for (logits, targets)
         for name, make in prior_methods(dataset).items():
             if k is None:
                 method = (methods.SafePrior(**TRAINING_CALIBRATION, strength=0.75, min_divergence=0.05)

@@ -53,7 +53,8 @@ def _pillow_fixed_affine(angle, size):
     rows = []
     for deg in angle.tolist():
         rad = -math.radians(deg % 360.0)
-        a, b, d, e = round(math.cos(rad), 15), round(math.sin(rad), 15), round(-math.sin(rad), 15), round(math.cos(rad), 15)
+        cos, sin = round(math.cos(rad), 15), round(math.sin(rad), 15)
+        a, b, d, e = cos, sin, -sin, cos
         c = a * -cx + b * -cy + 0.0 + cx
         f = d * -cx + e * -cy + 0.0 + cy
 

@@ -21,10 +21,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script (python data_txt/make_test_distributions.py)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_loader.list_file import frequency_rank, read_list  # noqa: E402
-from data_loader.test_distributions import distribution_names, generated_distributions  # noqa: E402
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.errors import UserError, cli_entry  # noqa: E402
+from data_loader.list_file import frequency_rank, read_list
+from data_loader.test_distributions import distribution_names, generated_distributions
+from utils.cli import ArgumentParser
+from utils.errors import UserError, cli_entry
 
 
 def make_test_distributions(train_txt, test_txt, ratios=(50, 25, 10, 5, 2), num_classes=None, img_max=None, seed=0):

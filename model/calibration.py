@@ -144,7 +144,7 @@ def plot_reliability(bins, path, title=None):
     width = edges[1] - edges[0]
     lefts = edges[:-1]
     acc = [0.0 if c == 0 else a for a, c in zip(bins["accuracy"], counts)]
-    conf = [l + width / 2 if c == 0 else f for l, f, c in zip(lefts, bins["confidence"], counts)]
+    conf = [left + width / 2 if c == 0 else f for left, f, c in zip(lefts, bins["confidence"], counts)]
     ece, mce = _ece_mce(bins)
     fig = Figure(figsize=(5, 6))
     FigureCanvasAgg(fig)

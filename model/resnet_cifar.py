@@ -1,11 +1,10 @@
 """Multi-expert ResNet for 32x32 images (docs/methods.md#backbones): shared stem and stage 1, one stage 2 + stage 3 +
 classifier per expert. Parameter names match the release (``layer2s.{k}``, ``linears.{k}``)."""
-import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn import init
 
-from base.base_model import average_experts
+from base.base_model import expert_outputs
 
 from model.normed_linear import NormedLinear
 
@@ -77,11 +76,5 @@ class ExpertResNetCifar(nn.Module):
 
     def forward(self, x):
         shared = self.layer1(F.relu(self.bn1(self.conv1(x))))
-        logits, feats = [], []
-        for k in range(self.num_experts):
-            out = self.layer3s[k](self.layer2s[k](shared))
-            feat = F.adaptive_avg_pool2d(out, 1).flatten(1)
-            feats.append(feat)
-            logits.append(self.linears[k](feat) * self.s)
-        logits = torch.stack(logits, dim=1)
-        return {"output": average_experts(logits), "logits": logits, "feat": torch.stack(feats, dim=1)}
+        return expert_outputs((layer3(layer2(shared)) for layer2, layer3 in zip(self.layer2s, self.layer3s)),
+                              self.linears, self.s)

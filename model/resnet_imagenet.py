@@ -8,12 +8,11 @@ names (``conv1..3``, ``bn1..3``, ``downsample.0/1``) and shapes are those of the
 """
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from base.base_model import average_experts
+from base.base_model import expert_outputs
 
 from model.normed_linear import NormedLinear
 
@@ -66,11 +65,5 @@ class ExpertResNet(nn.Module):
     def forward(self, x):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x)), inplace=True))
         shared = self.layer2(self.layer1(x))
-        logits, feats = [], []
-        for k in range(self.num_experts):
-            out = self.layer4s[k](self.layer3s[k](shared))
-            feat = F.adaptive_avg_pool2d(out, 1).flatten(1)
-            feats.append(feat)
-            logits.append(self.linears[k](feat) * self.s)
-        logits = torch.stack(logits, dim=1)
-        return {"output": average_experts(logits), "logits": logits, "feat": torch.stack(feats, dim=1)}
+        return expert_outputs((layer4(layer3(shared)) for layer3, layer4 in zip(self.layer3s, self.layer4s)),
+                              self.linears, self.s)

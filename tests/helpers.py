@@ -46,21 +46,15 @@ def run_script(script, *args, cwd=None, timeout=600, env=None):
     """Run one of the entry points in a fresh interpreter; returns CompletedProcess (text)."""
     # One intra-op thread unless asked otherwise: the tests' runs are tiny, and on a shared machine
     # several threads per process only compete with each other.
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **{"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})})
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                    **(env or {}))
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
-def assert_one_line_error(proc, *fragments):
-    """Exit code 2, one line on stderr naming the given fragments, no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    err = proc.stderr.strip()
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert str(fragment) in lines[0], (fragment, lines[0])
-    return lines[0]
+def code_and_stderr(proc):
+    """(exit code, stderr) of a finished script, the form ``one_line_error`` takes."""
+    return proc.returncode, proc.stderr
 
 
 def small_data_sets(data_dir):
@@ -107,29 +101,42 @@ def _entry_module(script):
     return _ENTRY_MODULES[script]
 
 
-def run_entry(script, argv, capfd):
-    """Run an entry point's ``main(argv)`` in this process (much faster than a fresh interpreter);
-    returns (exit code, stdout, stderr). ``cli_entry`` turns errors into SystemExit like a real run."""
+def call_entry(script, argv):
+    """Run an entry point's ``main(argv)`` in this process with one intra-op thread (the tests' runs are
+    tiny; several threads on a shared machine only compete) and the script's log handlers closed
+    after it; returns the exit code. ``cli_entry`` turns errors into SystemExit like a real run."""
     import logging
+
+    import torch
     module = _entry_module(script)
-    capfd.readouterr()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         module.main([str(a) for a in argv])
-        code = 0
+        return 0
     except SystemExit as e:
-        code = e.code
+        return e.code
     finally:
+        torch.set_num_threads(threads)
         for name in ("train", "test"):
             logger = logging.getLogger(name)
             for handler in list(logger.handlers):
                 handler.close()
                 logger.removeHandler(handler)
+
+
+def run_entry(script, argv, capfd):
+    """``call_entry`` with its output captured (much faster than a fresh interpreter); returns
+    (exit code, stdout, stderr)."""
+    capfd.readouterr()
+    code = call_entry(script, argv)
     out, err = capfd.readouterr()
     return code, out, err
 
 
 def one_line_error(code, err, *fragments):
-    """Exit code 2, exactly one line on stderr, no traceback, naming every fragment."""
+    """Exit code 2, exactly one line on stderr, no traceback, naming every fragment (for a script run
+    in a fresh interpreter: ``one_line_error(*code_and_stderr(proc), ...)``)."""
     assert code == 2, (code, err[-2000:])
     err = err.strip()
     assert "Traceback" not in err, err
@@ -153,3 +160,17 @@ def lr_trace(config, epochs, lr=None):
         opt.step()
         sched.step()
     return lrs
+
+
+def assert_same_state(a_path, b_path):
+    """Two checkpoints hold the same training state, bit for bit: epoch, weights, SGD momentum."""
+    import torch
+    a = torch.load(a_path, weights_only=True)
+    b = torch.load(b_path, weights_only=True)
+    assert a["epoch"] == b["epoch"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    momentum = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    assert len(momentum) == len(b["optimizer"]["state"])
+    assert all(torch.equal(x, s["momentum_buffer"]) for x, s in zip(momentum, b["optimizer"]["state"].values()))

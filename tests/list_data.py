@@ -38,7 +38,8 @@ def write_list_dataset(root, train_counts=TRAIN_COUNTS, test_per_class=4, size=(
 
 def list_module_args(paths, **overrides):
     args = {"data_dir": str(paths["data_dir"]), "train_txt": str(paths["train_txt"]),
-            "test_txt": str(paths["test_txt"]), "val_list": str(paths["val_txt"]), "num_classes": len(TRAIN_COUNTS), "test_distribution_txt": None,
+            "test_txt": str(paths["test_txt"]), "val_list": str(paths["val_txt"]), "num_classes": len(TRAIN_COUNTS),
+            "test_distribution_txt": None,
             "image_size": 32, "batch_size": 8, "num_workers": 0, "test_ratios": [5, 2]}
     args.update(overrides)
     return args

@@ -100,7 +100,7 @@ def release_checkpoint(path, model, legacy=False):
     numpy float; weights saved from DataParallel (``module.`` prefix)."""
     fake = types.ModuleType("parse_config")
 
-    class ConfigParser:  # noqa: D401 - the release's class, as far as pickling sees it
+    class ConfigParser:
         def __init__(self):
             self._config = OrderedDict(name="CIFAR100_LT_TADE", arch=OrderedDict(type="ResNet32Model"))
             self.resume = None
@@ -313,7 +313,21 @@ def test_resume_with_a_new_lr_rescales_the_schedule(tmp_path):
     assert b.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
 
 
-def test_ctrl_c_during_a_save_waits_for_the_save(tmp_path):
+@pytest.fixture
+def sigint_handler():
+    """Install a SIGINT handler for one test and restore the inherited one after it: a test runner
+    started in the background from a non-interactive shell inherits SIGINT as ignored."""
+    before = signal.getsignal(signal.SIGINT)
+
+    def install(handler):
+        signal.signal(signal.SIGINT, handler)
+
+    yield install
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_during_a_save_waits_for_the_save(tmp_path, sigint_handler):
+    sigint_handler(signal.default_int_handler)  # as in an interactive Python process
     path = tmp_path / "last.pth"
     with pytest.raises(KeyboardInterrupt):
         with sigint_deferred():
@@ -321,6 +335,16 @@ def test_ctrl_c_during_a_save_waits_for_the_save(tmp_path):
             save_checkpoint({"epoch": 3}, path)  # still runs to the end
     assert load_checkpoint(path)["epoch"] == 3
     assert temp_files(tmp_path) == []
+
+
+def test_ignored_sigint_stays_ignored_across_a_save(tmp_path, sigint_handler):
+    sigint_handler(signal.SIG_IGN)  # a background job: Ctrl-C is not meant for it
+    path = tmp_path / "last.pth"
+    with sigint_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        save_checkpoint({"epoch": 4}, path)
+    assert load_checkpoint(path)["epoch"] == 4
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def test_saved_tensors_are_detached_cpu_copies_with_the_state_dict_metadata(tmp_path):

@@ -215,7 +215,8 @@ CATALOGUE = [
     ("train.py", "no_config", lambda w: ([], ["-c CONFIG"])),
     ("train.py", "unknown_type", lambda w: (["-c", w.modified("loss.type", "FancyLoss")],
                                             ["loss.type", "FancyLoss", "expected one of", "DiverseExpertLoss"])),
-    ("train.py", "missing_section", lambda w: (["-c", w.modified("optimizer", _DELETE)], ["missing section 'optimizer'"])),
+    ("train.py", "missing_section",
+     lambda w: (["-c", w.modified("optimizer", _DELETE)], ["missing section 'optimizer'"])),
     ("train.py", "unknown_argument", lambda w: (["-c", w.modified("arch.args.num_expert", 3)],
                                                 ["arch.args", "ResNet32Model", "num_expert"])),
     ("train.py", "wrong_argument_type", lambda w: (["-c", w.modified("optimizer.args.lr", "fast")],
@@ -247,7 +248,8 @@ CATALOGUE = [
     ("train.py", "lr_nan_set", lambda w: (["-c", w.write("c.json"), "--set", "optimizer.args.lr=NaN"],
                                           ["optimizer.args.lr", "finite number"])),
     ("train.py", "resume_while_locked", _locked_run),
-    ("train.py", "malformed_set", lambda w: (["-c", w.write("c.json"), "--set", "epochs"], ["epochs", "KEY.PATH=VALUE"])),
+    ("train.py", "malformed_set",
+     lambda w: (["-c", w.write("c.json"), "--set", "epochs"], ["epochs", "KEY.PATH=VALUE"])),
     ("train.py", "bad_monitor", lambda w: (["-c", w.modified("trainer.monitor", "best accuracy")],
                                            ["trainer.monitor", "'min NAME'"])),
     ("train.py", "bad_device", lambda w: (["-c", w.write("c.json"), "-d", "tpu"], ["-d tpu", "expected cpu, cuda"])),
@@ -366,30 +368,9 @@ def _write(path, text):
     return path
 
 
-@pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory):
-    """One epoch of the tiny recipe, trained in-process: a real checkpoint of this framework."""
-    import train
-    root = tmp_path_factory.mktemp("trained")
-    data = write_cifar100(root / "cifar", train_per_class=2, test_per_class=1)
-    cfg = write_config(root / "c.json", tiny_cifar_config(data, root / "saved"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine running the tests may be shared: no oversubscription
-    try:
-        train.main(["-c", str(cfg), "--run_id", "one", "-d", "cpu"])
-    finally:
-        torch.set_num_threads(threads)
-        import logging
-        logger = logging.getLogger("train")
-        for handler in list(logger.handlers):
-            handler.close()
-            logger.removeHandler(handler)
-    return root / "saved" / "small" / "one" / "last.pth"
-
-
 @pytest.fixture
-def workspace(tmp_path, trained_checkpoint):
-    w = Workspace(tmp_path, trained_checkpoint)
+def workspace(tmp_path, tiny_checkpoint):
+    w = Workspace(tmp_path, tiny_checkpoint)
     w.cifar_file_bytes = (w.data / "cifar-100-python" / "train").read_bytes()
     yield w
     for lock in w.locks:
@@ -405,6 +386,12 @@ def test_bad_input(script, case, setup, workspace, capfd):
     assert snapshot(workspace.root) == before  # nothing changed, created (run folders, MARKER) or removed
 
 
+@pytest.fixture
+def config(tmp_path):
+    """The tiny recipe as a dict (nothing on disk): for the ConfigParser tests."""
+    return tiny_cifar_config(tmp_path / "cifar", tmp_path / "saved")
+
+
 @pytest.mark.parametrize("case", ["malformed_json", "code_checkpoint", "code_in_data_pickle"])
 def test_catalogue_in_a_real_process(case, workspace):
     """The same rows through a fresh interpreter: exit code and stderr exactly as a user sees them."""
@@ -416,8 +403,8 @@ def test_catalogue_in_a_real_process(case, workspace):
     assert snapshot(workspace.root) == before
 
 
-def test_set_parses_json_and_falls_back_to_string(workspace):
-    c = ConfigParser(json.loads(json.dumps(workspace.config)))
+def test_set_parses_json_and_falls_back_to_string(config):
+    c = ConfigParser(json.loads(json.dumps(config)))
     ConfigParser.apply_overrides(c.config, [("trainer.epochs", 5, "--set"), ("name", "abc", "--set")], "x")
     assert c["trainer"]["epochs"] == 5 and c["name"] == "abc"
     from utils.parse_config import parse_set_expression
@@ -427,22 +414,22 @@ def test_set_parses_json_and_falls_back_to_string(workspace):
         ConfigParser.apply_overrides(c.config, [("trainer.nope", 1, "--set")], "x")
 
 
-def test_set_null_is_applied_and_missing_shortcuts_are_not(workspace):
+def test_set_null_is_applied_and_missing_shortcuts_are_not(config):
     # "--set trainer.autocast=null" must turn bf16 off (it was once dropped like an unset option).
     from utils.parse_config import parse_set_expression
     from utils.performance import Performance
-    c = ConfigParser(json.loads(json.dumps(workspace.config)))
+    c = ConfigParser(json.loads(json.dumps(config)))
     c.config["trainer"]["autocast"] = "bf16"
     ConfigParser.apply_overrides(c.config, [(*parse_set_expression("trainer.autocast=null"), "--set"),
                                             ("trainer.epochs", None, "--epochs")], "x")
     assert "autocast" in c.config["trainer"] and c.config["trainer"]["autocast"] is None
     assert Performance.from_config(c.config["trainer"]).amp_dtype("cpu") is None
-    assert c.config["trainer"]["epochs"] == workspace.config["trainer"]["epochs"]
+    assert c.config["trainer"]["epochs"] == config["trainer"]["epochs"]
 
 
-def test_init_obj_refuses_code_kwargs_overriding_config(workspace):
+def test_init_obj_refuses_code_kwargs_overriding_config(config):
     import model.loss as losses
-    c = ConfigParser(json.loads(json.dumps(workspace.config)))
+    c = ConfigParser(json.loads(json.dumps(config)))
     c.config["loss"]["args"]["cls_num_list"] = [1, 2]
     with pytest.raises(ValueError, match="override"):
         c.init_obj("loss", losses, cls_num_list=[3, 4])

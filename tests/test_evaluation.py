@@ -12,7 +12,7 @@ import torch
 from utils.long_tail import img_num_per_cls
 from data_loader.test_distributions import distribution_names, generated_distributions
 from model import ResNet32Model
-from tests.helpers import assert_one_line_error, run_script, small_cifar_config, write_cifar100, write_config
+from tests.helpers import one_line_error, run_entry, run_script, write_config
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
 
@@ -91,14 +91,9 @@ def test_metrics_on_stub_equal_hand_computed_values():
     assert set(res["head"]) == {"num_images", "top1", "many"}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    data_dir = write_cifar100(root / "data", train_per_class=10, test_per_class=4)
-    cfg = write_config(root / "c.json", small_cifar_config(data_dir, root / "saved", epochs=1))
-    proc = run_script("train.py", "-c", cfg, "--run_id", "r", "--seed", "2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root, data_dir, root / "saved" / "small" / "r" / "last.pth"
+@pytest.fixture
+def trained(small_run):
+    return small_run
 
 
 def test_one_pass_equals_separate_subsets(trained):
@@ -150,13 +145,14 @@ def test_test_py_writes_json_csv_and_logits(trained, tmp_path):
     assert header.split() == distribution_names()
 
 
-def test_distribution_selection_and_unknown_name(trained, tmp_path):
+def test_distribution_selection_and_unknown_name(trained, tmp_path, capfd):
     _, _, ckpt = trained
     out = tmp_path / "sel.json"
     proc = run_script("test.py", "-r", ckpt, "--out", out, "--distributions", "backward50,uniform")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(json.loads(out.read_text())["distributions"]) == ["uniform", "backward50"]
-    assert_one_line_error(run_script("test.py", "-r", ckpt, "--distributions", "sideways7"), "sideways7")
+    code, _, err = run_entry("test.py", ["-r", ckpt, "--distributions", "sideways7"], capfd)
+    one_line_error(code, err, "sideways7")
 
 
 def test_dataparallel_checkpoint_evaluates_the_same(trained, tmp_path):
@@ -219,7 +215,7 @@ def test_release_checkpoint_loads_and_gives_the_release_logits(trained, tmp_path
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)  # plain weights_only cannot: the config object is code
     t = load_trained(path)
-    net, cfg, data = t.net, t.config, t.data
+    net, cfg = t.net, t.config
     assert cfg["arch"]["type"] == "ResNet32Model"
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -229,14 +225,19 @@ def test_release_checkpoint_loads_and_gives_the_release_logits(trained, tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_bad_checkpoints_and_data(trained, tmp_path):
+def test_bad_checkpoints_and_data(trained, tmp_path, capfd):
     root, _, ckpt = trained
-    assert_one_line_error(run_script("test.py", "-r", tmp_path / "none.pth"), "none.pth", "does not exist")
+
+    def error(*argv):
+        code, _, err = run_entry("test.py", argv, capfd)
+        return code, err
+
+    one_line_error(*error("-r", tmp_path / "none.pth"), "none.pth", "does not exist")
     truncated = tmp_path / "trunc.pth"
     truncated.write_bytes(ckpt.read_bytes()[:5000])
-    assert_one_line_error(run_script("test.py", "-r", truncated), "trunc.pth")
+    one_line_error(*error("-r", truncated), "trunc.pth")
     other = json.loads((root / "c.json").read_text())
     other["arch"]["args"]["reduce_dimension"] = False
     cfg = write_config(tmp_path / "other.json", other)
-    assert_one_line_error(run_script("test.py", "-r", ckpt, "-c", cfg), "last.pth", "does not match")
-    assert_one_line_error(run_script("test.py", "-r", ckpt, "--data_dir", tmp_path / "nodata"), "nodata")
+    one_line_error(*error("-r", ckpt, "-c", cfg), "last.pth", "does not match")
+    one_line_error(*error("-r", ckpt, "--data_dir", tmp_path / "nodata"), "nodata")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from utils.long_tail import img_num_per_cls
-from tests.helpers import ROOT, assert_one_line_error, run_script, write_config
+from tests.helpers import ROOT, one_line_error, run_entry, run_script, write_config
 
 EXAMPLES = ROOT / "tests" / "extending"
 
@@ -69,7 +69,7 @@ def test_test_py_evaluates_the_example_model_on_every_distribution(run):
     assert "uniform" in result and all(0 <= r["top1"] <= 1 for r in result.values())
 
 
-def test_test_time_method_example_runs_through_test_train_py(run):
+def test_test_time_method_example_runs_through_test_train_py(run, capfd):
     root, folder = run
     tt = write_config(root / "tt.json", {"test_time": {
         "type": "tests.extending.most_confident_expert.MostConfidentExpert", "args": {"temperature": 1.0}}})
@@ -82,18 +82,18 @@ def test_test_time_method_example_runs_through_test_train_py(run):
         assert 0 <= row["top1"] <= 1 and 0 <= row["top1_average"] <= 1
     bad = write_config(root / "bad.json", {"test_time": {
         "type": "tests.extending.most_confident_expert.MostConfidentExpert", "args": {"temperature": 0}}})
-    assert_one_line_error(run_script("test_train.py", "-c", bad, "-r", folder / "last.pth"), "bad.json",
-                          "temperature 0", "> 0")
+    code, _, err = run_entry("test_train.py", ["-c", bad, "-r", folder / "last.pth"], capfd)
+    one_line_error(code, err, "bad.json", "temperature 0", "> 0")
 
 
-def test_a_dotted_type_must_honour_its_contract(tmp_path):
+def test_a_dotted_type_must_honour_its_contract(tmp_path, capfd):
     cfg = example_config(write_npz(tmp_path / "d.npz"), tmp_path / "saved")
     cfg["loss"]["type"] = "tests.extending.tiny_cnn.TinyCNNModel"  # a model where a loss belongs
-    assert_one_line_error(run_script("train.py", "-c", write_config(tmp_path / "c.json", cfg)), "c.json",
-                          "loss.type", "TinyCNNModel", "LTLoss")
+    code, _, err = run_entry("train.py", ["-c", write_config(tmp_path / "c.json", cfg)], capfd)
+    one_line_error(code, err, "c.json", "loss.type", "TinyCNNModel", "LTLoss")
     cfg["loss"]["type"] = "tests.extending.nowhere.FocalLoss"
-    assert_one_line_error(run_script("train.py", "-c", write_config(tmp_path / "c.json", cfg)), "c.json",
-                          "loss.type", "tests.extending.nowhere")
+    code, _, err = run_entry("train.py", ["-c", write_config(tmp_path / "c.json", cfg)], capfd)
+    one_line_error(code, err, "c.json", "loss.type", "tests.extending.nowhere")
 
 
 def test_an_array_dataset_states_its_normalisation_and_augmentation(tmp_path):

@@ -1,25 +1,14 @@
 """train.py -> test.py end to end on generated list data (32-px JPEGs, 2 persistent workers, the
-test-distribution lists written by the tool): resume equal to an uninterrupted run, evaluation of
-every list, test-time aggregation on every list, and an unreadable image as a one-line error.
+test-distribution lists written by the tool): a run stopped and resumed (in-process) equal to an
+uninterrupted one, evaluation of every list, test-time aggregation on every list, and an unreadable
+image as a one-line error.
 """
-import functools
 import json
 import re
 
-import torch
-
 from data_txt.make_test_distributions import main as tool_main
-from tests.helpers import run_script as _run_script
-from tests.helpers import ROOT, write_config
+from tests.helpers import ROOT, assert_same_state, run_entry, run_script, write_config
 from tests.list_data import small_list_config, write_list_dataset
-
-# One intra-op thread: on a shared 2-core machine two threads per tiny step are many times slower.
-run_script = functools.partial(_run_script, env={"OMP_NUM_THREADS": "1"})
-
-
-def weights(path):
-    return torch.load(path, weights_only=True)["state_dict"]
-
 
 def message_lines(stderr):
     """stderr without the progress bar (tqdm writes it there, redrawn and cleared) and blank lines."""
@@ -27,7 +16,7 @@ def message_lines(stderr):
     return [line for line in lines if line.strip() and not re.match(r"epoch \d+/\d+: .*it/s\]$", line)]
 
 
-def test_train_resume_and_evaluate_on_the_distribution_lists(tmp_path):
+def test_train_resume_and_evaluate_on_the_distribution_lists(tmp_path, capfd):
     lists = write_list_dataset(tmp_path / "data")
     tool_main(["--train", str(lists["train_txt"]), "--test", str(lists["test_txt"]), "--out", str(tmp_path / "dist"),
                "--ratios", "5", "2"])
@@ -40,13 +29,13 @@ def test_train_resume_and_evaluate_on_the_distribution_lists(tmp_path):
     run = tmp_path / "saved" / "small_list" / "full"
     log = (run / "info.log").read_text()
     assert "relabelled by descending training frequency" in log and "35 training images, 5 classes" in log
-    half = run_script("train.py", "-c", cfg, "--run_id", "half", "-d", "cpu", "--epochs", "1")
-    assert half.returncode == 0, half.stderr[-3000:]
-    resumed = run_script("train.py", "-r", tmp_path / "saved" / "small_list" / "half" / "last.pth", "--epochs", "2",
-                         "-d", "cpu")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = weights(run / "last.pth"), weights(tmp_path / "saved" / "small_list" / "half" / "last.pth")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # stopped after one epoch and resumed (in this process, the workers' draws restored): the same weights
+    code, _, err = run_entry("train.py", ["-c", cfg, "--run_id", "half", "-d", "cpu", "--epochs", "1"], capfd)
+    assert code == 0, err
+    code, _, err = run_entry("train.py", ["-r", tmp_path / "saved" / "small_list" / "half" / "last.pth", "--epochs",
+                                          "2", "-d", "cpu"], capfd)
+    assert code == 0, err
+    assert_same_state(run / "last.pth", tmp_path / "saved" / "small_list" / "half" / "last.pth")
 
     out = tmp_path / "eval.json"
     proc = run_script("test.py", "-r", run / "last.pth", "--out", out, "--macs", "-d", "cpu")

@@ -382,6 +382,8 @@ def test_online_beyond_the_buffer_freezes_old_statistics_and_stays_causal():
     changed = list(batches)
     changed[10] = torch.randn_like(batches[10]) * 10
     scores2 = [again.step(b) for b in changed]
-    offset = lambda s, b: s.double() - b.mean(1).double()  # noqa: E731 (temperature 1)
+    def offset(s, b):  # the adjustment a step applied (temperature 1)
+        return s.double() - b.mean(1).double()
+
     assert torch.allclose(offset(scores[10], batches[10]), offset(scores2[10], changed[10]), atol=1e-4)
     assert not torch.allclose(offset(scores[11], batches[11]), offset(scores2[11], changed[11]), atol=1e-2)

@@ -1,21 +1,16 @@
 """The test protocols and the prior methods through the scripts: test.py and test_train.py with
 --protocol, the shipped safe default, the oracle marked as such, streaming, the benchmark, bad input."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, assert_one_line_error, run_script, write_config
+from tests.helpers import ROOT, one_line_error, run_entry, run_script, write_config
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("protocols")
-    proc = run_script("train.py", "-c", "configs/config_digits_lt_tade.json", "--epochs", "2", "--save_dir",
-                      root, "--run_id", "r", "--set", "trainer.tensorboard=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return next(Path(root).glob("*/r/last.pth"))
+@pytest.fixture
+def ckpt(digits_checkpoint):
+    return digits_checkpoint
 
 
 def test_test_py_dirichlet_and_missing_protocols(ckpt, tmp_path):
@@ -78,7 +73,7 @@ def test_no_shipped_config_selects_the_oracle():
         assert "oracle" not in json.loads(path.read_text())["test_time"].get("type", "").lower(), path
 
 
-def test_streaming_protocol_and_what_cannot_stream(ckpt, tmp_path):
+def test_streaming_protocol_and_what_cannot_stream(ckpt, tmp_path, capfd):
     out = tmp_path / "stream.json"
     proc = run_script("test_train.py", "-c", "configs/test_time_digits_prior.json", "-r", ckpt, "--out", out,
                       "--protocol", "streaming", "--stream_batch", "1,64")
@@ -87,8 +82,9 @@ def test_streaming_protocol_and_what_cannot_stream(ckpt, tmp_path):
     assert list(rows) == ["stream_b1", "stream_b64"]
     assert all(r["num_images"] == 500 and r["images_seen"] == 500 for r in rows.values())
     assert rows["stream_b1"]["batches"] == 500 and rows["stream_b64"]["batches"] == 8
-    assert_one_line_error(run_script("test_train.py", "-c", "configs/test_time_digits_tade.json", "-r", ckpt,
-                                     "--protocol", "streaming"), "SelfSupervisedAggregation", "stream")
+    code, _, err = run_entry("test_train.py", ["-c", ROOT / "configs" / "test_time_digits_tade.json", "-r", ckpt,
+                                               "--protocol", "streaming"], capfd)
+    one_line_error(code, err, "SelfSupervisedAggregation", "stream")
 
 
 @pytest.mark.parametrize("args,fragments", [
@@ -98,18 +94,20 @@ def test_streaming_protocol_and_what_cannot_stream(ckpt, tmp_path):
     (["--protocol", "streaming", "--stream_batch", "0"], ["--stream_batch", ">= 1"]),
     (["--protocol", "dirichlet", "--draws", "0"], ["draws"]),
 ])
-def test_bad_protocol_values_are_one_line_errors(ckpt, args, fragments):
-    assert_one_line_error(run_script("test.py", "-r", ckpt, *args), *fragments)
+def test_bad_protocol_values_are_one_line_errors(ckpt, args, fragments, capfd):
+    code, _, err = run_entry("test.py", ["-r", ckpt, *args], capfd)
+    one_line_error(code, err, *fragments)
 
 
-def test_bad_test_time_config_values_are_one_line_errors(ckpt, tmp_path):
+def test_bad_test_time_config_values_are_one_line_errors(ckpt, tmp_path, capfd):
     cases = [({"type": "Magic"}, ["test_time.type 'Magic'", "SafePrior"]),
              ({"type": "SafePrior", "args": {"strength": "lots"}}, ["strength"]),
              ({"type": "MAPPrior", "args": {"pseudo_count": 0}}, ["pseudo_count"]),
              ({"type": "EMPrior", "args": {"epochs": 3}}, ["test_time.args.epochs", "not an argument of EMPrior"])]
     for section, fragments in cases:
         path = write_config(tmp_path / "bad.json", {"test_time": section})
-        assert_one_line_error(run_script("test_train.py", "-c", path, "-r", ckpt), "bad.json", *fragments)
+        code, _, err = run_entry("test_train.py", ["-c", path, "-r", ckpt], capfd)
+        one_line_error(code, err, "bad.json", *fragments)
 
 
 def test_methods_benchmark_runs_every_method_on_every_protocol(ckpt, tmp_path):

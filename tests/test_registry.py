@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import ROOT, assert_one_line_error, run_script, write_config
+from tests.helpers import ROOT, code_and_stderr, one_line_error, run_script, write_config
 from utils.errors import UserError
 from utils.parse_config import ConfigParser
 from utils.registry import is_project_module
@@ -69,8 +69,8 @@ def test_a_broken_loss_file_does_not_break_train_and_test_scripts(tmp_path):
     proc = run_script(copy / "test.py", "-r", last, "--distributions", "uniform", cwd=copy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config["loss"]["type"] = "BrokenLoss"
-    assert_one_line_error(run_script(copy / "train.py", "-c", write_config(tmp_path / "b.json", config), cwd=copy),
-                          "BrokenLoss", "model.loss.zz_broken_loss cannot be imported", "SyntaxError")
+    proc = run_script(copy / "train.py", "-c", write_config(tmp_path / "b.json", config), cwd=copy)
+    one_line_error(*code_and_stderr(proc), "BrokenLoss", "model.loss.zz_broken_loss cannot be imported", "SyntaxError")
 
 
 def test_project_modules_are_told_apart_without_importing():
@@ -107,8 +107,8 @@ def test_a_checkpoint_naming_an_outside_module_imports_nothing(tmp_path, outside
     env, marker = outside_module
     ckpt, _ = checkpoint_naming(tmp_path, key, "tade_side_effect.Anything")
     for script in ("test.py", "train.py"):
-        line = assert_one_line_error(run_script(script, "-r", ckpt, env=env), str(ckpt), key,
-                                     "tade_side_effect.Anything", "outside this project", "-c")
+        line = one_line_error(*code_and_stderr(run_script(script, "-r", ckpt, env=env)), str(ckpt), key,
+                              "tade_side_effect.Anything", "outside this project", "-c")
         assert not marker.exists(), (script, line)
 
 
@@ -133,11 +133,11 @@ def test_an_outside_package_is_imported_from_a_checkpoint_only_when_named_by_the
     env, marker = outside_module
     ckpt, _ = checkpoint_naming(tmp_path, "data_loader.type", "tade_side_effect.Anything")
     tt = write_config(tmp_path / "tt.json", {"test_time": {"type": "ExpertAverage", "args": {}}})
-    assert_one_line_error(run_script("test_train.py", "-c", tt, "-r", ckpt, env=env), "outside this project",
-                          "TADE_ALLOW_IMPORT=tade_side_effect")
+    one_line_error(*code_and_stderr(run_script("test_train.py", "-c", tt, "-r", ckpt, env=env)),
+                   "outside this project", "TADE_ALLOW_IMPORT=tade_side_effect")
     assert not marker.exists()
-    assert_one_line_error(run_script("test_train.py", "-c", tt, "-r", ckpt,
-                                     env={**env, "TADE_ALLOW_IMPORT": "something_else"}), "outside this project")
+    proc = run_script("test_train.py", "-c", tt, "-r", ckpt, env={**env, "TADE_ALLOW_IMPORT": "something_else"})
+    one_line_error(*code_and_stderr(proc), "outside this project")
     assert not marker.exists()
     proc = run_script("test_train.py", "-c", tt, "-r", ckpt, env={**env, "TADE_ALLOW_IMPORT": "tade_side_effect"})
     assert marker.exists() and "'tade_side_effect.Anything' is imported from outside this project" in proc.stdout

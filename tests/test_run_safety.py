@@ -3,6 +3,7 @@ instead of overwriting, no folder left by a run that never saved a checkpoint, a
 costs at most the epoch being saved, checksummed checkpoints, and results that never replace
 anything but an earlier result of the same script."""
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -12,9 +13,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import (ROOT, one_line_error, run_entry, snapshot, tiny_cifar_config, write_cifar100,
-                           write_config)
-from tests.test_config_errors import trained_checkpoint  # noqa: F401 - the module's trained checkpoint fixture
+from tests.helpers import ROOT, one_line_error, run_entry, snapshot, tiny_cifar_config, write_config
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.known_keys import known_arguments
@@ -25,13 +24,11 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX locks and
 
 
 @pytest.fixture
-def tiny(tmp_path):
-    data = write_cifar100(tmp_path / "cifar", train_per_class=2, test_per_class=1)
-    return tmp_path, tiny_cifar_config(data, tmp_path / "saved")
+def tiny(tmp_path, tiny_data):
+    return tmp_path, tiny_cifar_config(tiny_data, tmp_path / "saved")
 
 
 def _train(argv, capfd):
-    torch.set_num_threads(1)
     return run_entry("train.py", [*argv, "-d", "cpu"], capfd)
 
 
@@ -55,12 +52,12 @@ def test_lock_refuses_a_second_holder_and_a_killed_holder_leaves_it_free(tmp_pat
 
 
 # -- resume: fork or in place -------------------------------------------------------------------
-def test_resume_with_a_new_run_id_forks_and_leaves_the_original_untouched(tiny, trained_checkpoint,  # noqa: F811
+def test_resume_with_a_new_run_id_forks_and_leaves_the_original_untouched(tiny, tiny_checkpoint,
                                                                           capfd):
     root, _ = tiny
     original = root / "orig"
     original.mkdir()
-    shutil.copy(trained_checkpoint, original / "last.pth")
+    shutil.copy(tiny_checkpoint, original / "last.pth")
     write_config(original / "config.json", {"marker": 1})
     before = snapshot(original)
     code, out, err = _train(["-r", original / "last.pth", "--run_id", "new", "--save_dir", root / "forks",
@@ -72,12 +69,12 @@ def test_resume_with_a_new_run_id_forks_and_leaves_the_original_untouched(tiny, 
     assert json.loads((fork / "config.json").read_text())["optimizer"]["args"]["lr"] == 0.01
 
 
-def test_resume_beside_a_read_only_checkpoint_is_refused_before_any_work(tiny, trained_checkpoint, capfd,  # noqa: F811
+def test_resume_beside_a_read_only_checkpoint_is_refused_before_any_work(tiny, tiny_checkpoint, capfd,
                                                                        monkeypatch):
     root, _ = tiny
     run = root / "ro"
     run.mkdir()
-    shutil.copy(trained_checkpoint, run / "last.pth")
+    shutil.copy(tiny_checkpoint, run / "last.pth")
     import os
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(run) else real_access(p, mode, **k))
@@ -87,11 +84,11 @@ def test_resume_beside_a_read_only_checkpoint_is_refused_before_any_work(tiny, t
     assert snapshot(root) == before
 
 
-def test_evaluation_beside_a_read_only_checkpoint_is_refused_before_any_work(tmp_path, trained_checkpoint,  # noqa: F811
+def test_evaluation_beside_a_read_only_checkpoint_is_refused_before_any_work(tmp_path, tiny_checkpoint,
                                                                            capfd, monkeypatch):
     run = tmp_path / "ro"
     run.mkdir()
-    shutil.copy(trained_checkpoint, run / "last.pth")
+    shutil.copy(tiny_checkpoint, run / "last.pth")
     import os
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(run) else real_access(p, mode, **k))
@@ -142,9 +139,11 @@ def _mount_tmpfs(folder, size):
     return folder
 
 
-def test_disk_full_keeps_the_last_epoch_and_leaves_no_temporary_file(tiny, trained_checkpoint, capfd):  # noqa: F811
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="fills a disk by mounting a small tmpfs: needs root")
+def test_disk_full_keeps_the_last_epoch_and_leaves_no_temporary_file(tiny, tiny_checkpoint, capfd):
     root, config = tiny
-    size = trained_checkpoint.stat().st_size
+    size = tiny_checkpoint.stat().st_size
     disk = _mount_tmpfs(root / "disk", 5 * size // 2)  # last.pth and model_best.pth fit, a third file does not
     try:
         config["trainer"].update(save_dir=str(disk), save_period=0, epochs=3)
@@ -170,8 +169,8 @@ def test_disk_full_keeps_the_last_epoch_and_leaves_no_temporary_file(tiny, train
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
-def test_checkpoint_without_a_checksum_still_loads(tmp_path, trained_checkpoint):  # noqa: F811
-    ckpt = load_checkpoint(trained_checkpoint)
+def test_checkpoint_without_a_checksum_still_loads(tmp_path, tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
     assert ckpt["checksum"].startswith("blake2b-128:")
     del ckpt["checksum"]
     torch.save(ckpt, tmp_path / "old.pth")  # as written before checkpoints carried one
@@ -179,17 +178,15 @@ def test_checkpoint_without_a_checksum_still_loads(tmp_path, trained_checkpoint)
 
 
 # -- results --------------------------------------------------------------------------------------
-def test_out_may_replace_an_earlier_result_of_the_same_script(tmp_path, trained_checkpoint, capfd):  # noqa: F811
-    torch.set_num_threads(1)
-    data = write_cifar100(tmp_path / "cifar", train_per_class=2, test_per_class=1)
+def test_out_may_replace_an_earlier_result_of_the_same_script(tmp_path, tiny_checkpoint, tiny_data, capfd):
     out = tmp_path / "res" / "eval.json"
     for _ in range(2):
-        code, _, err = run_entry("test.py", ["-r", trained_checkpoint, "-d", "cpu", "--data_dir", data,
+        code, _, err = run_entry("test.py", ["-r", tiny_checkpoint, "-d", "cpu", "--data_dir", tiny_data,
                                              "--distributions", "uniform", "--out", out], capfd)
         assert code == 0, err
     assert json.loads(out.read_text())["written_by"] == "test.py"
     (tmp_path / "res" / "other.csv").write_text("mine")
-    code, _, err = run_entry("test.py", ["-r", trained_checkpoint, "-d", "cpu", "--data_dir", data,
+    code, _, err = run_entry("test.py", ["-r", tiny_checkpoint, "-d", "cpu", "--data_dir", tiny_data,
                                          "--out", tmp_path / "res" / "other.json"], capfd)
     one_line_error(code, err, "other.csv", "refusing to replace it")
 
@@ -262,12 +259,12 @@ def test_fitted_temperature_that_is_not_positive_is_a_user_error():
         fit_calibration(logits, targets)
 
 
-def test_second_concurrent_resume_is_refused_in_one_line(tiny, trained_checkpoint):  # noqa: F811
+def test_second_concurrent_resume_is_refused_in_one_line(tiny, tiny_checkpoint):
     """Two real train.py processes on one run folder: the second is refused while the first holds it."""
     root, _ = tiny
     run = root / "shared"
     run.mkdir()
-    shutil.copy(trained_checkpoint, run / "last.pth")
+    shutil.copy(tiny_checkpoint, run / "last.pth")
     env = dict(__import__("os").environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-r", str(run / "last.pth"), "-d", "cpu",
                               "--epochs", "30", "--lr", "0.01"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

@@ -98,8 +98,8 @@ def test_crop_is_a_window_of_the_padded_image_and_flip_mirrors():
     out = augment(images, params, pad)
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     for k in range(n):
-        t, l = int(params.top[k]), int(params.left[k])
-        window = padded[k, t:t + size, l:l + size]
+        top, left = int(params.top[k]), int(params.left[k])
+        window = padded[k, top:top + size, left:left + size]
         np.testing.assert_array_equal(out[k], window[:, ::-1] if params.flip[k] else window)
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.test_time.self_supervised import AggregationWeightLearner, aggregate, consistency_loss, should_stop
-from tests.helpers import ROOT, assert_one_line_error, run_script, small_cifar_config, write_cifar100, write_config
+from tests.helpers import ROOT, one_line_error, run_entry, run_script, write_config
 
 
 def sgd(lr=0.1):
@@ -111,14 +111,10 @@ def test_online_classifies_each_batch_after_its_own_update():
     assert not torch.equal(stale, fit["online_preds"])
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tt")
-    data_dir = write_cifar100(root / "data", train_per_class=10, test_per_class=3)
-    cfg = write_config(root / "c.json", small_cifar_config(data_dir, root / "saved", epochs=1))
-    proc = run_script("train.py", "-c", cfg, "--run_id", "r", "--seed", "4")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root, root / "saved" / "small" / "r" / "last.pth"
+@pytest.fixture
+def trained(small_run):
+    root, _, ckpt = small_run
+    return root, ckpt
 
 
 def test_test_train_py_writes_json_csv_png_with_weights(trained, tmp_path):
@@ -142,22 +138,25 @@ def test_test_train_py_writes_json_csv_png_with_weights(trained, tmp_path):
         assert img.size[0] > 100 and img.size[1] > 100
 
 
-def test_test_train_py_online_and_bad_input(trained, tmp_path):
+def test_test_train_py_online_and_bad_input(trained, tmp_path, capfd):
     _, ckpt = trained
     out = tmp_path / "on.json"
-    proc = run_script("test_train.py", "-c", "configs/test_time_cifar100_tade.json", "-r", ckpt, "--out", out,
-                      "--distributions", "uniform", "--online")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("test_train.py", ["-c", ROOT / "configs" / "test_time_cifar100_tade.json", "-r", ckpt,
+                                               "--out", out, "--distributions", "uniform", "--online"], capfd)
+    assert code == 0, err
     row = json.loads(out.read_text())["distributions"]["uniform"]
     assert row["epochs_run"] == 1 and 0 <= row["top1_online"] <= 1
-    assert_one_line_error(run_script("test_train.py", "-c", "configs/config_cifar100_ir100_tade.json", "-r", ckpt),
-                          "test_time")
-    assert_one_line_error(run_script("test_train.py", "-c", "configs/test_time_cifar100_tade.json", "-r", ckpt,
-                                     "--distributions", "forward3"), "forward3")
-    assert_one_line_error(run_script("test_train.py", "-c", "configs/test_time_cifar100_tade.json", "-r",
-                                     tmp_path / "missing.pth"), "missing.pth")
-    bad = json.loads((ROOT / "configs" / "test_time_cifar100_tade.json").read_text())
+
+    def error(*argv):
+        code, _, err = run_entry("test_train.py", argv, capfd)
+        return code, err
+
+    tt_config = ROOT / "configs" / "test_time_cifar100_tade.json"
+    one_line_error(*error("-c", ROOT / "configs" / "config_cifar100_ir100_tade.json", "-r", ckpt), "test_time")
+    one_line_error(*error("-c", tt_config, "-r", ckpt, "--distributions", "forward3"), "forward3")
+    one_line_error(*error("-c", tt_config, "-r", tmp_path / "missing.pth"), "missing.pth")
+    bad = json.loads(tt_config.read_text())
     bad["test_time"]["args"]["augmentation"] = {"blur": 0.3}
     bad_path = write_config(tmp_path / "bad_tt.json", bad)
-    assert_one_line_error(run_script("test_train.py", "-c", bad_path, "-r", ckpt, "--distributions", "uniform"),
-                          "bad_tt.json", "test_time.args", "augmentation", "blur_p")
+    one_line_error(*error("-c", bad_path, "-r", ckpt, "--distributions", "uniform"),
+                   "bad_tt.json", "test_time.args", "augmentation", "blur_p")

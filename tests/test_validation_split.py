@@ -11,7 +11,7 @@ from data_loader.cifar_lt import CIFAR100LTDataModule
 from data_loader.digits_lt import DigitsLTDataModule
 from data_loader.list_lt import ImageNetLTDataModule, INaturalistDataModule, PlacesLTDataModule
 from data_loader.validation_split import held_out_split, parse_validation
-from tests.helpers import assert_one_line_error, run_script, small_cifar_config, write_cifar100, write_config
+from tests.helpers import one_line_error, run_entry, small_cifar_config, write_cifar100, write_config
 from tests.list_data import list_module_args, write_list_dataset
 from utils.errors import UserError
 
@@ -139,10 +139,10 @@ def small_cifar(tmp_path_factory):
     return write_cifar100(tmp_path_factory.mktemp("vcifar"), train_per_class=14, test_per_class=3)
 
 
-def test_model_best_is_chosen_on_the_validation_split(small_cifar, tmp_path):
+def test_model_best_is_chosen_on_the_validation_split(small_cifar, tmp_path, capfd):
     cfg = small_cifar_config(small_cifar, tmp_path / "saved", epochs=2)
-    proc = run_script("train.py", "-c", write_config(tmp_path / "c.json", cfg), "--run_id", "v")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("train.py", ["-c", write_config(tmp_path / "c.json", cfg), "--run_id", "v"], capfd)
+    assert code == 0, err
     run = tmp_path / "saved" / "small" / "v"
     log = (run / "info.log").read_text()
     assert "validation split: " in log and "on the validation split" in log
@@ -153,8 +153,8 @@ def test_model_best_is_chosen_on_the_validation_split(small_cifar, tmp_path):
     assert len(csv) == 3 and "val_accuracy" in csv[0] and "test_accuracy" in csv[0]
     # the release's choice, asked for explicitly and named so
     cfg["trainer"]["select_on"] = "test"
-    proc = run_script("train.py", "-c", write_config(tmp_path / "c.json", cfg), "--run_id", "t")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("train.py", ["-c", write_config(tmp_path / "c.json", cfg), "--run_id", "t"], capfd)
+    assert code == 0, err
     assert "TEST SET" in (tmp_path / "saved" / "small" / "t" / "info.log").read_text()
     assert torch.load(tmp_path / "saved/small/t/model_best.pth", weights_only=True)["selected_on"] == "test"
 
@@ -165,11 +165,11 @@ def test_model_best_is_chosen_on_the_validation_split(small_cifar, tmp_path):
     ("data_loader", "validation", 0, "data_loader.args.validation.per_class 0"),
     ("data_loader", "validation", 50, "larger than any class can give"),
 ])
-def test_bad_selection_settings_are_one_line(small_cifar, tmp_path, section, key, value, fragment):
+def test_bad_selection_settings_are_one_line(small_cifar, tmp_path, section, key, value, fragment, capfd):
     cfg = small_cifar_config(small_cifar, tmp_path / "saved", epochs=1)
     (cfg[section]["args"] if section == "data_loader" else cfg[section])[key] = value
-    proc = run_script("train.py", "-c", write_config(tmp_path / "c.json", cfg), "--run_id", "x")
-    assert_one_line_error(proc, fragment)
+    code, _, err = run_entry("train.py", ["-c", write_config(tmp_path / "c.json", cfg), "--run_id", "x"], capfd)
+    one_line_error(code, err, fragment)
     assert not (tmp_path / "saved" / "small" / "x" / "last.pth").exists()
 
 

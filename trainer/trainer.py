@@ -1,6 +1,7 @@
 """TADE training: one epoch of the loss on per-expert logits, and evaluation (top-1 and
-many/medium/few) on the validation split, which selects model_best.pth, and on the test set. Metrics stay tensors on the device and are read only when the
-progress bar refreshes and at the end of an epoch."""
+many/medium/few) on the validation split, which selects model_best.pth, and on the test set.
+Metrics stay tensors on the device and are read only when the progress bar refreshes and at the
+end of an epoch."""
 import time
 
 import torch

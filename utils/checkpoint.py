@@ -263,9 +263,10 @@ def _load(path, map_location):
         raise UserError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_short(e)})")
     try:
         names = _globals_in_checkpoint(path)
-    except Exception as e:  # noqa: BLE001 - any failure here means the file cannot be vetted
+    except Exception as e:
         raise UserError(f"checkpoint {path} is truncated, not a PyTorch checkpoint, or uses pickle features "
-                        f"that cannot be checked for code ({_short(e)}); expected a torch.save file of plain data")
+                        f"that cannot be checked for code ({_short(e)}); expected a torch.save file of plain "
+                        "data") from e
     if not names:
         raise UserError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_short(first_error)})")
     data = _data_reconstructors()
@@ -279,8 +280,8 @@ def _load(path, map_location):
     try:
         with torch.serialization.safe_globals(allowed):
             return _torch_load(path, map_location)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"checkpoint {path} cannot be loaded safely ({_short(e)})")
+    except Exception as e:
+        raise UserError(f"checkpoint {path} cannot be loaded safely ({_short(e)})") from e
 
 
 def _short(e):

@@ -132,7 +132,7 @@ class PackageIndex:
         except Exception as e:  # a broken module: one line naming it, not a traceback
             where = f" (line {e.lineno})" if isinstance(e, SyntaxError) and e.lineno else ""
             raise UserError(f"{self.package_name}.{name}: module {modules[0]} cannot be imported{where}: "
-                            f"{type(e).__name__}: {e}")
+                            f"{type(e).__name__}: {e}") from e
         obj = getattr(module, name, None)
         if (not inspect.isclass(obj) or not issubclass(obj, self.base) or obj is self.base
                 or inspect.isabstract(obj) or not obj.__module__.startswith(self.package_name + ".")):

@@ -34,7 +34,8 @@ class DiverseExpertLoss(LTLoss):
     def forward(self, outputs, target):
         logits = self.expert_logits(outputs).float()
         if logits.shape[1] != 3:
-            raise ValueError(f"DiverseExpertLoss needs exactly 3 experts (arch.args.num_experts), got {logits.shape[1]}")
+            raise ValueError("DiverseExpertLoss needs exactly 3 experts (arch.args.num_experts), "
+                             f"got {logits.shape[1]}")
         return (F.cross_entropy(logits[:, 0], target)
                 + F.cross_entropy(logits[:, 1] + self.offset_uniform, target)
                 + F.cross_entropy(logits[:, 2] + self.offset_inverse, target))

@@ -17,13 +17,15 @@ prior the model's posteriors are taken to be calibrated for (``source_prior``):
 
 Calibration (``temperature``: a number, or ``"fit"``: NLL of the training labels on the reference
 logits; ``bias``: also fit a per-class bias b, bias-corrected temperature scaling, Alexandari et
-al. 2020) is computed once per method instance, on first use, and cached. The default for every
-method is ``source_prior="reference"``, ``temperature="fit"``, ``bias=true``: the fitted bias
-makes the calibrated posterior's class marginal on the training images equal their label
-frequencies, so p_s is the training prior and the model's own class bias is removed before EM
-(without it, EM turns a miscalibrated class marginal into a spurious shift; docs/methods.md#prior-estimation).
-A bias is only consistent with p_s "reference" or "train". Reference data may be given as [N, E, C] or
-already averaged [N, C].
+al. 2020) is computed once per method instance, on first use, and cached. The defaults are
+``calibration="validation"``, ``temperature="fit"``, ``bias=true`` and ``source_prior`` chosen by the
+calibration data: ``"uniform"`` on the validation split (held-out images, weighted to a balanced
+set), ``"reference"`` on the training images. With ``"reference"`` the fitted bias makes the
+calibrated posterior's class marginal on the training images equal their label frequencies, so
+p_s is the training prior and the model's own class bias is removed before EM (without it, EM
+turns a miscalibrated class marginal into a spurious shift; docs/methods.md#prior-estimation).
+On training images a bias is only consistent with p_s "reference" or "train". Reference data may
+be given as [N, E, C] or already averaged [N, C].
 
 The anchor pi_0 = p_s e^-b (normalised) is the prior under which the calibrated posterior predicts
 exactly what the plain average predicts; :class:`SafePrior` tests against it and shrinks toward it.
@@ -48,7 +50,6 @@ from base.base_test_time import TestTimeMethod
 from trainer.test_time.prior_calibration import fit_calibration
 from trainer.test_time.prior_math import (FLOOR, _log, _normalise, chi2_sf, em_prior, ensemble_logits, kl_divergence,
                                           log_likelihood_ratio, mean_prediction)
-from trainer.test_time.prior_math import posterior_stats  # noqa: F401 - re-exported, as before the split
 from trainer.test_time.prior_online import OnlinePrior
 
 SOURCE_PRIORS = ("uniform", "train", "reference", "reference_balanced")

@@ -1,0 +1,65 @@
+"""The suite's shared fixtures: each small trained checkpoint the tests need, trained once per session
+(in this process: a fresh interpreter would only add its start-up time). Tests must not change them;
+a test that writes beside a checkpoint copies it into its own ``tmp_path`` first.
+
+- ``tiny_checkpoint``: 1 epoch of the tiny CIFAR-100 recipe (101 images, 3 experts), for the
+  catalogue of bad inputs and the run-folder rules.
+- ``tiny_reference``: the same recipe for 3 epochs at seed 5, one checkpoint per epoch: the
+  uninterrupted run every interrupted-and-resumed run must equal bit for bit.
+- ``small_run``: 1 epoch of the small CIFAR-100 recipe (10 images at the head class, 4 test
+  images per class), for evaluation and test-time aggregation.
+- ``digits_checkpoint``: 2 epochs of the shipped Digits-LT TADE config, for the test protocols and
+  the prior methods.
+"""
+from types import SimpleNamespace
+
+import pytest
+
+from tests.helpers import ROOT, call_entry, small_cifar_config, tiny_cifar_config, write_cifar100, write_config
+
+REFERENCE_SEED = "5"
+
+
+def _train(argv):
+    code = call_entry("train.py", [*argv, "-d", "cpu"])
+    assert code == 0, f"train.py {argv} exited with {code}"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """The generated CIFAR-100 folder of the tiny recipe (2 training, 1 test image per class)."""
+    return write_cifar100(tmp_path_factory.mktemp("tiny_data"), train_per_class=2, test_per_class=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_data):
+    root = tmp_path_factory.mktemp("tiny_run")
+    _train(["-c", write_config(root / "c.json", tiny_cifar_config(tiny_data, root / "saved")), "--run_id", "one"])
+    return root / "saved" / "small" / "one" / "last.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory, tiny_data):
+    """(root, config path, run folder) of the uninterrupted 3-epoch run."""
+    root = tmp_path_factory.mktemp("tiny_reference")
+    cfg = write_config(root / "c.json", tiny_cifar_config(tiny_data, root / "saved", epochs=3))
+    _train(["-c", cfg, "--run_id", "full", "--seed", REFERENCE_SEED])
+    return SimpleNamespace(root=root, config=cfg, seed=REFERENCE_SEED, run=root / "saved" / "small" / "full")
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """(root with c.json, data folder, checkpoint) of 1 epoch of the small recipe at seed 2."""
+    root = tmp_path_factory.mktemp("small_run")
+    data_dir = write_cifar100(root / "data", train_per_class=10, test_per_class=4)
+    cfg = write_config(root / "c.json", small_cifar_config(data_dir, root / "saved", epochs=1))
+    _train(["-c", cfg, "--run_id", "r", "--seed", "2"])
+    return root, data_dir, root / "saved" / "small" / "r" / "last.pth"
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits_run")
+    _train(["-c", ROOT / "configs" / "config_digits_lt_tade.json", "--epochs", "2", "--save_dir", root, "--run_id", "r",
+            "--set", "trainer.tensorboard=false"])
+    return next(root.glob("*/r/last.pth"))
