@@ -118,3 +118,21 @@ def test_the_configs_table_lists_every_config():
     shipped = {p.name for p in (ROOT / "configs").glob("*.json")}
     assert shipped <= listed, sorted(shipped - listed)
     assert listed <= shipped, sorted(listed - shipped)
+
+
+@pytest.mark.parametrize("script, heading", [("train.py", "## Training (train.py)"),
+                                             ("test.py", "## Evaluation on every test distribution (test.py)"),
+                                             ("test_train.py", "## Test-time methods (test_train.py)")])
+def test_readme_usage_lists_exactly_the_options_of_the_scripts_help(script, heading):
+    """The usage block of each entry point's README section names every option its --help lists
+    (the parser's options, by one of their spellings) and no option the script does not take."""
+    from tests.helpers import _entry_module
+    parser = _entry_module(script).build_parser()
+    spellings = [set(a.option_strings) for a in parser._actions
+                 if a.option_strings and "--help" not in a.option_strings]
+    section = README.read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    usage = next(block for block in re.findall(r"```\n(.*?)```", section, re.DOTALL) if f"python {script}" in block)
+    named = set(re.findall(r"(?<![\w-])(--?[a-z][\w]*)", usage.split(script, 1)[1]))
+    missing = [sorted(names)[-1] for names in spellings if not names & named]
+    unknown = sorted(named - set().union(*spellings))
+    assert not missing and not unknown, f"README.md, {heading}: usage lacks {missing}, names unknown {unknown}"
