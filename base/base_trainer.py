@@ -1,4 +1,5 @@
-"""The epoch loop: monitor, checkpoints (last, best, periodic), resume, logging, TensorBoard.
+"""The epoch loop: model selection (utils/model_selection.py), checkpoints (last, best, periodic),
+resume, logging, TensorBoard.
 
 Subclasses write ``_train_epoch(epoch)`` and ``_valid_epoch(epoch)``, each returning a dict of
 floats. Resuming is an explicit call, ``trainer.resume(checkpoint)``, before ``train()``. Epochs
@@ -6,13 +7,12 @@ are 0-based inside the code and 1-based in logs, file names and checkpoints (``c
 is the number of finished epochs).
 """
 import logging
-import math
 from pathlib import Path
 
 from utils.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_weights, remove_stale_temp_files,
                               save_checkpoint)
 from utils.errors import Interrupted, UserError, sigint_deferred
-from utils.known_keys import nearest
+from utils.model_selection import ModelSelection
 from utils.results import write_history_csv
 from utils.runtime import unwrap
 from utils.seed import get_rng_state, set_rng_state
@@ -37,20 +37,8 @@ class BaseTrainer:
         self.save_period = settings["save_period"]
         self.run_dir = Path(run_dir) if run_dir is not None else None  # where checkpoints go (rank 0)
         self.start_epoch = 0
-        if settings["monitor"] == "off":
-            self.mnt_mode, self.mnt_metric = "off", None
-        else:
-            self.mnt_mode, self.mnt_metric = settings["monitor"].split()
-        self.mnt_best = -math.inf if self.mnt_mode == "max" else math.inf
-        # What chooses model_best.pth: the validation split (default), the test set (the reference
-        # release's choice, named so in the log and the checkpoint), or nothing ("last").
-        self.select_on = settings["select_on"]  # one of SELECT_ON_CHOICES (utils/trainer_schema.py)
-        if self.select_on == "last":
-            self.mnt_mode, self.mnt_metric = "off", None
-        if self.mnt_mode != "off" and self.mnt_metric.startswith("test_"):
-            raise UserError(f"config {config.source}: trainer.monitor {self.mnt_metric} would choose model_best.pth "
-                            "on the test set; monitor a val_ metric, or set trainer.select_on to \"test\" to choose on "
-                            "the test set knowingly (val_ metrics are then the test set's)")
+        # What chooses model_best.pth (trainer.monitor on the split trainer.select_on names)
+        self.selection = ModelSelection(settings["monitor"], settings["select_on"], config.source)
         self.history = []  # one dict per finished epoch (epochs.csv; kept in checkpoints for resume)
         self.last_saved_epoch = 0  # epochs held by last.pth
         self.use_tensorboard = settings["tensorboard"]
@@ -81,7 +69,7 @@ class BaseTrainer:
                 log.update(self._valid_epoch(epoch))
                 if self.lr_scheduler is not None:
                     self.lr_scheduler.step()
-                improved = self._update_monitor(log)
+                improved = self.selection.update(log)
                 self._log_epoch(log)
                 with sigint_deferred():
                     self._save_epoch(epoch, improved)
@@ -90,7 +78,7 @@ class BaseTrainer:
         finally:
             if self.writer is not None:
                 self.writer.close()
-        return self.mnt_best
+        return self.selection.best
 
     def _interrupt_message(self, epoch):
         last = self.run_dir / "last.pth" if self.run_dir is not None else "last.pth"
@@ -98,29 +86,6 @@ class BaseTrainer:
             return (f"stopped in epoch {epoch + 1}; {last} holds epoch {self.last_saved_epoch}, "
                     f"continue with: python train.py -r {last}")
         return f"stopped in epoch {epoch + 1}, before any epoch finished; nothing was saved"
-
-    def check_monitor(self, logged):
-        """Before training: ``trainer.monitor`` must name one of the metrics an epoch logs
-        (``logged``), not fail after the first epoch."""
-        if self.mnt_mode != "off" and self.mnt_metric not in logged:
-            close = nearest(self.mnt_metric, logged)
-            hint = f"did you mean {self.mnt_mode} {close}?" if close else f"expected one of: {', '.join(logged)}"
-            raise UserError(f"config {self.config.source}: trainer.monitor metric {self.mnt_metric!r} is not "
-                            f"logged; {hint}")
-
-    def _update_monitor(self, log):
-        if self.mnt_mode == "off":
-            return False
-        if self.mnt_metric not in log:
-            if self.mnt_metric.startswith("val_") and not any(k.startswith("val_") for k in log):
-                return False  # no validation in this epoch (trainer.valid_period): nothing to compare
-            raise UserError(f"config {self.config.source}: trainer.monitor metric {self.mnt_metric!r} is not "
-                            f"logged; available: {', '.join(k for k in log if k != 'epoch')}")
-        value = log[self.mnt_metric]
-        better = value > self.mnt_best if self.mnt_mode == "max" else value < self.mnt_best
-        if better:
-            self.mnt_best = value
-        return better
 
     def _log_epoch(self, log):
         self.history.append(dict(log))
@@ -144,16 +109,12 @@ class BaseTrainer:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "monitor_best": float(self.mnt_best),
-            "selected_on": self.selected_on(),
+            "monitor_best": float(self.selection.best),
+            "selected_on": self.selection.selected_on,
             "history": [dict(row) for row in self.history],
             "config": self.config.config,
             "rng": get_rng_state(),
         }
-
-    def selected_on(self):
-        """Which split the monitor reads ("validation", "test") or "none" (monitor off)."""
-        return "none" if self.mnt_mode == "off" else self.select_on
 
     def _save_epoch(self, epoch, improved):
         if not self.runtime.is_main:
@@ -179,8 +140,7 @@ class BaseTrainer:
             raise UserError(f"{e}; {self.run_dir / 'last.pth'} (epoch {epoch + 1}) is saved, continue with: "
                             f"python train.py -r {self.run_dir / 'last.pth'}") from None
         if improved:
-            split = "TEST SET (trainer.select_on test)" if self.select_on == "test" else "validation split"
-            self.logger.info("model_best.pth: best %s so far on the %s (%.4f)", self.mnt_metric, split, self.mnt_best)
+            self.logger.info(self.selection.describe_best())
 
     def resume(self, path):
         """Continue from a training checkpoint of this framework: model, optimizer, LR schedule,
@@ -205,11 +165,12 @@ class BaseTrainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch = int(ckpt["epoch"])
         self.last_saved_epoch = self.start_epoch
-        self.mnt_best = float(ckpt.get("monitor_best", self.mnt_best))
+        self.selection.best = float(ckpt.get("monitor_best", self.selection.best))
         self.history = [dict(row) for row in ckpt.get("history", [])]
-        if ckpt.get("selected_on", self.selected_on()) != self.selected_on() and self.runtime.is_main:
+        selected_on = self.selection.selected_on
+        if ckpt.get("selected_on", selected_on) != selected_on and self.runtime.is_main:
             self.logger.info("the checkpoint's model_best was chosen on %s; from here on it is chosen on %s",
-                             ckpt.get("selected_on"), self.selected_on())
+                             ckpt.get("selected_on"), selected_on)
         set_rng_state(ckpt.get("rng"))
         if self.runtime.is_main:
             removed = remove_stale_temp_files(self.run_dir)

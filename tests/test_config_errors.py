@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import (ROOT, one_line_error, run_entry, run_script, snapshot, tiny_cifar_config, write_cifar100,
-                           write_config)
+from tests.helpers import (ROOT, example_config, one_line_error, run_entry, run_script, snapshot, tiny_cifar_config,
+                           write_cifar100, write_config, write_npz)
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.parse_config import ConfigParser
@@ -169,7 +169,6 @@ def _corrupt_tensor_data(w):
 
 def _npz(w, change=None, **data_args):
     """train.py on the README's .npz dataset example, its arrays changed by ``change(arrays)``."""
-    from tests.test_extending import example_config, write_npz
     arrays = dict(np.load(write_npz(w.path("good.npz"))))
     if change is not None:
         change(arrays)

@@ -13,7 +13,7 @@ from base.base_model import ExpertModel, check_outputs
 from base.base_test_time import OnlineAdapter, TestTimeMethod, check_result
 from trainer.adaptation import run_method, run_stream
 from trainer.forward import network_outputs
-from trainer.mixup import forward_loss
+from trainer.train_step import forward_loss
 from utils.errors import UserError
 
 

@@ -8,38 +8,9 @@ import numpy as np
 import pytest
 
 from utils.long_tail import img_num_per_cls
-from tests.helpers import ROOT, one_line_error, run_entry, run_script, write_config
+from tests.helpers import ROOT, example_config, one_line_error, run_entry, run_script, write_config, write_npz
 
 EXAMPLES = ROOT / "tests" / "extending"
-
-
-def write_npz(path, per_class=30, test_per_class=8, classes=10, seed=0):
-    """Images whose colour says the class (learnable in one epoch), as the dataset example reads them."""
-    rng = np.random.default_rng(seed)
-
-    def images(n):
-        y = np.repeat(np.arange(classes), n)
-        x = rng.integers(0, 60, (len(y), 32, 32, 3)).astype(np.uint8)
-        x[..., 0] += (y * 19).astype(np.uint8)[:, None, None]
-        return x, y
-
-    train_x, train_y = images(per_class)
-    test_x, test_y = images(test_per_class)
-    np.savez(path, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
-    return path
-
-
-def example_config(npz, save_dir):
-    return {
-        "name": "extending", "seed": 1,
-        "arch": {"type": "tests.extending.tiny_cnn.TinyCNNModel", "args": {"num_classes": 10, "num_experts": 3}},
-        "data_loader": {"type": "tests.extending.npz_lt.NpzLTDataModule",
-                        "args": {"data_dir": str(npz), "imb_factor": 0.1, "img_max": 30, "batch_size": 32}},
-        "optimizer": {"type": "SGD", "args": {"lr": 0.05, "momentum": 0.9}},
-        "loss": {"type": "tests.extending.focal_loss.FocalLoss", "args": {"gamma": 2.0}},
-        "trainer": {"epochs": 2, "save_dir": str(save_dir), "save_period": 0, "monitor": "max val_accuracy",
-                    "tensorboard": False},
-    }
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ the reference's weights and momentum, bit for bit (CPU, fixed seed, one thread i
 fresh interpreters). The Ctrl-C run's last.pth is the reference's checkpoint of the same epoch, bit
 for bit, so resuming it is the case proven by the SIGKILL test.
 """
+import os
 import shutil
 import signal
 import subprocess
@@ -20,36 +21,27 @@ from tests.helpers import ROOT, assert_same_state, one_line_error, run_entry, ru
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # same thread count in every run
-SEED = "5"  # the seed of tiny_reference
 
 
-@pytest.fixture
-def reference(tiny_reference):
-    return tiny_reference.root, tiny_reference.config, tiny_reference.run
-
-
-def start(*args):
-    """train.py in a child process with Ctrl-C handled as in a terminal (even if the test runner
-    was started with SIGINT ignored, as background jobs are)."""
-    import os
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT,
+def start_and_wait_for_epoch_1(reference, run_id, save_dir):
+    """The reference's 3-epoch run started afresh in a child process (Ctrl-C handled as in a
+    terminal, even if the test runner was started with SIGINT ignored, as background jobs are);
+    returns (process, run folder) once its first last.pth (epoch 1) is committed."""
+    run = save_dir / "small" / run_id
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-c", str(reference.config), "--run_id", run_id,
+                             "--seed", reference.seed, "--save_dir", str(save_dir)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1", **ENV),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def wait_for_file(path, proc):
-    """Poll until ``path`` exists (the first last.pth = epoch 1 committed); the run is then in epoch 2."""
-    while not path.exists():
+    while not (run / "last.pth").exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.005)
+    return proc, run
 
 
-def test_sigkill_during_training_then_resume_equals_uninterrupted(reference, tmp_path):
-    _, cfg, full = reference
-    run = tmp_path / "small" / "killed"
-    proc = start("-c", cfg, "--run_id", "killed", "--seed", SEED, "--save_dir", tmp_path)
-    wait_for_file(run / "last.pth", proc)
+def test_sigkill_during_training_then_resume_equals_uninterrupted(tiny_reference, tmp_path):
+    full = tiny_reference.run
+    proc, run = start_and_wait_for_epoch_1(tiny_reference, "killed", tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL  # killed, not finished: 2 more epochs were to come
@@ -61,11 +53,9 @@ def test_sigkill_during_training_then_resume_equals_uninterrupted(reference, tmp
     assert not list(run.glob(".*.tmp*"))
 
 
-def test_ctrl_c_exits_cleanly_and_keeps_the_last_epoch_exactly(reference, tmp_path):
-    _, cfg, full = reference
-    run = tmp_path / "small" / "ctrl_c"
-    proc = start("-c", cfg, "--run_id", "ctrl_c", "--seed", SEED, "--save_dir", tmp_path)
-    wait_for_file(run / "last.pth", proc)
+def test_ctrl_c_exits_cleanly_and_keeps_the_last_epoch_exactly(tiny_reference, tmp_path):
+    full = tiny_reference.run
+    proc, run = start_and_wait_for_epoch_1(tiny_reference, "ctrl_c", tmp_path)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate()
     assert proc.returncode == 130, err[-3000:]
@@ -80,9 +70,9 @@ def test_ctrl_c_exits_cleanly_and_keeps_the_last_epoch_exactly(reference, tmp_pa
     assert not list(run.glob(".*.tmp*"))
 
 
-def test_diverging_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(reference, tmp_path, capfd):
+def test_diverging_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tiny_reference, tmp_path, capfd):
     """One good epoch (the reference's epoch-1 checkpoint), then resume with lr 1e30 (in-process)."""
-    _, _, full = reference
+    full = tiny_reference.run
     run = tmp_path / "diverge"
     run.mkdir()
     shutil.copy(full / "checkpoint-epoch1.pth", run / "last.pth")

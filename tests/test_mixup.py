@@ -15,7 +15,8 @@ from model.loss import DiverseExpertLoss, LogitAdjustedLoss
 from model.resnet_cifar import ExpertResNetCifar
 from tests.helpers import ROOT, assert_same_state, run_entry, write_config
 from trainer import Trainer
-from trainer.mixup import Mixup, MixupPlan, forward_loss, mix_inputs, mixed_loss
+from trainer.mixup import Mixup, MixupPlan, mix_inputs, mixed_loss
+from trainer.train_step import forward_loss
 from utils.errors import UserError
 from utils.parse_config import ConfigParser
 from utils.runtime import Runtime

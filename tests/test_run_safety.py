@@ -69,15 +69,23 @@ def test_resume_with_a_new_run_id_forks_and_leaves_the_original_untouched(tiny, 
     assert json.loads((fork / "config.json").read_text())["optimizer"]["args"]["lr"] == 0.01
 
 
+def read_only_run(folder, checkpoint, monkeypatch):
+    """``folder`` holding a copy of ``checkpoint`` as last.pth, seen as not writable (os.access)."""
+    folder.mkdir()
+    shutil.copy(checkpoint, folder / "last.pth")
+    real_access = os.access
+
+    def access(path, mode, **kwargs):
+        return False if str(path) == str(folder) else real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    return folder
+
+
 def test_resume_beside_a_read_only_checkpoint_is_refused_before_any_work(tiny, tiny_checkpoint, capfd,
                                                                        monkeypatch):
     root, _ = tiny
-    run = root / "ro"
-    run.mkdir()
-    shutil.copy(tiny_checkpoint, run / "last.pth")
-    import os
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(run) else real_access(p, mode, **k))
+    run = read_only_run(root / "ro", tiny_checkpoint, monkeypatch)
     before = snapshot(root)
     code, _, err = _train(["-r", run / "last.pth"], capfd)
     one_line_error(code, err, run, "is not writable", "--run_id NEW")
@@ -86,12 +94,7 @@ def test_resume_beside_a_read_only_checkpoint_is_refused_before_any_work(tiny, t
 
 def test_evaluation_beside_a_read_only_checkpoint_is_refused_before_any_work(tmp_path, tiny_checkpoint,
                                                                            capfd, monkeypatch):
-    run = tmp_path / "ro"
-    run.mkdir()
-    shutil.copy(tiny_checkpoint, run / "last.pth")
-    import os
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(run) else real_access(p, mode, **k))
+    run = read_only_run(tmp_path / "ro", tiny_checkpoint, monkeypatch)
     before = snapshot(tmp_path)
     code, _, err = run_entry("test.py", ["-r", run / "last.pth", "-d", "cpu", "--data_dir", tmp_path / "nowhere"],
                              capfd)  # the data folder is never read: the output is checked first

@@ -22,8 +22,6 @@ import math
 import numpy as np
 import torch
 
-from base.base_loss import check_loss
-from base.base_model import check_outputs
 from utils.errors import UserError
 from utils.seed import epoch_seed
 
@@ -99,12 +97,3 @@ def mixed_loss(criterion, outputs, y, lam, perm):
     """lam * L(outputs, y) + (1 - lam) * L(outputs, y[perm])."""
     return lam * criterion(outputs, y) + (1 - lam) * criterion(outputs, y[perm])
 
-
-def forward_loss(model, criterion, x, y, mix=None):
-    """The model's outputs and the training loss of one batch, mixed when ``mix = (lam, perm)``."""
-    if mix is None:
-        outputs = check_outputs(model(x), model)
-        return outputs, check_loss(criterion(outputs, y), criterion)
-    lam, perm = mix
-    outputs = check_outputs(model(mix_inputs(x, lam, perm)), model)
-    return outputs, check_loss(mixed_loss(criterion, outputs, y, lam, perm), criterion)

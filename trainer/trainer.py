@@ -32,13 +32,9 @@ class Trainer(BaseTrainer):
         self.refresh_every = self.settings["log_step"]
         self.perf = perf if perf is not None else Performance.from_config(config["trainer"], config.source)
         self.valid_period = self.settings["valid_period"]
-        if self.valid_period <= 0 and self.mnt_mode != "off" and self.mnt_metric.startswith("val_"):
-            raise UserError(f"config {config.source}: trainer.monitor {self.mnt_mode} {self.mnt_metric} needs "
-                            f"validation, but trainer.valid_period is {self.valid_period}; set "
-                            f"trainer.monitor to \"off\" or valid_period to 1 or more")
         self.shot_masks = data.shot_masks()
-        self.check_monitor(self.logged_metrics())
-        self._announce_selection()
+        self.selection.check(self.logged_metrics(), self.valid_period, data.has_validation, data.validation_option,
+                             self.logger if runtime.is_main else None)
         self.mixup = Mixup.from_config(config)  # trainer.mixup; None: off
         self.graphed_step = self._make_graphed_step()
 
@@ -49,20 +45,6 @@ class Trainer(BaseTrainer):
             return train
         groups = ["accuracy", *self.shot_masks]
         return train + [f"val_{g}" for g in groups] + [f"test_{g}" for g in groups]
-
-    def _announce_selection(self):
-        """Say what chooses model_best.pth; with no validation split (and select_on validation) nothing does."""
-        if self.mnt_mode == "off":
-            return
-        if self.select_on == "validation" and not self.data.has_validation:
-            self.mnt_mode = "off"
-            if self.runtime.is_main:
-                self.logger.info("no validation split (%s): model_best.pth is not written; trainer.select_on "
-                                 "\"test\" would choose on the test set, as the reference release did",
-                                 self.data.validation_option)
-        elif self.select_on == "test" and self.runtime.is_main:
-            self.logger.info("trainer.select_on test: model_best.pth is chosen on the TEST SET (the reference "
-                             "release's choice); val_* metrics are the test set's")
 
     def autocast(self):
         return self.perf.autocast_context(self.runtime.device)
@@ -170,7 +152,7 @@ class Trainer(BaseTrainer):
         device = self.runtime.device
         test = self._evaluate(lambda idx: self.data.test_loader(indices=idx, device=device), len(self.data.test_set))
         out = {}
-        if self.select_on == "test":
+        if self.selection.select_on == "test":
             out.update({"val_accuracy" if k == "top1" else f"val_{k}": v for k, v in test.items()})
         elif self.data.has_validation:
             val = self._evaluate(lambda idx: self.data.validation_loader(indices=idx, device=device),
