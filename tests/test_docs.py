@@ -1,6 +1,7 @@
 """The documents stay true to the tree: the README is a guide of bounded length with the test
 command, its Layout table names only paths that exist and every module of the packages, every
 pointer into docs/methods.md lands on a heading, and no document cites a file outside the project."""
+import argparse
 import re
 
 import pytest
@@ -120,6 +121,15 @@ def test_the_configs_table_lists_every_config():
     assert listed <= shipped, sorted(listed - shipped)
 
 
+def usage_mismatch(parser, usage):
+    """(options of ``parser`` that ``usage`` names by none of their spellings, options ``usage``
+    names that ``parser`` lacks); --help aside."""
+    spellings = [set(a.option_strings) for a in parser._actions
+                 if a.option_strings and "--help" not in a.option_strings]
+    named = set(re.findall(r"(?<![\w-])(--?[a-z][\w]*)", usage))
+    return [sorted(names)[-1] for names in spellings if not names & named], sorted(named - set().union(*spellings))
+
+
 @pytest.mark.parametrize("script, heading", [("train.py", "## Training (train.py)"),
                                              ("test.py", "## Evaluation on every test distribution (test.py)"),
                                              ("test_train.py", "## Test-time methods (test_train.py)")])
@@ -128,11 +138,22 @@ def test_readme_usage_lists_exactly_the_options_of_the_scripts_help(script, head
     (the parser's options, by one of their spellings) and no option the script does not take."""
     from tests.helpers import _entry_module
     parser = _entry_module(script).build_parser()
-    spellings = [set(a.option_strings) for a in parser._actions
-                 if a.option_strings and "--help" not in a.option_strings]
     section = README.read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
     usage = next(block for block in re.findall(r"```\n(.*?)```", section, re.DOTALL) if f"python {script}" in block)
-    named = set(re.findall(r"(?<![\w-])(--?[a-z][\w]*)", usage.split(script, 1)[1]))
-    missing = [sorted(names)[-1] for names in spellings if not names & named]
-    unknown = sorted(named - set().union(*spellings))
+    missing, unknown = usage_mismatch(parser, usage.split(script, 1)[1])
     assert not missing and not unknown, f"README.md, {heading}: usage lacks {missing}, names unknown {unknown}"
+
+
+def test_speed_tool_usage_lists_exactly_the_options_of_each_subcommand():
+    """bench/speed.py's docstring usage line of each subcommand names every option of its parser."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_bench_speed", ROOT / "bench" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    parser = speed.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert list(subparsers) == list(speed.SUBCOMMANDS)
+    usage = dict(re.findall(r"python bench/speed\.py (\S+)(.*?)(?=\n    python|\n\n)", speed.__doc__, re.DOTALL))
+    for name, sub in subparsers.items():
+        missing, unknown = usage_mismatch(sub, usage[name])
+        assert not missing and not unknown, f"bench/speed.py {name}: usage lacks {missing}, names unknown {unknown}"

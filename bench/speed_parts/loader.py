@@ -1,23 +1,17 @@
 """Images/s of the list datasets' training pipeline: JPEG decode (PIL) + RandomResizedCrop(224) +
 flip + ColorJitter + ToTensor + Normalize, through the data module's own training loader.
 
-    python bench/loader_speed.py [--images 512] [--workers 2] [--batch 64] [--epochs 2]
-
 Generates ``--images`` 500x375 JPEGs (the typical ImageNet size; noise plus gradients, quality 90)
 in a temporary folder, then times whole epochs after the first batch (worker start-up excluded).
 Prints one line.
 """
-import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_loader import ImageNetLTDataLoader
 
@@ -37,13 +31,14 @@ def write_jpegs(root, n, size=(500, 375), classes=10, seed=0):
         Path(root, name).write_text("\n".join(lines) + "\n")
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p):
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--epochs", type=int, default=2)
-    args = p.parse_args()
+
+
+def run(args):
     with tempfile.TemporaryDirectory() as root:
         write_jpegs(root, args.images)
         data = ImageNetLTDataLoader(data_dir=root, train_txt=f"{root}/train.txt", test_txt=f"{root}/test.txt",
@@ -60,6 +55,3 @@ def main():
     print(f"loader_speed: {seen / elapsed:.0f} images/s (500x375 JPEG -> RandomResizedCrop 224 + flip + ColorJitter, "
           f"{args.workers} workers, batch {args.batch}, {seen} images timed, {os.cpu_count()} CPU cores visible)")
 
-
-if __name__ == "__main__":
-    main()

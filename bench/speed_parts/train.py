@@ -2,15 +2,11 @@
 defaults (bf16 autocast, channels_last, device-resident tensor pipeline) against the plain path
 (fp32, NCHW, PIL transforms in DataLoader workers), run alternately, with their ratio.
 
-    python bench/train_speed.py --data_dir .cache/cifar [--repeats 2] [--epochs 1] [-d DEVICE]
-        [-c CONFIG] [--only defaults|plain] [--set KEY=VALUE ...]
-
 Prepares CIFAR-10 (``bench/common.py:ensure_cifar10``) if the folder lacks it and trains through
 train.py (the real code path) without evaluation. Each variant runs ``--repeats`` times,
 alternating, so a busy machine slows both alike; the best epoch of each is the figure least
 disturbed by other load, the median shows the spread. ``--set`` applies to both variants.
 """
-import argparse
 import json
 import re
 import statistics
@@ -19,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import PLAIN, ROOT, ensure_cifar10
+from bench.common import PLAIN, ROOT, ensure_cifar10
 
 DEFAULT_CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
 
@@ -41,17 +37,13 @@ def measure(data_dir, epochs=1, extra=(), device="cpu", config=DEFAULT_CONFIG):
         return rates, seconds
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", default=str(ROOT / ".cache" / "cifar"))
-    p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG),
-                   help="training config (CIFAR-10 data is written on demand for the default one only)")
+def add_arguments(p):
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("-d", "--device", default="cpu")
-    p.add_argument("--set", action="append", default=[])
     p.add_argument("--only", choices=["defaults", "plain"], help="measure one variant (no ratio)")
-    args = p.parse_args()
+
+
+def run(args):
     if Path(args.config).resolve() == DEFAULT_CONFIG:
         ensure_cifar10(args.data_dir)
     variants = {"defaults": list(args.set), "plain": PLAIN + list(args.set)}
@@ -78,6 +70,3 @@ def main():
         median = statistics.median(rates["defaults"]) / statistics.median(rates["plain"])
         print(f"speed-up defaults / plain: {best:.2f}x (best epochs), {median:.2f}x (medians)")
 
-
-if __name__ == "__main__":
-    main()

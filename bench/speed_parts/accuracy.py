@@ -3,9 +3,6 @@ path (config defaults: bf16 autocast, channels_last, device-resident tensor pipe
 plain path (fp32, NCHW, PIL transforms in DataLoader workers), same seeds, and report top-1 on all
 eleven test distributions (docs/methods.md#test-distributions).
 
-    python bench/fast_vs_plain.py --data_dir /work/main/.cache/cifar [--epochs 4] [--seeds 1 2]
-        [-c CONFIG (default: the CIFAR-10-LT IR100 TADE config)]
-
 Training runs through train.py (the real code path). The short recipe is the published one
 compressed: lr 0.05, warmup 1 epoch, x0.1 for the last epoch. Each trained model is evaluated in
 its own mode and, for the fast one, also in plain fp32 (the effect of fast evaluation alone).
@@ -13,7 +10,6 @@ The two paths draw different augmentation (PIL draws from worker RNGs, the tenso
 per-epoch generator), so their gap is to be read against the seed-to-seed gap of one path
 (give two seeds to measure it). A JSON of every number is written next to the printout.
 """
-import argparse
 import json
 import subprocess
 import sys
@@ -21,12 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import torch
 
-from common import PLAIN
+from bench.common import PLAIN, ROOT
 from data_loader.test_distributions import generated_distributions
 from model.metric import accuracy_from_confusion, confusion_matrix
 from trainer.build import load_trained
@@ -76,17 +69,14 @@ def evaluate(checkpoint, perf):
     return out
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", default=str(ROOT / ".cache" / "cifar"))
-    p.add_argument("-c", "--config", default=str(CONFIG), help="training config (a CIFAR-10-LT IR100 recipe)")
+def add_arguments(p):
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--variants", nargs="+", default=["fast", "plain"], choices=list(VARIANTS))
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="extra config override for both paths (e.g. data_loader.args.img_max=100 for a smoke run)")
     p.add_argument("--out", default=None, help="JSON file for the results (default: a temporary folder)")
-    args = p.parse_args()
+
+
+def run(args):
     if args.epochs < 2:
         sys.exit("--epochs must be at least 2 (warmup 1 epoch, x0.1 for the last)")
     rows, meta = {}, {}
@@ -109,10 +99,7 @@ def main():
     print(f"|{'-' * 42}|" + "|".join("-" * 7 for _ in short) + "|")
     for key, acc in rows.items():
         print(f"| {key:40s} | " + " | ".join(f"{acc[n]:5.2f}" for n in names) + " |")
-    out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "fast_vs_plain.json"
+    out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "speed_accuracy.json"
     out.write_text(json.dumps({"epochs": args.epochs, "accuracy": rows, "runs": meta}, indent=2))
     print(f"results: {out}")
 
-
-if __name__ == "__main__":
-    main()

@@ -3,18 +3,13 @@ a config's network (``torch.utils.flop_counter``, forward + backward), the bare 
 (random batch, no data pipeline, no logging) in plain fp32 NCHW and in the configured precision
 and layout, and the machine's large-matrix-product rate in fp32 and in the autocast dtype.
 
-    python bench/compute_ceiling.py [-c CONFIG] [-d DEVICE] [--steps 8] [--batch 128]
-
 A step whose FLOP rate is near the matrix-product rate cannot get much faster by precision,
 layout or fusion: only less arithmetic would help.
 """
-import argparse
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
-from common import ROOT
 
 import model.loss as losses
 from trainer.build import build_model, build_performance, resolve_config
@@ -87,14 +82,13 @@ def matmul_rate(device, dtype, n=4096, repeats=5):
     return 2 * n ** 3 * repeats / (time.perf_counter() - start)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config", default=str(ROOT / "configs" / "config_cifar10_ir100_tade.json"))
-    p.add_argument("-d", "--device", default="cpu")
+def add_arguments(p):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--matmul", type=int, default=4096, help="size n of the n x n matrix product")
-    args = p.parse_args()
+
+
+def run(args):
     device = torch.device(args.device)
     cfg, _ = resolve_config(args.config, sections=("arch", "loss"))
     fast = build_performance(cfg)
@@ -114,6 +108,3 @@ def main():
             print(f"  {device.type} matrix product {args.matmul}^3, {str(dtype).replace('torch.', '')}: "
                   f"{matmul_rate(device, dtype, args.matmul) / 1e9:.0f} GFLOP/s")
 
-
-if __name__ == "__main__":
-    main()

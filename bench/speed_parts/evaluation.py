@@ -1,27 +1,21 @@
 """Wall time of evaluating all eleven CIFAR-10-LT test distributions: one pass over the test set
 (logits once, every distribution from index subsets) against one pass per distribution.
-
-    python bench/eval_speed.py [--checkpoint RUN/last.pth] [--data_dir .cache/cifar]
 """
-import argparse
 import time
 
 import numpy as np
 
-from common import DEFAULT_DATA, load_model_and_data
-from base.base_model import average_experts  # after common, which puts the project on the path
+from base.base_model import average_experts
+from bench.common import load_model_and_data
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--checkpoint")
-    p.add_argument("--data_dir", default=str(DEFAULT_DATA))
-    p.add_argument("-d", "--device", default="cpu")
-    p.add_argument("--set", action="append", default=[])
+def add_arguments(p):
     p.add_argument("--repeats", type=int, default=2)
-    args = p.parse_args()
+
+
+def run(args):
     built = load_model_and_data(args.checkpoint, data_dir=args.data_dir, device=args.device, sets=args.set)
     net, data, perf = built.net, built.data, built.perf
     dists = data.test_distributions()
@@ -55,6 +49,3 @@ def main():
           f"images, {args.device}): one pass {t_one:.1f} s, per distribution {t_sep:.1f} s, "
           f"speed-up {t_sep / t_one:.2f}x, identical figures: {same}")
 
-
-if __name__ == "__main__":
-    main()

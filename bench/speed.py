@@ -1,0 +1,85 @@
+"""Speed benchmarks, one tool with a subcommand per measurement (the code of each in bench/speed_parts/):
+
+    python bench/speed.py train      [-c CONFIG] [-d DEVICE] [--data_dir DIR] [--set KEY=VALUE ...]
+                                     [--epochs 1] [--repeats 2] [--only defaults|plain]
+    python bench/speed.py accuracy   [-c CONFIG] [--data_dir DIR] [--set KEY=VALUE ...] [--epochs 4]
+                                     [--seeds 1 2] [--variants fast plain] [--out JSON]
+    python bench/speed.py eval       [--checkpoint RUN/last.pth] [-d DEVICE] [--data_dir DIR]
+                                     [--set KEY=VALUE ...] [--repeats 2]
+    python bench/speed.py test-time  [--checkpoint RUN/last.pth] [-d DEVICE] [--data_dir DIR]
+                                     [--distribution forward50] [--epochs 1]
+    python bench/speed.py loader     [--images 512] [--workers 2] [--batch 64] [--epochs 2]
+    python bench/speed.py ceiling    [-c CONFIG] [-d DEVICE] [--steps 8] [--batch 128] [--matmul 4096]
+
+- ``train``: training images/s of the config's defaults against the plain path (fp32, NCHW, PIL
+  transforms in DataLoader workers), run alternately, with their ratio.
+- ``accuracy``: numbers must not move: top-1 on the eleven test distributions after the same short
+  recipe trained on the fast path and on the plain path, same seeds.
+- ``eval``: one-pass evaluation of the eleven distributions against one pass per distribution.
+- ``test-time``: test-time aggregation with the defaults (frozen network, device-side views)
+  against backpropagation through the fp32 network with PIL views.
+- ``loader``: images/s of the list datasets' JPEG training pipeline on generated images.
+- ``ceiling``: training FLOPs per image, the bare training step and the machine's matrix-product
+  rate.
+
+``--data_dir`` (default ``.cache/cifar``) must hold CIFAR-10 (``cifar-10-batches-py``); it is
+written on demand (``bench/common.py:ensure_cifar10``) for the default config.
+"""
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
+DEFAULT_DATA = ROOT / ".cache" / "cifar"
+
+# subcommand -> (module in bench/speed_parts, the shared options it takes)
+SUBCOMMANDS = {
+    "train": ("train", ("config", "device", "data_dir", "set")),
+    "accuracy": ("accuracy", ("config", "data_dir", "set")),
+    "eval": ("evaluation", ("checkpoint", "device", "data_dir", "set")),
+    "test-time": ("test_time", ("checkpoint", "device", "data_dir")),
+    "loader": ("loader", ()),
+    "ceiling": ("ceiling", ("config", "device")),
+}
+
+
+def add_shared(p, names):
+    if "config" in names:
+        p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG),
+                       help="training config (CIFAR-10 data is written on demand for the default one only)")
+    if "checkpoint" in names:
+        p.add_argument("--checkpoint", help="a trained checkpoint (default: the config's network, untrained)")
+    if "device" in names:
+        p.add_argument("-d", "--device", default="cpu")
+    if "data_dir" in names:
+        p.add_argument("--data_dir", default=str(DEFAULT_DATA))
+    if "set" in names:
+        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="config override (for every variant)")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="|".join(SUBCOMMANDS))
+    for name, (module, shared) in SUBCOMMANDS.items():
+        part = importlib.import_module(f"bench.speed_parts.{module}")
+        sp = sub.add_parser(name, help=part.__doc__.splitlines()[0], description=part.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_shared(sp, shared)
+        part.add_arguments(sp)
+        sp.set_defaults(run=part.run)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
