@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.reproduce import checkpoint_epoch
+from bench.steps import command, run_step, train_or_resume, training_stats
 
 SMALL_WEIGHTS = 8 << 20  # weights kept in a record up to this size (a CIFAR ResNet-32 with 3 experts: 5.4 MB)
 DEFAULT_WORK_DIR = Path.home() / ".cache" / "tade-records"
@@ -65,44 +65,25 @@ def machine():
     return info
 
 
-def step(cmd, log):
-    """Run one step from the repository root, its output appended to ``log``; stop if it fails."""
-    with open(log, "a") as f:
-        f.write(f"\n$ {' '.join(map(str, cmd))}\n")
-        f.flush()
-        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        sys.exit(f"record: step failed (exit {proc.returncode}), see {log}: {' '.join(map(str, cmd[1:4]))} ...")
-
-
 def default_name(config_path, epochs, seed):
     stem = Path(config_path).stem
     return f"{stem[len('config_'):] if stem.startswith('config_') else stem}_e{epochs}_s{seed}"
 
 
 def train(args, run_dir, log):
-    """Train (or resume) into ``run_dir``; the commit that started training is kept beside it."""
-    last = run_dir / "last.pth"
-    common = ["-d", args.device] if args.device else []
-    if last.is_file() and checkpoint_epoch(last) >= args.epochs:
-        return False
-    if last.is_file():
-        cmd = [sys.executable, "train.py", "-r", last, *common]
-    else:
-        if run_dir.exists():  # started, no finished epoch: set aside, start again
-            run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
+    """Train (or resume) into ``run_dir``; the commit and command that started training are kept beside it."""
+    def note_start():
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         (run_dir.parent / "train_commit.txt").write_text(git_commit() + "\n")
         (run_dir.parent / "train_command.json").write_text(json.dumps(sys.argv) + "\n")
-        cmd = [sys.executable, "train.py", "-c", args.config, "--epochs", args.epochs, "--seed", args.seed,
-               "--save_dir", run_dir.parent.parent, "--name", run_dir.parent.name, "--run_id", run_dir.name,
-               *common]
-        if args.data_dir:
-            cmd += ["--data_dir", args.data_dir]
-        for s in args.set:
-            cmd += ["--set", s]
-    step(cmd, log)
-    return True
+
+    start = ["-c", args.config, "--epochs", args.epochs, "--seed", args.seed, "--save_dir", run_dir.parent.parent,
+             "--name", run_dir.parent.name, "--run_id", run_dir.name]
+    if args.data_dir:
+        start += ["--data_dir", args.data_dir]
+    for s in args.set:
+        start += ["--set", s]
+    return train_or_resume(run_dir, args.epochs, start, log, "record", args.device, on_start=note_start)
 
 
 def small_weights(checkpoint, out):
@@ -118,11 +99,6 @@ def small_weights(checkpoint, out):
         return False
     save_checkpoint(keep, out)
     return True
-
-
-def training_seconds(info_log):
-    text = Path(info_log).read_text()
-    return sum(float(v) for v in re.findall(r"epoch_time_s ([0-9.]+)", text))
 
 
 def main():
@@ -158,19 +134,18 @@ def main():
         return
     stage = Path(args.results_dir) / f".{name}.partial"
     stage.mkdir(parents=True, exist_ok=True)
-    common = ["-d", args.device] if args.device else []
-    data = ["--data_dir", args.data_dir] if args.data_dir else []
+    where = {"device": args.device, "data_dir": args.data_dir}
     if not (stage / "eval_last.json").is_file():
-        step([sys.executable, "test.py", "-r", run_dir / "last.pth", *common, *data, "--out", stage / "eval_last.json",
-              "--save_logits", "--logits_dtype", "float16"], log)
+        run_step(command("test.py", "-r", run_dir / "last.pth", "--out", stage / "eval_last.json", "--save_logits",
+                         "--logits_dtype", "float16", **where), log, "record")
         os.replace(stage / "eval_last_logits.npz", stage / "logits.npz")
     best = run_dir / "model_best.pth"
     if best.is_file() and not (stage / "eval_best.json").is_file():
-        step([sys.executable, "test.py", "-r", best, *common, *data, "--out", stage / "eval_best.json"], log)
+        run_step(command("test.py", "-r", best, "--out", stage / "eval_best.json", **where), log, "record")
     if not (stage / "test_time_methods.json").is_file():
-        step([sys.executable, "bench/test_time_methods.py", run_dir / "last.pth", *common, *data,
-              *(["--skip_views"] if args.skip_views else []), "--stream_batch", "16,128",
-              "--out", stage / "test_time_methods.json"], log)
+        views = ["--skip_views"] if args.skip_views else []
+        run_step(command("bench/test_time_methods.py", run_dir / "last.pth", *views, "--stream_batch", "16,128",
+                         "--out", stage / "test_time_methods.json", **where), log, "record")
     for src in ("config.json", "epochs.csv", "info.log"):
         shutil.copyfile(run_dir / src, stage / src)
     has_weights = small_weights(run_dir / "last.pth", stage / "model.pth")
@@ -186,7 +161,7 @@ def main():
         "command": [Path(sys.executable).name, *sys.argv], "train_command": train_command,
         "commit_trained": train_commit, "commit_evaluated": git_commit(),
         "machine": machine(), "precision": precision.group(1) if precision else None,
-        "training_seconds": training_seconds(run_dir / "info.log"),
+        "training_seconds": training_stats(run_dir / "info.log")[0],
         "record_seconds_this_call": time.time() - started,
         "weights": "model.pth" if has_weights else None,
         "files": sorted(f.name for f in stage.iterdir()) + (["record.json"]),

@@ -16,14 +16,13 @@ import argparse
 import json
 import re
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.steps import command, run_step, train_or_resume, training_stats
 from utils.parse_config import read_json
 
 ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
@@ -96,76 +95,37 @@ def test_time_config(dataset):
     return ROOT / "configs" / f"test_time_{family}_tade.json"
 
 
-def run(cmd, log):
-    """Run a step, appending its output to ``log``; exit with its message if it fails."""
-    with open(log, "a") as f:
-        f.write(f"$ {' '.join(map(str, cmd))}\n")
-        f.flush()
-        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
-        f.write(proc.stdout)
-    if proc.returncode:
-        sys.exit(f"step failed (exit {proc.returncode}), see {log}: {' '.join(map(str, cmd[:4]))} ...")
-    return proc.stdout
-
-
-def checkpoint_epoch(path):
-    import torch
-    try:
-        return int(torch.load(path, weights_only=True, map_location="cpu")["epoch"])
-    except Exception:  # noqa: BLE001 - a torn file counts as absent; train.py wrote it atomically anyway
-        return -1
-
-
 def run_id(args, seed):
     return f"e{args.epochs}" if seed is None else f"e{args.epochs}_s{seed}"
 
 
 def train_method(args, method, out_dir, log, seed=None):
     config_path = ROOT / "configs" / f"config_{args.dataset}_{method}.json"
-    config = read_json(config_path)
     run_dir = out_dir / method / run_id(args, seed)
-    last = run_dir / "last.pth"
-    common = ["-d", args.device] if args.device else []
-    if last.is_file() and checkpoint_epoch(last) >= args.epochs:
-        return run_dir, False
-    if last.is_file():
-        cmd = [sys.executable, "train.py", "-r", last, *common]
-    else:
-        if run_dir.exists():  # started but no finished epoch: keep it aside, start again
-            run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
-        cmd = [sys.executable, "train.py", "-c", config_path, "--epochs", args.epochs, "--save_dir", out_dir,
-               "--name", method, "--run_id", run_id(args, seed), *common]
-        if seed is not None:
-            cmd += ["--seed", seed]
-        if args.data_dir:
-            cmd += ["--data_dir", args.data_dir]
-        for s in scaled_overrides(config, args.epochs) + args.set:
-            cmd += ["--set", s]
-    run(cmd, log)
-    return run_dir, True
-
-
-def training_stats(run_dir):
-    text = (run_dir / "info.log").read_text()
-    times = [float(v) for v in re.findall(r"epoch_time_s ([0-9.]+)", text)]
-    rates = [float(v) for v in re.findall(r"images_per_s ([0-9.]+)", text)]
-    return sum(times), (sum(rates) / len(rates) if rates else None)
+    start = ["-c", config_path, "--epochs", args.epochs, "--save_dir", out_dir, "--name", method,
+             "--run_id", run_id(args, seed)]
+    if seed is not None:
+        start += ["--seed", seed]
+    if args.data_dir:
+        start += ["--data_dir", args.data_dir]
+    for s in scaled_overrides(read_json(config_path), args.epochs) + args.set:
+        start += ["--set", s]
+    return run_dir, train_or_resume(run_dir, args.epochs, start, log, "reproduce", args.device)
 
 
 def evaluate(args, method, run_dir, log):
-    common = ["-d", args.device] if args.device else []
     eval_json = run_dir / "eval_last.json"
     macs_file = run_dir / "macs.txt"
     if not eval_json.is_file() or not macs_file.is_file():
-        out = run([sys.executable, "test.py", "-r", run_dir / "last.pth", "--macs", *common], log)
+        out = run_step(command("test.py", "-r", run_dir / "last.pth", "--macs", device=args.device), log, "reproduce")
         macs = re.search(r"MACs per image .*: ([0-9.]+) G", out)
         macs_file.write_text(macs.group(1) if macs else "")
     results = {method: json.loads(eval_json.read_text())["distributions"]}
     if method == "tade":
         tt_json = run_dir / "test_time_last.json"
         if not tt_json.is_file():
-            run([sys.executable, "test_train.py", "-c", test_time_config(args.dataset), "-r",
-                 run_dir / "last.pth", *common], log)
+            run_step(command("test_train.py", "-c", test_time_config(args.dataset), "-r", run_dir / "last.pth",
+                             device=args.device), log, "reproduce")
         results = {"tade_no_tt": results["tade"], "tade": json.loads(tt_json.read_text())["distributions"]}
     return results, macs_file.read_text().strip()
 
@@ -228,7 +188,7 @@ def main():
             print(f"{method}{'' if seed is None else f' seed {seed}'}: "
                   f"{'trained' if trained else 'already trained'} ({run_dir})", flush=True)
             results, macs = evaluate(args, method, run_dir, log)
-            seconds, rate = training_stats(run_dir)
+            seconds, rate = training_stats(run_dir / "info.log")
             for key, dists in results.items():
                 per_seed, _, total, _ = rows.get(key, ([], macs, 0.0, rate))
                 rows[key] = (per_seed + [dists], macs, total + seconds, rate)
