@@ -1,5 +1,5 @@
 """The suite's shared fixtures: each small trained checkpoint the tests need, trained once per session
-(in this process: a fresh interpreter would only add its start-up time). Tests must not change them;
+(in this process, but for the reference run that fresh interpreters are compared with). Tests must not change them;
 a test that writes beside a checkpoint copies it into its own ``tmp_path`` first.
 
 - ``tiny_checkpoint``: 1 epoch of the tiny CIFAR-100 recipe (101 images, 3 experts), for the
@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import ROOT, call_entry, small_cifar_config, tiny_cifar_config, write_cifar100, write_config
+from tests.helpers import (ROOT, call_entry, run_script, small_cifar_config, tiny_cifar_config, write_cifar100,
+                           write_config)
 
 REFERENCE_SEED = "5"
 
@@ -40,10 +41,13 @@ def tiny_checkpoint(tmp_path_factory, tiny_data):
 
 @pytest.fixture(scope="session")
 def tiny_reference(tmp_path_factory, tiny_data):
-    """(root, config path, run folder) of the uninterrupted 3-epoch run."""
+    """(root, config path, seed, run folder) of the uninterrupted 3-epoch run, trained in a fresh
+    interpreter as the runs compared with it are (this process's state after other tests plays no part)."""
     root = tmp_path_factory.mktemp("tiny_reference")
     cfg = write_config(root / "c.json", tiny_cifar_config(tiny_data, root / "saved", epochs=3))
-    _train(["-c", cfg, "--run_id", "full", "--seed", REFERENCE_SEED])
+    proc = run_script("train.py", "-c", cfg, "--run_id", "full", "--seed", REFERENCE_SEED, "-d", "cpu",
+                      env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return SimpleNamespace(root=root, config=cfg, seed=REFERENCE_SEED, run=root / "saved" / "small" / "full")
 
 

@@ -76,8 +76,8 @@ def run_script(script, *args, cwd=None, timeout=600, env=None):
     """Run one of the entry points in a fresh interpreter; returns CompletedProcess (text)."""
     # One intra-op thread unless asked otherwise: the tests' runs are tiny, and on a shared machine
     # several threads per process only compete with each other.
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                    **(env or {}))
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
