@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.steps import command, run_step, train_or_resume, training_stats
+from utils.safe_write import write_bytes, write_json, write_text
 
 SMALL_WEIGHTS = 8 << 20  # weights kept in a record up to this size (a CIFAR ResNet-32 with 3 experts: 5.4 MB)
 DEFAULT_WORK_DIR = Path.home() / ".cache" / "tade-records"
@@ -74,8 +74,8 @@ def train(args, run_dir, log):
     """Train (or resume) into ``run_dir``; the commit and command that started training are kept beside it."""
     def note_start():
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        (run_dir.parent / "train_commit.txt").write_text(git_commit() + "\n")
-        (run_dir.parent / "train_command.json").write_text(json.dumps(sys.argv) + "\n")
+        write_text(run_dir.parent / "train_commit.txt", git_commit() + "\n")
+        write_text(run_dir.parent / "train_command.json", json.dumps(sys.argv) + "\n")
 
     start = ["-c", args.config, "--epochs", args.epochs, "--seed", args.seed, "--save_dir", run_dir.parent.parent,
              "--name", run_dir.parent.name, "--run_id", run_dir.name]
@@ -147,7 +147,7 @@ def main():
         run_step(command("bench/test_time_methods.py", run_dir / "last.pth", *views, "--stream_batch", "16,128",
                          "--out", stage / "test_time_methods.json", **where), log, "record")
     for src in ("config.json", "epochs.csv", "info.log"):
-        shutil.copyfile(run_dir / src, stage / src)
+        write_bytes(stage / src, (run_dir / src).read_bytes())
     has_weights = small_weights(run_dir / "last.pth", stage / "model.pth")
     train_commit = (work / "train_commit.txt").read_text().strip() if (work / "train_commit.txt").is_file() else None
     train_command = json.loads((work / "train_command.json").read_text()) if (work / "train_command.json").is_file() \
@@ -166,7 +166,7 @@ def main():
         "weights": "model.pth" if has_weights else None,
         "files": sorted(f.name for f in stage.iterdir()) + (["record.json"]),
     }
-    (stage / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_json(stage / "record.json", {"written_by": "bench/record.py", **record}, indent=1)
     os.replace(stage, final)
     print(f"recorded {final}")
 

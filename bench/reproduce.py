@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.steps import command, run_step, train_or_resume, training_stats
 from utils.parse_config import read_json
+from utils.safe_write import write_text
 
 ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
 
@@ -119,7 +120,7 @@ def evaluate(args, method, run_dir, log):
     if not eval_json.is_file() or not macs_file.is_file():
         out = run_step(command("test.py", "-r", run_dir / "last.pth", "--macs", device=args.device), log, "reproduce")
         macs = re.search(r"MACs per image .*: ([0-9.]+) G", out)
-        macs_file.write_text(macs.group(1) if macs else "")
+        write_text(macs_file, macs.group(1) if macs else "")
     results = {method: json.loads(eval_json.read_text())["distributions"]}
     if method == "tade":
         tt_json = run_dir / "test_time_last.json"
@@ -194,7 +195,7 @@ def main():
                 rows[key] = (per_seed + [dists], macs, total + seconds, rate)
                 names = names or list(dists)
     table = markdown_table(args, rows, names)
-    (out_dir / f"results_e{args.epochs}.md").write_text(table)
+    write_text(out_dir / f"results_e{args.epochs}.md", table)
     print(table)
     print(f"wrote {out_dir / f'results_e{args.epochs}.md'}")
 

@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from utils.safe_write import open_append
 
 
 def command(script, *args, device=None, data_dir=None):
@@ -20,7 +23,7 @@ def command(script, *args, device=None, data_dir=None):
 def run_step(cmd, log, tool):
     """Run ``cmd`` from the repository root; the command line, its stderr and its stdout are appended
     to ``log``. Returns stdout; a failure exits with one line (``tool``: the script's name)."""
-    with open(log, "a") as f:
+    with open_append(log) as f:
         f.write(f"\n$ {' '.join(map(str, cmd))}\n")
         f.flush()
         proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)

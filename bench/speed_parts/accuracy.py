@@ -26,9 +26,11 @@ from trainer.build import load_trained
 from trainer.forward import predict
 from utils.parse_config import parse_set_expression, set_by_path
 from utils.performance import Performance
+from utils.safe_write import check_target, write_json, write_text
 
 CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
 VARIANTS = {"fast": [], "plain": PLAIN}
+WRITER = "bench/speed.py accuracy"
 
 
 def train(variant, seed, epochs, data_dir, save_dir, extra=(), config_path=CONFIG):
@@ -39,7 +41,7 @@ def train(variant, seed, epochs, data_dir, save_dir, extra=(), config_path=CONFI
         key, value = parse_set_expression(item)
         set_by_path(config, key, value, source="--set", must_exist=False)
     written = Path(save_dir) / "config.json"
-    written.write_text(json.dumps(config))
+    write_text(written, json.dumps(config))
     cmd = [sys.executable, str(ROOT / "train.py"), "-c", str(written), "-d", "cpu", "--data_dir", str(data_dir),
            "--save_dir", str(save_dir), "--epochs", str(epochs), "--seed", str(seed), "--run_id", f"{variant}{seed}",
            "--set", "trainer.valid_period=0", "--set", "trainer.monitor=off", "--set", "trainer.tensorboard=false",
@@ -79,6 +81,8 @@ def add_arguments(p):
 def run(args):
     if args.epochs < 2:
         sys.exit("--epochs must be at least 2 (warmup 1 epoch, x0.1 for the last)")
+    out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "speed_accuracy.json"
+    check_target(out, WRITER, legacy=lambda r: "accuracy" in r and "runs" in r)  # before the training runs
     rows, meta = {}, {}
     with tempfile.TemporaryDirectory() as save_dir:
         for seed in args.seeds:
@@ -99,7 +103,6 @@ def run(args):
     print(f"|{'-' * 42}|" + "|".join("-" * 7 for _ in short) + "|")
     for key, acc in rows.items():
         print(f"| {key:40s} | " + " | ".join(f"{acc[n]:5.2f}" for n in names) + " |")
-    out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "speed_accuracy.json"
-    out.write_text(json.dumps({"epochs": args.epochs, "accuracy": rows, "runs": meta}, indent=2))
+    write_json(out, {"written_by": WRITER, "epochs": args.epochs, "accuracy": rows, "runs": meta})
     print(f"results: {out}")
 
