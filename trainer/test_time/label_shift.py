@@ -93,7 +93,7 @@ def check_bias(value):
     toward g log p_train, the shrinkage cross-fitted on the calibration images)."""
     if isinstance(value, bool) or value in BIAS_FAMILIES[2:]:
         return value
-    raise ValueError(f"bias {value!r}: expected true, false, \"prior\", \"shrunk\" or \"shrunk_prior\"")
+    raise ValueError(f"bias {value!r}: expected true or false, or a family \"prior\", \"shrunk\" or \"shrunk_prior\"")
 
 
 def check_temperature(value):
