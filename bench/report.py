@@ -79,6 +79,8 @@ def load_record(folder):
         rec["sizes"] = read_json(folder / "validation_size.json", ("rows",))
     if (folder / "jpeg_sensitivity.json").is_file():
         rec["jpeg"] = read_json(folder / "jpeg_sensitivity.json", ("qualities",))
+    if (folder / "calibration_study.json").is_file():  # bench/calibration_study.py
+        rec["study"] = read_json(folder / "calibration_study.json", ("sizes", "references", "pool", "draws"))
     try:
         rec["curve"] = pd.read_csv(folder / "epochs.csv")
     except (OSError, ValueError) as e:
@@ -239,6 +241,24 @@ def sizes_table(rec):
                   "worst Dirichlet draw vs plain", "strength"], rows)
 
 
+def calibration_study_table(rec):
+    """The size table of bench/calibration_study.py: every row (calibration family x estimator, the
+    shipped config, the old rule) at every validation size, over the seeded draws of the split."""
+    study = rec["study"]
+    refs = ", ".join(f"{k} {v:.2f}" for k, v in study["references"].items())
+    note = (f"Validation pool: {study['pool']}; {study['draws']} seeded draws per size (all: one). "
+            f"References: {refs}. A row holds when its worst of 11 and worst Dirichlet draw are >= "
+            f"-{study.get('margin', 0.5)} points against the plain average on every draw and its mean is at least the "
+            "aggregation's.")
+    sizes = sorted(study["sizes"], key=lambda k: (k == "all", int(k) if k != "all" else 0))
+    rows = [[size, label + (f" (= {e['same_as']})" if e.get("same_as") else ""), f"{e['mean']:.2f}",
+             f"{e['lowest_mean']:.2f}", f"{e['worst']:+.2f}", f"{e['worst_dirichlet']:+.2f}",
+             "yes" if e["holds"] else "no"]
+            for size in sizes for label, e in study["sizes"][size].items()]
+    return note + "\n\n" + table(["per class", "row", "mean of 11 (over draws)", "lowest mean", "worst of 11 vs plain",
+                                   "worst Dirichlet draw vs plain", "holds"], rows)
+
+
 def jpeg_table(rec):
     rows = []
     base = rec["jpeg"]["qualities"].get("as stored")
@@ -324,6 +344,9 @@ def render(records):
         if "sizes" in r:
             parts += [f"Label-shift methods against the validation split's size on `{r['record']['name']}` "
                       "(`bench/validation_size.py`; top-1 %, differences in points)", sizes_table(r)]
+        if "study" in r:
+            parts += [f"Calibration families against the validation split's size on `{r['record']['name']}` "
+                      "(`bench/calibration_study.py`; top-1 %, differences in points)", calibration_study_table(r)]
         if "jpeg" in r:
             parts += [f"JPEG sensitivity of `{r['record']['name']}` (`bench/jpeg_sensitivity.py`; plain average, "
                       "top-1 %)", jpeg_table(r)]

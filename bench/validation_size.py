@@ -26,6 +26,7 @@ from bench.test_time_methods import TRAINING_CALIBRATION, family_config
 from trainer.adaptation import ReferenceLogits, run_method
 from bench.common import checkpoint_parser, output_path, write_report
 from trainer.build import load_trained
+from trainer.validation_cache import validation_logits
 from trainer.forward import collect_expert_logits
 from trainer.protocols import add_protocol_args, test_sets
 from utils.parse_config import ConfigParser
@@ -66,8 +67,7 @@ def main(argv=None):
     start = time.perf_counter()
     clean, targets = collect_expert_logits(trained.net, data.test_loader(device=args.device), args.device,
                                            trained.perf)
-    val_logits, val_targets = collect_expert_logits(trained.net, data.validation_loader(device=args.device),
-                                                    args.device, trained.perf, desc="validation images (all)")
+    val_logits, val_targets = validation_logits(trained, args.device)  # cached beside the checkpoint
     reference = ReferenceLogits(trained, args.device)
     print(f"passes: {time.perf_counter() - start:.1f} s", flush=True)
     args.protocol, args.distributions = "distributions", "all"

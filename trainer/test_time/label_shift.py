@@ -47,7 +47,8 @@ from abc import abstractmethod
 import torch
 
 from base.base_test_time import TestTimeMethod
-from trainer.test_time.prior_calibration import fit_calibration
+from utils.errors import UserError
+from trainer.test_time.prior_calibration import BIAS_FAMILIES, cross_fit_kappa, fit_calibration, fit_family
 from trainer.test_time.prior_math import (FLOOR, _log, _normalise, chi2_sf, em_prior, ensemble_logits, kl_divergence,
                                           log_likelihood_ratio, mean_prediction)
 from trainer.test_time.prior_online import OnlinePrior
@@ -87,6 +88,15 @@ def check_bool(name, value):
     return value
 
 
+def check_bias(value):
+    """``bias``: true (a free per-class bias), false (none) or a family with fewer effective
+    parameters: "prior" (g log p_train), "shrunk" / "shrunk_prior" (a free bias shrunk toward 0 /
+    toward g log p_train, the shrinkage cross-fitted on the calibration images)."""
+    if isinstance(value, bool) or value in BIAS_FAMILIES[2:]:
+        return value
+    raise ValueError(f"bias {value!r}: expected true or false, or a family \"prior\", \"shrunk\" or \"shrunk_prior\"")
+
+
 def check_temperature(value):
     if value == "fit":
         return value
@@ -115,7 +125,7 @@ class LabelShiftMethod(TestTimeMethod):
             source_prior = "uniform" if self.calibration_data == "validation" else "reference"
         self.source_prior = check_choice("source_prior", source_prior, SOURCE_PRIORS)
         self.temperature = check_temperature(temperature)
-        self.bias = check_bool("bias", bias)
+        self.bias = check_bias(bias)
         if self.bias and self.calibration_data == "training" and self.source_prior not in ("reference", "train"):
             raise ValueError(f"bias true with source_prior {self.source_prior!r} and calibration \"training\": a class "
                              "bias fitted on the training images calibrates the posterior for their prior, so "
@@ -131,6 +141,25 @@ class LabelShiftMethod(TestTimeMethod):
             option = getattr(data, "validation_option", "data_loader.args.validation")
             raise ValueError(f"calibration \"validation\": {type(data).__name__} has no validation split; configure "
                              f"one with {option}, or set test_time.args.calibration to \"training\"")
+        if self.needs_reference() and self.calibration_data == "validation":
+            info = data.validation_info or {}
+            self.check_split(info.get("counts") or [], info.get("option", "data_loader.args.validation"))
+
+    MIN_PER_CLASS = 2  # a per-class calibration (or SafePrior's halved split) needs two images of a class
+
+    def check_split(self, counts, option):
+        """A split too small to calibrate: the first class with fewer than two images (every class
+        counts when a bias is fitted or the split is halved; else the split as a whole)."""
+        per_class = self.bias is not False or getattr(self, "auto", False)
+        if per_class:
+            for cls, n in enumerate(counts):
+                if n < self.MIN_PER_CLASS:
+                    raise ValueError(f"calibration \"validation\": class {cls} has {n} validation image(s); "
+                                     f"{type(self).__name__} with bias {self.bias!r} needs at least "
+                                     f"{self.MIN_PER_CLASS} per class; enlarge the split with {option}")
+        elif sum(counts) < self.MIN_PER_CLASS:
+            raise ValueError(f"calibration \"validation\": {sum(counts)} validation image(s); at least "
+                             f"{self.MIN_PER_CLASS} are needed; enlarge the split with {option}")
 
     # ---- calibration (computed once per instance, from the allowed labelled data)
     def needs_reference(self):
@@ -174,7 +203,14 @@ class LabelShiftMethod(TestTimeMethod):
         """{"temperature": T, "bias": [C] or None, "source_prior": [C] float64, "anchor": [C],
         "data": which images, "images_per_class": [C]}, computed on first use."""
         if self._calibration is None:
-            self._calibration = self.fit(self.calibration_logits(ctx) if self.needs_reference() else None, ctx)
+            reference = self.calibration_logits(ctx) if self.needs_reference() else None
+            if reference is not None and self.calibration_data == "validation":
+                option = (ctx.validation_info or {}).get("option", "data_loader.args.validation")
+                try:
+                    self.check_split(torch.bincount(reference[1], minlength=ctx.num_classes).tolist(), option)
+                except ValueError as e:
+                    raise UserError(str(e)) from None
+            self._calibration = self.fit(reference, ctx)
         return self._calibration
 
     def fit(self, reference, ctx):
@@ -182,10 +218,20 @@ class LabelShiftMethod(TestTimeMethod):
         c = ctx.num_classes
         weights = None if reference is None else self.class_weights(reference[1], ctx)
         temperature, bias = (self.temperature if self.temperature != "fit" else 1.0), None
-        if self.temperature == "fit" or self.bias:
+        kappa = None
+        if isinstance(self.bias, str):  # a family with fewer effective parameters (temperature always fitted)
+            if self.temperature != "fit":
+                raise ValueError(f"bias {self.bias!r} fits the temperature with the bias; set temperature \"fit\"")
+            log_prior = _log(_normalise(torch.as_tensor(ctx.train_prior, dtype=torch.float64).flatten()))
+            if self.bias.startswith("shrunk"):
+                kappa, _ = cross_fit_kappa(reference[0], reference[1], self.bias, log_prior, weights)
+            temperature, bias = fit_family(reference[0], reference[1], self.bias, log_prior, weights,
+                                           kappa if kappa is not None else 0.0)
+        elif self.temperature == "fit" or self.bias:
             temperature, bias = fit_calibration(reference[0], reference[1], fit_temperature=self.temperature == "fit",
                                                 fit_bias=self.bias, temperature=temperature, class_weights=weights)
-        cal = {"temperature": float(temperature), "bias": bias}
+        cal = {"temperature": float(temperature), "bias": bias, "bias_family": self.bias_family,
+               "kappa": kappa if kappa is None or math.isfinite(kappa) else "inf"}
         if self.source_prior == "uniform":
             ps = torch.full((c,), 1.0 / c, dtype=torch.float64)
         elif self.source_prior == "train":
@@ -207,6 +253,12 @@ class LabelShiftMethod(TestTimeMethod):
         info = ctx.validation_info or {}
         cal["in_sample_classes"] = list(info.get("in_sample_classes", [])) if cal["data"] == "validation" else []
         return cal
+
+    @property
+    def bias_family(self):
+        if isinstance(self.bias, bool):
+            return "free" if self.bias else "none"
+        return self.bias
 
     @staticmethod
     def _calibrate(z, cal):
@@ -241,7 +293,8 @@ class LabelShiftMethod(TestTimeMethod):
         return {"scores": scores, "prior": [float(v) for v in prior], "temperature": cal["temperature"],
                 "source_prior": [float(v) for v in cal["source_prior"]], "calibrated_on": cal["data"],
                 "calibration_images_per_class": cal["images_per_class"],
-                "calibration_in_sample_classes": cal["in_sample_classes"], **facts}
+                "calibration_in_sample_classes": cal["in_sample_classes"], "bias_family": cal["bias_family"],
+                "shrinkage": cal["kappa"], **facts}
 
     def online(self, ctx):
         return OnlinePrior(self, ctx)

@@ -55,3 +55,97 @@ def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperatur
                         "logits predict their labels at all?); expected a fitted temperature > 0, or set "
                         "test_time.args.temperature to a number")
     return 1.0 / b, (bias.detach().clone() if fit_bias else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Calibration families with fewer effective parameters than a free per-class bias
+# (docs/methods.md#small-validation-splits). Calibrated logits: z / T + b with
+#   "prior":        b = g * log p_train                (two parameters: 1/T and g)
+#   "shrunk":       b free, penalised toward 0         (ridge; its weight chosen by cross-fitting)
+#   "shrunk_prior": b free, penalised toward g log p   (ridge around the two-parameter family)
+# The penalty is ``kappa / n * sum_c (b_c - g log p_c)^2`` beside the mean (weighted) NLL of n
+# images, so kappa counts like pseudo-images per class pulling the bias to its target.
+BIAS_FAMILIES = ("free", "none", "prior", "shrunk", "shrunk_prior")
+KAPPAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, math.inf)
+FOLDS = 5
+
+
+def fit_family(z, targets, family, log_prior=None, class_weights=None, kappa=0.0, max_iter=200):
+    """Fit ``family`` (one of :data:`BIAS_FAMILIES`) by the (class-weighted) NLL; returns (T, b [C]
+    float64 or None). ``kappa``: the ridge weight of the shrunk families (``math.inf``: the target
+    itself)."""
+    if family == "free":
+        return fit_calibration(z, targets, fit_bias=True, class_weights=class_weights, max_iter=max_iter)
+    if family == "none":
+        return fit_calibration(z, targets, fit_bias=False, class_weights=class_weights, max_iter=max_iter)
+    z = torch.as_tensor(z).double()
+    y = torch.as_tensor(targets).long()
+    c = z.shape[1]
+    w = torch.ones(len(y), dtype=torch.float64) if class_weights is None else torch.as_tensor(
+        class_weights, dtype=torch.float64)[y]
+    w = w / w.sum()
+    toward_prior = family in ("prior", "shrunk_prior")
+    free = family in ("shrunk", "shrunk_prior") and kappa != math.inf
+    basis = (torch.as_tensor(log_prior, dtype=torch.float64).flatten() if toward_prior
+             else torch.zeros(c, dtype=torch.float64))
+    basis = basis - basis.mean()
+    beta = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    g = torch.zeros(1, dtype=torch.float64, requires_grad=toward_prior)
+    d = torch.zeros(c, dtype=torch.float64, requires_grad=free)
+    params = [p for p in (beta, g, d) if p.requires_grad]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+    penalty = 0.0 if not free else kappa / len(y)
+
+    def closure():
+        opt.zero_grad()
+        nll = (torch.nn.functional.cross_entropy(z * beta + g * basis + d, y, reduction="none") * w).sum()
+        loss = nll + penalty * (d * d).sum() if free else nll
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    b = float(beta.detach())
+    if not math.isfinite(b) or b <= 0:
+        raise UserError(f"calibration: the fitted inverse temperature {b:g} is not positive (do the calibration "
+                        "logits predict their labels at all?); expected a fitted temperature > 0")
+    bias = (g.detach() * basis + d.detach()).clone()
+    return 1.0 / b, bias
+
+
+def folds(targets, k=FOLDS, seed=0):
+    """``k`` index sets that split every class as evenly as it allows (seeded)."""
+    y = torch.as_tensor(targets).long()
+    gen = torch.Generator().manual_seed(seed)
+    parts = [[] for _ in range(k)]
+    start = 0
+    for cls in torch.unique(y).tolist():
+        idx = torch.where(y == cls)[0]
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        for j, i in enumerate(idx.tolist()):
+            parts[(start + j) % k].append(i)
+        start += len(idx)
+    return [torch.as_tensor(sorted(p), dtype=torch.long) for p in parts if p]
+
+
+def cross_fit_kappa(z, targets, family, log_prior=None, class_weights=None, kappas=KAPPAS, k=FOLDS):
+    """The ridge weight of a shrunk family with the smallest held-out (class-weighted) NLL over
+    ``k`` folds of the calibration images; returns (kappa, {kappa: held-out NLL})."""
+    z = torch.as_tensor(z).double()
+    y = torch.as_tensor(targets).long()
+    cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float64)
+    parts = folds(y, k)
+    scores = {}
+    for kappa in kappas:
+        total, weight = 0.0, 0.0
+        for j, held in enumerate(parts):
+            fit_idx = torch.cat([p for i, p in enumerate(parts) if i != j])
+            t, b = fit_family(z[fit_idx], y[fit_idx], family, log_prior, cw, kappa)
+            scaled = z[held] / t + b
+            w = torch.ones(len(held), dtype=torch.float64) if cw is None else cw[y[held]]
+            total += float((torch.nn.functional.cross_entropy(scaled, y[held], reduction="none") * w).sum())
+            weight += float(w.sum())
+        scores[kappa] = total / weight
+    best = min(scores, key=lambda kk: (scores[kk], -kk if kk != math.inf else -1e18))
+    return best, scores

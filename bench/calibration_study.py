@@ -1,0 +1,270 @@
+"""Which calibration holds on small validation splits: every recorded model, splits of 10, 20, 50,
+100 and all images per class, several seeded draws each, calibration families with fewer effective
+parameters than a free per-class bias, each with EM and with SafePrior's two selection rules.
+
+    python bench/calibration_study.py [RECORD_DIR ...] [--sizes 10,20,50,100,all] [--draws 5]
+        [--data_dir PATH] [--families ...] [--out FILE]
+
+RECORD_DIR: a folder of ``results/`` holding ``logits.npz`` (default: every one). The test logits
+and the eleven distributions come from that file; the validation pool is the record's whole
+left-over split when ``--data_dir`` is given and the record's ``model.pth`` loads (its logits from
+the cache beside the checkpoint, trainer/validation_cache.py: one network pass the first time,
+none after), else the validation split saved in ``logits.npz``. A split of k per class takes,
+per class, k images of the pool at random (seed = the draw); "all" is the whole pool (one draw).
+
+Rows (``family``: how the calibration's class bias is fitted; docs/methods.md#small-validation-splits):
+- ``free``: a free per-class bias with the temperature (C + 1 parameters; the old calibration);
+- ``none``: temperature only; ``prior``: z / T + g log p_train (two parameters);
+- ``shrunk`` / ``shrunk_prior``: a free bias shrunk toward 0 / toward g log p_train by a ridge
+  whose weight is chosen by 5-fold cross-fitting on the split;
+each with EM (the full Bayes adjustment), ``SafePrior auto`` (strength and gate chosen by the
+simulation on the split, the old rule when the family is ``free``) and ``SafePrior gate``
+(strength 1, the shift test alone decides). Beside them the shipped prior config
+(``configs/test_time_<family>_prior.json``) as it is now.
+
+Scores: the mean over the eleven distributions, the worst of the eleven against the plain average,
+the worst Dirichlet draw against it (alpha 0.1, 1, 10; 10 draws each, 2000 images); over the draws
+of the split: the mean and the lowest mean, the worst of the worsts. References: the plain average,
+the self-supervised aggregation's mean (the record's ``test_time_methods.json``) and the oracle
+prior (``z + log pi_test``: it reads the test labels, a ceiling, never a method). Test labels
+choose nothing here: every setting is fitted or chosen on the validation split.
+
+A row *holds* at a size when its worst of the eleven and its worst Dirichlet draw are >= -0.5
+points against the plain average over every draw of the split, and its mean over the draws is at
+least the aggregation's mean. Writes ``calibration_study.json`` into each record folder (rendered
+by ``bench/report.py``) unless ``--out`` names one file for all.
+
+Timing of the label-shift methods with a warm cache (the 1.2x-one-test-pass target) is measured by
+``bench/test_time_speed.py --label_shift CHECKPOINT``, not here.
+"""
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import trainer.test_time as methods
+from bench.test_time_methods import family_config
+from trainer.adaptation import context_for
+from trainer.protocols import test_sets
+from trainer.saved_logits import load_logits
+from trainer.test_time.prior_calibration import BIAS_FAMILIES
+from utils.parse_config import ConfigParser
+
+MARGIN = 0.5  # points: "never below the plain average - 0.5"
+AGGREGATION = "self-supervised aggregation (TADE)"
+SHIPPED = "shipped config"
+COMMON = {"calibration": "validation", "source_prior": "uniform", "temperature": "fit"}
+
+
+def family_bias(family):
+    return {"free": True, "none": False}.get(family, family)
+
+
+ESTIMATORS = {
+    "EM": lambda bias: methods.EMPrior(**COMMON, bias=bias),
+    "SafePrior auto": lambda bias: methods.SafePrior(**COMMON, bias=bias),
+    "SafePrior gate": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength=1.0, min_divergence=0.0),
+}
+# (estimator, family) rows by default: every family under SafePrior's own selection, and the full
+# Bayes adjustment (EM) and the gate alone for the old (free) and the two-parameter calibration.
+DEFAULT_ROWS = ("SafePrior auto:free,SafePrior auto:none,SafePrior auto:prior,SafePrior auto:shrunk,"
+                "SafePrior auto:shrunk_prior,SafePrior gate:prior,EM:free,EM:prior")
+
+
+def candidates(dataset, rows):
+    """(label, factory, settings) rows: the shipped config, then ``rows`` ("estimator:family", ...)."""
+    cfg = ConfigParser(json.loads(family_config("prior", dataset).read_text()), "prior config")
+    shipped = cfg.init_obj("test_time", methods)
+    out = [(SHIPPED, lambda: cfg.init_obj("test_time", methods), (type(shipped).__name__, settings_of(shipped)))]
+    for spec in rows.split(","):
+        estimator, _, fam = spec.partition(":")
+        if estimator not in ESTIMATORS or fam not in BIAS_FAMILIES:
+            raise SystemExit(f"--rows {spec!r}: expected ESTIMATOR:FAMILY with ESTIMATOR one of "
+                             f"{', '.join(ESTIMATORS)} and FAMILY one of {', '.join(BIAS_FAMILIES)}")
+        make = functools.partial(ESTIMATORS[estimator], family_bias(fam))
+        probe = make()
+        out.append((f"{estimator}, {fam}" + (" (the old rule)" if spec == "SafePrior auto:free" else ""), make,
+                    (type(probe).__name__, settings_of(probe))))
+    return out, cfg["test_time"]
+
+
+def settings_of(method):
+    """The arguments that decide a label-shift method's output (to spot a row equal to the shipped one)."""
+    keys = ("calibration_data", "source_prior", "temperature", "bias", "strength", "min_divergence", "significance",
+            "pseudo_count", "toward", "simulation_size", "tol", "max_iter")
+    return {k: getattr(method, k) for k in keys if hasattr(method, k)}
+
+
+class Record:
+    """A record's saved logits, its test sets, references and validation pool."""
+
+    def __init__(self, folder, data_dir=None):
+        self.folder = Path(folder)
+        self.saved = load_logits(self.folder / "logits.npz")
+        self.data = self.saved.data
+        self.clean, self.targets = self.saved.splits["test"]
+        self.plain = self.clean.mean(1).argmax(1)
+        args = argparse.Namespace(protocol="distributions", distributions="all", alpha="0.1,1,10", draws=10,
+                                  size=None, protocol_seed=0, missing_fraction="0.3", stream_batch="1")
+        self.eleven = test_sets(args, self.data)
+        args.protocol = "dirichlet"
+        self.dirichlet = test_sets(args, self.data)
+        self.pool, self.pool_source = self._pool(data_dir)
+        self.references = self._references()
+
+    def _pool(self, data_dir):
+        ckpt = self.folder / "model.pth"
+        if data_dir and ckpt.exists():
+            from trainer.build import load_trained
+            from trainer.validation_cache import validation_logits
+            overrides = [("data_loader.args.data_dir", str(data_dir), "--data_dir"),
+                         ("data_loader.args.validation", {"per_class": "all"}, "calibration_study.py")]
+            trained = load_trained(ckpt, None, overrides, "cpu")
+            logits, targets = validation_logits(trained, "cpu")
+            return (logits.mean(1), targets), f"whole left-over split ({len(targets)} images, cached beside {ckpt})"
+        logits, targets = self.saved.splits["validation"]
+        return (logits.mean(1), targets), f"the validation split saved in logits.npz ({len(targets)} images)"
+
+    def top1(self, scores, idx):
+        return float((scores.argmax(1) == self.targets[idx]).double().mean())
+
+    def _references(self):
+        plain = {n: float((self.plain[torch.as_tensor(i)] == self.targets[torch.as_tensor(i)]).double().mean())
+                 for n, i in self.eleven.items()}
+        oracle = self.run(methods.OraclePrior(), None, self.eleven)
+        refs = {"plain mean": 100 * np.mean(list(plain.values())), "oracle prior mean (uses test labels)":
+                100 * np.mean(list(oracle["top1"].values()))}
+        tt = self.folder / "test_time_methods.json"
+        if tt.exists():
+            rows = json.loads(tt.read_text())["protocols"]["distributions"]
+            if AGGREGATION in rows:
+                res = rows[AGGREGATION]["results"]
+                refs["aggregation mean"] = 100 * np.mean([r["top1"] for r in res.values()])
+        return refs
+
+    def split(self, per_class, draw):
+        """(mean logits, targets) of a split of ``per_class`` images per class (seeded by ``draw``)."""
+        z, y = self.pool
+        if per_class == "all":
+            return z, y
+        rng = np.random.RandomState(draw)
+        keep = []
+        for cls in range(self.data.num_classes):
+            idx = np.flatnonzero(y.numpy() == cls)
+            keep.append(np.sort(rng.choice(idx, min(per_class, len(idx)), replace=False)))
+        keep = torch.as_tensor(np.concatenate(keep))
+        return z[keep], y[keep]
+
+    def run(self, method, validation, sets):
+        """{"top1": {set: top-1}, "diff": {set: top-1 - plain}} of ``method`` calibrated on ``validation``."""
+        source = None if validation is None else (lambda: validation)
+        info = dict(self.data.validation_info or {}, option="--sizes")
+        out = {"top1": {}, "diff": {}}
+        for d, (name, indices) in enumerate(sets.items()):
+            ctx = context_for(method, self.saved, "cpu", name, indices, 1000 + d, self.targets, None, source)
+            ctx.validation_info = info
+            res = method.adapt(self.clean[ctx.indices], ctx)
+            acc = self.top1(res["scores"], ctx.indices)
+            out["top1"][name] = acc
+            out["diff"][name] = acc - float((self.plain[ctx.indices] == self.targets[ctx.indices]).double().mean())
+        return out
+
+
+def evaluate(record, rows, size, draws):
+    """{row: summary over the draws of a split of ``size`` per class}; a row with the shipped
+    config's settings is computed once and shown under both names."""
+    out = {}
+    n_draws = 1 if size == "all" else draws
+    done = {}
+    for label, make, settings in rows:
+        key = json.dumps(settings, sort_keys=True, default=str)
+        if key in done:
+            out[label] = dict(out[done[key]], same_as=done[key])
+            continue
+        per_draw = []
+        t0 = time.perf_counter()
+        for draw in range(n_draws):
+            split = record.split(size, draw)
+            method = make()
+            eleven = record.run(method, split, record.eleven)
+            dirichlet = record.run(method, split, record.dirichlet)
+            cal = method._calibration or {}
+            sel = cal.get("selection") or {}
+            per_draw.append({"mean": 100 * np.mean(list(eleven["top1"].values())),
+                             "worst": 100 * min(eleven["diff"].values()),
+                             "worst_dirichlet": 100 * min(dirichlet["diff"].values()),
+                             "dirichlet_mean": 100 * np.mean(list(dirichlet["top1"].values())),
+                             "strength": sel.get("strength"), "min_divergence": sel.get("min_divergence"),
+                             "temperature": cal.get("temperature"), "shrinkage": cal.get("kappa"),
+                             "eleven": eleven["top1"]})
+        means = [p["mean"] for p in per_draw]
+        entry = {"mean": float(np.mean(means)), "lowest_mean": float(min(means)),
+                 "worst": float(min(p["worst"] for p in per_draw)),
+                 "worst_dirichlet": float(min(p["worst_dirichlet"] for p in per_draw)),
+                 "draws": per_draw, "seconds": time.perf_counter() - t0}
+        agg = record.references.get("aggregation mean")
+        entry["holds"] = bool(entry["worst"] >= -MARGIN and entry["worst_dirichlet"] >= -MARGIN
+                              and (agg is None or entry["mean"] >= agg))
+        out[label] = entry
+        done[key] = label
+        strengths = sorted({p["strength"] for p in per_draw if p["strength"] is not None})
+        print(f"  {size:>4} per class | {label:<36} | mean {entry['mean']:.2f} (lowest {entry['lowest_mean']:.2f})"
+              f" | worst {entry['worst']:+.2f} | worst Dirichlet {entry['worst_dirichlet']:+.2f}"
+              f" | strengths {strengths} | {'holds' if entry['holds'] else 'fails'}", flush=True)
+    return out
+
+
+def markdown(study):
+    """The size table of one record (also rendered by bench/report.py)."""
+    refs = study["references"]
+    lines = [f"Validation pool: {study['pool']}; {study['draws']} seeded draws per size ('all': one). References: "
+             + ", ".join(f"{k} {v:.2f}" for k, v in refs.items()) + ".",
+             "",
+             "| per class | row | mean of 11 (over draws) | lowest mean | worst of 11 vs plain | worst Dirichlet draw "
+             "vs plain | holds |", "|---|---|---|---|---|---|---|"]
+    for size in sorted(study["sizes"], key=lambda k: (k == "all", int(k) if k != "all" else 0)):
+        for label, e in study["sizes"][size].items():
+            lines.append(f"| {size} | {label} | {e['mean']:.2f} | {e['lowest_mean']:.2f} | {e['worst']:+.2f} | "
+                         f"{e['worst_dirichlet']:+.2f} | {'yes' if e['holds'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("records", nargs="*", help="record folders (default: every results/*/ with logits.npz)")
+    p.add_argument("--sizes", default="10,20,50,100,all")
+    p.add_argument("--draws", type=int, default=5)
+    p.add_argument("--rows", default=DEFAULT_ROWS, help="ESTIMATOR:FAMILY,... (estimators: "
+                   + ", ".join(ESTIMATORS) + "; families: " + ", ".join(BIAS_FAMILIES) + ")")
+    p.add_argument("--data_dir", help="the records' data (for the whole left-over split; cached after one pass)")
+    p.add_argument("--out", help="one JSON for all records (default: calibration_study.json in each record)")
+    args = p.parse_args()
+    folders = [Path(r) for r in args.records] or sorted(f.parent for f in (ROOT / "results").glob("*/logits.npz"))
+    sizes = [s if s == "all" else int(s) for s in args.sizes.split(",")]
+    everything = {}
+    for folder in folders:
+        record = Record(folder, args.data_dir)
+        rows, shipped = candidates(record.data.type_name, args.rows)
+        print(f"{folder.name}: pool {record.pool_source}; references "
+              + ", ".join(f"{k} {v:.2f}" for k, v in record.references.items()), flush=True)
+        study = {"record": folder.name, "pool": record.pool_source, "draws": args.draws,
+                 "references": record.references, "shipped_config": shipped, "margin": MARGIN, "sizes": {}}
+        everything[folder.name] = study
+        for size in sizes:  # written after each size: a long run keeps what it finished
+            study["sizes"][str(size)] = evaluate(record, rows, size, args.draws)
+            study["table"] = markdown(study)
+            target = Path(args.out) if args.out else folder / "calibration_study.json"
+            target.write_text(json.dumps(everything if args.out else study, indent=1, default=float))
+        print(f"wrote {target}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
