@@ -27,6 +27,7 @@ class Trainer(BaseTrainer):
                  run_dir=None):
         super().__init__(model, criterion, optimizer, lr_scheduler, config, runtime, scaler=scaler, run_dir=run_dir)
         self.data = data
+        self.class_names = list(data.class_names)
         self.seed = config.get_int("seed", 0)
         self.refresh_every = self.settings["log_step"]
         self.perf = perf if perf is not None else Performance.from_config(config["trainer"], config.source)

@@ -32,7 +32,7 @@ def write_json(obj, path):
         raise UserError(f"cannot write {path}: {e.strerror or e}")
 
 
-_START_FILES = re.compile(r"^(config\.json|info\.log|model_best\.pth|events\.out\.tfevents\..*|\..+\.tmp\d+|"
+_START_FILES = re.compile(r"^(config\.json|info\.log|validation_split\.txt|model_best\.pth|events\.out\.tfevents\..*|\..+\.tmp\d+|"
                           + re.escape(LOCK_NAME) + r")$")
 
 
@@ -109,6 +109,19 @@ class RunFolder:
     def write_config(self, config):
         """The resolved config as ``config.json``."""
         write_json(config, self.path / "config.json")
+
+    def write_split_files(self, files):
+        """The data module's split files ({name: text}; ``LTDataModule.split_files``), written
+        atomically beside config.json (a resumed run rewrites the same text)."""
+        for name, text in files.items():
+            path = self.path / name
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            try:
+                tmp.write_text(text)
+                os.replace(tmp, path)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise UserError(f"cannot write {path}: {e.strerror or e}")
 
     def has_checkpoint(self):
         return (self.path / "last.pth").exists()
