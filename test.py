@@ -21,6 +21,7 @@ from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
 from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
 from trainer.saved_logits import save_logits
+from trainer.validation_cache import validation_logits
 from utils.cli import ArgumentParser, add_evaluation_args
 from utils.errors import cli_entry
 from utils.macs import macs_per_image
@@ -101,8 +102,7 @@ def main(argv=None):
     if args.save_logits:
         splits = {"test": (logits, targets)}
         if data.has_validation:
-            splits["validation"] = collect_expert_logits(net, data.validation_loader(device=device), device,
-                                                         trained.perf, desc="validation images")
+            splits["validation"] = validation_logits(trained, device)  # cached beside the checkpoint
         splits["training"] = collect_expert_logits(net, data.reference_loader(device=device), device, trained.perf,
                                                    desc="training images")
         meta = {"checkpoint": str(args.resume), "checkpoint_epoch": epoch, "data_loader": config["data_loader"]["type"],

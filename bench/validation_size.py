@@ -25,6 +25,7 @@ from bench.test_time_methods import TRAINING_CALIBRATION, family_config  # noqa:
 from trainer.adaptation import ReferenceLogits, run_method  # noqa: E402
 from bench.common import checkpoint_parser  # noqa: E402
 from trainer.build import load_trained  # noqa: E402
+from trainer.validation_cache import validation_logits  # noqa: E402
 from trainer.forward import collect_expert_logits  # noqa: E402
 from trainer.protocols import add_protocol_args, test_sets  # noqa: E402
 from utils.parse_config import ConfigParser  # noqa: E402
@@ -59,8 +60,7 @@ def main():
     start = time.perf_counter()
     clean, targets = collect_expert_logits(trained.net, data.test_loader(device=args.device), args.device,
                                            trained.perf)
-    val_logits, val_targets = collect_expert_logits(trained.net, data.validation_loader(device=args.device),
-                                                    args.device, trained.perf, desc="validation images (all)")
+    val_logits, val_targets = validation_logits(trained, args.device)  # cached beside the checkpoint
     reference = ReferenceLogits(trained, args.device)
     print(f"passes: {time.perf_counter() - start:.1f} s", flush=True)
     args.protocol, args.distributions = "distributions", "all"

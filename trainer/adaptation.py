@@ -11,6 +11,7 @@ from base.base_model import average_experts
 from base.base_test_time import NOT_FACTS, TestTimeContext, check_facts, check_result
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
+from trainer.validation_cache import validation_logits
 
 
 class ReferenceLogits:
@@ -33,8 +34,12 @@ class ReferenceLogits:
 
 
 def validation_source(trained, device):
-    """A ``ReferenceLogits`` of the validation split, or None when the data module has none."""
-    return ReferenceLogits(trained, device, "validation") if getattr(trained.data, "has_validation", False) else None
+    """A ``() -> (logits, targets)`` of the validation split, computed on first use from the cache
+    beside the checkpoint (trainer/validation_cache.py) or one pass of the network; None when the
+    data module has none."""
+    if not getattr(trained.data, "has_validation", False):
+        return None
+    return functools.lru_cache(maxsize=1)(functools.partial(validation_logits, trained, device))
 
 
 def train_prior(data):

@@ -183,12 +183,14 @@ def build_performance(config):
 @dataclass
 class Trained:
     """A trained checkpoint, ready to evaluate: network (eval mode, on its device, in the configured
-    layout), its config, its data module, its precision settings and the loaded checkpoint."""
+    layout), its config, its data module, its precision settings, the loaded checkpoint and the
+    checkpoint's file (None for a network not loaded from one; caches live beside it)."""
     net: object
     config: ConfigParser
     data: object
     perf: Performance
     checkpoint: dict
+    path: object = None
 
 
 def load_trained(checkpoint, config_path=None, overrides=(), device="cpu"):
@@ -201,7 +203,7 @@ def load_trained(checkpoint, config_path=None, overrides=(), device="cpu"):
     load_model_weights(net, extract_state_dict(ckpt, checkpoint), checkpoint)
     perf = build_performance(config)
     net = perf.apply_layout(net.to(device)).eval()
-    return Trained(net, config, data, perf, ckpt)
+    return Trained(net, config, data, perf, ckpt, checkpoint)
 
 
 def read_test_time_config(path):

@@ -1,0 +1,157 @@
+"""The validation split's clean logits, computed once per checkpoint and kept beside it.
+
+Label-shift methods calibrate on the validation split (docs/methods.md#prior-estimation). Its
+forward pass costs more than the test pass when the split is large, and its result depends only on
+the network and on which images the split holds, so it is cached:
+
+    logits, targets = validation_logits(trained, device)
+
+``trained`` is a ``trainer.build.Trained`` (``load_trained`` sets its ``path``). The result is the
+per-expert logits [N, E, C] (float32, CPU) and targets [N] of ``trained.data.validation_set``, in
+the split's order, bit for bit what ``collect_expert_logits`` returns on this machine the first time.
+
+The cache file is ``<checkpoint stem>.validation-<split digest>.npz`` beside the checkpoint. It is
+used only when the key stored in it equals the key of this call, field for field:
+
+- ``checkpoint``: the checkpoint's content checksum (utils/content_checksum.py; the one stored in
+  the checkpoint, else computed from its contents), the architecture section of the config it is
+  run with, and the forward precision (fp32 / bf16 / fp16);
+- ``split``: the data module's type, the split's ``validation_info`` (source, per class, seed,
+  counts, in-sample classes), the test transform, and a digest of the split's labels and images
+  (pixel bytes for in-memory images, relative paths for listed ones);
+- ``arrays``: a digest of the stored logits and targets (a file edited or torn inside is refused).
+
+A cache that is missing is computed and written atomically (temporary file, then rename; a folder
+that cannot be written only costs the cache, with a one-line notice). A cache that is truncated,
+unreadable, from another checkpoint or of another split is ignored with a one-line notice saying
+why, recomputed and replaced; it is never used and never an error.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.content_checksum import KEY as CHECKSUM_KEY, content_checksum
+
+FORMAT = "validation-logits-1"
+INFO_KEYS = ("source", "per_class", "seed", "counts", "in_sample_classes")
+
+
+def _digest(*parts):
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        if isinstance(part, (bytes, bytearray, memoryview)):
+            h.update(bytes(part))
+        elif isinstance(part, np.ndarray):
+            a = np.ascontiguousarray(part)
+            h.update(f"{a.dtype}{a.shape};".encode())
+            h.update(a.view(np.uint8).reshape(-1).data)
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def checkpoint_key(trained, device="cpu"):
+    """What fixes the network's outputs: content checksum, architecture config, forward precision."""
+    ckpt = trained.checkpoint
+    checksum = ckpt.get(CHECKSUM_KEY) if isinstance(ckpt, dict) else None
+    if not isinstance(checksum, str):  # a checkpoint written without one (the reference release's)
+        body = {k: v for k, v in ckpt.items() if k != CHECKSUM_KEY} if isinstance(ckpt, dict) else ckpt
+        checksum = content_checksum(body)
+    precision = trained.perf.precision(device) if trained.perf is not None else "fp32"
+    return {"checksum": checksum, "arch": _digest(trained.config["arch"]), "precision": precision}
+
+
+def split_key(data):
+    """What fixes which images the split holds and how they are shown to the network."""
+    ds = data.validation_set
+    info = data.validation_info or {}
+    images = getattr(ds, "images", None)  # listed images: their relative paths
+    if images is None:
+        images = getattr(ds, "data", None)  # in-memory images: their pixels
+    content = _digest(np.asarray(ds.targets, dtype=np.int64),
+                      np.asarray(images) if images is not None else repr(getattr(data, "validation_indices", None)))
+    return {"data_module": type(data).__name__, "info": {k: info.get(k) for k in INFO_KEYS},
+            "transform": repr(getattr(ds, "transform", None)), "content": content}
+
+
+def cache_path(checkpoint_path, split):
+    path = Path(checkpoint_path)
+    return path.with_name(f"{path.stem}.validation-{_digest(split)[:12]}.npz")
+
+
+def _notice(message):
+    print(f"note: validation cache {message}", flush=True)
+
+
+def read_cache(path, key):
+    """(logits, targets) from ``path`` if its key equals ``key``; else None, with a notice saying why."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stored = json.loads(str(f["key"]))
+            logits, targets = f["logits"], f["targets"]
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file raises BadZipFile, OSError, ValueError, KeyError...
+        _notice(f"{path} is unreadable ({type(e).__name__}); recomputing it")
+        return None
+    for part in ("format", "checkpoint", "split"):
+        if stored.get(part) != key[part]:
+            what = {"format": "an older format", "checkpoint": "another checkpoint",
+                    "split": "another validation split"}[part]
+            _notice(f"{path} is of {what}; recomputing it")
+            return None
+    if stored.get("arrays") != _digest(logits, targets):
+        _notice(f"{path} does not match the digest stored in it; recomputing it")
+        return None
+    return torch.from_numpy(logits), torch.from_numpy(targets)
+
+
+def write_cache(path, key, logits, targets):
+    """Atomically write the cache (temporary file in the same folder, then rename); a folder that
+    cannot be written costs only the cache (a notice, no error). Returns whether it was written."""
+    logits = np.ascontiguousarray(torch.as_tensor(logits).float().numpy())
+    targets = np.ascontiguousarray(torch.as_tensor(targets).numpy().astype(np.int64))
+    stored = {**key, "arrays": _digest(logits, targets)}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, key=np.array(json.dumps(stored)), logits=logits, targets=targets)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        _notice(f"{path} could not be written ({e.strerror or e}); the split is recomputed next time")
+        return False
+
+
+def validation_logits(trained, device="cpu", compute=None):
+    """The validation split's clean per-expert logits [N, E, C] and targets [N] for ``trained``,
+    from the cache beside its checkpoint when that cache is this checkpoint's and this split's, else
+    computed (``compute()``, default: one pass of the network over the split) and cached.
+    ``trained.path`` None (a network not loaded from a file) computes without caching."""
+    if compute is None:
+        def compute():
+            from trainer.forward import collect_expert_logits
+            return collect_expert_logits(trained.net, trained.data.validation_loader(device=device), device,
+                                         trained.perf, desc="validation images")
+    if getattr(trained, "path", None) is None:
+        return compute()
+    split = split_key(trained.data)
+    key = {"format": FORMAT, "checkpoint": checkpoint_key(trained, device), "split": split}
+    path = cache_path(trained.path, split)
+    cached = read_cache(path, key)
+    if cached is not None:
+        return cached
+    logits, targets = compute()
+    logits, targets = torch.as_tensor(logits).float().cpu(), torch.as_tensor(targets).long().cpu()
+    write_cache(path, key, logits, targets)
+    return logits, targets
