@@ -24,7 +24,6 @@ reported and left out (``--strict``: an error before anything is written). ``--o
 images as a stream in batches of ``--bs``, each with what was learnt from the batches before it.
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,6 @@ from trainer.protocols import add_protocol_args, format_summary, stream_batch_si
 from utils.cli import ArgumentParser, add_evaluation_args, finite_float
 from utils.errors import UserError, cli_entry
 from utils.result_path import check_result_path
-from utils.results import _atomic_write as write_text
 from utils.results import format_table, write_results
 from utils.runtime import parse_device
 
@@ -114,7 +112,7 @@ def predict_images(args, parser, method, tt):
     average = average_experts(images.logits)
     table = unlabeled.prediction_table(images.paths, scores, average, names)
     elapsed = time.perf_counter() - start
-    summary = {"written_by": "test_train.py --images", "checkpoint": str(args.resume), "images": str(args.images),
+    summary = {"checkpoint": str(args.resume), "images": str(args.images),
                "method": method.label(), "test_time_config": tt["test_time"], "online": online,
                "num_images": len(paths), "num_predicted": len(images.paths), "num_unreadable": len(images.unreadable),
                "unreadable": images.unreadable, "class_names": names,
@@ -123,9 +121,7 @@ def predict_images(args, parser, method, tt):
                "average_predicted_counts": unlabeled.predicted_counts(average, names),
                "agreement_with_average": float((scores.argmax(1) == average.argmax(1)).double().mean()),
                "seconds": {"forward": round(images.seconds, 3), "total": round(elapsed, 3)}}
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(csv_path, table.to_csv(index=False))
-    write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    unlabeled.write_predictions(csv_path, summary_path, table, summary)
     verdict = summary["estimate"]
     shift = f"; shift detected: {verdict['shift_detected']}" if "shift_detected" in verdict else ""
     weights = f"; expert weights {verdict['expert_weights']}" if "expert_weights" in verdict else ""

@@ -18,13 +18,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from base.base_model import average_experts
 from base.base_test_time import TestTimeContext, TestTimeMethod, check_result
 from data_loader.image_folder import images_below, is_image
 from data_loader.list_lt import ListImageDataset
 from trainer.adaptation import train_prior, validation_source
 from trainer.forward import batch_outputs
 from utils.errors import UserError
+from utils.safe_write import check_beside, check_target, digest, write_json, write_text
 from utils.two_view import TwoViews
 
 TOP_K = 5
@@ -247,36 +247,28 @@ def class_names(trained):
     return checkpoint_class_names(trained.checkpoint) or list(trained.data.class_names)
 
 
+WRITER = "test_train.py --images"
+
+
 def check_out_folder(out, inputs):
     """``--out`` (a folder for predictions.csv and summary.json) must not overwrite an input (an
-    image, the list file, the checkpoint, the configs) nor a file that is not an earlier prediction."""
+    image, the list file, the checkpoint, the configs); each file must be new or what an earlier
+    prediction wrote there (utils/safe_write.py). Returns (csv path, summary path)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --images, --out names the folder for predictions.csv and "
                         "summary.json")
-    files = [out / "predictions.csv", out / "summary.json"]
+    csv_path, summary_path = out / "predictions.csv", out / "summary.json"
     resolved = {os.path.realpath(p) for p in inputs}
-    for f in files:
+    for f in (csv_path, summary_path):
         if os.path.realpath(f) in resolved:
             raise UserError(f"--out {out}: {f} is an input of this run; refusing to overwrite it (choose another --out)")
-    summary = files[1]
-    earlier = summary.exists() and _is_prediction_summary(summary)
-    for f in files:
-        if f.exists() and not earlier:
-            raise UserError(f"--out {out}: {f} exists and is not an earlier prediction of test_train.py --images; "
-                            "refusing to replace it (choose another --out)")
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: folder {folder} is not writable")
-    return files
+    check_target(summary_path, WRITER)
+    check_beside(summary_path, [csv_path], WRITER)
+    return csv_path, summary_path
 
 
-def _is_prediction_summary(path):
-    import json
-    try:
-        payload = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(payload, dict) and payload.get("written_by") == "test_train.py --images"
+def write_predictions(csv_path, summary_path, table, summary):
+    """predictions.csv, then summary.json naming it with its digest (both atomic)."""
+    write_text(csv_path, table.to_csv(index=False))
+    write_json(summary_path, {"written_by": WRITER, **summary, "files": {csv_path.name: digest(csv_path)}})
