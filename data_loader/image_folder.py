@@ -1,4 +1,4 @@
-"""Your own long-tailed data as an image folder (docs/methods.md#your-own-data).
+"""Your own long-tailed data as an image folder (docs/own_data.md).
 
 ``data_dir`` holds ``train/<class>/<image>`` (the usual ImageFolder layout; JPEG, PNG, BMP or
 WebP, any size, any depth below the class folder), optionally ``val/<class>/...`` and

@@ -21,7 +21,7 @@ def folder(tmp_path_factory):
 
 
 def module(root, **kw):
-    return ImageFolderLTDataModule(str(root), image_size=16, batch_size=8, **kw)
+    return ImageFolderLTDataModule(str(root), **{"image_size": 16, "batch_size": 8, **kw})
 
 
 def test_classes_images_and_sizes(folder):
@@ -139,3 +139,19 @@ def test_split_file_reads_back_as_a_list(folder, tmp_path):
     path.write_text(data.split_files()[SPLIT_FILE])
     listing = read_list(path, data.num_classes)
     assert listing.images == data.val_list.images
+
+
+def test_large_style_for_photographs(folder):
+    data = module(folder, image_size=40, style="large")
+    x, _ = data.test_set[0]
+    assert tuple(x.shape) == (3, 40, 40)
+    view = data.two_view_transform()(_pil(folder))
+    assert tuple(view.shape) == (3, 40, 40)
+    assert tuple(module(folder).two_view_transform()(_pil(folder)).shape) == (3, 16, 16)
+    with pytest.raises(UserError, match="style"):
+        module(folder, style="medium")
+
+
+def _pil(folder):
+    from PIL import Image
+    return Image.open(next((folder / "test" / "cat").iterdir())).convert("RGB")

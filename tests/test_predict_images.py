@@ -109,6 +109,19 @@ def test_online_scores_each_batch_before_learning_from_it(run, tmp_path):
                  "--out", tmp_path / "o"]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["online"] is True and summary["facts"]["batches"] == 4
+    # the same --out again: an earlier prediction is replaced
+    assert main(["-c", run["tt"], "-r", checkpoint(run), "--images", run["root"] / "test", "--out", tmp_path / "o"]) == 0
+
+
+def test_self_supervised_aggregation_learns_weights_on_the_images(run):
+    trained = load_trained(str(checkpoint(run)))
+    tt = json.loads((ROOT / "configs" / "test_time_cifar10_tade.json").read_text())
+    tt["test_time"]["args"].update(epochs=1, batch_size=8, num_workers=0)
+    method, _ = build_test_time_method(str(write_config(run["base"] / "tade.json", tt)))
+    images = unlabeled.collect_image_logits(trained, unlabeled.image_paths(run["root"] / "test"), "cpu")
+    scores, facts = unlabeled.run_on_images(method, trained, images, "cpu")
+    assert scores.shape == (15, 3) and len(facts["weights"]) == 3 and facts["epochs_run"] == 1
+    assert unlabeled.describe_estimate(facts, sorted(CLASSES))["expert_weights"] == facts["weights"]
 
 
 def test_unreadable_images_are_reported_and_skipped(run, tmp_path, capsys):
@@ -153,6 +166,11 @@ def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):
     (out / "predictions.csv").write_text(f"{run['root'] / 'test' / 'cat' / '00.png'}\n")
     refused("--images", out / "predictions.csv", "--out", out, fragment="is an input of this run")
     assert (out / "predictions.csv").read_text().endswith("00.png\n")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "predictions.csv").write_text("mine\n")
+    refused("--images", run["root"] / "test", "--out", foreign, fragment="predictions.csv, which")
+    assert (foreign / "predictions.csv").read_text() == "mine\n"
     # a folder whose classes differ from the checkpoint's
     other = write_folder(tmp_path / "other", (4, 4, 4), classes=("cat", "dog", "emu"))
     refused("--images", run["root"] / "test", "--data_dir", other, "--out", tmp_path / "x",

@@ -1,4 +1,4 @@
-"""Predicting unlabeled images (test_train.py --images; docs/methods.md#predicting-unlabeled-images).
+"""Predicting unlabeled images (test_train.py --images; docs/own_data.md).
 
 The images (every image below a folder, or the paths of a list file) go through the network once
 under the checkpoint's test transform; the test-time method adapts to their expert logits (and, a
