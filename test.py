@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from base.base_model import average_experts
-from model.calibration import distribution_calibration, plot_reliability
+from model.calibration import bins_as_data, distribution_calibration, plot_reliability
 from trainer.build import load_trained
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
@@ -27,6 +27,7 @@ from utils.errors import cli_entry
 from utils.macs import macs_per_image
 from utils.result_path import check_result_path
 from utils.results import format_table, write_results
+from utils.safe_write import json_text
 from utils.runtime import parse_device
 
 
@@ -93,13 +94,11 @@ def main(argv=None):
     epoch = trained.checkpoint.get("epoch") if isinstance(trained.checkpoint, dict) else None
     payload = {"written_by": "test.py", "checkpoint": str(args.resume), "checkpoint_epoch": epoch,
                "config": config.config,
-               "protocol": args.protocol, "distributions": results, "summary": summary, "reliability_bins": {n: calibration[n]["bins"] for n in names}}
-    json_path, csv_path = write_results(payload, out, extra_columns=CALIBRATION_KEYS)
-    shown = "uniform" if "uniform" in names else names[0]
-    png = plot_reliability(calibration[shown], result_files(out)[1],
-                           title=f"{Path(args.resume).name}, {shown}: ensemble reliability")
-    print(f"wrote {json_path}, {csv_path} and {png} ({shown})")
-    if args.save_logits:
+               "protocol": args.protocol, "distributions": results, "summary": summary,
+               "reliability_bins": {n: bins_as_data(calibration[n]["bins"]) for n in names}}
+    json_text(payload, what=out)  # a NaN is refused before anything is written
+    written = []
+    if args.save_logits:  # every pass first; the files are written together at the end
         splits = {"test": (logits, targets)}
         if data.has_validation:
             splits["validation"] = validation_logits(trained, device)  # cached beside the checkpoint
@@ -107,10 +106,15 @@ def main(argv=None):
                                                    desc="training images")
         meta = {"checkpoint": str(args.resume), "checkpoint_epoch": epoch, "data_loader": config["data_loader"]["type"],
                 "num_experts": net.num_experts, "validation_info": data.validation_info, "protocol": args.protocol}
-        logits_path = save_logits(result_files(out, True)[2], splits, data.cls_num_list, selected, meta,
-                                  dtype=args.logits_dtype)
-        print(f"wrote {logits_path} (per-expert logits [N, E, C] and targets of {', '.join(splits)}; "
-              "distribution indices)")
+        written.append(save_logits(result_files(out, True)[2], splits, data.cls_num_list, selected, meta,
+                                   dtype=args.logits_dtype))
+    shown = "uniform" if "uniform" in names else names[0]
+    png = plot_reliability(calibration[shown], result_files(out)[1],
+                           title=f"{Path(args.resume).name}, {shown}: ensemble reliability")
+    json_path, csv_path = write_results(payload, out, extra_columns=CALIBRATION_KEYS, beside=[png, *written])
+    print(f"wrote {json_path}, {csv_path} and {png} ({shown})")
+    for path in written:
+        print(f"wrote {path} (per-expert logits [N, E, C] and targets of {', '.join(splits)}; distribution indices)")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from trainer.protocols import add_protocol_args, format_summary, stream_batch_si
 from utils.cli import ArgumentParser, add_evaluation_args, finite_float
 from utils.errors import UserError, cli_entry
 from utils.result_path import check_result_path
+from utils.safe_write import atomic_file, json_text
 from utils.results import format_table, write_results
 from utils.runtime import parse_device
 
@@ -105,7 +106,7 @@ def predict_images(args, parser, method, tt):
     checked(method, tt, trained, args.config)
     names = unlabeled.class_names(trained)
     images = unlabeled.collect_image_logits(trained, paths, device, batch_size=args.bs, strict=args.strict)
-    seed = tt.get_int("test_time.seed", 1)
+    seed = tt.get_seed("test_time.seed", 1)
     online = bool(args.online)
     scores, facts = unlabeled.run_on_images(method, trained, images, device, seed=seed, online=online,
                                             batch_size=args.bs)
@@ -158,8 +159,11 @@ def plot_results(results, path, title):
     ax1.legend(lines, [line.get_label() for line in lines], loc="best", fontsize=8)
     ax1.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as f:
+            fig.savefig(f, dpi=120, format="png")
+    finally:
+        plt.close(fig)
 
 
 def default_out(checkpoint, method_type, online, protocol="distributions"):
@@ -178,7 +182,7 @@ def main(argv=None):
         return predict_images(args, parser, method, tt)
     if args.strict:
         raise UserError("--strict applies to --images (unreadable unlabeled images)")
-    seed = tt.get_int("test_time.seed", 1)
+    seed = tt.get_seed("test_time.seed", 1)
     online = bool(tt.get("test_time.args.online", False))
     out = Path(args.out) if args.out else default_out(args.resume, tt["test_time"]["type"], online, args.protocol)
     check_result_path(out, "test_train.py", [out.with_suffix(".csv"), out.with_suffix(".png")])  # before any work
@@ -224,9 +228,10 @@ def main(argv=None):
                "test_time_config": tt["test_time"], "online": online, "protocol": args.protocol,
                "distributions": results, "summary": summary}
     extra_columns = extra + [k for k in ("weights", "prior") if all(k in r for r in results.values())]
-    json_path, csv_path = write_results(payload, out, extra_columns=extra_columns)
+    json_text(payload, what=out)  # a NaN is refused before anything is written
     png = out.with_suffix(".png")
     plot_results(results, png, f"{label} across test distributions")
+    json_path, csv_path = write_results(payload, out, extra_columns=extra_columns, beside=[png])
     print(f"wrote {json_path}, {csv_path} and {png}")
 
 

@@ -14,7 +14,7 @@ from utils.cli import ArgumentParser, finite_float
 from utils.errors import UserError, cli_entry
 from utils.known_keys import check_config_keys
 from utils.logger import close_log_file, log_to_file, setup_logging
-from utils.run_folder import RunFolder
+from utils.run_folder import RunFolder, check_folder_name
 from utils.runtime import setup_runtime, teardown_runtime
 from utils.seed import seed_everything
 from utils.trainer_schema import trainer_settings
@@ -46,7 +46,10 @@ def resolve_training_config(args, parser):
     config, _ = resolve_config(args.config, args.resume, parser.overrides(args), SECTIONS, "train.py")
     config.config.setdefault("seed", 1)
     check_config_keys(config.config, config.source)
-    config.get_int("seed")
+    config.get_seed("seed")
+    check_folder_name(config.get("name", "run"), f"config {config.source}: name (or --name)")
+    if args.run_id is not None:
+        check_folder_name(args.run_id, "--run_id")
     trainer_settings(config["trainer"], config.source)  # every trainer key, before any work
     return config
 
@@ -95,7 +98,7 @@ def main(argv=None):
         with runtime.fail_together():
             if data is None:
                 data = build_rank_data(config, runtime)
-            seed_everything(config.get_int("seed"))
+            seed_everything(config.get_seed("seed"))
             check_class_count(config, data)
             net = build_model(config)
             if args.resume is None:
@@ -116,7 +119,8 @@ def main(argv=None):
                               scaler=perf.grad_scaler(runtime.device), perf=perf, run_dir=run_dir)
             if args.resume is not None:
                 trainer.resume(args.resume)  # a refused checkpoint stops before any file of the run is written
-            if runtime.is_main:
+            idle = args.resume is not None and trainer.start_epoch >= trainer.epochs
+            if runtime.is_main and not idle:
                 if forks(args):
                     logger.info("forked from %s: this run continues in %s, which is left untouched",
                                 args.resume, run_dir)
@@ -130,8 +134,15 @@ def main(argv=None):
                 logger.info("run folder %s | %s, %d parameters | %d training images, %d classes | device %s%s%s",
                             run_dir, config["arch"]["type"], n_params, len(data.train_set), data.num_classes,
                             runtime.device, _processes(runtime, data), f" | {perf.precision(runtime.device)}")
-        trainer.train()
-        if runtime.is_main:
+        if idle:  # a resume with nothing left to train writes nothing (not even config.json or info.log)
+            if runtime.is_main:
+                logger.info("nothing to train: %s holds epoch %d and trainer.epochs is %d; no file written",
+                            args.resume, trainer.start_epoch, trainer.epochs)
+                folder.discard_if_unused()  # a fork's new folder; the resumed run's folder is only unlocked
+                folder = None
+        else:
+            trainer.train()
+        if runtime.is_main and folder is not None:
             if (run_dir / "last.pth").exists():
                 logger.info("finished: %s (last epoch), model_best.pth (best on the evaluation split)",
                             run_dir / "last.pth")

@@ -41,6 +41,8 @@ class LTDataModule:
                  shuffle=True, drop_last=False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from utils.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_weights, remove_stale_temp_files,
                               save_checkpoint)
-from utils.errors import Interrupted, UserError, sigint_deferred
+from utils.errors import Interrupted, UserError, shown, sigint_deferred
 from utils.known_keys import nearest
 from utils.results import write_history_csv
 from utils.runtime import unwrap
@@ -191,6 +191,7 @@ class BaseTrainer:
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"checkpoint {path} is not a training checkpoint of this framework; "
                             "to start from its weights, evaluate it with test.py instead")
+        self._check_resume_state(ckpt, path)
         load_model_weights(unwrap(self.model), ckpt["state_dict"], path)
         configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
@@ -212,12 +213,39 @@ class BaseTrainer:
         if ckpt.get("selected_on", self.selected_on()) != self.selected_on() and self.runtime.is_main:
             self.logger.info("the checkpoint's model_best was chosen on %s; from here on it is chosen on %s",
                              ckpt.get("selected_on"), self.selected_on())
-        set_rng_state(ckpt.get("rng"))
+        try:
+            set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise UserError(f"checkpoint {path}: its RNG state cannot be restored ({type(e).__name__}: {e}); expected "
+                            "the state a training checkpoint holds") from None
         if self.runtime.is_main:
             removed = remove_stale_temp_files(self.run_dir)
             self.logger.info("resumed from %s at epoch %d%s%s", path, self.start_epoch,
                              f"; config changes: {', '.join(changes)}" if changes else "",
                              f"; removed {len(removed)} temporary file(s) of a killed save" if removed else "")
+
+    @staticmethod
+    def _check_resume_state(ckpt, path):
+        """What a resume reads besides the weights, checked before anything is loaded: the epoch (an
+        integer >= 0), the optimizer state, the RNG states (a resume without them would not continue
+        the run exactly) and the history."""
+        epoch = ckpt.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise UserError(f"checkpoint {path}: epoch is {shown(epoch)}; expected an integer >= 0 (finished epochs)")
+        optimizer = ckpt.get("optimizer")
+        if not isinstance(optimizer, dict) or not isinstance(optimizer.get("param_groups"), list) \
+                or not isinstance(optimizer.get("state"), dict):
+            raise UserError(f"checkpoint {path}: optimizer state is {shown(optimizer, 40)}; expected the optimizer's "
+                            "state_dict (state and param_groups)")
+        rng = ckpt.get("rng")
+        if not isinstance(rng, dict) or not all(k in rng for k in ("python", "numpy", "torch")):
+            raise UserError(f"checkpoint {path}: RNG state is {shown(rng, 40)}; expected the python, numpy and torch "
+                            "generator states a training checkpoint holds")
+        if not isinstance(ckpt.get("history", []), list):
+            raise UserError(f"checkpoint {path}: history is {shown(ckpt.get('history'), 40)}; expected a list of epochs")
+        best = ckpt.get("monitor_best", 0.0)
+        if not isinstance(best, (int, float)) or isinstance(best, bool) or math.isnan(best):
+            raise UserError(f"checkpoint {path}: monitor_best is {shown(best, 40)}; expected a number")
 
     def _apply_configured_hyperparameters(self, configured):
         """After loading the optimizer state, let the resolved config win for hyperparameters.

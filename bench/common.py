@@ -47,10 +47,31 @@ def load_model_and_data(checkpoint=None, config=ROOT / "configs" / "config_cifar
     return Trained(net, cfg, build_data(cfg), perf, None)
 
 
+def output_path(out, source, default_name, writer, legacy=None):
+    """A bench tool's ``--out`` (default: ``default_name`` beside ``source``), checked by the write
+    rule (utils/safe_write.py) before any work: not a link, not in a recorded result, new or an
+    earlier result of ``writer`` (``"written_by"``; ``legacy`` recognises files from before that key)."""
+    from utils.safe_write import check_target, record_of
+    from utils.errors import UserError
+    path = Path(out) if out else Path(source).with_name(default_name)
+    if not out and record_of(path) is not None:
+        raise UserError(f"{source} lies in the recorded result {record_of(path)}, which is read-only; give --out "
+                        f"PATH outside it for {default_name}")
+    return check_target(path, writer, legacy=legacy)
+
+
+def write_report(path, report, writer):
+    """The tool's JSON report, atomically, saying who wrote it; NaN or infinite numbers are refused."""
+    from utils.safe_write import write_json
+    return write_json(path, {"written_by": writer, **report}, indent=1, default=float)
+
+
 def checkpoint_parser(doc):
-    """The arguments of a benchmark that evaluates one trained checkpoint: CHECKPOINT, -d, --data_dir, --out."""
+    """The arguments of a benchmark that evaluates one trained checkpoint: CHECKPOINT, -d, --data_dir,
+    --out (usage errors are one line, exit 2)."""
     import argparse
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from utils.cli import ArgumentParser
+    p = ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("-d", "--device", default="cpu")
     p.add_argument("--data_dir")

@@ -33,9 +33,11 @@ from trainer.build import load_trained  # noqa: E402
 from trainer.forward import predict  # noqa: E402
 from utils.parse_config import parse_set_expression, set_by_path  # noqa: E402
 from utils.performance import Performance  # noqa: E402
+from utils.safe_write import check_target, write_json, write_text  # noqa: E402
 
 CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
 VARIANTS = {"fast": [], "plain": PLAIN}
+WRITER = "bench/fast_vs_plain.py"
 
 
 def train(variant, seed, epochs, data_dir, save_dir, extra=(), config_path=CONFIG):
@@ -46,7 +48,7 @@ def train(variant, seed, epochs, data_dir, save_dir, extra=(), config_path=CONFI
         key, value = parse_set_expression(item)
         set_by_path(config, key, value, source="--set", must_exist=False)
     written = Path(save_dir) / "config.json"
-    written.write_text(json.dumps(config))
+    write_text(written, json.dumps(config))
     cmd = [sys.executable, str(ROOT / "train.py"), "-c", str(written), "-d", "cpu", "--data_dir", str(data_dir),
            "--save_dir", str(save_dir), "--epochs", str(epochs), "--seed", str(seed), "--run_id", f"{variant}{seed}",
            "--set", "trainer.valid_period=0", "--set", "trainer.monitor=off", "--set", "trainer.tensorboard=false",
@@ -89,6 +91,8 @@ def main():
     args = p.parse_args()
     if args.epochs < 2:
         sys.exit("--epochs must be at least 2 (warmup 1 epoch, x0.1 for the last)")
+    out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "fast_vs_plain.json"
+    check_target(out, WRITER, legacy=lambda r: "accuracy" in r and "runs" in r)  # before the training runs
     rows, meta = {}, {}
     with tempfile.TemporaryDirectory() as save_dir:
         for seed in args.seeds:
@@ -109,8 +113,7 @@ def main():
     print(f"|{'-' * 42}|" + "|".join("-" * 7 for _ in short) + "|")
     for key, acc in rows.items():
         print(f"| {key:40s} | " + " | ".join(f"{acc[n]:5.2f}" for n in names) + " |")
-    out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "fast_vs_plain.json"
-    out.write_text(json.dumps({"epochs": args.epochs, "accuracy": rows, "runs": meta}, indent=2))
+    write_json(out, {"written_by": WRITER, "epochs": args.epochs, "accuracy": rows, "runs": meta})
     print(f"results: {out}")
 
 

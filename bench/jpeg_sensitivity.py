@@ -11,7 +11,6 @@ more, at the same and at harsher qualities, measures how far the model's accurac
 more JPEG step: a bound on how much the copy can shift published comparisons.
 """
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -22,10 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from base.base_model import average_experts  # noqa: E402
-from bench.common import checkpoint_parser  # noqa: E402
+from bench.common import checkpoint_parser, output_path, write_report  # noqa: E402
 from trainer.build import load_trained  # noqa: E402
 from trainer.evaluation import distribution_metrics  # noqa: E402
 from trainer.forward import collect_expert_logits  # noqa: E402
+from utils.errors import UserError, cli_entry  # noqa: E402
+
+WRITER = "bench/jpeg_sensitivity.py"
 
 
 def reencode(images, quality):
@@ -39,15 +41,18 @@ def reencode(images, quality):
     return out
 
 
-def main():
+@cli_entry
+def main(argv=None):
     p = checkpoint_parser(__doc__)
     p.add_argument("--qualities", default="95,75,50,30")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    out = output_path(args.out, args.checkpoint, "jpeg_sensitivity.json", WRITER,
+                      legacy=lambda r: isinstance(r.get("qualities"), dict) and "checkpoint" in r)
     trained = load_trained(args.checkpoint, None, [("data_loader.args.data_dir", args.data_dir, "--data_dir")],
                            args.device)
     data = trained.data
     if not hasattr(data, "test_images"):
-        sys.exit(f"jpeg_sensitivity: {type(data).__name__} holds no image arrays (CIFAR-LT, Digits-LT only)")
+        raise UserError(f"jpeg_sensitivity: {type(data).__name__} holds no image arrays (CIFAR-LT, Digits-LT only)")
     dists = data.test_distributions()
     original = data.test_set.data
     rows, report = [], {"checkpoint": args.checkpoint, "qualities": {}}
@@ -67,8 +72,7 @@ def main():
     text = "| test images | uniform top-1 | mean of 11 |\n|---|---|---|\n" + "\n".join(rows)
     report["table"] = text
     print("\n" + text)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("jpeg_sensitivity.json")
-    out.write_text(json.dumps(report, indent=1))
+    write_report(out, report, WRITER)
     print(f"wrote {out}")
 
 

@@ -10,7 +10,6 @@ offline table of every method on the eleven distributions and the docs/methods.m
 The evaluation never gives a method the test labels except the oracle rows.
 """
 import argparse
-import json
 import sys
 import time
 from collections import OrderedDict
@@ -26,7 +25,21 @@ import torch  # noqa: E402
 from base.base_test_time import TestTimeContext  # noqa: E402
 from data_loader.test_protocols import dirichlet, missing_classes, stream_batches, stream_order  # noqa: E402
 import trainer.test_time as tt  # noqa: E402
+from bench.common import write_report  # noqa: E402
 from utils.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from utils.errors import UserError, cli_entry  # noqa: E402
+from utils.safe_write import check_target  # noqa: E402
+
+WRITER = "bench/label_shift_eval.py"
+
+
+def _our_reference(path):
+    """A reference-logits file this tool wrote (``written_by``)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except UserError:
+        return False
+    return isinstance(ckpt, dict) and ckpt.get("written_by") == WRITER
 
 
 def reference(args):
@@ -37,7 +50,8 @@ def reference(args):
     perf = Performance.from_config(config.get("trainer"), config.source)
     logits, targets = collect_expert_logits(net, data.reference_loader(device="cpu"), "cpu", perf,
                                             desc="training images")
-    save_checkpoint({"logits": logits, "targets": targets, "cls_num_list": list(data.cls_num_list)}, args.out)
+    save_checkpoint({"written_by": WRITER, "logits": logits, "targets": targets,
+                     "cls_num_list": list(data.cls_num_list)}, args.out)
     print(f"wrote {args.out}: logits {tuple(logits.shape)}")
 
 
@@ -131,7 +145,7 @@ def evaluate(args):
                 table[row][f"online_{name}"] = correct / len(stream) * 100
     payload = {"table": table, "groups": groups, "facts": facts}
     if args.out:
-        Path(args.out).write_text(json.dumps(payload, indent=1))
+        write_report(args.out, payload, WRITER)
     print_table(table, groups, list(saved["distributions"]), args.online)
 
 
@@ -155,6 +169,7 @@ def print_table(table, groups, dist_names, online=False):
         print(f"{row:45s}" + "".join(f" {v:8.2f}" for v in vals) + f"{worst11:9.2f}{worst_all:9.2f}")
 
 
+@cli_entry
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -172,6 +187,8 @@ def main(argv=None):
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--out", help="write the table as JSON")
     args = p.parse_args(argv)
+    if args.out:  # before any work
+        check_target(args.out, WRITER, recognise=_our_reference if args.cmd == "reference" else None)
     reference(args) if args.cmd == "reference" else evaluate(args)
 
 

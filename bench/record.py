@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.reproduce import checkpoint_epoch  # noqa: E402
+from utils.safe_write import open_append, write_bytes, write_json, write_text  # noqa: E402
 
 SMALL_WEIGHTS = 8 << 20  # weights kept in a record up to this size (a CIFAR ResNet-32 with 3 experts: 5.4 MB)
 DEFAULT_WORK_DIR = Path.home() / ".cache" / "tade-records"
@@ -67,7 +67,7 @@ def machine():
 
 def step(cmd, log):
     """Run one step from the repository root, its output appended to ``log``; stop if it fails."""
-    with open(log, "a") as f:
+    with open_append(log) as f:
         f.write(f"\n$ {' '.join(map(str, cmd))}\n")
         f.flush()
         proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
@@ -92,8 +92,8 @@ def train(args, run_dir, log):
         if run_dir.exists():  # started, no finished epoch: set aside, start again
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        (run_dir.parent / "train_commit.txt").write_text(git_commit() + "\n")
-        (run_dir.parent / "train_command.json").write_text(json.dumps(sys.argv) + "\n")
+        write_text(run_dir.parent / "train_commit.txt", git_commit() + "\n")
+        write_text(run_dir.parent / "train_command.json", json.dumps(sys.argv) + "\n")
         cmd = [sys.executable, "train.py", "-c", args.config, "--epochs", args.epochs, "--seed", args.seed,
                "--save_dir", run_dir.parent.parent, "--name", run_dir.parent.name, "--run_id", run_dir.name,
                *common]
@@ -172,7 +172,7 @@ def main():
               *(["--skip_views"] if args.skip_views else []), "--stream_batch", "16,128",
               "--out", stage / "test_time_methods.json"], log)
     for src in ("config.json", "epochs.csv", "info.log"):
-        shutil.copyfile(run_dir / src, stage / src)
+        write_bytes(stage / src, (run_dir / src).read_bytes())
     has_weights = small_weights(run_dir / "last.pth", stage / "model.pth")
     train_commit = (work / "train_commit.txt").read_text().strip() if (work / "train_commit.txt").is_file() else None
     train_command = json.loads((work / "train_command.json").read_text()) if (work / "train_command.json").is_file() \
@@ -191,7 +191,7 @@ def main():
         "weights": "model.pth" if has_weights else None,
         "files": sorted(f.name for f in stage.iterdir()) + (["record.json"]),
     }
-    (stage / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_json(stage / "record.json", {"written_by": "bench/record.py", **record}, indent=1)
     os.replace(stage, final)
     print(f"recorded {final}")
 

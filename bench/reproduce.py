@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from utils.parse_config import read_json  # noqa: E402
+from utils.safe_write import open_append, write_text  # noqa: E402
 
 ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
 
@@ -98,7 +99,7 @@ def test_time_config(dataset):
 
 def run(cmd, log):
     """Run a step, appending its output to ``log``; exit with its message if it fails."""
-    with open(log, "a") as f:
+    with open_append(log) as f:
         f.write(f"$ {' '.join(map(str, cmd))}\n")
         f.flush()
         proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
@@ -159,7 +160,7 @@ def evaluate(args, method, run_dir, log):
     if not eval_json.is_file() or not macs_file.is_file():
         out = run([sys.executable, "test.py", "-r", run_dir / "last.pth", "--macs", *common], log)
         macs = re.search(r"MACs per image .*: ([0-9.]+) G", out)
-        macs_file.write_text(macs.group(1) if macs else "")
+        write_text(macs_file, macs.group(1) if macs else "")
     results = {method: json.loads(eval_json.read_text())["distributions"]}
     if method == "tade":
         tt_json = run_dir / "test_time_last.json"
@@ -234,7 +235,7 @@ def main():
                 rows[key] = (per_seed + [dists], macs, total + seconds, rate)
                 names = names or list(dists)
     table = markdown_table(args, rows, names)
-    (out_dir / f"results_e{args.epochs}.md").write_text(table)
+    write_text(out_dir / f"results_e{args.epochs}.md", table)
     print(table)
     print(f"wrote {out_dir / f'results_e{args.epochs}.md'}")
 

@@ -25,11 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import output_path, write_report  # noqa: E402
 from trainer.adaptation import ReferenceLogits, run_method, run_stream, validation_source  # noqa: E402
 from trainer.build import build_test_time_method, load_trained, resolve_config  # noqa: E402
 from trainer.saved_logits import load_logits  # noqa: E402
 from trainer.forward import collect_expert_logits  # noqa: E402
-from trainer.protocols import add_protocol_args, summarise, test_sets  # noqa: E402
+from trainer.protocols import add_protocol_args, stream_batch_sizes, summarise, test_sets  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
+from utils.errors import UserError, cli_entry  # noqa: E402
 from utils.parse_config import ConfigParser  # noqa: E402
 import trainer.test_time as methods  # noqa: E402
 
@@ -44,7 +47,7 @@ def family_config(kind, dataset_type):
     for family in ("cifar100", "cifar10", "digits", "imagenet_lt", "places_lt", "inat"):
         if name.startswith(family.replace("_", "")) or (family == "inat" and name.startswith("inaturalist")):
             return ROOT / "configs" / f"test_time_{family}_{kind}.json"
-    raise SystemExit(f"no test-time config family for data_loader.type {dataset_type}")
+    raise UserError(f"no test-time config family for data_loader.type {dataset_type}")
 
 
 TRAINING_CALIBRATION = {"calibration": "training", "source_prior": "reference", "temperature": "fit", "bias": True}
@@ -104,8 +107,17 @@ def summary_table(rows):
     return "\n".join(lines)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+WRITER = "bench/test_time_methods.py"
+
+
+def _legacy(payload):
+    """A report of this tool written before reports said ``written_by``."""
+    return isinstance(payload.get("protocols"), dict) and "validation_info" in payload
+
+
+@cli_entry
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", nargs="?")
     p.add_argument("--logits", help="saved logits (test.py --save_logits, results/*/logits.npz) instead of a checkpoint")
     p.add_argument("-d", "--device", default="cpu")
@@ -114,9 +126,11 @@ def main():
     p.add_argument("--out")
     add_protocol_args(p)
     p.set_defaults(distributions="all")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if (args.checkpoint is None) == (args.logits is None):
         p.error("give a CHECKPOINT or --logits FILE (one of them)")
+    sizes = stream_batch_sizes(args)  # checked before any work
+    out = output_path(args.out, args.checkpoint or args.logits, "test_time_methods.json", WRITER, _legacy)
     if args.logits:
         trained = load_logits(args.logits)  # .data and .net: what the methods read
         all_methods = method_list(trained.data.type_name, trained.net.num_experts, skip_views=True)
@@ -150,7 +164,6 @@ def main():
                 continue  # minutes per test set: the eleven distributions only
             t0 = time.perf_counter()
             if protocol == "streaming":
-                sizes = [int(b) for b in args.stream_batch.split(",")]
                 results = run_stream(method, trained, clean, targets, sizes, args.device, args.protocol_seed,
                                      reference=reference, validation=validation)
             else:
@@ -165,8 +178,7 @@ def main():
         report["protocols"][protocol] = {k: {"results": v["results"], "summary": v["summary"],
                                              "seconds": v["seconds"]} for k, v in rows.items()}
         report["protocols"][protocol]["table"] = text
-    out = Path(args.out) if args.out else Path(args.checkpoint or args.logits).with_name("test_time_methods.json")
-    out.write_text(json.dumps(report, indent=1, default=float))
+    write_report(out, report, WRITER)
     print(f"wrote {out}")
 
 

@@ -23,13 +23,16 @@ sys.path.insert(0, str(ROOT))
 
 from bench.test_time_methods import TRAINING_CALIBRATION, family_config  # noqa: E402
 from trainer.adaptation import ReferenceLogits, run_method  # noqa: E402
-from bench.common import checkpoint_parser  # noqa: E402
+from bench.common import checkpoint_parser, output_path, write_report  # noqa: E402
 from trainer.build import load_trained  # noqa: E402
 from trainer.validation_cache import validation_logits  # noqa: E402
 from trainer.forward import collect_expert_logits  # noqa: E402
 from trainer.protocols import add_protocol_args, test_sets  # noqa: E402
 from utils.parse_config import ConfigParser  # noqa: E402
 import trainer.test_time as methods  # noqa: E402
+from utils.errors import cli_entry  # noqa: E402
+
+WRITER = "bench/validation_size.py"
 
 
 def prior_methods(dataset):
@@ -46,11 +49,14 @@ def score(method, trained, clean, targets, sets, device, reference, validation):
     return res, sum(r["top1"] for r in res.values()) / len(res), min(diffs)
 
 
-def main():
+@cli_entry
+def main(argv=None):
     p = checkpoint_parser(__doc__)
     p.add_argument("--sizes", default="10,20,50,100,all")
     add_protocol_args(p)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    out = output_path(args.out, args.checkpoint, "validation_size.json", WRITER,
+                      legacy=lambda r: isinstance(r.get("rows"), dict) and "checkpoint" in r)
     sizes = [s if s == "all" else int(s) for s in args.sizes.split(",")]
     overrides = [("data_loader.args.data_dir", args.data_dir, "--data_dir"),
                  ("data_loader.args.validation", {"per_class": "all"}, "validation_size.py")]
@@ -100,8 +106,7 @@ def main():
     text = head + "\n" + "\n".join(rows)
     report["table"] = text
     print("\n" + text)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("validation_size.json")
-    out.write_text(json.dumps(report, indent=1, default=float))
+    write_report(out, report, WRITER)
     print(f"wrote {out}")
 
 

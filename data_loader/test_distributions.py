@@ -53,6 +53,10 @@ def select_distributions(available, request):
     if request in (None, "", "all"):
         return list(available)
     wanted = [n.strip() for n in str(request).split(",") if n.strip()]
+    if not wanted:
+        from utils.errors import UserError
+        raise UserError(f"--distributions {request!r}: no distribution named; expected all, uniform or names like "
+                        "forward50,backward50")
     unknown = [n for n in wanted if n not in available]
     if unknown:
         from utils.errors import UserError

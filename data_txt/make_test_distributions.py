@@ -12,7 +12,6 @@ module generates at start-up with ``test_distribution_txt: null``. Writes
 list, original labels) and prints a summary of the counts.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from data_loader.list_file import frequency_rank, read_list  # noqa: E402
 from data_loader.test_distributions import distribution_names, generated_distributions  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
+from utils.safe_write import write_text  # noqa: E402
 
 
 def make_test_distributions(train_txt, test_txt, ratios=(50, 25, 10, 5, 2), num_classes=None, img_max=None, seed=0):
@@ -82,14 +82,11 @@ def main(argv=None):
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not args.force:
         raise UserError(f"{existing[0]} already exists ({len(existing)} of the lists); use --force to overwrite")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, path in paths.items():
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_text("".join(f"{test.images[i]} {test.labels[i]}\n" for i in subsets[name]), encoding="utf-8")
-            os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write the lists into {out}: {e.strerror or e}")
+    links = [str(p) for p in paths.values() if p.is_symlink() or (p.exists() and not p.is_file())]
+    if links:
+        raise UserError(f"{links[0]} is a link or not a regular file; refusing to write through it (even with --force)")
+    for name, path in paths.items():  # atomically, through a unique temporary file (utils/safe_write.py)
+        write_text(path, "".join(f"{test.images[i]} {test.labels[i]}\n" for i in subsets[name]))
     print(f"{len(paths)} lists in {out} (pattern {out / (prefix + '_{name}.txt')}), {len(rank)} classes, "
           f"{len(test):,d} test images:")
     for line in summary(test, subsets, rank):

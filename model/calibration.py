@@ -61,6 +61,14 @@ def reliability_bins(scores, targets, n_bins=N_BINS, from_logits=False):
             "accuracy": accuracy.tolist(), "confidence": confidence.tolist()}
 
 
+def bins_as_data(bins):
+    """``reliability_bins``' dict for a JSON result: an empty bin's accuracy and confidence are null
+    (they do not exist), never a bare NaN."""
+    def value(v, c):
+        return None if c == 0 or not math.isfinite(v) else v
+    return {**bins, **{k: [value(v, c) for v, c in zip(bins[k], bins["count"])] for k in ("accuracy", "confidence")}}
+
+
 def _ece_mce(bins):
     n = sum(bins["count"])
     gaps = [(c, abs(a - f)) for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"]) if c > 0]
@@ -164,5 +172,7 @@ def plot_reliability(bins, path, title=None):
     bottom.set_xlabel("confidence (top-class probability)")
     bottom.set_ylabel("share")
     fig.tight_layout()
-    fig.savefig(str(path), dpi=120, format="png")
+    from utils.safe_write import atomic_file
+    with atomic_file(path) as f:
+        fig.savefig(f, dpi=120, format="png")
     return path

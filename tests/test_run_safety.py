@@ -124,8 +124,8 @@ def test_folder_of_a_run_killed_before_its_first_checkpoint_is_taken_over(tiny, 
     root, config = tiny
     run = root / "saved" / "small" / "k"
     run.mkdir(parents=True)
-    (run / "config.json").write_text("{}")
-    (run / "info.log").write_text("started\n")
+    (run / "config.json").write_text(json.dumps(config, indent=4) + "\n")  # as the failed start wrote them
+    (run / "info.log").write_text("10:00:00 started\n")
     (run / ".lock").write_text("999999\n")  # its holder is gone: the flock went with it
     code, out, err = _train(["-c", write_config(root / "c.json", config), "--run_id", "k"], capfd)
     assert code == 0, err

@@ -5,6 +5,7 @@ import contextlib
 import torch
 
 from base.base_model import check_outputs
+from utils.errors import UserError
 from utils.performance import Performance
 from utils.progress import progress
 
@@ -30,7 +31,12 @@ def collect_expert_logits(net, loader, device, perf=None, desc="test images"):
     for out, y in batch_outputs(net, loader, perf, device, desc):
         logits.append(out["logits"].float().cpu())
         targets.append(y.cpu())  # the tensor pipeline yields targets on the device
-    return torch.cat(logits), torch.cat(targets)
+    logits = torch.cat(logits)
+    bad = int((~torch.isfinite(logits)).flatten(1).any(1).sum())
+    if bad:
+        raise UserError(f"the network gives NaN or infinite logits on {bad} of {len(logits)} {desc}; expected finite "
+                        "outputs (the checkpoint's weights are corrupt or too large); nothing is scored or written")
+    return logits, torch.cat(targets)
 
 
 def predict(net, loader, perf, device):

@@ -22,6 +22,7 @@ import torch
 
 from utils.long_tail import shot_masks
 from utils.errors import UserError
+from utils.safe_write import atomic_file
 
 SPLITS = ("test", "validation", "training")
 DTYPES = ("float16", "float32")
@@ -39,9 +40,8 @@ def save_logits(path, splits, cls_num_list, distributions, meta, dtype="float32"
     for name, idx in distributions.items():
         arrays[f"distribution_{name}"] = np.asarray(idx, dtype=np.int64)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_file(path) as f:  # a unique temporary name: two runs at once never share one
+        np.savez_compressed(f, **arrays)
     return path
 
 

@@ -18,7 +18,6 @@ through torch's restricted unpickler, which calls nothing but the objects we han
 """
 import os
 import pickle
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from utils.content_checksum import checksum_mismatch, with_checksum
 from utils.errors import UserError
 from utils.safe_pickle import numpy_reconstructors
+from utils.safe_write import fsync_folder, is_temp_name, temp_file
 
 # Modules whose names in a pickle mean "run code", even when spelled like a class. (Safety does
 # not rest on this list: a placeholder runs nothing whatever its name. The list decides which
@@ -44,24 +44,7 @@ _CODE_MODULES = {
     "xmlrpc", "sqlite3", "shelve",
 }
 
-_TMP_PATTERN = re.compile(r"^\..+\.tmp(\d+)$")
-
-
-def _tmp_path(path):
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def _fsync_dir(folder):
-    try:  # make a rename durable; not every platform or file system allows it
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_folder
 
 
 def _unlink_quietly(path):
@@ -101,17 +84,22 @@ def save_checkpoint(obj, path, copies=()):
     """
     obj = with_checksum(to_cpu(obj))
     path = Path(path)
-    tmp = _tmp_path(path)
-    written = [tmp]
+    for target in (path, *map(Path, copies)):
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise CheckpointWriteError(f"cannot write {target}: it is a link or not a regular file; refusing to "
+                                       "write through it or replace it")
+    written = []
     try:
-        with open(tmp, "wb") as f:
+        fd, tmp = temp_file(path)  # .NAME.tmpPID.RANDOM, created exclusively (utils/safe_write.py)
+        written.append(tmp)
+        with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         for copy in map(Path, copies):
-            copy_tmp = _tmp_path(copy)
+            copy_fd, copy_tmp = temp_file(copy)
             written.append(copy_tmp)
-            with open(tmp, "rb") as src, open(copy_tmp, "wb") as dst:
+            with open(tmp, "rb") as src, os.fdopen(copy_fd, "wb") as dst:
                 while chunk := src.read(1 << 24):
                     dst.write(chunk)
                 dst.flush()
@@ -153,12 +141,12 @@ def _process_alive(pid):
 
 
 def remove_stale_temp_files(folder):
-    """Delete temporary files that a killed save left in ``folder`` (``.NAME.tmpPID`` whose
-    process no longer runs)."""
+    """Delete temporary files that a killed save left in ``folder`` (``.NAME.tmpPID[.RANDOM]`` whose
+    process no longer runs; the run folder is locked by this process)."""
     removed = []
     for p in Path(folder).glob(".*.tmp*"):
-        m = _TMP_PATTERN.match(p.name)
-        if m and int(m.group(1)) != os.getpid() and p.is_file() and not _process_alive(int(m.group(1))):
+        pid = is_temp_name(p.name)
+        if pid is not None and pid != os.getpid() and p.is_file() and not p.is_symlink() and not _process_alive(pid):
             _unlink_quietly(p)
             removed.append(p)
     return removed

@@ -9,7 +9,7 @@ out is skipped; ``--set KEY.PATH=VALUE`` sets any existing key (JSON null includ
 import argparse
 import math
 
-from utils.errors import UserError
+from utils.errors import UserError, shown
 from utils.parse_config import parse_set_expression
 
 
@@ -61,14 +61,21 @@ def finite_float(text):
 
 
 def nonnegative_int(text):
-    """argparse type: an integer >= 0 (seeds)."""
+    """argparse type: an integer >= 0 that fits 64 bits (seeds)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {shown(text)}")
+    if value < 0 or value > 2**64 - 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 and < 2**64, got {shown(text)}")
     return value
+
+
+def distribution_request(text):
+    """argparse type of ``--distributions``: ``all`` or at least one name (``,`` names none)."""
+    if not [n for n in str(text).split(",") if n.strip()]:
+        raise argparse.ArgumentTypeError(f"expected all, uniform or names like forward50,backward50, got {text!r}")
+    return text
 
 
 def add_evaluation_args(parser):
@@ -77,6 +84,6 @@ def add_evaluation_args(parser):
     parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_override("--data_dir", key="data_loader.args.data_dir")
     parser.add_override("--bs", type=int, key="data_loader.args.batch_size", help="batch size")
-    parser.add_argument("--distributions", default="all", help="all, uniform, or names like forward50,backward50")
+    parser.add_argument("--distributions", default="all", type=distribution_request, help="all, uniform, or names like forward50,backward50")
     parser.add_argument("--out", help="result JSON path (a CSV is written beside it)")
     return parser

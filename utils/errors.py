@@ -17,8 +17,20 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with a message saying what was kept (e.g. which epoch ``last.pth`` holds)."""
 
 
+MAX_LINE = 1000  # characters of an error line; a longer one keeps its start and end
+
+
 def one_line(text):
-    return " ".join(str(text).split("\n"))
+    line = " ".join(str(text).split("\n"))
+    if len(line) > MAX_LINE:
+        line = f"{line[:MAX_LINE * 2 // 3]} ... ({len(line) - MAX_LINE} characters left out) ... {line[-MAX_LINE // 3:]}"
+    return line
+
+
+def shown(value, limit=80):
+    """``repr(value)`` for an error message, cut to ``limit`` characters (a 10 MB value is not echoed)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def cli_entry(main):

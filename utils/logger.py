@@ -2,6 +2,8 @@
 import logging
 import sys
 
+from utils.safe_write import open_append
+
 _FORMAT = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
 
@@ -42,6 +44,9 @@ class _LogFile(logging.FileHandler):
 
     def handleError(self, record):
         self.failed = True
+
+    def _open(self):
+        return open_append(self.baseFilename)  # never through a link (utils/safe_write.py)
 
 
 def log_to_file(run_dir, name="train"):

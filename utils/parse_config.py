@@ -11,9 +11,12 @@ import json
 import math
 from pathlib import Path
 
-from utils.errors import UserError
+from utils.errors import UserError, shown
 from utils.known_keys import check_arguments, nearest
 from utils.trainer_schema import SCHEMA as TRAINER_SCHEMA
+
+SEED_MAX = 2**64 - 1
+MAX_DEPTH = 64  # nesting of a config file; deeper is no config (and would exhaust Python's recursion)
 
 
 def read_json(path):
@@ -29,9 +32,25 @@ def read_json(path):
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}")
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply; expected a config (at most {MAX_DEPTH} levels)")
+    if _depth(value) > MAX_DEPTH:
+        raise UserError(f"{path}: JSON nested more than {MAX_DEPTH} levels deep; expected a config")
     if not isinstance(value, dict):
         raise UserError(f"{path}: expected a JSON object at the top level, got {type(value).__name__}")
     return value
+
+
+def _depth(value):
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_DEPTH:
+            children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def get_by_path(config, key_path, default=None):
@@ -126,15 +145,21 @@ class ConfigParser:
     def get(self, key_path, default=None):
         return get_by_path(self.config, key_path, default)
 
-    def get_int(self, key_path, default=None, minimum=None):
-        """An integer setting; anything else ("ten", 2.5, true) is a UserError naming the key."""
+    def get_int(self, key_path, default=None, minimum=None, maximum=None):
+        """An integer setting; anything else ("ten", 2.5, true, out of bounds) is a UserError naming the key."""
         value = get_by_path(self.config, key_path, default)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+        if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum) \
+                or (maximum is not None and value > maximum):
             bound = f" >= {minimum}" if minimum is not None else ""
-            raise UserError(f"config {self.source}: {key_path} is {value!r}: expected an integer{bound}")
+            bound += f"{' and' if bound else ''} <= {maximum}" if maximum is not None else ""
+            raise UserError(f"config {self.source}: {key_path} is {shown(value)}: expected an integer{bound}")
         return value
+
+    def get_seed(self, key_path, default=None):
+        """A seed: an integer in 0 .. 2**64 - 1 (what the random generators take)."""
+        return self.get_int(key_path, default, minimum=0, maximum=SEED_MAX)
 
     # -- building objects -----------------------------------------------------------------------
     def _lookup(self, name, modules):

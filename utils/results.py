@@ -1,11 +1,10 @@
 """Result tables: print aligned (distributions as columns, the published order), write JSON and CSV."""
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from utils.errors import UserError
+from utils.safe_write import digest, json_text, write_text
 
 METRIC_ROWS = ("num_images", "top1", "many", "medium", "few")
 
@@ -37,36 +36,30 @@ def format_table(distributions, extra_rows=(), weight_rows=(), number_rows=()):
     return text.to_string()
 
 
-def write_results(payload, json_path, extra_columns=()):
-    """``payload["distributions"]`` -> JSON (whole payload) and CSV (a row per distribution)."""
-    json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(json_path, json.dumps(payload, indent=2) + "\n")
+def results_csv(payload, extra_columns=()):
+    """``payload["distributions"]`` as CSV text, a row per distribution."""
     records = []
     for name, m in payload["distributions"].items():
         rec = {"distribution": name}
         rec.update({k: m.get(k) for k in METRIC_ROWS})
         rec.update({k: (json.dumps(m[k]) if isinstance(m.get(k), list) else m.get(k)) for k in extra_columns})
         records.append(rec)
-    csv_path = json_path.with_suffix(".csv")
-    _atomic_write(csv_path, pd.DataFrame.from_records(records).to_csv(index=False))
+    return pd.DataFrame.from_records(records).to_csv(index=False)
+
+
+def write_results(payload, json_path, extra_columns=(), beside=()):
+    """The CSV (a row per distribution), then the JSON (whole payload) listing under ``"files"`` the
+    SHA-256 of the CSV and of the files in ``beside`` (written before): the record by which a later
+    run recognises them as its own (utils/safe_write.py). A NaN or infinite number is refused."""
+    json_path = Path(json_path)
+    json_text(payload, what=json_path)  # a NaN is refused before anything is written
+    csv_path = write_text(json_path.with_suffix(".csv"), results_csv(payload, extra_columns))
+    files = {p.name: digest(p) for p in [csv_path, *map(Path, beside)]}
+    write_text(json_path, json_text({**payload, "files": files}, what=json_path))
     return json_path, csv_path
-
-
-def _atomic_write(path, text):
-    """Temporary file + rename; a failed write (disk full) removes the temporary file and is a
-    one-line UserError naming ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}")
 
 
 def write_history_csv(history, path):
     """The per-epoch log (one dict per epoch: loss, accuracy, lr, val_*, test_* ...) as CSV,
     written atomically; epochs without validation leave those cells empty."""
-    path = Path(path)
-    _atomic_write(path, pd.DataFrame.from_records(history).to_csv(index=False))
+    write_text(Path(path), pd.DataFrame.from_records(history).to_csv(index=False))

@@ -113,7 +113,8 @@ def _check_place(path, option):
                            "bench/record.py writes, creating a new record): choose a path outside it")
     folder = _nearest_existing(path.parent)
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise WriteRefused(f"{option} {path}: folder {folder} is not writable; expected a writable place")
+        raise WriteRefused(f"{option} {path}: folder {folder} is not writable; expected a writable place "
+                           f"(choose another {option})")
 
 
 def check_target(path, writer, option="--out", legacy=None, recognise=None):
@@ -154,7 +155,7 @@ def check_beside(main, sides, writer, option="--out", legacy=None, signatures=No
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def _temp_file(path):
+def temp_file(path):
     """A new temporary file beside ``path`` (``.NAME.tmpPID.RANDOM``, O_EXCL): (fd, temp path)."""
     while True:
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{secrets.token_hex(4)}")
@@ -196,7 +197,7 @@ def atomic_file(path, mode="wb"):
     fd, tmp = None, None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _temp_file(path)
+        fd, tmp = temp_file(path)
         with os.fdopen(fd, mode) as f:
             fd = None
             yield f
@@ -230,17 +231,18 @@ def write_text(path, text):
     return write_bytes(path, text.encode("utf-8"))
 
 
-def json_text(obj, indent=2, what=None):
-    """JSON text; a NaN or infinite number anywhere is a UserError (never written as a bare NaN)."""
+def json_text(obj, indent=2, what=None, default=None):
+    """JSON text (``default`` converts other objects, as in ``json.dumps``); a NaN or infinite
+    number anywhere is a UserError (never written as a bare NaN)."""
     try:
-        return json.dumps(obj, indent=indent, allow_nan=False) + "\n"
+        return json.dumps(obj, indent=indent, allow_nan=False, default=default) + "\n"
     except ValueError:
         raise UserError(f"refusing to write {what or 'a result'}: it holds a NaN or infinite number "
                         "(a metric of non-finite outputs)") from None
 
 
-def write_json(path, obj, indent=2):
-    return write_text(path, json_text(obj, indent, what=path))
+def write_json(path, obj, indent=2, default=None):
+    return write_text(path, json_text(obj, indent, what=path, default=default))
 
 
 def open_append(path):
