@@ -1,26 +1,40 @@
-"""Test-time adaptation on every test distribution, with the method the test-time config names.
+"""Test-time adaptation on every test distribution, or predictions on unlabeled images, with the
+method the test-time config names.
 
     python test_train.py -c TEST_TIME_CONFIG -r CHECKPOINT [-d DEVICE] [--data_dir PATH]
                          [--distributions all|uniform|NAME,...] [--out PATH] [--epochs N] [--bs N]
                          [--lr X] [--online] [--seed N] [--set KEY.PATH=VALUE ...]
                          [--protocol distributions|dirichlet|missing|streaming] [--alpha A,..] [--draws K]
                          [--size N] [--missing_fraction F,..] [--stream_batch B,..] [--protocol_seed S]
+    python test_train.py -c TEST_TIME_CONFIG -r CHECKPOINT --images DIR|LIST.txt [--out FOLDER] [--online]
+                         [--strict] [--bs N] [-d DEVICE]
 
 ``test_time.type`` names a class of ``trainer/test_time/`` (default: TADE's self-supervised
 aggregation, ``SelfSupervisedAggregation``) built with ``test_time.args``. The clean expert logits
 of the test set are computed once; the method then adapts to each distribution's unlabeled images
 (a method that needs augmented views also runs the network on them) and its predictions are
 scored beside the plain expert average. The network config comes from the checkpoint.
+
+With ``--images`` no label is read: every image below DIR (or each path of LIST.txt) is predicted
+by the method adapted to those images (``SafePrior`` recommended: configs/test_time_folder_prior.json),
+written as FOLDER/predictions.csv (one row per image: path, predicted class and probability, the
+top-5 classes and probabilities, the plain expert average's prediction) and FOLDER/summary.json
+(the method and its settings, what it estimated, how many images, how long). An unreadable image is
+reported and left out (``--strict``: an error before anything is written). ``--online`` scores the
+images as a stream in batches of ``--bs``, each with what was learnt from the batches before it.
 """
 import argparse
 from pathlib import Path
 
 import numpy as np
 
+from base.base_model import average_experts
 from base.base_test_time import TestTimeMethod
+from trainer import unlabeled
 from trainer.adaptation import run_method, run_stream
 from trainer.build import DEFAULT_TEST_TIME_METHOD as DEFAULT_METHOD
 from trainer.build import build_test_time_method, load_trained, read_test_time_config
+from trainer.unlabeled import has_online_form
 from trainer.forward import collect_expert_logits
 from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
 from utils.cli import ArgumentParser, add_evaluation_args, finite_float
@@ -41,6 +55,10 @@ def build_parser():
                    help="self-supervised aggregation: one streaming pass; classify each batch after its update")
     p.add_set_option(target="test_time", what="test-time config")
     add_protocol_args(p)
+    p.add_argument("--images", metavar="DIR|LIST.txt",
+                   help="predict these unlabeled images (every image below DIR, or one path a line) instead of "
+                        "scoring the test distributions; --out is then a folder (predictions.csv, summary.json)")
+    p.add_argument("--strict", action="store_true", help="with --images: an unreadable image is an error")
     return p
 
 
@@ -49,8 +67,69 @@ def load_method(args, parser):
     if args.bs is not None and "batch_size" in read_test_time_config(args.config)["test_time"]["args"]:
         overrides.append(("test_time.args.batch_size", args.bs, "--bs"))
     if args.online:
+        method, tt = build_test_time_method(args.config, overrides)
+        if args.images and has_online_form(method):  # a stream of batches through its online form
+            return method, tt
         overrides.append(("test_time.args.online", True, "--online"))
     return build_test_time_method(args.config, overrides)
+
+
+def trained_for(args, parser, tt, device):
+    """The checkpoint's network and data module (the test-time config's validation size applied)."""
+    overrides = parser.overrides(args)
+    if "validation" in tt["test_time"]:  # this method's own validation-split size (CIFAR-LT, Digits-LT)
+        overrides.append(("data_loader.args.validation", tt["test_time"]["validation"],
+                          f"config {args.config}: test_time.validation"))
+    return load_trained(args.resume, None, overrides, device)
+
+
+def checked(method, tt, trained, config):
+    try:
+        method.check(trained.data)  # settings the data module or the model cannot honour fail before any work
+        method.check_experts(trained.net.num_experts)
+    except ValueError as e:
+        raise UserError(f"config {config}: test_time.args: {e}")
+    return method
+
+
+def predict_images(args, parser, method, tt):
+    """--images: predictions.csv and summary.json for unlabeled images (trainer/unlabeled.py)."""
+    import time
+
+    paths = unlabeled.image_paths(args.images)
+    out = Path(args.out) if args.out else Path(args.resume).parent / f"predictions_{Path(args.images).stem}"
+    inputs = paths + [args.images, args.resume, args.config]
+    csv_path, summary_path = unlabeled.check_out_folder(out, inputs)  # before any work
+    device, _ = parse_device(args.device)
+    start = time.perf_counter()
+    trained = trained_for(args, parser, tt, device)
+    checked(method, tt, trained, args.config)
+    names = unlabeled.class_names(trained)
+    images = unlabeled.collect_image_logits(trained, paths, device, batch_size=args.bs, strict=args.strict)
+    seed = tt.get_seed("test_time.seed", 1)
+    online = bool(args.online)
+    scores, facts = unlabeled.run_on_images(method, trained, images, device, seed=seed, online=online,
+                                            batch_size=args.bs)
+    average = average_experts(images.logits)
+    table = unlabeled.prediction_table(images.paths, scores, average, names)
+    elapsed = time.perf_counter() - start
+    summary = {"checkpoint": str(args.resume), "images": str(args.images),
+               "method": method.label(), "test_time_config": tt["test_time"], "online": online,
+               "num_images": len(paths), "num_predicted": len(images.paths), "num_unreadable": len(images.unreadable),
+               "unreadable": images.unreadable, "class_names": names,
+               "estimate": unlabeled.describe_estimate(facts, names), "facts": facts,
+               "predicted_counts": unlabeled.predicted_counts(scores, names),
+               "average_predicted_counts": unlabeled.predicted_counts(average, names),
+               "agreement_with_average": float((scores.argmax(1) == average.argmax(1)).double().mean()),
+               "seconds": {"forward": round(images.seconds, 3), "total": round(elapsed, 3)}}
+    unlabeled.write_predictions(csv_path, summary_path, table, summary)
+    verdict = summary["estimate"]
+    shift = f"; shift detected: {verdict['shift_detected']}" if "shift_detected" in verdict else ""
+    weights = f"; expert weights {verdict['expert_weights']}" if "expert_weights" in verdict else ""
+    print(f"{method.label()}: {len(images.paths)} image(s) predicted, {len(images.unreadable)} unreadable{shift}"
+          f"{weights}; agrees with the plain average on {100 * summary['agreement_with_average']:.1f}%; "
+          f"{elapsed:.1f} s")
+    print(f"wrote {csv_path} and {summary_path}")
 
 
 def plot_results(results, path, title):
@@ -99,22 +178,18 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     method, tt = load_method(args, parser)
+    if args.images:
+        return predict_images(args, parser, method, tt)
+    if args.strict:
+        raise UserError("--strict applies to --images (unreadable unlabeled images)")
     seed = tt.get_seed("test_time.seed", 1)
     online = bool(tt.get("test_time.args.online", False))
     out = Path(args.out) if args.out else default_out(args.resume, tt["test_time"]["type"], online, args.protocol)
     check_result_path(out, "test_train.py", [out.with_suffix(".csv"), out.with_suffix(".png")])  # before any work
     device, _ = parse_device(args.device)
-    overrides = parser.overrides(args)
-    if "validation" in tt["test_time"]:  # this method's own validation-split size (CIFAR-LT, Digits-LT)
-        overrides.append(("data_loader.args.validation", tt["test_time"]["validation"],
-                          f"config {args.config}: test_time.validation"))
-    trained = load_trained(args.resume, None, overrides, device)
+    trained = trained_for(args, parser, tt, device)
     data = trained.data
-    try:
-        method.check(data)  # settings the data module or the model cannot honour fail before any work
-        method.check_experts(trained.net.num_experts)
-    except ValueError as e:
-        raise UserError(f"config {args.config}: test_time.args: {e}")
+    checked(method, tt, trained, args.config)
     label = method.label()
     if method.uses_test_labels:
         print(f"{label}: this method reads the test labels; its figures are a ceiling, not a result")

@@ -129,6 +129,7 @@ def main(argv=None):
                                 run_dir)
                 log_to_file(run_dir)  # with the lines logged so far
                 folder.write_config(config.config)
+                folder.write_split_files(data.split_files())
                 n_params = sum(p.numel() for p in net.parameters())
                 logger.info("run folder %s | %s, %d parameters | %d training images, %d classes | device %s%s%s",
                             run_dir, config["arch"]["type"], n_params, len(data.train_set), data.num_classes,

@@ -13,6 +13,10 @@ config alone, so a checkpoint whose config names no split gets the same one as a
 for), ``counts`` (images per class), ``in_sample_classes`` (classes whose validation images are
 training images, because the training selection left none of theirs over) and ``option`` (the
 config key that sets it).
+
+``class_names`` names the classes (index k -> name; default "0".."C-1"); training stores them in
+every checkpoint and the test scripts name classes by them. ``split_files()`` returns files the
+run folder should hold to make the data split reproducible ({file name: text}; default none).
 """
 import numpy as np
 import torch
@@ -45,6 +49,15 @@ class LTDataModule:
         self.persistent_workers = persistent_workers and num_workers > 0
         self.shuffle = shuffle
         self.drop_last = drop_last
+
+    @property
+    def class_names(self):
+        """Class k's name (a data module whose classes have names sets ``class_names`` itself)."""
+        return [str(k) for k in range(self.num_classes)]
+
+    def split_files(self):
+        """{file name: text} written into the run folder beside config.json (e.g. a held-out split)."""
+        return {}
 
     # -- training -------------------------------------------------------------------------------
     @property

@@ -43,6 +43,7 @@ class BaseTrainer:
         self.history = []  # one dict per finished epoch (epochs.csv; kept in checkpoints for resume)
         self.last_saved_epoch = 0  # epochs held by last.pth
         self.use_tensorboard = settings["tensorboard"]
+        self.class_names = None  # the data's class names, stored in every checkpoint (set by the subclass)
         self.writer = None  # opened by train(): a refused resume leaves the run folder as it was
 
     def _train_epoch(self, epoch):
@@ -114,6 +115,7 @@ class BaseTrainer:
             "selected_on": self.selection.selected_on,
             "history": [dict(row) for row in self.history],
             "config": self.config.config,
+            "class_names": list(self.class_names) if self.class_names is not None else None,
             "rng": get_rng_state(),
         }
 

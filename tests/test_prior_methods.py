@@ -357,7 +357,7 @@ def test_shipped_prior_configs_build_the_safe_default():
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     paths = sorted(root.glob("configs/test_time_*_prior.json"))
-    assert len(paths) == 6
+    assert len(paths) == 7  # six benchmarks and the image-folder one
     for path in paths:
         tt = json.loads(path.read_text())["test_time"]
         cls = getattr(test_time, tt["type"])

@@ -136,6 +136,25 @@ def check_class_count(config, data):
                         f"arch.args.num_classes {data.num_classes}")
 
 
+def checkpoint_class_names(ckpt):
+    """The class names a checkpoint stores (None: written before they were stored, or not ours)."""
+    names = ckpt.get("class_names") if isinstance(ckpt, dict) else None
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
+
+
+def check_class_names(ckpt, checkpoint, data):
+    """The data's classes must be the ones the checkpoint was trained on (same names, same order)."""
+    stored = checkpoint_class_names(ckpt)
+    current = list(data.class_names)
+    if stored is not None and stored != current:
+        diff = next((k for k, (a, b) in enumerate(zip(stored, current)) if a != b), min(len(stored), len(current)))
+        theirs = stored[diff] if diff < len(stored) else "(none)"
+        ours = current[diff] if diff < len(current) else "(none)"
+        raise UserError(f"checkpoint {checkpoint} was trained on {len(stored)} classes that differ from the data's "
+                        f"{len(current)} (class {diff}: {theirs!r} in the checkpoint, {ours!r} in "
+                        f"{getattr(data, 'data_dir', 'the data')}); expected the same class folders")
+
+
 def build_loss(config, data, num_experts):
     """The loss named by ``loss.type``, given the training counts; refuses a model whose number of
     experts the loss is not written for."""
@@ -179,6 +198,7 @@ def load_trained(checkpoint, config_path=None, overrides=(), device="cpu"):
     config, ckpt = resolve_config(config_path, checkpoint, overrides)
     data = build_data(config)
     check_class_count(config, data)
+    check_class_names(ckpt, checkpoint, data)
     net = build_model(config)
     load_model_weights(net, extract_state_dict(ckpt, checkpoint), checkpoint)
     perf = build_performance(config)

@@ -28,6 +28,7 @@ class Trainer(BaseTrainer):
                  run_dir=None):
         super().__init__(model, criterion, optimizer, lr_scheduler, config, runtime, scaler=scaler, run_dir=run_dir)
         self.data = data
+        self.class_names = list(data.class_names)
         self.seed = config.get_int("seed", 0)
         self.refresh_every = self.settings["log_step"]
         self.perf = perf if perf is not None else Performance.from_config(config["trainer"], config.source)
@@ -150,7 +151,8 @@ class Trainer(BaseTrainer):
         if self.valid_period <= 0 or ((epoch + 1) % self.valid_period and epoch + 1 != self.epochs):
             return {}
         device = self.runtime.device
-        test = self._evaluate(lambda idx: self.data.test_loader(indices=idx, device=device), len(self.data.test_set))
+        n_test = len(self.data.test_set)  # 0: a data module without a test set (an image folder without test/)
+        test = self._evaluate(lambda idx: self.data.test_loader(indices=idx, device=device), n_test) if n_test else {}
         out = {}
         if self.selection.select_on == "test":
             out.update({"val_accuracy" if k == "top1" else f"val_{k}": v for k, v in test.items()})

@@ -44,6 +44,15 @@ def _is_log(path):
     return all(_LOG_LINE.fullmatch(line) for line in path.read_bytes().splitlines() if line)
 
 
+SPLIT_FILES = ("validation_split.txt",)  # LTDataModule.split_files() (the image-folder module's held-out split)
+_SPLIT_LINE = re.compile(rb"\S.* \d+")
+
+
+def _is_split_list(path):
+    """Only ``relative/path label`` lines, as ``write_split_files`` writes them."""
+    return all(_SPLIT_LINE.fullmatch(line) for line in path.read_bytes().splitlines() if line)
+
+
 def _is_lock(path):
     return re.fullmatch(rb"(\d+\n)?", path.read_bytes()) is not None
 
@@ -71,6 +80,8 @@ def _start_file(entry):
         return _is_log(entry)
     if name == LOCK_NAME:
         return _is_lock(entry)
+    if name in SPLIT_FILES:
+        return _is_split_list(entry)
     if re.fullmatch(r"events\.out\.tfevents\.\d+\.[^/]+", name):
         return True
     pid = safe_write.is_temp_name(name)
@@ -81,7 +92,8 @@ def _written_by_this_run(entry):
     """In a folder this process created: the names it writes there before a checkpoint."""
     name = entry.name
     return not entry.is_symlink() and entry.is_file() and (
-        name in ("config.json", "info.log") or re.fullmatch(r"events\.out\.tfevents\.\d+\.[^/]+", name) is not None
+        name in ("config.json", "info.log", *SPLIT_FILES)
+        or re.fullmatch(r"events\.out\.tfevents\.\d+\.[^/]+", name) is not None
         or safe_write.is_temp_name(name) == os.getpid())
 
 
@@ -174,6 +186,12 @@ class RunFolder:
     def write_config(self, config):
         """The resolved config as ``config.json``."""
         write_json(config, self.path / "config.json")
+
+    def write_split_files(self, files):
+        """The data module's split files ({name: text}; ``LTDataModule.split_files``), written
+        atomically beside config.json (a resumed run rewrites the same text)."""
+        for name, text in files.items():
+            safe_write.write_text(self.path / name, text)
 
     def has_checkpoint(self):
         return (self.path / "last.pth").exists()

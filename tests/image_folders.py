@@ -1,0 +1,42 @@
+"""Small generated image folders (JPEG and PNG, several sizes) for the folder data module's tests."""
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.helpers import ROOT
+
+CLASSES = ("cat", "dog", "owl")
+
+
+def write_image(path, rng, size, fmt):
+    """A random RGB image whose mean colour depends on nothing (noise): the model need not learn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.randint(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def write_folder(root, counts, split="train", classes=CLASSES, seed=0, nested=False):
+    """``root/split/<class>/NN.{png,jpg}``: ``counts[k]`` images of class k, alternating PNG and
+    JPEG, sizes between 20 and 48 pixels (one in a subfolder when ``nested``)."""
+    rng = np.random.RandomState(seed)
+    for name, n in zip(classes, counts):
+        for i in range(n):
+            fmt, ext = (("PNG", "png"), ("JPEG", "jpg"))[i % 2]
+            sub = "deeper/" if nested and i == 0 else ""
+            size = (int(rng.randint(20, 49)), int(rng.randint(20, 49)))
+            write_image(Path(root) / split / name / f"{sub}{i:02d}.{ext}", rng, size, fmt)
+    return Path(root)
+
+
+def folder_config(data_dir, save_dir, num_classes=3, epochs=1, **data_args):
+    """The shipped folder recipe shrunk to seconds: 16 px, batch 8, one epoch."""
+    config = json.loads((ROOT / "configs" / "config_folder_tade.json").read_text())
+    config["name"] = "folder"
+    config["arch"]["args"]["num_classes"] = num_classes
+    config["data_loader"]["args"].update(data_dir=str(data_dir), image_size=16, batch_size=8, num_workers=0,
+                                         **data_args)
+    config["trainer"].update(epochs=epochs, save_dir=str(save_dir), save_period=0, tensorboard=False)
+    return config
