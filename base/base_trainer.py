@@ -149,6 +149,7 @@ class BaseTrainer:
             "history": [dict(row) for row in self.history],
             "config": self.config.config,
             "rng": get_rng_state(),
+            "loss": self.criterion.state_dict(),
         }
 
     def selected_on(self):
@@ -184,7 +185,7 @@ class BaseTrainer:
 
     def resume(self, path):
         """Continue from a training checkpoint of this framework: model, optimizer, LR schedule,
-        gradient scaler, epoch, best-so-far and RNG states (the config's hyperparameters win)."""
+        gradient scaler, epoch, best-so-far, RNG states and the loss's state (the config's hyperparameters win)."""
         ckpt = load_checkpoint(path)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"checkpoint {path} is not a training checkpoint of this framework; "
@@ -211,6 +212,8 @@ class BaseTrainer:
             self.logger.info("the checkpoint's model_best was chosen on %s; from here on it is chosen on %s",
                              ckpt.get("selected_on"), self.selected_on())
         set_rng_state(ckpt.get("rng"))
+        if ckpt.get("loss"):  # the loss's own state (DirMixE: the seed of its pool of draws)
+            self.criterion.load_state_dict(ckpt["loss"], strict=False)
         if self.runtime.is_main:
             removed = remove_stale_temp_files(self.run_dir)
             self.logger.info("resumed from %s at epoch %d%s%s", path, self.start_epoch,
