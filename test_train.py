@@ -3,8 +3,9 @@
     python test_train.py -c TEST_TIME_CONFIG -r CHECKPOINT [-d DEVICE] [--data_dir PATH]
                          [--distributions all|uniform|NAME,...] [--out PATH] [--epochs N] [--bs N]
                          [--lr X] [--online] [--seed N] [--set KEY.PATH=VALUE ...]
-                         [--protocol distributions|dirichlet|missing|streaming] [--alpha A,..] [--draws K]
+                         [--protocol distributions|dirichlet|missing|streaming|dirmixe] [--alpha A,..] [--draws K]
                          [--size N] [--missing_fraction F,..] [--stream_batch B,..] [--protocol_seed S]
+                         [--ir R] [--concentration A]
 
 ``test_time.type`` names a class of ``trainer/test_time/`` (default: TADE's self-supervised
 aggregation, ``SelfSupervisedAggregation``) built with ``test_time.args``. The clean expert logits
