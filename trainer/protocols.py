@@ -89,6 +89,10 @@ def _test_sets(args, data):
             for fraction in _numbers(args.missing_fraction, "--missing_fraction"):
                 out.update(test_protocols.missing_classes(targets, C, fraction, draws, args.protocol_seed))
         elif args.protocol == "dirmixe":
+            if not args.ir >= 1:
+                raise UserError(f"--ir {args.ir:g}: expected an imbalance ratio >= 1")
+            if args.concentration is not None and not args.concentration > 0:
+                raise UserError(f"--concentration {args.concentration:g}: expected a number > 0")
             out.update(test_protocols.dirmixe(targets, C, data.cls_num_list, args.ir, draws, args.concentration,
                                               args.protocol_seed))
         return out
