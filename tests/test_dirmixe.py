@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.dirmixe_formula import authors_formula
 from model.loss import DirMixELoss, LogitAdjustedLoss
 from model.loss.dirmixe_loss import anchor_priors, penalty_active, rank_mirrored_prior
 from tests.helpers import ROOT, one_line_error, run_entry, write_config
@@ -29,26 +30,6 @@ def ready(counts=COUNTS, epochs=10, steps=4, seed=1, epoch=0, **args):
 def batch(b=16, c=len(COUNTS), seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, 3, c, generator=g), torch.randint(0, c, (b,), generator=g)
-
-
-def authors_formula(logits, target, weights, experts, counts, power, lambda_var, penalty):
-    """Its authors' loss for one batch, written out as their code computes it: one cross-entropy per
-    draw in a loop, the prior from the counts in float32, the semi-variance in a Python loop."""
-    prior = torch.tensor(counts).float()
-    prior = prior / prior.sum()
-    per_draw = []
-    for w, k in zip(weights, experts.tolist()):
-        ratio = w ** power / prior ** power
-        per_draw.append(F.cross_entropy(logits[:, k] - torch.log(ratio + 1e-9), target))
-    stacked = torch.stack(per_draw)
-    mean = stacked.mean()
-    var, cnt = 0.0, 0
-    for value in stacked:
-        if value > mean:
-            var += (value - mean) ** 2
-            cnt += 1
-    var = var / max(cnt - 1, 1)
-    return stacked, (mean + lambda_var * var if penalty else mean)
 
 
 # -- anchors --------------------------------------------------------------------------------------
@@ -264,3 +245,38 @@ def test_resumed_run_equals_the_uninterrupted_run(tmp_path, capfd):
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     assert a["history"][-1]["loss"] == b["history"][-1]["loss"]
     assert a["loss"] == b["loss"]
+
+
+# -- CUDA graphs: the draws are device tensors read through a device step counter -----------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by bench/gpu_checks.sh)")
+def test_graph_replays_equal_eager_steps_across_epochs_and_the_gate():
+    import copy
+    from model.resnet_cifar import ExpertResNetCifar
+    from tests.test_cuda_graph import _eager_step
+    from trainer.cuda_graph import GraphedTrainStep
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    counts = [40, 20, 10, 5, 3]
+    torch.manual_seed(0)
+    net = ExpertResNetCifar((1, 1, 1), num_classes=5, num_experts=3).cuda()
+    models = {"eager": net, "graph": copy.deepcopy(net)}
+    crits = {k: DirMixELoss(counts, trials=6, lambda_var=5).cuda() for k in models}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for k, m in models.items()}
+    eager = _eager_step(models["eager"], crits["eager"], opts["eager"], None)
+    graphed = GraphedTrainStep(models["graph"], crits["graph"], opts["graph"],
+                               _eager_step(models["graph"], crits["graph"], opts["graph"], None))
+    g = torch.Generator().manual_seed(1)
+    sizes = (16, 16, 16, 16, 16, 7)
+    for epoch in range(5):  # the penalty is on in the fifth epoch: a new capture
+        for crit in crits.values():
+            crit.set_run(5, len(sizes), 3)
+            crit.set_epoch(epoch)
+        for size in sizes:
+            x = torch.randn(size, 3, 32, 32, generator=g).cuda()
+            y = torch.randint(0, 5, (size,), generator=g).cuda()
+            out_e, loss_e = eager(x, y)
+            out_g, loss_g = graphed(x, y)
+            torch.testing.assert_close(loss_g, loss_e, rtol=1e-4, atol=1e-5)
+        assert int(crits["graph"].step) == int(crits["eager"].step) == len(sizes)
+    assert graphed.captures == 2
+    for (name, a), b in zip(models["eager"].state_dict().items(), models["graph"].state_dict().values()):
+        torch.testing.assert_close(b.float(), a.float(), rtol=1e-4, atol=1e-5, msg=name)
