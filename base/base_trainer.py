@@ -149,7 +149,7 @@ class BaseTrainer:
             "history": [dict(row) for row in self.history],
             "config": self.config.config,
             "rng": get_rng_state(),
-            "loss": self.criterion.state_dict(),
+            "loss": self.criterion.state_dict() if self.criterion is not None else {},
         }
 
     def selected_on(self):
@@ -212,7 +212,7 @@ class BaseTrainer:
             self.logger.info("the checkpoint's model_best was chosen on %s; from here on it is chosen on %s",
                              ckpt.get("selected_on"), self.selected_on())
         set_rng_state(ckpt.get("rng"))
-        if ckpt.get("loss"):  # the loss's own state (DirMixE: the seed of its pool of draws)
+        if ckpt.get("loss") and self.criterion is not None:  # the loss's state (DirMixE: its pool's seed)
             self.criterion.load_state_dict(ckpt["loss"], strict=False)
         if self.runtime.is_main:
             removed = remove_stale_temp_files(self.run_dir)
