@@ -280,3 +280,49 @@ def test_graph_replays_equal_eager_steps_across_epochs_and_the_gate():
     assert graphed.captures == 2
     for (name, a), b in zip(models["eager"].state_dict().items(), models["graph"].state_dict().values()):
         torch.testing.assert_close(b.float(), a.float(), rtol=1e-4, atol=1e-5, msg=name)
+
+
+# -- the shipped configs ------------------------------------------------------------------------------
+CONFIGS = {  # name: (classes, power, lambda_var, alpha_sum, weight decay, lr, epochs, reduced)
+    "cifar100_ir100": (100, 1.3, 5, 10000, 1e-3, 0.1, 200, True),
+    "cifar100_ir50": (100, 1.3, 5, 10000, 1e-3, 0.1, 200, True),
+    "cifar100_ir10": (100, 1.3, 5, 10000, 1e-3, 0.1, 200, True),
+    "cifar10_ir100": (10, 1.3, 15, 10000, 5e-4, 0.1, 200, True),
+    "imagenet_lt_resnext50": (1000, 1.6, 1.0, 10000, 7e-4, 0.025, 180, True),
+    "inat2018_resnet50": (8142, 1.3, 1.0, 100000, 2e-4, 0.2, 100, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_configs_carry_its_authors_constants(name):
+    classes, power, lambda_var, alpha_sum, wd, lr, epochs, reduced = CONFIGS[name]
+    config = json.loads((ROOT / "configs" / f"config_{name}_dirmixe.json").read_text())
+    assert config["loss"] == {"type": "DirMixELoss", "args": {"power": power, "lambda_var": lambda_var, "trials": 60,
+                                                                "alpha_sum": alpha_sum}}
+    assert config["optimizer"]["args"]["weight_decay"] == wd and config["optimizer"]["args"]["lr"] == lr
+    assert config["trainer"]["epochs"] == epochs
+    assert config["arch"]["args"]["num_classes"] == classes and config["arch"]["args"]["num_experts"] == 3
+    assert config["arch"]["args"]["reduce_dimension"] is reduced
+    if name.startswith("imagenet"):
+        assert config["lr_scheduler"] == {"type": "CosineAnnealingLR", "args": {"T_max": 180, "eta_min": 0}}
+    else:
+        assert config["lr_scheduler"]["args"]["warmup_epoch"] == 5
+
+
+def test_the_inaturalist_config_builds_its_anchors_and_steps():
+    """Its authors' code raises on its own iNaturalist config (no inverse anchor for that data set);
+    here the rank-mirrored anchor serves every data set. 8,142 classes with many equal counts."""
+    import model.loss as losses
+    config = ConfigParser(json.loads((ROOT / "configs" / "config_inat2018_resnet50_dirmixe.json").read_text()),
+                          source="inat.json")
+    counts = img_num_per_cls(1000, 8142, 0.002)
+    loss = config.init_obj("loss", losses, cls_num_list=counts)
+    loss.set_run(100, 2, 1)
+    loss.set_epoch(99)
+    assert tuple(loss.pool_weights.shape) == (120, 8142) and loss.penalty
+    inverse = torch.tensor(loss.anchors[2])
+    torch.testing.assert_close(inverse, loss.prior.double().flip(0), rtol=1e-6, atol=0)
+    logits = torch.randn(4, 3, 8142, requires_grad=True)
+    value = loss({"logits": logits}, torch.randint(0, 8142, (4,)))
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
