@@ -3,8 +3,9 @@
     python test.py -r CHECKPOINT [-c CONFIG] [-d DEVICE] [--data_dir PATH]
                    [--distributions all|uniform|NAME,NAME...] [--out PATH] [--bs N]
                    [--save_logits [--logits_dtype float16]] [--macs]
-                   [--protocol distributions|dirichlet|missing|streaming] [--alpha A,..] [--draws K]
+                   [--protocol distributions|dirichlet|missing|streaming|dirmixe] [--alpha A,..] [--draws K]
                    [--size N] [--missing_fraction F,..] [--stream_batch B,..] [--protocol_seed S]
+                   [--ir R] [--concentration A]
 
 Each test image's expert logits are computed once (test transform); every distribution
 (forward50 ... uniform ... backward50), or every subset of another protocol, is an index subset of

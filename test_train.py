@@ -4,8 +4,9 @@ method the test-time config names.
     python test_train.py -c TEST_TIME_CONFIG -r CHECKPOINT [-d DEVICE] [--data_dir PATH]
                          [--distributions all|uniform|NAME,...] [--out PATH] [--epochs N] [--bs N]
                          [--lr X] [--online] [--seed N] [--set KEY.PATH=VALUE ...]
-                         [--protocol distributions|dirichlet|missing|streaming] [--alpha A,..] [--draws K]
+                         [--protocol distributions|dirichlet|missing|streaming|dirmixe] [--alpha A,..] [--draws K]
                          [--size N] [--missing_fraction F,..] [--stream_batch B,..] [--protocol_seed S]
+                         [--ir R] [--concentration A]
     python test_train.py -c TEST_TIME_CONFIG -r CHECKPOINT --images DIR|LIST.txt [--out FOLDER] [--online]
                          [--strict] [--bs N] [-d DEVICE]
 

@@ -11,6 +11,11 @@
   every epoch, and ``schedule_state()`` returns the Python state that ``forward`` branches on (a
   hashable value; None for a loss without a schedule). The trainer uses it to know when replayed
   training steps (CUDA graphs) must be recorded again, so a loss needs no knowledge of them.
+- Before ``set_epoch`` the trainer calls ``set_run(epochs, steps_per_epoch, seed)``: the run's length,
+  the number of steps in each epoch (this process's) and the run's seed, for a loss whose schedule or
+  random draws depend on them (DirMixE's pool of Dirichlet draws and its gate).
+- A loss's ``state_dict()`` (persistent buffers and ``get_extra_state``) travels in the training
+  checkpoint and is loaded on resume; the losses that keep nothing there save an empty dict.
 
 The returned value is checked at every training step (:func:`check_loss`; no device synchronisation).
 """
@@ -35,6 +40,9 @@ class LTLoss(nn.Module):
 
     def set_epoch(self, epoch):
         """Called before each 0-based epoch; losses with a schedule update their state here."""
+
+    def set_run(self, epochs, steps_per_epoch, seed):
+        """Called before each epoch's ``set_epoch`` with the run's length, steps per epoch and seed."""
 
     def schedule_state(self):
         """The Python state ``forward`` depends on (changes only in ``set_epoch``); None: none."""

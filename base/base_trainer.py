@@ -117,6 +117,7 @@ class BaseTrainer:
             "config": self.config.config,
             "class_names": list(self.class_names) if self.class_names is not None else None,
             "rng": get_rng_state(),
+            "loss": self.criterion.state_dict() if self.criterion is not None else {},
         }
 
     def _save_epoch(self, epoch, improved):
@@ -147,7 +148,7 @@ class BaseTrainer:
 
     def resume(self, path):
         """Continue from a training checkpoint of this framework: model, optimizer, LR schedule,
-        gradient scaler, epoch, best-so-far and RNG states (the config's hyperparameters win)."""
+        gradient scaler, epoch, best-so-far, RNG states and the loss's state (the config's hyperparameters win)."""
         ckpt = load_checkpoint(path)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"checkpoint {path} is not a training checkpoint of this framework; "
@@ -180,6 +181,8 @@ class BaseTrainer:
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             raise UserError(f"checkpoint {path}: its RNG state cannot be restored ({type(e).__name__}: {e}); expected "
                             "the state a training checkpoint holds") from None
+        if ckpt.get("loss") and self.criterion is not None:  # the loss's state (DirMixE: its pool's seed)
+            self.criterion.load_state_dict(ckpt["loss"], strict=False)
         if self.runtime.is_main:
             removed = remove_stale_temp_files(self.run_dir)
             self.logger.info("resumed from %s at epoch %d%s%s", path, self.start_epoch,

@@ -1,6 +1,7 @@
 #!/bin/bash
 # The GPU figures of docs/performance.md and docs/results.md, in one run (one GPU):
-#   0. tests/test_cuda_graph.py (graph replays equal eager steps; needs CUDA);
+#   0. tests/test_cuda_graph.py and DirMixE's graph test in tests/test_dirmixe.py (graph replays equal
+#      eager steps; need CUDA);
 #   1. seconds per epoch of CIFAR-100-LT-sized TADE training (10,847 images, batch 128, 3 experts):
 #      config defaults (GPU-resident tensor path, bf16, channels_last, CUDA-graph steps) against the
 #      plain PIL/DataLoader fp32 path, then the defaults with eager steps (trainer.cuda_graph=false),
@@ -35,6 +36,7 @@ $PY -c "import sys; sys.path.insert(0, 'tests'); from helpers import write_cifar
 
 step "0. CUDA-graph tests"
 timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -15
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_dirmixe.py -k graph 2>&1 | tail -5
 
 step "1. CIFAR-100-LT-sized epochs: defaults (CUDA graphs) against plain fp32 PIL (2 workers, as configured)"
 timeout 120 $PY bench/speed.py train -c $C100 --data_dir .cache/cifar100_random -d $DEVICE --epochs 3 --repeats 1

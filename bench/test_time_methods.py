@@ -14,7 +14,8 @@ Methods: the plain expert average, each single expert, self-supervised aggregati
 network runs on augmented views, minutes on a CPU; ``--skip_views`` leaves it out), EM, MAP, the
 safe default (``configs/test_time_<family>_prior.json``'s SafePrior), its online form on the stream,
 and the oracle prior (uses the test labels: a ceiling, never a method). Protocols: the eleven
-distributions, Dirichlet shift (alpha 0.1, 1, 10), missing classes (30 %), streaming.
+distributions, Dirichlet shift (alpha 0.1, 1, 10), missing classes (30 %), streaming, and DirMixE's
+protocol (three draws each of uniform, forward 100, backward 100).
 """
 import argparse
 import json
@@ -155,7 +156,7 @@ def main(argv=None):
         validation = validation_source(trained, args.device)
         source = {"checkpoint": args.checkpoint}
     report = {**source, "validation_info": trained.data.validation_info, "protocols": {}}
-    for protocol in ("distributions", "dirichlet", "missing", "streaming"):
+    for protocol in ("distributions", "dirichlet", "missing", "streaming", "dirmixe"):
         args.protocol = protocol
         rows = {}
         for label, method in all_methods:
@@ -174,7 +175,7 @@ def main(argv=None):
             rows[label] = {"results": results, "summary": summarise(results), "seconds": seconds}
             print(f"  {protocol}: {label} {seconds:.1f} s", flush=True)
         names = list(rows["expert average"]["results"])
-        text = summary_table(rows) if protocol in ("dirichlet", "missing") else table(rows, names)
+        text = summary_table(rows) if protocol in ("dirichlet", "missing", "dirmixe") else table(rows, names)
         print(f"\n{protocol} (top-1 %)\n{text}\n", flush=True)
         report["protocols"][protocol] = {k: {"results": v["results"], "summary": v["summary"],
                                              "seconds": v["seconds"]} for k, v in rows.items()}

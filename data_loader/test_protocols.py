@@ -12,6 +12,8 @@ like ``data_loader.test_distributions``. Draw k of a protocol uses the generator
   gets no image; the others keep all theirs.
 - :func:`stream_order` / :func:`stream_batches`: the streaming protocol's seeded order and its
   batches.
+- :func:`dirmixe`: DirMixE's own protocol: per profile (uniform, forward, backward) and trial, per-class
+  counts drawn from a Dirichlet around a jittered exponential profile ranked by the training counts.
 """
 from collections import OrderedDict
 import numbers
@@ -125,3 +127,61 @@ def stream_batches(order, batch_size):
     b = _count("batch_size", batch_size)  # checked on the call, not on the first batch
     order = np.asarray(order)
     return (order[s:s + b] for s in range(0, len(order), b))
+
+
+def dirmixe_profile(train_counts, per_class, ir, backward=False):
+    """The exponential profile of DirMixE's protocol, ranked by the training counts: the class with
+    the r-th largest training count (ties by class index) gets int(per_class * (1/ir)^(r/(C-1)))
+    (forward), or the profile reversed (backward); ir 1 is uniform."""
+    counts = np.asarray(train_counts, dtype=np.float64)
+    c = counts.size
+    r = np.arange(c, dtype=np.float64)
+    if backward:
+        r = (c - 1) - r
+    shape = np.floor(per_class * (1.0 / ir) ** (r / max(c - 1, 1)))
+    profile = np.empty(c)
+    profile[np.argsort(-counts, kind="stable")] = shape
+    return profile
+
+
+def dirmixe_draw(targets, num_classes, train_counts, ir, backward, concentration, seed, k):
+    """Draw k of :func:`dirmixe`: (counts [C], indices). The profile's entries are jittered by a
+    uniform +-5 %, scaled to sum to ``concentration`` and used as the concentration of a Dirichlet;
+    the drawn pi gives class c max(int(pi_c / max(pi) * per_class), 1) images, capped by the images
+    the class has (per_class: the test set's images per class)."""
+    t = _targets(targets, num_classes)
+    if len(train_counts) != num_classes:
+        raise ValueError(f"train_counts: {len(train_counts)} classes, expected {num_classes}")
+    rng = _rng(seed, k)
+    per_class = len(t) / num_classes
+    profile = dirmixe_profile(train_counts, per_class, ir, backward)
+    alpha = np.maximum(profile * (1 + (rng.random(num_classes) - 0.5) * 0.1), 1e-7)
+    pi = rng.dirichlet(alpha * (concentration / alpha.sum()))
+    wanted = np.maximum((pi / pi.max() * per_class).astype(np.int64), 1)
+    counts = np.minimum(wanted, np.bincount(t, minlength=num_classes))
+    picked = [rng.choice(np.flatnonzero(t == c), size=counts[c], replace=False) for c in range(num_classes)
+              if counts[c]]
+    idx = np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+    return counts, idx.astype(np.int64)
+
+
+def dirmixe(targets, num_classes, train_counts, ir=100, trials=3, concentration=None, seed=0):
+    """DirMixE's protocol: ``trials`` test sets per profile, ``{"dirmixe_uniform_{t}",
+    "dirmixe_forward{ir}_{t}", "dirmixe_backward{ir}_{t}": indices}``. ``concentration``: the
+    Dirichlet's total concentration (default: the test set's images per class)."""
+    t = _targets(targets, num_classes)
+    if not isinstance(ir, numbers.Real) or isinstance(ir, bool) or not np.isfinite(ir) or ir < 1:
+        raise ValueError(f"ir {ir!r}: must be a number >= 1")
+    trials = _count("trials", trials)
+    if concentration is None:
+        concentration = len(t) / num_classes
+    if (not isinstance(concentration, numbers.Real) or isinstance(concentration, bool)
+            or not np.isfinite(concentration) or concentration <= 0):
+        raise ValueError(f"concentration {concentration!r}: must be a number > 0")
+    out = OrderedDict()
+    profiles = (("uniform", 1.0, False), (f"forward{_fmt(ir)}", ir, False), (f"backward{_fmt(ir)}", ir, True))
+    for p, (name, ratio, backward) in enumerate(profiles):
+        for trial in range(trials):
+            out[f"dirmixe_{name}_{trial}"] = dirmixe_draw(t, num_classes, train_counts, ratio, backward,
+                                                          concentration, seed, p * trials + trial)[1]
+    return out

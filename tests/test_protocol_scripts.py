@@ -116,7 +116,7 @@ def test_methods_benchmark_runs_every_method_on_every_protocol(ckpt, tmp_path):
                       "--alpha", "1", "--stream_batch", "32", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())["protocols"]
-    assert set(report) == {"distributions", "dirichlet", "missing", "streaming"}
+    assert set(report) == {"distributions", "dirichlet", "missing", "streaming", "dirmixe"}
     methods = set(report["distributions"]) - {"table"}
     assert {"expert average", "EM", "MAP", "SafePrior (default)", "oracle prior (uses test labels)"} <= methods
     assert len(report["distributions"]["EM"]["results"]) == 11

@@ -5,7 +5,9 @@ clean logits over the test set:
 - ``dirichlet``: ``--draws`` seeded test sets of ``--size`` images per ``--alpha`` (pi ~ Dir(alpha 1));
 - ``missing``: ``--draws`` seeded subsets in which ``--missing_fraction`` of the classes have no image;
 - ``streaming``: the whole test set in a seeded order, in batches of each ``--stream_batch``; a
-  method predicts a batch before it may learn from it.
+  method predicts a batch before it may learn from it;
+- ``dirmixe``: DirMixE's protocol, ``--draws`` (default 3) test sets each of uniform, forward ``--ir`` and
+  backward ``--ir``, per-class counts drawn from a Dirichlet around a jittered profile.
 
 Subsets come from data_loader/test_protocols.py; draws are summarised as mean and standard
 deviation per group (one alpha, one fraction).
@@ -20,7 +22,8 @@ from data_loader.test_distributions import select_distributions
 from utils.cli import nonnegative_int
 from utils.errors import UserError
 
-PROTOCOLS = ("distributions", "dirichlet", "missing", "streaming")
+PROTOCOLS = ("distributions", "dirichlet", "missing", "streaming", "dirmixe")
+DEFAULT_DRAWS = {"dirmixe": 3}  # draws per setting; the other protocols: 10
 
 
 def _numbers(text, option, cast=float):
@@ -36,11 +39,16 @@ def _numbers(text, option, cast=float):
 def add_protocol_args(parser):
     parser.add_argument("--protocol", default="distributions", help=f"one of {', '.join(PROTOCOLS)}")
     parser.add_argument("--alpha", default="0.1,1,10", help="dirichlet: concentration(s), comma-separated, > 0")
-    parser.add_argument("--draws", type=int, default=10, help="dirichlet / missing: seeded draws per setting")
+    parser.add_argument("--draws", type=int, help="dirichlet / missing / dirmixe: seeded draws per setting "
+                        "(default 10; dirmixe 3)")
     parser.add_argument("--size", type=int, help="dirichlet: images per drawn test set (default 2000, or the "
                         "test set's size if smaller)")
     parser.add_argument("--missing_fraction", default="0.3", help="missing: fraction(s) of classes without images")
     parser.add_argument("--stream_batch", default="1,16,128", help="streaming: batch size(s), comma-separated")
+    parser.add_argument("--ir", type=float, default=100, help="dirmixe: imbalance ratio of the forward and backward "
+                        "profiles (its authors: 100 CIFAR, 50 ImageNet-LT, 3 iNaturalist)")
+    parser.add_argument("--concentration", type=float, help="dirmixe: the Dirichlet's total concentration (default: "
+                        "the test set's images per class, as its authors on CIFAR; 10000 ImageNet-LT, 100000 iNat)")
     parser.add_argument("--protocol_seed", type=nonnegative_int, default=0,
                         help="seed of the drawn subsets and stream order")
     return parser
@@ -62,6 +70,7 @@ def _test_sets(args, data):
     if args.protocol not in PROTOCOLS:
         raise UserError(f"--protocol {args.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     targets, C = data.test_targets, data.num_classes
+    draws = args.draws if args.draws is not None else DEFAULT_DRAWS.get(args.protocol, 10)
     try:
         if args.protocol == "distributions":
             available = data.test_distributions()
@@ -75,10 +84,17 @@ def _test_sets(args, data):
                 if size > len(targets):
                     raise UserError(f"--size {size}: a Dirichlet draw larger than the test set "
                                     f"({len(targets)} images)")
-                out.update(test_protocols.dirichlet(targets, C, alpha, args.draws, size, args.protocol_seed))
+                out.update(test_protocols.dirichlet(targets, C, alpha, draws, size, args.protocol_seed))
         elif args.protocol == "missing":
             for fraction in _numbers(args.missing_fraction, "--missing_fraction"):
-                out.update(test_protocols.missing_classes(targets, C, fraction, args.draws, args.protocol_seed))
+                out.update(test_protocols.missing_classes(targets, C, fraction, draws, args.protocol_seed))
+        elif args.protocol == "dirmixe":
+            if not args.ir >= 1:
+                raise UserError(f"--ir {args.ir:g}: expected an imbalance ratio >= 1")
+            if args.concentration is not None and not args.concentration > 0:
+                raise UserError(f"--concentration {args.concentration:g}: expected a number > 0")
+            out.update(test_protocols.dirmixe(targets, C, data.cls_num_list, args.ir, draws, args.concentration,
+                                              args.protocol_seed))
         return out
     except ValueError as e:  # a count or fraction the protocol functions refuse
         raise UserError(f"--protocol {args.protocol}: {e}")

@@ -60,7 +60,9 @@ class Trainer(BaseTrainer):
         torch.manual_seed(epoch_seed(self.seed, epoch) + self.runtime.rank)
         loader = self.data.train_loader(epoch, self.seed, self.runtime.rank, self.runtime.world_size,
                                         device=self.runtime.device)
-        self.criterion.set_epoch(epoch)  # the loss contract: a schedule (RIDE's re-weighting) updates here
+        # the loss contract: a schedule (RIDE's re-weighting, DirMixE's pool and gate) updates here
+        self.criterion.set_run(self.epochs, len(loader), self.seed)
+        self.criterion.set_epoch(epoch)
         device = self.runtime.device
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
