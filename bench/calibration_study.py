@@ -29,6 +29,10 @@ the self-supervised aggregation's mean (the record's ``test_time_methods.json``)
 prior (``z + log pi_test``: it reads the test labels, a ceiling, never a method). Test labels
 choose nothing here: every setting is fitted or chosen on the validation split.
 
+Output: one JSON of every record's study (``--out``, default ``calibration_study.json`` in the
+current folder, rewritten after each size so a long run keeps what it finished). Recorded results
+are read-only, so the study is never written into ``results/NAME/``.
+
 A row *holds* at a size when its worst of the eleven and its worst Dirichlet draw are >= -0.5
 points against the plain average over every draw of the split, and its mean over the draws is at
 least the aggregation's mean. Writes ``calibration_study.json`` into each record folder (rendered
@@ -57,6 +61,9 @@ from trainer.protocols import test_sets
 from trainer.saved_logits import load_logits
 from trainer.test_time.prior_calibration import BIAS_FAMILIES
 from utils.parse_config import ConfigParser
+from utils.safe_write import WriteRefused, check_target, write_json
+
+WRITER = "bench/calibration_study.py"
 
 MARGIN = 0.5  # points: "never below the plain average - 0.5"
 AGGREGATION = "self-supervised aggregation (TADE)"
@@ -245,8 +252,14 @@ def main():
     p.add_argument("--rows", default=DEFAULT_ROWS, help="ESTIMATOR:FAMILY,... (estimators: "
                    + ", ".join(ESTIMATORS) + "; families: " + ", ".join(BIAS_FAMILIES) + ")")
     p.add_argument("--data_dir", help="the records' data (for the whole left-over split; cached after one pass)")
-    p.add_argument("--out", help="one JSON for all records (default: calibration_study.json in each record)")
+    p.add_argument("--out", default="calibration_study.json",
+                   help="one JSON for all records (recorded results are read-only: never inside results/NAME/)")
     args = p.parse_args()
+    target = Path(args.out)
+    try:
+        check_target(target, WRITER)  # before any work: not a link, not in a record, ours if it exists
+    except WriteRefused as e:
+        sys.exit(f"error: {e}")
     folders = [Path(r) for r in args.records] or sorted(f.parent for f in (ROOT / "results").glob("*/logits.npz"))
     sizes = [s if s == "all" else int(s) for s in args.sizes.split(",")]
     everything = {}
@@ -261,8 +274,7 @@ def main():
         for size in sizes:  # written after each size: a long run keeps what it finished
             study["sizes"][str(size)] = evaluate(record, rows, size, args.draws)
             study["table"] = markdown(study)
-            target = Path(args.out) if args.out else folder / "calibration_study.json"
-            target.write_text(json.dumps(everything if args.out else study, indent=1, default=float))
+            write_json(target, {"written_by": WRITER, **everything}, indent=1, default=float)
         print(f"wrote {target}", flush=True)
 
 

@@ -17,6 +17,11 @@ Steps (each skipped when its output exists, so an interrupted command is resumed
    trained and evaluated it, the command, the machine and precision, and the weights (float32,
    without optimiser state) where they are small (at most ``SMALL_WEIGHTS`` bytes).
 
+A record holds no machine paths (bench/portable_record.py): the data folder is written ``DATA``
+and described by its data module and the SHA-256 of its files, the work folder ``WORK_DIR``, and
+paths inside the repository are relative; the command re-runs with ``--data_dir`` set to a copy
+of the same data.
+
 The record is assembled in ``results/.NAME.partial/`` and renamed into place at the end; an
 existing ``results/NAME`` is never overwritten.
 """
@@ -33,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.portable_record import apply, data_fingerprint, places, plan, portable
 from bench.steps import command, run_step, train_or_resume, training_stats
 from utils.safe_write import write_bytes, write_json, write_text
 
@@ -154,11 +160,21 @@ def main():
         else None
     config = json.loads((run_dir / "config.json").read_text())
     precision = re.search(r"run folder .*\| (\S+)\s*$", (run_dir / "info.log").read_text(), re.M)
+    # no machine paths: the data and work folders become placeholders, repository paths relative
+    pairs = places(args.data_dir, Path(args.work_dir).expanduser(), ROOT)
+    apply(stage, plan(stage, pairs))
+    results_dir = Path(args.results_dir).resolve()
+    results_name = str(results_dir.relative_to(ROOT)) if results_dir.is_relative_to(ROOT) else "RESULTS_DIR"
+
+    def portable_argv(argv):
+        return None if argv is None else portable([results_name if Path(a).resolve() == results_dir else a
+                                                   for a in argv], pairs)
     record = {
-        "name": name, "config": str(args.config), "dataset": config["data_loader"]["type"],
+        "name": name, "config": portable(str(args.config), pairs), "dataset": config["data_loader"]["type"],
         "loss": config.get("loss", {}).get("type"), "epochs": args.epochs, "seed": args.seed,
-        "overrides": args.set, "data_dir": args.data_dir,
-        "command": [Path(sys.executable).name, *sys.argv], "train_command": train_command,
+        "overrides": args.set, "data": data_fingerprint(args.data_dir, config["data_loader"]["type"]),
+        "command": portable_argv([Path(sys.executable).name, *sys.argv]),
+        "train_command": portable_argv(train_command),
         "commit_trained": train_commit, "commit_evaluated": git_commit(),
         "machine": machine(), "precision": precision.group(1) if precision else None,
         "training_seconds": training_stats(run_dir / "info.log")[0],

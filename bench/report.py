@@ -269,6 +269,38 @@ def jpeg_table(rec):
     return table(["test images", "uniform top-1", "change", "mean of 11"], rows)
 
 
+METHODS = OrderedDict([("CrossEntropyLoss", "Softmax"), ("BalancedSoftmaxLoss", "Balanced Softmax"),
+                       ("RIDELoss", "RIDE"), ("DiverseExpertLoss", "TADE"), ("LogitAdjustedLoss", "BalPoE"),
+                       ("DirMixELoss", "DirMixE")])
+AGGREGATION = "self-supervised aggregation (TADE)"
+DEFAULT_PRIOR = "SafePrior (default)"
+TOLERANCE = 0.005  # "never below the plain average" allows this much (0.5 points)
+
+
+def method_name(record):
+    loss = record["record"].get("loss")
+    return METHODS.get(loss, loss or "?")
+
+
+def groups_over_seeds(records):
+    """{(dataset, loss, epochs): [records differing only in the seed]}, in METHODS order."""
+    groups = OrderedDict()
+    order = list(METHODS)
+    for r in sorted(records, key=lambda r: (r["record"]["dataset"], order.index(r["record"].get("loss"))
+                                           if r["record"].get("loss") in order else len(order),
+                                           r["record"]["epochs"], r["record"]["seed"])):
+        rec = r["record"]
+        groups.setdefault((rec["dataset"], rec.get("loss"), rec["epochs"]), []).append(r)
+    return groups
+
+
+def mean_std(values, scale=100.0, digits=1):
+    v = np.asarray(values, dtype=float) * scale
+    if len(v) < 2:
+        return f"{v.mean():.{digits}f}"
+    return f"{v.mean():.{digits}f} +- {v.std(ddof=1):.{digits}f}"
+
+
 def pairs(records):
     """(TADE record, BalPoE record) with the same data, epochs and seed."""
     by_key = {}
@@ -282,43 +314,155 @@ def pairs(records):
     return out
 
 
-def comparison_table(tade, balpoe):
-    names = list(tade["last"]["distributions"])
+COMPARED = (("top1", "top-1 (%)", 100.0, 1), ("ece", "ECE (%)", 100.0, 1), ("nll", "NLL", 1.0, 3))
+GROUPS = ("many", "medium", "few")
+
+
+def comparison_table(pairs_):
+    """BalPoE - TADE point by point (plain average, last epoch): each distribution, then the uniform
+    set's many/medium/few, one row per seed and the mean +- std over seeds of the difference."""
+    names = list(pairs_[0][0]["last"]["distributions"])
     rows = []
-    for key, label in (("top1", "top-1"), ("ece", "ECE"), ("nll", "NLL")):
-        t = [tade["last"]["distributions"][n][key] for n in names]
-        b = [balpoe["last"]["distributions"][n][key] for n in names]
-        fmt = (lambda v: f"{v:.3f}") if key == "nll" else pct
-        rows.append([f"TADE {label}", *[fmt(v) for v in t]])
-        rows.append([f"BalPoE {label}", *[fmt(v) for v in b]])
-        diff = [(bv - tv) * (1 if key == "nll" else 100) for tv, bv in zip(t, b)]
-        rows.append([f"BalPoE - TADE {label}", *[f"{d:+.3f}" if key == "nll" else f"{d:+.1f}" for d in diff]])
-    for group in ("many", "medium", "few"):
-        t = tade["last"]["distributions"]["uniform"].get(group)
-        b = balpoe["last"]["distributions"]["uniform"].get(group)
-        if t is not None and b is not None:
-            rows.append([f"uniform {group}: TADE / BalPoE", pct(t), pct(b), *[""] * (len(names) - 2)])
-    return table(["", *[short(n) for n in names]], rows)
+    for key, label, scale, digits in COMPARED:
+        per_seed = []
+        for tade, balpoe in pairs_:
+            t, b = tade["last"]["distributions"], balpoe["last"]["distributions"]
+            diff = [b[n][key] - t[n][key] for n in names]
+            group = [b["uniform"].get(g, np.nan) - t["uniform"].get(g, np.nan) if key == "top1" else np.nan
+                     for g in GROUPS]
+            per_seed.append(diff + group)
+            rows.append([f"{label}, seed {tade['record']['seed']}: TADE",
+                         *[f"{scale * t[n][key]:.{digits}f}" for n in names],
+                         *[pct(t["uniform"].get(g)) if key == "top1" else "" for g in GROUPS]])
+            rows.append(["BalPoE", *[f"{scale * b[n][key]:.{digits}f}" for n in names],
+                         *[pct(b["uniform"].get(g)) if key == "top1" else "" for g in GROUPS]])
+            rows.append(["BalPoE - TADE",
+                         *[f"{scale * d:+.{digits}f}" if not np.isnan(d) else "" for d in diff + group]])
+        arr = np.array(per_seed, dtype=float) * scale
+        if len(pairs_) > 1:
+            cells = [f"{m:+.{digits}f} +- {sd:.{digits}f}" if not np.isnan(m) else ""
+                     for m, sd in zip(arr.mean(0), arr.std(0, ddof=1))]
+            rows.append([f"{label}: BalPoE - TADE, mean +- std over {len(pairs_)} seeds", *cells])
+    return table(["", *[short(n) for n in names], *[f"Uni {g}" for g in GROUPS]], rows)
 
 
 def seeds_table(records):
     """Mean +- std over seeds of records that differ only in the seed (plain average, last epoch)."""
-    groups = {}
-    for r in records:
-        rec = r["record"]
-        groups.setdefault((rec["dataset"], rec.get("loss"), rec["epochs"]), []).append(r)
     rows = []
     names = list(records[0]["last"]["distributions"])
-    for (dataset, loss, epochs), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (dataset, loss, epochs), members in groups_over_seeds(records).items():
         if len(members) < 2:
             continue
-        cells = []
-        for n in names:
-            v = np.array([m["last"]["distributions"][n]["top1"] for m in members]) * 100
-            cells.append(f"{v.mean():.1f} +- {v.std(ddof=1):.1f}")
+        cells = [mean_std([m["last"]["distributions"][n]["top1"] for m in members]) for n in names]
+        spread = np.mean([np.std([m["last"]["distributions"][n]["top1"] for m in members], ddof=1) for n in names])
         seeds = ", ".join(str(m["record"]["seed"]) for m in members)
-        rows.append([f"{dataset} {loss} {epochs} ep (seeds {seeds})", *cells])
-    return table(["runs", *[short(n) for n in names]], rows) if rows else None
+        rows.append([f"{dataset} {METHODS.get(loss, loss)} {epochs} ep (seeds {seeds})", *cells, pct(spread)])
+    return table(["runs", *[short(n) for n in names], "mean std"], rows) if rows else None
+
+
+def side_by_side_table(records):
+    """Methods as rows, the eleven test distributions as columns (the papers' layout): the plain
+    average of each method, then its test-time methods; mean +- std over seeds where there are several."""
+    names = list(records[0]["last"]["distributions"])
+    rows = []
+    for (dataset, loss, epochs), members in groups_over_seeds(records).items():
+        method = METHODS.get(loss, loss)
+        seeds = ",".join(str(m["record"]["seed"]) for m in members)
+        variants = [(method, lambda m: m["last"]["distributions"])]
+        for label, suffix in ((AGGREGATION, " + self-supervised aggregation"), (DEFAULT_PRIOR, " + SafePrior")):
+            if all(label in m["methods"]["protocols"]["distributions"] for m in members):
+                variants.append((method + suffix, lambda m, label=label:
+                                 m["methods"]["protocols"]["distributions"][label]["results"]))
+        for label, get in variants:
+            cells = [mean_std([get(m)[n]["top1"] for m in members]) for n in names]
+            means = [np.mean([get(m)[n]["top1"] for n in names]) for m in members]
+            rows.append([label, dataset, epochs, seeds, *cells, mean_std(means, digits=2)])
+    return table(["method", "data", "epochs", "seeds", *[short(n) for n in names], "mean"], rows)
+
+
+def against_plain(record, label):
+    """(mean of the eleven, worst of the eleven - plain, worst Dirichlet draw - plain) of one
+    test-time method of a record, or None when the record lacks it."""
+    protocols = record["methods"]["protocols"]
+    dist = protocols["distributions"]
+    if label not in dist:
+        return None
+    plain, res = dist["expert average"]["results"], dist[label]["results"]
+    mean = np.mean([res[n]["top1"] for n in plain])
+    worst = min(res[n]["top1"] - plain[n]["top1"] for n in plain)
+    draws = protocols.get("dirichlet", {})
+    worst_draw = None
+    if label in draws and "expert average" in draws:
+        p, r = draws["expert average"]["results"], draws[label]["results"]
+        worst_draw = min(r[n]["top1"] - p[n]["top1"] for n in p)
+    return mean, worst, worst_draw
+
+
+def test_time_summary_table(records):
+    rows = []
+    for r in records:
+        plain = np.mean([v["top1"] for v in r["methods"]["protocols"]["distributions"]["expert average"]
+                         ["results"].values()])
+        for label in (DEFAULT_PRIOR, AGGREGATION):
+            got = against_plain(r, label)
+            if got is None:
+                continue
+            mean, worst, worst_draw = got
+            rows.append([f"`{r['record']['name']}`", label, f"{100 * plain:.2f}", f"{100 * mean:.2f}",
+                         f"{100 * worst:+.2f}", "" if worst_draw is None else f"{100 * worst_draw:+.2f}"])
+    return table(["record", "method", "plain mean of 11", "method mean of 11", "worst of 11 vs plain",
+                  "worst Dirichlet draw vs plain"], rows) if rows else None
+
+
+def claims(records):
+    """The project's claims, each checked against the records, with the numbers it rests on."""
+    lines = []
+    pairs_ = pairs(records)
+    if pairs_:
+        for tade, balpoe in pairs_:
+            t, b = tade["last"]["distributions"]["uniform"], balpoe["last"]["distributions"]["uniform"]
+            t_mean = np.mean([v["top1"] for v in tade["last"]["distributions"].values()])
+            b_mean = np.mean([v["top1"] for v in balpoe["last"]["distributions"].values()])
+            holds = b["ece"] < t["ece"] and b["top1"] >= t["top1"] - TOLERANCE
+            lines.append(
+                f"- **BalPoE is better calibrated at equal or better accuracy** (seed {tade['record']['seed']}, "
+                f"{tade['record']['epochs']} epochs, uniform test set): ECE {pct(b['ece'])} % (BalPoE) against "
+                f"{pct(t['ece'])} % (TADE), NLL {b['nll']:.3f} against {t['nll']:.3f}, top-1 {pct(b['top1'])} against "
+                f"{pct(t['top1'])} (mean of the eleven {100 * b_mean:.2f} against {100 * t_mean:.2f}): "
+                f"**{'holds' if holds else 'does not hold'}** (lower ECE and top-1 at most "
+                f"{100 * TOLERANCE:.1f} points below).")
+    else:
+        lines.append("- **BalPoE is better calibrated at equal or better accuracy**: not measured (no BalPoE record "
+                     "beside a TADE record of the same data, budget and seed).")
+    worst = []
+    for r in records:
+        got = against_plain(r, DEFAULT_PRIOR)
+        if got is not None:
+            worst.append((r["record"]["name"], got[1], got[2]))
+    if worst:
+        bad = [w for w in worst if w[1] < -TOLERANCE or (w[2] is not None and w[2] < -TOLERANCE)]
+        detail = "; ".join(f"`{n}` {100 * w:+.2f} (eleven), " + ("n/a" if d is None else f"{100 * d:+.2f}") +
+                           " (worst Dirichlet draw)" for n, w, d in worst)
+        lines.append(f"- **The label-shift default (`{DEFAULT_PRIOR}`) is never below the plain average - "
+                     f"{100 * TOLERANCE:.1f}**: {detail}: **{'does not hold' if bad else 'holds'}** on "
+                     f"{len(worst) - len(bad)} of {len(worst)} records.")
+    spreads = [(key, members) for key, members in groups_over_seeds(records).items() if len(members) > 1]
+    if spreads:
+        for (dataset, loss, epochs), members in spreads:
+            stds = [np.std([m["last"]["distributions"][n]["top1"] for m in members], ddof=1)
+                    for n in members[0]["last"]["distributions"]]
+            lines.append(f"- **Seed spread** of {METHODS.get(loss, loss)} ({epochs} epochs, {len(members)} seeds): "
+                         f"std {100 * np.mean(stds):.2f} points on average over the eleven, at most "
+                         f"{100 * np.max(stds):.2f}.")
+        if pairs_:
+            diffs = [abs(b["last"]["distributions"][n]["top1"] - t["last"]["distributions"][n]["top1"])
+                     for t, b in pairs_ for n in t["last"]["distributions"]]
+            lines.append(f"- **BalPoE - TADE against the seed spread**: the top-1 differences are "
+                         f"{100 * np.mean(diffs):.2f} points on average (at most {100 * np.max(diffs):.2f}).")
+    else:
+        lines.append("- **Seed spread**: not measured (no method has records of more than one seed), so no "
+                     "difference in these tables can yet be told apart from seed noise.")
+    return "\n".join(lines)
 
 
 def render(records):
@@ -330,12 +474,22 @@ def render(records):
              "### Uniform test set: shot groups and calibration of the plain average (last epoch)",
              calibration_table(records),
              "### ECE and NLL per distribution (last epoch)", per_distribution_calibration(records)]
+    parts += ["### Claims checked against the records", claims(records),
+              "### Methods side by side (top-1 %, last epoch; mean +- std over seeds where there are several)",
+              side_by_side_table(records)]
     seeds = seeds_table(records)
     if seeds:
         parts += ["### Mean +- std over seeds (top-1 %, last epoch)", seeds]
+    by_budget = OrderedDict()
     for tade, balpoe in pairs(records):
-        parts += [f"### BalPoE against TADE: `{balpoe['record']['name']}` - `{tade['record']['name']}` "
-                  "(plain average, last epoch)", comparison_table(tade, balpoe)]
+        by_budget.setdefault((tade["record"]["dataset"], tade["record"]["epochs"]), []).append((tade, balpoe))
+    for (dataset, epochs), pairs_ in by_budget.items():
+        parts += [f"### BalPoE against TADE, point by point ({dataset}, {epochs} epochs; plain average, last epoch)",
+                  comparison_table(pairs_)]
+    summary = test_time_summary_table(records)
+    if summary:
+        parts += ["### The label-shift default and the self-supervised aggregation against the plain average "
+                  "(top-1 %, differences in points)", summary]
     for r in records:
         parts += [f"### Test-time methods on `{r['record']['name']}` (last epoch, top-1 %)", methods_table(r)]
         d = dirichlet_table(r)

@@ -40,11 +40,14 @@ def record(tmp_path_factory):
     return folder
 
 
-def test_the_study_scores_every_row_at_every_size(record):
+def test_the_study_scores_every_row_at_every_size(record, tmp_path):
+    out = tmp_path / "study.json"
     proc = run_script("bench/calibration_study.py", record, "--sizes", "5,all", "--draws", "2",
-                      "--rows", "SafePrior auto:free,SafePrior auto:prior,EM:shrunk_prior")
+                      "--rows", "SafePrior auto:free,SafePrior auto:prior,EM:shrunk_prior", "--out", out)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    study = json.loads((record / "calibration_study.json").read_text())
+    written = json.loads(out.read_text())
+    assert written["written_by"] == "bench/calibration_study.py"
+    study = written[record.name]
     assert list(study["sizes"]) == ["5", "all"]
     assert study["references"]["aggregation mean"] == pytest.approx(50.0)
     assert "oracle prior mean (uses test labels)" in study["references"]
@@ -67,6 +70,16 @@ def test_the_study_scores_every_row_at_every_size(record):
     rec = {"record": {"name": record.name}, "study": study}
     text = report.calibration_study_table(rec)
     assert "| 5 | SafePrior auto, prior |" in text and "| all | EM, shrunk_prior |" in text
+
+
+def test_a_recorded_result_is_never_written_into(record):
+    (record / "record.json").write_text("{}")  # the folder is now a record: read-only
+    try:
+        proc = run_script("bench/calibration_study.py", record, "--out", record / "calibration_study.json")
+    finally:
+        (record / "record.json").unlink()
+    assert proc.returncode != 0 and "read-only" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (record / "calibration_study.json").exists()
 
 
 def test_unknown_rows_are_named(record):

@@ -128,3 +128,14 @@ def test_jpeg_sensitivity_on_a_recorded_model(record, tmp_path):
     assert list(q) == ["as stored", "JPEG quality 90", "JPEG quality 10"]
     recorded = json.loads((folder / "eval_last.json").read_text())["distributions"]["uniform"]["top1"]
     assert q["as stored"]["uniform"]["top1"] == recorded  # the same images, the same model
+
+
+def test_a_record_holds_no_machine_paths(record):
+    from bench.portable_record import machine_paths
+    _, _, folder = record
+    assert machine_paths(folder) == []
+    rec = json.loads((folder / "record.json").read_text())
+    assert rec["data"]["data_module"] == "DigitsLTDataModule" and "data_dir" not in rec
+    assert rec["command"][rec["command"].index("--work_dir") + 1] == "WORK_DIR"
+    assert rec["command"][rec["command"].index("--results_dir") + 1] == "RESULTS_DIR"
+    assert json.loads((folder / "eval_last.json").read_text())["checkpoint"] == "WORK_DIR/digits_e2_s3/train/last.pth"
