@@ -18,7 +18,7 @@ from trainer.adaptation import run_method
 from trainer.build import build_test_time_method, load_trained
 from trainer.forward import collect_expert_logits
 from utils.checkpoint import load_checkpoint
-from tests.helpers import ROOT, assert_one_line_error, run_script, write_config
+from tests.helpers import ROOT, code_and_stderr, one_line_error, run_script, write_config
 from tests.image_folders import CLASSES, folder_config, write_folder
 
 # SafePrior with its settings given (a 1-epoch model on noise images has nothing to calibrate on).
@@ -181,4 +181,4 @@ def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):
 
 def test_end_to_end_errors_exit_2(run, tmp_path):
     proc = run_script("test_train.py", "-c", run["tt"], "-r", checkpoint(run), "--images", tmp_path / "none")
-    assert_one_line_error(proc, "none does not exist")
+    one_line_error(*code_and_stderr(proc), "none does not exist")
