@@ -198,7 +198,7 @@ def _damaged_logits(tiny_run, tmp_path, **changes):
         if value is None:
             arrays.pop(key)
         else:
-            arrays[key] = value
+            arrays[key] = value(arrays[key]) if callable(value) else value
     path = tmp_path / "damaged.npz"
     np.savez(path, **arrays)
     return path
@@ -207,9 +207,9 @@ def _damaged_logits(tiny_run, tmp_path, **changes):
 @pytest.mark.parametrize("change, fragment", [
     ({"test_targets": None}, "missing key 'test_targets'"),
     ({"validation_targets": None}, "validation_logits without validation_targets"),
-    ({"test_targets": np.full(101, 500)}, "class indices"),
+    ({"test_targets": lambda t: np.full_like(t, 500)}, "class indices"),
     ({"distribution_uniform": None}, "distribution_uniform is missing"),
-    ({"test_logits": np.full((101, 3, 100), np.nan, dtype=np.float32)}, "finite"),
+    ({"test_logits": lambda x: np.full_like(x, np.nan)}, "finite"),
     ({"cls_num_list": np.zeros(100, dtype=np.int64)}, "integer >= 1"),
 ])
 def test_malformed_saved_logits_are_one_line(tiny_run, tmp_path, capfd, change, fragment):
