@@ -2,7 +2,7 @@
 check that it ends with the same weights as an uninterrupted run.
 
     python bench/fault_drill.py [--config configs/config_digits_lt_tade.json] [--epochs 8] [--kills 5]
-                                [--seed 0] [--workdir DIR] [--drill kill|disk-full|concurrent-resume]
+                                [--seed 0] [--workdir DIR] [--drill kill|disk-full|concurrent-resume|overwrite]
 
 Trains through train.py (the real code path) on CPU with one thread (Digits-LT by default: no
 download). First an uninterrupted run gives the reference and the timing. Then the drill run is
@@ -20,6 +20,12 @@ same command can run again); once there is space, the run resumes to its end.
 ``--drill concurrent-resume`` resumes one run twice at once (``--lr 0.01`` and ``--lr 0.02``): the
 second gets a one-line error and exit 2 while the first holds the folder; a holder killed with
 SIGKILL does not leave the folder locked.
+``--drill overwrite`` tries what a careless or hostile user might: a bench tool's default ``--out``
+onto a record, its ``--out`` onto a checkpoint, a plot behind a link to another file, a leftover
+folder holding a user's checkpoint, ``--run_id`` / ``--name`` leading out of save_dir, ``info.log`` a
+link, a resume with nothing to train, and two ``test.py --save_logits`` onto one ``--out`` at once
+(``--trials`` times). Each case prints its command, exit code, last line and the hashes of the files
+that must not change.
 """
 import argparse
 import json
@@ -212,6 +218,127 @@ def concurrent_resume_drill(args, work, log):
     return ok
 
 
+# -- the overwrite drill: files a user has are never overwritten or deleted ----------------------------------
+def sha(path):
+    """Short SHA-256 of a file (None: absent); a folder: of its sorted file names and contents."""
+    import hashlib
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        h = hashlib.sha256()
+        for p in sorted(path.rglob("*")):
+            h.update(str(p.relative_to(path)).encode())
+            if p.is_file():
+                h.update(p.read_bytes())
+        return h.hexdigest()[:12]
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else None
+
+
+def tool(script, *args):
+    return [sys.executable, str(ROOT / script), *map(str, args)]
+
+
+def overwrite_case(name, cmd, protected, expect_code=2, log=None, check=None):
+    """Run ``cmd``; the case holds when it exits ``expect_code`` and every ``protected`` file has the
+    same hash after as before (and ``check()`` holds, when given). Prints command, exit code, last line,
+    hashes."""
+    before = {str(p): sha(p) for p in protected}
+    code, lines = run(cmd, log)
+    after = {str(p): sha(p) for p in protected}
+    extra = check() if check is not None else True
+    ok = code == expect_code and before == after and extra
+    last = lines[-1] if lines else ""
+    hashes = ", ".join(f"{Path(p).name} {before[p]}{'' if before[p] == after[p] else ' -> ' + str(after[p])}"
+                       for p in before)
+    print(f"{name}: $ {' '.join(Path(c).name if i < 2 else str(c) for i, c in enumerate(cmd))}\n"
+          f"    exit {code}, {len(lines)} stderr line(s): {last[:300]}\n    hashes: {hashes} -> "
+          f"{'ok' if ok else 'FAILED'}", flush=True)
+    return ok
+
+
+def concurrent_logits(run_dir, out, trials, log):
+    """Two ``test.py --save_logits --out OUT`` at once, ``trials`` times: the logits file must load every time."""
+    import numpy as np
+    good = 0
+    for _ in range(trials):
+        procs = [start(tool("test.py", "-r", run_dir / "last.pth", "-d", "cpu", "--save_logits", "--out", out), log)
+                 for _ in range(2)]
+        codes = [p.wait() for p in procs]
+        try:
+            with np.load(out.with_name(out.stem + "_logits.npz")) as f:
+                f["test_logits"].sum()
+            loads = True
+        except Exception:  # noqa: BLE001 - any failure to read is the drill's finding
+            loads = False
+        good += loads and codes == [0, 0]
+    leftovers = temp_files(out.parent)
+    ok = good == trials and not leftovers
+    print(f"concurrent test.py --save_logits --out same.json: {good}/{trials} trials both exit 0 and the logits file "
+          f"loads; temporary files left: {len(leftovers)} -> {'ok' if ok else 'FAILED'}", flush=True)
+    return ok
+
+
+def overwrite_drill(args, work, log):
+    """The cases of a careless or hostile user: a record, a checkpoint, a file behind a link, a user's
+    checkpoint in a leftover folder, a folder outside save_dir, a concurrent write, a resume with
+    nothing to train."""
+    save_dir = work / "saved"
+    code, lines = run(command(args, save_dir, "run", epochs=1), log)
+    if code:
+        sys.exit(f"first run failed: {one_line(code, lines)}")
+    run_dir = next(save_dir.glob("*/run"))
+    name = run_dir.parent.name
+    last = run_dir / "last.pth"
+    code, lines = run(tool("test.py", "-r", last, "-d", "cpu", "--save_logits", "--out", work / "eval.json"), log)
+    if code:
+        sys.exit(f"test.py failed: {one_line(code, lines)}")
+    # a record as bench/record.py leaves it
+    record = work / "results" / "rec"
+    record.mkdir(parents=True)
+    shutil.copyfile(work / "eval_logits.npz", record / "logits.npz")
+    (record / "test_time_methods.json").write_text('{"protocols": {}, "validation_info": null}\n')
+    (record / "record.json").write_text('{"name": "rec"}\n')
+    outside = work / "outside.txt"
+    outside.write_text("a file of the user's\n")
+    ok = True
+    ok &= overwrite_case("record: test_time_methods.py --logits RECORD/logits.npz (default --out)",
+                         tool("bench/test_time_methods.py", "--logits", record / "logits.npz", "--stream_batch", "64"),
+                         [record / "test_time_methods.json", record / "logits.npz"], log=log)
+    ok &= overwrite_case("checkpoint: test_time_methods.py --out RUN/last.pth",
+                         tool("bench/test_time_methods.py", "--logits", work / "eval_logits.npz", "--stream_batch", "64",
+                              "--out", last), [last], log=log)
+    linked = save_dir / name / "linked"
+    shutil.copytree(run_dir, linked)
+    (linked / "eval_last_reliability.png").symlink_to(outside)
+    ok &= overwrite_case("side file behind a link: test.py -r RUN/last.pth, RUN/eval_last_reliability.png -> OUTSIDE",
+                         tool("test.py", "-r", linked / "last.pth", "-d", "cpu"), [outside], log=log)
+    leftover = save_dir / name / "leftover"
+    leftover.mkdir()
+    shutil.copyfile(run_dir / "config.json", leftover / "config.json")
+    (leftover / "info.log").write_text("10:00:00 started\n")
+    shutil.copyfile(last, leftover / "model_best.pth")
+    ok &= overwrite_case("takeover: train.py --run_id F, F holds a failed start's files and a user's model_best.pth",
+                         command(args, save_dir, "leftover", epochs=1), [leftover / "model_best.pth", leftover],
+                         log=log)
+    victim = work / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("keep me\n")
+    ok &= overwrite_case("outside save_dir: train.py --epochs 0 --run_id ../../victim",
+                         command(args, save_dir, "../../victim", epochs=0), [victim], log=log)
+    ok &= overwrite_case("outside save_dir: train.py --name ../.. --run_id victim",
+                         command(args, save_dir, "victim", epochs=0) + ["--name", "../.."], [victim], log=log)
+    (run_dir / "info.log").rename(run_dir / "info.log.own")
+    (run_dir / "info.log").symlink_to(outside)
+    ok &= overwrite_case("info.log a link: train.py -r RUN/last.pth --epochs 2, RUN/info.log -> OUTSIDE",
+                         command(args, save_dir, "run", epochs=2, resume=last), [outside, last], log=log)
+    (run_dir / "info.log").unlink()
+    (run_dir / "info.log.own").rename(run_dir / "info.log")
+    ok &= overwrite_case("resume with nothing to train: train.py -r RUN/last.pth --epochs 1",
+                         command(args, save_dir, "run", epochs=1, resume=last),
+                         [run_dir / "config.json", run_dir / "info.log", last], expect_code=0, log=log)
+    ok &= concurrent_logits(run_dir, work / "same.json", args.trials, log)
+    return ok
+
+
 def same_state(a_path, b_path):
     a, b = torch.load(a_path, weights_only=True), torch.load(b_path, weights_only=True)
     weights = a["state_dict"].keys() == b["state_dict"].keys() and all(
@@ -230,7 +357,8 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     p.add_argument("--train_seed", type=int, default=1)
     p.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
-    p.add_argument("--drill", default="kill", choices=("kill", "disk-full", "concurrent-resume"))
+    p.add_argument("--drill", default="kill", choices=("kill", "disk-full", "concurrent-resume", "overwrite"))
+    p.add_argument("--trials", type=int, default=5, help="overwrite drill: trials of two concurrent test.py")
     args = p.parse_args()
     rng = random.Random(args.seed)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fault_drill_"))
@@ -238,7 +366,8 @@ def main():
     save_dir = work / "saved"
     log = open(work / "drill.log", "a")
     if args.drill != "kill":
-        drill = disk_full_drill if args.drill == "disk-full" else concurrent_resume_drill
+        drill = {"disk-full": disk_full_drill, "concurrent-resume": concurrent_resume_drill,
+                 "overwrite": overwrite_drill}[args.drill]
         print(f"{args.drill} drill: {Path(args.config).name}, CPU, 1 thread; runs in {work}", flush=True)
         sys.exit(0 if drill(args, work, log) else 1)
     print(f"fault drill: {Path(args.config).name}, {args.epochs} epochs, train seed {args.train_seed}, "

@@ -74,7 +74,7 @@ def load_record(folder):
            "methods": read_json(folder / "test_time_methods.json", ("protocols",))}
     if (folder / "eval_best.json").is_file():
         rec["best"] = read_json(folder / "eval_best.json", ("distributions",))
-    # analyses added to a record later (bench/validation_size.py, bench/jpeg_sensitivity.py --out RECORD/...)
+    # analyses of a record's model (bench/validation_size.py, bench/jpeg_sensitivity.py), kept in it when present
     if (folder / "validation_size.json").is_file():
         rec["sizes"] = read_json(folder / "validation_size.json", ("rows",))
     if (folder / "jpeg_sensitivity.json").is_file():

@@ -104,10 +104,13 @@ def test_validation_size_sweep_runs_on_a_recorded_model(record, tmp_path):
     _, _, folder = record
     copy = tmp_path / "results" / folder.name
     shutil.copytree(folder, copy)
-    out = copy / "validation_size.json"
+    refused = run_script("bench/validation_size.py", folder / "model.pth", "--out", copy / "validation_size.json")
+    assert refused.returncode == 2 and "read-only" in refused.stderr  # no tool writes into a record
+    out = tmp_path / "validation_size.json"
     proc = run_script("bench/validation_size.py", folder / "model.pth", "--sizes", "5,all", "--draws", "2",
                       "--size", "100", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copyfile(out, copy / "validation_size.json")  # a record assembled by hand, as bench/record.py would
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {f"{m}, {c}" for m in ("SafePrior (shipped)", "EM")
                          for c in ("validation, 5 per class", "validation, all per class", "training images")}

@@ -101,20 +101,41 @@ def load_logits(path):
             raise UserError(f"logits file {path}: missing key {key!r} (write it with test.py --save_logits)")
     try:
         meta = json.loads(str(arrays["meta"]))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise UserError(f"logits file {path}: key 'meta' is not JSON ({e})")
-    splits = {}
+    if not isinstance(meta, dict):
+        raise UserError(f"logits file {path}: key 'meta' is not a JSON object")
     counts = arrays["cls_num_list"]
+    if counts.ndim != 1 or not len(counts) or counts.dtype.kind not in "iu" or (counts < 1).any():
+        raise UserError(f"logits file {path}: cls_num_list must list each class's training count as an integer >= 1 "
+                        f"(got dtype {counts.dtype}, shape {counts.shape})")
+    splits = {}
     for name in SPLITS:
         if f"{name}_logits" not in arrays:
             continue
+        if f"{name}_targets" not in arrays:
+            raise UserError(f"logits file {path}: {name}_logits without {name}_targets")
         logits, targets = arrays[f"{name}_logits"], arrays[f"{name}_targets"]
-        if logits.ndim != 3 or logits.shape[2] != len(counts) or len(targets) != len(logits):
-            raise UserError(f"logits file {path}: {name}_logits of shape {logits.shape} with {len(targets)} targets; "
-                            f"expected [N, E, {len(counts)}] and N targets")
+        if logits.ndim != 3 or logits.shape[2] != len(counts) or targets.ndim != 1 or len(targets) != len(logits) \
+                or not len(logits) or logits.shape[1] < 1:
+            raise UserError(f"logits file {path}: {name}_logits of shape {logits.shape} with targets of shape "
+                            f"{targets.shape}; expected [N, E, {len(counts)}] with N >= 1 and N targets")
+        if logits.dtype.kind != "f" or not np.isfinite(logits).all():
+            raise UserError(f"logits file {path}: {name}_logits must be finite floating-point numbers (NaN, infinite "
+                            f"or non-float values found, dtype {logits.dtype})")
+        if targets.dtype.kind not in "iu" or (targets < 0).any() or (targets >= len(counts)).any():
+            raise UserError(f"logits file {path}: {name}_targets must be class indices in 0..{len(counts) - 1}")
         splits[name] = (torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(targets.astype(np.int64)))
-    names = [str(n) for n in arrays["distribution_names"]]
+    names = [str(n) for n in arrays["distribution_names"].reshape(-1)]
+    missing = [n for n in names if f"distribution_{n}" not in arrays]
+    if missing:
+        raise UserError(f"logits file {path}: distribution {missing[0]!r} is named but distribution_{missing[0]} is "
+                        "missing")
     distributions = {n: arrays[f"distribution_{n}"] for n in names}
+    n_test = len(splits["test"][1])
+    for n, idx in distributions.items():
+        if idx.ndim != 1 or idx.dtype.kind not in "iu" or (idx < 0).any() or (idx >= n_test).any():
+            raise UserError(f"logits file {path}: distribution_{n} must be indices into the {n_test} test images")
     data = OfflineData(num_classes=len(counts), cls_num_list=counts.tolist(),
                        test_targets=splits["test"][1].numpy(), distributions=distributions,
                        validation_info=meta.get("validation_info"), has_validation="validation" in splits,

@@ -1,6 +1,6 @@
 """Checkpoints as plain data: atomic writes, safe loading, and the reference release's format.
 
-Writing: a checkpoint goes to a temporary file in the same folder (``.NAME.tmpPID``), is flushed
+Writing: a checkpoint goes to a temporary file in the same folder (``.NAME.tmpPID.RANDOM``), is flushed
 and fsynced, then renamed over ``NAME``. A kill at any moment leaves the previous file whole.
 
 Reading: our checkpoints hold only tensors, numbers, strings, lists and dicts, so they load with

@@ -125,8 +125,8 @@ def check_target(path, writer, option="--out", legacy=None, recognise=None):
     if path.exists():
         ours = recognise(path) if recognise is not None else owned_json(path, writer, legacy)
         if not ours:
-            raise WriteRefused(f"{option} {path} exists and is not a file {writer} wrote for this purpose (a "
-                               "checkpoint, a config, another tool's result or a file of yours); refusing to "
+            raise WriteRefused(f"{option} {path} exists and is not a result file of {writer} (a checkpoint, a "
+                               "config, another tool's result or a file of yours); refusing to "
                                f"replace it: choose another {option}")
     return path
 
