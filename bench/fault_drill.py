@@ -304,8 +304,8 @@ def overwrite_drill(args, work, log):
                          tool("bench/test_time_methods.py", "--logits", record / "logits.npz", "--stream_batch", "64"),
                          [record / "test_time_methods.json", record / "logits.npz"], log=log)
     ok &= overwrite_case("checkpoint: test_time_methods.py --out RUN/last.pth",
-                         tool("bench/test_time_methods.py", "--logits", work / "eval_logits.npz", "--stream_batch", "64",
-                              "--out", last), [last], log=log)
+                         tool("bench/test_time_methods.py", "--logits", work / "eval_logits.npz",
+                              "--stream_batch", "64", "--out", last), [last], log=log)
     linked = save_dir / name / "linked"
     shutil.copytree(run_dir, linked)
     (linked / "eval_last_reliability.png").symlink_to(outside)
