@@ -2,6 +2,7 @@
 Ctrl-C is one line and exit code 130."""
 import contextlib
 import functools
+import os
 import signal
 import sys
 import threading
@@ -43,13 +44,24 @@ def cli_entry(main):
             return main(*args, **kwargs)
         except UserError as e:
             print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
-            sys.exit(e.exit_code)
+            _exit(e.exit_code)
         except KeyboardInterrupt as e:
             detail = f": {one_line(e)}" if str(e) else ""
             print(f"interrupted{detail}", file=sys.stderr, flush=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _exit(code):
+    """``sys.exit(code)``; a process of a torchrun group ends with ``os._exit`` instead, after
+    flushing, so that tearing down the group's threads at exit cannot turn the code into SIGABRT."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ The same training code serves all four; only model wrapping, samplers and metric
 """
 import contextlib
 import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -155,7 +156,10 @@ def setup_runtime(device_arg=None):
 
 
 def teardown_runtime(runtime):
-    if runtime.distributed and dist.is_initialized():
+    """Leave the process group. On the way out of an error it is left to the process's exit
+    (``utils/errors.cli_entry`` ends a distributed process with ``os._exit``): destroying a gloo
+    group whose peer has already gone can abort the process (SIGABRT) instead of exit code 2."""
+    if runtime.distributed and dist.is_initialized() and sys.exc_info()[0] is None:
         dist.destroy_process_group()
 
 
