@@ -27,7 +27,7 @@ import torch
 from utils.content_checksum import checksum_mismatch, with_checksum
 from utils.errors import UserError
 from utils.safe_pickle import numpy_reconstructors
-from utils.safe_write import fsync_folder, is_temp_name, temp_file
+from utils.safe_write import fsync_folder, is_temp_name, temp_file, write_reason
 
 # Modules whose names in a pickle mean "run code", even when spelled like a class. (Safety does
 # not rest on this list: a placeholder runs nothing whatever its name. The list decides which
@@ -111,7 +111,7 @@ def save_checkpoint(obj, path, copies=()):
         for t in written:
             _unlink_quietly(t)
         if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a failed write as RuntimeError
-            raise CheckpointWriteError(f"cannot write {path}: {_write_reason(e)}") from None
+            raise CheckpointWriteError(f"cannot write {path}: {write_reason(e)}") from None
         raise
     _fsync_dir(path.parent)
 
@@ -119,15 +119,6 @@ def save_checkpoint(obj, path, copies=()):
 class CheckpointWriteError(UserError, OSError):
     """A checkpoint could not be written (disk full, read-only folder); nothing was replaced. A
     UserError (one line, exit 2) that is still the OSError it was for callers that catch those."""
-
-
-def _write_reason(e):
-    """The OS reason of a failed write: torch wraps ENOSPC in a RuntimeError whose context holds it."""
-    while e is not None:
-        if isinstance(e, OSError) and e.strerror:
-            return e.strerror
-        e = e.__cause__ or e.__context__
-    return "the write failed (is the disk full?)"
 
 
 def _process_alive(pid):

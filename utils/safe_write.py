@@ -179,7 +179,7 @@ def fsync_folder(folder):
         os.close(fd)
 
 
-def _reason(e):
+def write_reason(e):
     """The OS reason of a failed write (libraries wrap ENOSPC in other errors)."""
     while e is not None:
         if isinstance(e, OSError) and e.strerror:
@@ -216,7 +216,7 @@ def atomic_file(path, mode="wb"):
             except OSError:
                 pass
         if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, UserError):
-            raise UserError(f"cannot write {path}: {_reason(e)}") from None
+            raise UserError(f"cannot write {path}: {write_reason(e)}") from None
         raise
     fsync_folder(path.parent)
 

@@ -9,6 +9,15 @@ import torch
 from utils.errors import UserError
 
 
+
+def _fitted_inverse_temperature(beta, hint=""):
+    """The fitted inverse temperature as a float; one line if the fit did not give a positive one."""
+    b = float(beta.detach())
+    if not math.isfinite(b) or b <= 0:
+        raise UserError(f"calibration: the fitted inverse temperature {b:g} is not positive (do the calibration "
+                        f"logits predict their labels at all?); expected a fitted temperature > 0{hint}")
+    return b
+
 def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperature=1.0, max_iter=200,
                     max_elements=1 << 25, class_weights=None):
     """Fit 1/T (and a per-class bias b) by the NLL of ``targets`` under softmax(z / T + b).
@@ -49,11 +58,7 @@ def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperatur
 
     with torch.enable_grad():
         opt.step(closure)
-    b = float(beta.detach())
-    if not math.isfinite(b) or b <= 0:
-        raise UserError(f"calibration: the fitted inverse temperature {b:g} is not positive (do the calibration "
-                        "logits predict their labels at all?); expected a fitted temperature > 0, or set "
-                        "test_time.args.temperature to a number")
+    b = _fitted_inverse_temperature(beta, ", or set test_time.args.temperature to a number")
     return 1.0 / b, (bias.detach().clone() if fit_bias else None)
 
 
@@ -106,10 +111,7 @@ def fit_family(z, targets, family, log_prior=None, class_weights=None, kappa=0.0
 
     with torch.enable_grad():
         opt.step(closure)
-    b = float(beta.detach())
-    if not math.isfinite(b) or b <= 0:
-        raise UserError(f"calibration: the fitted inverse temperature {b:g} is not positive (do the calibration "
-                        "logits predict their labels at all?); expected a fitted temperature > 0")
+    b = _fitted_inverse_temperature(beta)
     bias = (g.detach() * basis + d.detach()).clone()
     return 1.0 / b, bias
 
