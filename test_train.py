@@ -40,6 +40,7 @@ from trainer.forward import collect_expert_logits
 from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
 from utils.cli import ArgumentParser, add_evaluation_args, finite_float
 from utils.errors import UserError, cli_entry
+from utils.path_text import path_text
 from utils.result_path import check_result_path
 from utils.safe_write import atomic_file, json_text
 from utils.results import format_table, write_results
@@ -114,10 +115,10 @@ def predict_images(args, parser, method, tt):
     average = average_experts(images.logits)
     table = unlabeled.prediction_table(images.paths, scores, average, names)
     elapsed = time.perf_counter() - start
-    summary = {"checkpoint": str(args.resume), "images": str(args.images),
+    summary = {"checkpoint": str(args.resume), "images": path_text(args.images),
                "method": method.label(), "test_time_config": tt["test_time"], "online": online,
                "num_images": len(paths), "num_predicted": len(images.paths), "num_unreadable": len(images.unreadable),
-               "unreadable": images.unreadable, "class_names": names,
+               "unreadable": [path_text(u) for u in images.unreadable], "class_names": names,
                "estimate": unlabeled.describe_estimate(facts, names), "facts": facts,
                "predicted_counts": unlabeled.predicted_counts(scores, names),
                "average_predicted_counts": unlabeled.predicted_counts(average, names),

@@ -10,7 +10,7 @@ from trainer import Trainer
 from trainer.build import (build_data, build_loss, build_model, build_performance, check_class_count, resolve_config,
                            wrap_for_training)
 from trainer.optim import build_lr_scheduler, build_optimizer
-from utils.cli import ArgumentParser, finite_float
+from utils.cli import ArgumentParser, finite_float, positive_int
 from utils.errors import UserError, cli_entry
 from utils.known_keys import check_config_keys
 from utils.logger import close_log_file, log_to_file, setup_logging
@@ -30,7 +30,7 @@ def build_parser():
     p.add_override("--seed", type=int, key="seed")
     p.add_override("--epochs", type=int, key="trainer.epochs")
     p.add_override("--lr", type=finite_float, key="optimizer.args.lr")
-    p.add_override("--bs", type=int, key="data_loader.args.batch_size", help="global batch size")
+    p.add_override("--bs", type=positive_int, key="data_loader.args.batch_size", help="global batch size")
     p.add_override("--name", key="name", help="run name (folder under save_dir)")
     p.add_override("--data_dir", key="data_loader.args.data_dir")
     p.add_override("--save_dir", key="trainer.save_dir")

@@ -12,7 +12,9 @@ a record is moved into ``results/`` every such path is rewritten to a placeholde
 
     python bench/portable_record.py results/*/
 
-lists every machine path left in the records named (exit 1 if there is one).
+lists every machine path left in the records named (exit 1 if there is one). A folder that is
+missing, or a file of it that cannot be read (a torn or pickled ``.npz``, a corrupt ``model.pth``,
+a log that is not UTF-8), is one line naming it and exit 2; nothing is written.
 """
 import argparse
 import hashlib
@@ -23,6 +25,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from utils.cli import ArgumentParser
+from utils.errors import UserError, cli_entry
+
 HASH_LIMIT = 4 << 30  # data folders up to this many bytes are fingerprinted file by file
 ABSOLUTE = re.compile(r"(?<![\w.])/(?:root|home|tmp|work|mnt|data|Users|scratch|var)/[^\s\"',;)\]]*")
 
@@ -90,18 +98,39 @@ def data_fingerprint(data_dir, data_module):
     return out
 
 
+def _text(path):
+    """A record file's text; one that is not UTF-8 or cannot be read is a UserError naming it."""
+    from utils.safe_write import open_regular
+    try:
+        with open_regular(path) as f:
+            return f.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); expected the text a run writes") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
 def _json(path, pairs):
     """The file's text with the paths rewritten in place (its layout kept); still valid JSON."""
-    text = Path(path).read_text()
+    text = _text(path)
     new = rewrite(text, pairs)
-    json.loads(new)
+    try:
+        json.loads(new)
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{path}: not valid JSON ({type(e).__name__})") from None
     return new
+
+
+def _arrays(path):
+    """Every array of a record's ``.npz`` (never unpickled; a torn file is a UserError naming it)."""
+    from utils.npz_reader import open_npz
+    with open_npz(path, "record file") as f:
+        return {k: f.read(k) for k in f.files}
 
 
 def _npz(path, pairs):
     import numpy as np
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
+    arrays = _arrays(path)
     if "meta" not in arrays:
         return None
     meta = rewrite(str(arrays["meta"]), pairs)
@@ -122,18 +151,27 @@ def _checkpoint(path, pairs):
     return None if new == ckpt else new
 
 
+def files_of(folder):
+    """The entries of a record folder, sorted; a missing folder is a UserError naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"record folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
+                        "expected a folder bench/record.py wrote (results/NAME)")
+    return sorted(folder.iterdir())
+
+
 def plan(folder, pairs):
     """{file name: new contents} for every file of a record folder that holds a machine path."""
     changes = {}
-    for path in sorted(Path(folder).iterdir()):
+    for path in files_of(folder):
         if not path.is_file():
             continue
         if path.suffix == ".json":
             new = _json(path, pairs)
-            if new != path.read_text():
+            if new != _text(path):
                 changes[path.name] = new
         elif path.suffix in (".log", ".csv", ".txt", ".md"):
-            old = path.read_text()
+            old = _text(path)
             new = rewrite(old, pairs)
             if new != old:
                 changes[path.name] = new
@@ -164,15 +202,15 @@ def apply(folder, changes):
 
 def machine_paths(folder):
     """Every absolute path left in a record's text files: [(file, path), ...]."""
+    from utils.npz_reader import open_npz
     found = []
-    for path in sorted(Path(folder).iterdir()):
+    for path in files_of(folder):
         if path.suffix in (".json", ".log", ".csv", ".txt"):
-            found += [(path.name, m) for m in ABSOLUTE.findall(path.read_text())]
+            found += [(path.name, m) for m in ABSOLUTE.findall(_text(path))]
         elif path.suffix == ".npz":
-            import numpy as np
-            with np.load(path) as f:
+            with open_npz(path, "record file") as f:
                 if "meta" in f.files:
-                    found += [(path.name, m) for m in ABSOLUTE.findall(str(f["meta"]))]
+                    found += [(path.name, m) for m in ABSOLUTE.findall(str(f.read("meta", limit=1 << 24)))]
         elif path.suffix == ".pth":
             from utils.checkpoint import load_checkpoint
             ckpt = load_checkpoint(path)
@@ -181,9 +219,9 @@ def machine_paths(folder):
     return found
 
 
+@cli_entry
 def main(argv=None):
-    sys.path.insert(0, str(ROOT))
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", nargs="+", help="record folders (results/NAME)")
     args = p.parse_args(argv)
     left = [(folder, name, path) for folder in args.records for name, path in machine_paths(folder)]

@@ -40,6 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.portable_record import apply, data_fingerprint, places, plan, portable
 from bench.steps import command, run_step, train_or_resume, training_stats
+from utils.cli import ArgumentParser
+from utils.errors import UserError, cli_entry
+from utils.run_folder import check_folder_name
 from utils.safe_write import write_bytes, write_json, write_text
 
 SMALL_WEIGHTS = 8 << 20  # weights kept in a record up to this size (a CIFAR ResNet-32 with 3 experts: 5.4 MB)
@@ -107,8 +110,9 @@ def small_weights(checkpoint, out):
     return True
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@cli_entry
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
@@ -120,15 +124,12 @@ def main():
     p.add_argument("-d", "--device")
     p.add_argument("--skip_views", action="store_true", help="leave out self-supervised aggregation (slow on a CPU)")
     p.add_argument("--train_only", action="store_true", help="stop after training (record later with the same command)")
-    args = p.parse_args()
-    name = args.name or default_name(args.config, args.epochs, args.seed)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        sys.exit(f"record: --name {name!r}: use letters, digits, '_', '-' and '.'")
+    args = p.parse_args(argv)
+    name = check_folder_name(args.name or default_name(args.config, args.epochs, args.seed),
+                             "record: --name" if args.name else "record: the default name (give --name)")
     final = Path(args.results_dir) / name
     if final.exists():
-        print(f"record: {final} is a recorded run and records are never overwritten; choose another --name",
-              file=sys.stderr)
-        sys.exit(2)
+        raise UserError(f"record: {final} is a recorded run and records are never overwritten; choose another --name")
     work = Path(args.work_dir).expanduser().resolve() / name
     run_dir = work / "train"
     work.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ record with a missing or malformed file is a one-line error naming the file (exi
 import argparse
 import json
 import math
+import re
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.errors import UserError, one_line
+from utils.errors import UserError, one_line, shown
 from utils.safe_write import check_target, write_text
 
 WRITER = "bench/report.py"
@@ -51,13 +52,31 @@ def short(name):
     return name
 
 
-def read_json(path, keys=()):
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite(text):
+    """``parse_float`` / ``parse_constant`` of a record's JSON: NaN, Infinity and numbers too large
+    for a float (-1e999) are refused, never read as inf."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def read_json(path, keys=(), strict=False):
+    """A record's JSON file; ``strict``: NaN, Infinity and -1e999 are refused (record.json, written
+    without them; a result file of an older version may hold NaN in a field no table shows)."""
+    finite = {"parse_float": _finite, "parse_constant": _finite} if strict else {}
     try:
-        value = json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text(encoding="utf-8"), **finite)
     except FileNotFoundError:
         raise ReportError(f"{path}: missing (every record holds {', '.join(REQUIRED)})")
     except RecursionError:
         raise ReportError(f"{path}: nested too deeply to be a record's JSON")
+    except _NotFinite as e:
+        raise ReportError(f"{path}: holds {_short(e, 40)}, a number that is not finite; a record holds finite numbers")
     except (OSError, ValueError) as e:
         raise ReportError(f"{path}: not valid JSON ({_short(e)})")
     for key in keys:
@@ -66,10 +85,43 @@ def read_json(path, keys=()):
     return value
 
 
+RECORD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # bench/record.py's rule (utils/run_folder.py)
+TEXT_FIELDS = ("dataset", "loss", "precision", "commit_trained", "commit_evaluated")
+
+
+def _cell_text(value):
+    """Whether ``value`` can stand in a markdown table cell: no '|', no line break, no backtick."""
+    return isinstance(value, str) and not re.search(r"[|`\x00-\x1f\x7f\u2028\u2029]", value)
+
+
+def check_record_fields(path, rec):
+    """The fields of record.json the tables show, each of the type it must have: a record name of
+    bench/record.py's rule, integer epochs and seed, text that cannot break a table row."""
+    def bad(key, expected):
+        raise ReportError(f"{path}: {key!r} is {shown(rec.get(key))}; expected {expected}")
+
+    if not isinstance(rec["name"], str) or not RECORD_NAME.fullmatch(rec["name"]):
+        bad("name", "a record name (letters, digits, '_', '-', '.', at most 100 characters)")
+    for key in ("epochs", "seed"):
+        if not isinstance(rec[key], int) or isinstance(rec[key], bool) or rec[key] < 0:
+            bad(key, "an integer >= 0")
+    for key in TEXT_FIELDS:
+        if rec.get(key) is not None and not _cell_text(rec[key]):
+            bad(key, "text without '|', '`' or a line break (or null)")
+    if not isinstance(rec["machine"], dict) or not all(
+            v is None or _is_number(v) or _cell_text(v) for v in rec["machine"].values()):
+        bad("machine", "an object of numbers and text without '|', '`' or a line break")
+    if not _is_number(rec.get("training_seconds", 0)) or rec.get("training_seconds", 0) < 0:
+        bad("training_seconds", "a number >= 0")
+    return rec
+
+
 def load_record(folder):
     folder = Path(folder)
+    read_json(folder / "config.json")  # the resolved config: present and valid, though no table shows it
     rec = {"folder": folder.name,
-           "record": read_json(folder / "record.json", ("name", "dataset", "epochs", "seed", "machine")),
+           "record": check_record_fields(folder / "record.json", read_json(
+               folder / "record.json", ("name", "dataset", "epochs", "seed", "machine"), strict=True)),
            "last": read_json(folder / "eval_last.json", ("distributions",)),
            "methods": read_json(folder / "test_time_methods.json", ("protocols",))}
     if (folder / "eval_best.json").is_file():
@@ -115,16 +167,20 @@ def load_record(folder):
 def load_records(results_dir):
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        return []
+        raise ReportError(f"--results {results_dir} is not a folder; expected the folder of the records (results/)")
     folders = sorted(p for p in results_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     return [load_record(f) for f in folders]
 
 
+NOT_FINITE = re.compile(r"(?<![\w.])[-+]?(?:inf|nan)(?!\w)")  # a number that is not finite, as formatted
+
+
 def render_checked(records):
-    """``render``; a record whose files hold the keys but not the shapes the tables read is one line
-    naming its folder (each record rendered alone finds it)."""
+    """``render``; a record whose files hold the keys but not the shapes the tables read, or a
+    value that is not a finite number where a table shows it, is one line naming its folder (each
+    record rendered alone finds it)."""
     try:
-        return render(records)
+        generated = render(records)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as e:
         for r in records:
             try:
@@ -132,6 +188,14 @@ def render_checked(records):
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as own:
                 raise ReportError(f"record {r['folder']}: malformed ({type(own).__name__}: {_short(own)})")
         raise ReportError(f"records do not fit together ({type(e).__name__}: {_short(e)})")
+    if NOT_FINITE.search(generated):
+        for r in records:
+            found = NOT_FINITE.search(render([r]))
+            if found:
+                raise ReportError(f"record {r['folder']}: a table would hold {found.group()}; the record holds a "
+                                  "value that is not a finite number where a table shows it")
+        raise ReportError("a table would hold a value that is not a finite number")
+    return generated
 
 
 def pct(v):
@@ -139,6 +203,11 @@ def pct(v):
 
 
 def table(head, rows):
+    """A markdown table; a cell whose text would break its row ('|', a line break) is a ValueError
+    (:func:`render_checked` names the record)."""
+    for cell in (*head, *(c for row in rows for c in row)):
+        if isinstance(cell, str) and re.search(r"[|\n\r\u2028\u2029]", cell):
+            raise ValueError(f"a table cell would hold {shown(cell)}: '|' or a line break splits a table row")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -526,10 +595,11 @@ def main(argv=None):
         if not args.check:  # before any work: the page is not a link, not in a record, its folder writable
             check_target(doc, WRITER, option="--doc", recognise=lambda p: START in p.read_text(errors="replace"))
         generated = render_checked(load_records(args.results))
-        text = doc.read_text() if doc.is_file() else f"# Results\n\n{START}\n{END}\n"
+        try:
+            text = doc.read_text(encoding="utf-8") if doc.is_file() else f"# Results\n\n{START}\n{END}\n"
+        except (OSError, UnicodeDecodeError) as e:
+            raise ReportError(f"--doc {doc}: cannot be read as UTF-8 text ({type(e).__name__})")
         page = updated_page(text, generated, doc)
-        if "nan" in generated.split() or " nan " in generated or "| nan" in generated:
-            raise ReportError("a table would hold nan; a record holds a value that is not a finite number")
     except (ReportError, UserError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -31,11 +31,11 @@ from torchvision import transforms as T
 
 from base.base_data_module import LTDataModule
 from data_loader import transforms as tf
-from data_loader.list_file import ListFile, frequency_rank
+from data_loader.list_file import ListFile, frequency_rank, unlistable
 from data_loader.list_lt import ListImageDataset, ListLTDataModule, _accelerator_available
 from data_loader.test_distributions import CIFAR_RATIOS, generated_distributions
 from data_loader.validation_split import describe
-from utils.errors import UserError
+from utils.errors import UserError, shown
 from utils.long_tail import img_num_per_cls, select_per_class
 
 logger = logging.getLogger("train")
@@ -91,6 +91,11 @@ def scan_split(data_dir, split, class_names=None):
                             f"in {', '.join(IMAGE_EXTENSIONS)})")
         images += [os.path.join(split, name, rel) for rel in found]
         labels += [index[name]] * len(found)
+    for path in images:
+        problem = unlistable(path)
+        if problem:
+            raise UserError(f"{split_dir}: the name {shown(path, 200)} {problem}; the list files of a run "
+                            f"({SPLIT_FILE}, test lists) hold one path a line in UTF-8: rename it")
     lines = np.arange(1, len(images) + 1, dtype=np.int64)  # position in the scan (for messages)
     return ListFile(split_dir, images, np.asarray(labels, dtype=np.int64), lines), class_names
 

@@ -54,6 +54,20 @@ def read_list(path, num_classes=None, what="list"):
     return ListFile(str(path), images, np.asarray(labels, dtype=np.int64), np.asarray(lines, dtype=np.int64))
 
 
+def unlistable(path):
+    """Why ``path`` cannot be one ``path label`` line that :func:`read_list` reads back as it is, or
+    None: bytes that are not UTF-8, a line break of any kind, whitespace at either end."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if len(f"{path} 0".splitlines()) != 1:
+        return "holds a line break"
+    if path != path.strip():
+        return "starts or ends with white space"
+    return None
+
+
 def check_images_exist(listing, data_dir):
     """Stat every listed image; report the first missing one (file and line) and how many are missing."""
     missing = [i for i, rel in enumerate(listing.images) if not os.path.isfile(os.path.join(data_dir, rel))]

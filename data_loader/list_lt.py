@@ -93,7 +93,7 @@ class ListImageDataset(Dataset):
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except Exception as e:  # noqa: BLE001 - Pillow raises anything on a file that is not what it seems
             raise UnreadableImageError(f"cannot read image {path} ({self.list_path}, line {self.lines[i]}): "
                                        f"{type(e).__name__}: {e}") from None
         if self.transform is not None:

@@ -9,6 +9,7 @@ import pytest
 from data_loader.test_protocols import dirmixe, dirmixe_draw, dirmixe_profile
 from trainer import protocols
 from trainer.protocols import add_protocol_args, group_of
+from utils.cli import ArgumentParser
 from utils.errors import UserError
 
 C = 10
@@ -75,7 +76,7 @@ class Data:
 
 
 def args_for(*argv):
-    return add_protocol_args(argparse.ArgumentParser()).parse_args(["--protocol", "dirmixe", *argv])
+    return add_protocol_args(ArgumentParser()).parse_args(["--protocol", "dirmixe", *argv])
 
 
 def test_the_command_line_protocol_defaults_to_three_draws_at_ir_100():
@@ -88,9 +89,10 @@ def test_the_command_line_protocol_defaults_to_three_draws_at_ir_100():
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--ir", "0.5"], "--ir 0.5: expected an imbalance ratio >= 1"),
+    (["--ir", "0.5"], "--ir 0.5: expected an imbalance ratio from 1 to 10000"),
+    (["--ir", "1e308"], "--ir 1e+308: expected an imbalance ratio from 1 to 10000"),
     (["--concentration", "0"], "--concentration 0: expected a number > 0"),
-    (["--draws", "0"], "--protocol dirmixe: trials 0: must be an integer >= 1"),
+    (["--draws", "0"], "argument --draws: expected an integer >= 1, got '0'"),
 ])
 def test_bad_values_are_one_line_errors(argv, fragment):
     with pytest.raises(UserError) as e:

@@ -7,7 +7,7 @@ clean logits over the test set:
 - ``streaming``: the whole test set in a seeded order, in batches of each ``--stream_batch``; a
   method predicts a batch before it may learn from it;
 - ``dirmixe``: DirMixE's protocol, ``--draws`` (default 3) test sets each of uniform, forward ``--ir`` and
-  backward ``--ir``, per-class counts drawn from a Dirichlet around a jittered profile.
+  backward ``--ir`` (1 to ``MAX_IR``), per-class counts drawn from a Dirichlet around a jittered profile.
 
 Subsets come from data_loader/test_protocols.py; draws are summarised as mean and standard
 deviation per group (one alpha, one fraction).
@@ -19,11 +19,12 @@ import numpy as np
 
 from data_loader import test_protocols
 from data_loader.test_distributions import select_distributions
-from utils.cli import nonnegative_int
+from utils.cli import finite_float, nonnegative_int, positive_int
 from utils.errors import UserError
 
 PROTOCOLS = ("distributions", "dirichlet", "missing", "streaming", "dirmixe")
 DEFAULT_DRAWS = {"dirmixe": 3}  # draws per setting; the other protocols: 10
+MAX_IR = 10_000  # beyond it every tail class of a test set holds its one image: no ratio means more
 
 
 def _numbers(text, option, cast=float):
@@ -39,16 +40,18 @@ def _numbers(text, option, cast=float):
 def add_protocol_args(parser):
     parser.add_argument("--protocol", default="distributions", help=f"one of {', '.join(PROTOCOLS)}")
     parser.add_argument("--alpha", default="0.1,1,10", help="dirichlet: concentration(s), comma-separated, > 0")
-    parser.add_argument("--draws", type=int, help="dirichlet / missing / dirmixe: seeded draws per setting "
+    parser.add_argument("--draws", type=positive_int, help="dirichlet / missing / dirmixe: seeded draws per setting "
                         "(default 10; dirmixe 3)")
-    parser.add_argument("--size", type=int, help="dirichlet: images per drawn test set (default 2000, or the "
+    parser.add_argument("--size", type=positive_int, help="dirichlet: images per drawn test set (default 2000, or the "
                         "test set's size if smaller)")
     parser.add_argument("--missing_fraction", default="0.3", help="missing: fraction(s) of classes without images")
     parser.add_argument("--stream_batch", default="1,16,128", help="streaming: batch size(s), comma-separated")
-    parser.add_argument("--ir", type=float, default=100, help="dirmixe: imbalance ratio of the forward and backward "
-                        "profiles (its authors: 100 CIFAR, 50 ImageNet-LT, 3 iNaturalist)")
-    parser.add_argument("--concentration", type=float, help="dirmixe: the Dirichlet's total concentration (default: "
-                        "the test set's images per class, as its authors on CIFAR; 10000 ImageNet-LT, 100000 iNat)")
+    parser.add_argument("--ir", type=finite_float, default=100,
+                        help=f"dirmixe: imbalance ratio of the forward and backward profiles, 1 to {MAX_IR} (its "
+                        "authors: 100 CIFAR, 50 ImageNet-LT, 3 iNaturalist)")
+    parser.add_argument("--concentration", type=finite_float,
+                        help="dirmixe: the Dirichlet's total concentration (default: the test set's images per class, "
+                        "as its authors on CIFAR; 10000 ImageNet-LT, 100000 iNat)")
     parser.add_argument("--protocol_seed", type=nonnegative_int, default=0,
                         help="seed of the drawn subsets and stream order")
     return parser
@@ -89,8 +92,8 @@ def _test_sets(args, data):
             for fraction in _numbers(args.missing_fraction, "--missing_fraction"):
                 out.update(test_protocols.missing_classes(targets, C, fraction, draws, args.protocol_seed))
         elif args.protocol == "dirmixe":
-            if not args.ir >= 1:
-                raise UserError(f"--ir {args.ir:g}: expected an imbalance ratio >= 1")
+            if not 1 <= args.ir <= MAX_IR:
+                raise UserError(f"--ir {args.ir:g}: expected an imbalance ratio from 1 to {MAX_IR}")
             if args.concentration is not None and not args.concentration > 0:
                 raise UserError(f"--concentration {args.concentration:g}: expected a number > 0")
             out.update(test_protocols.dirmixe(targets, C, data.cls_num_list, args.ir, draws, args.concentration,

@@ -22,6 +22,7 @@ import torch
 
 from utils.long_tail import shot_masks
 from utils.errors import UserError
+from utils.npz_reader import open_npz
 from utils.safe_write import atomic_file
 
 SPLITS = ("test", "validation", "training")
@@ -89,13 +90,8 @@ class SavedLogits:
 def load_logits(path):
     """Read a saved-logits file; a missing or malformed one is a one-line error naming the key."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise UserError(f"logits file {path} does not exist")
-    except (OSError, ValueError) as e:
-        raise UserError(f"logits file {path} is not a saved-logits .npz ({type(e).__name__}: {e})")
+    with open_npz(path, "logits file") as f:  # a torn, pickled or special file is one line (utils/npz_reader.py)
+        arrays = {k: f.read(k) for k in f.files}
     for key in ("test_logits", "test_targets", "cls_num_list", "meta", "distribution_names"):
         if key not in arrays:
             raise UserError(f"logits file {path}: missing key {key!r} (write it with test.py --save_logits)")

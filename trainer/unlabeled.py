@@ -24,6 +24,7 @@ from data_loader.list_lt import ListImageDataset
 from trainer.adaptation import train_prior, validation_source
 from trainer.forward import batch_outputs
 from utils.errors import UserError
+from utils.path_text import path_text
 from utils.safe_write import check_beside, check_target, digest, write_json, write_text
 from utils.two_view import TwoViews
 
@@ -81,7 +82,7 @@ class UnlabeledImages(Dataset):
             with Image.open(self.paths[i]) as img:
                 img = img.convert("RGB")
             return self.transform(img), i
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except Exception:  # noqa: BLE001 - Pillow raises anything on a file that is not what it seems (TypeError...)
             return torch.zeros(self.shape), -(i + 1)
 
 
@@ -202,13 +203,14 @@ def top_k(scores, names, k=TOP_K):
 
 
 def prediction_table(paths, scores, average_scores, names):
-    """One row per image: path, predicted class and probability, the top-5 classes and
-    probabilities, and the plain expert average's prediction and probability beside it."""
+    """One row per image: path (as utils/path_text.py writes it: quoted where it is not plain
+    UTF-8), predicted class and probability, the top-5 classes and probabilities, and the plain
+    expert average's prediction and probability beside it."""
     import pandas as pd
 
     top_names, top_p = top_k(scores, names)
     avg_names, avg_p = top_k(average_scores, names, 1)
-    table = {"path": paths, "prediction": [r[0] for r in top_names], "probability": top_p[:, 0]}
+    table = {"path": [path_text(p) for p in paths], "prediction": [r[0] for r in top_names], "probability": top_p[:, 0]}
     for j in range(top_p.shape[1]):
         table[f"top{j + 1}"] = [r[j] for r in top_names]
         table[f"top{j + 1}_probability"] = top_p[:, j]

@@ -21,20 +21,27 @@ used only when the key stored in it equals the key of this call, field for field
   (pixel bytes for in-memory images, relative paths for listed ones);
 - ``arrays``: a digest of the stored logits and targets (a file edited or torn inside is refused).
 
-A cache that is missing is computed and written atomically (temporary file, then rename; a folder
-that cannot be written only costs the cache, with a one-line notice). A cache that is truncated,
-unreadable, from another checkpoint or of another split is ignored with a one-line notice saying
-why, recomputed and replaced; it is never used and never an error.
+A cache that is missing is computed and written by the write rule (utils/safe_write.py: a
+temporary file of a random name, opened exclusively, then renamed; a folder that cannot be written
+only costs the cache, with a one-line notice). A cache that is truncated, unreadable, from another
+checkpoint or of another split is ignored with a one-line notice saying why, recomputed and
+replaced; it is never used and never an error. Its small ``key`` entry is read and compared first:
+the arrays of another checkpoint's file are never decompressed, and this checkpoint's are read only
+if their headers declare the shape the split has. A link, a FIFO or a device at the cache's path is
+neither read nor replaced (nothing waits on a FIFO): a notice, and the call goes on without the
+cache.
 """
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from utils.content_checksum import KEY as CHECKSUM_KEY, content_checksum
+from utils.errors import UserError
+from utils.npz_reader import open_npz
+from utils.safe_write import atomic_file, special_file, write_reason
 
 FORMAT = "validation-logits-1"
 INFO_KEYS = ("source", "per_class", "seed", "counts", "in_sample_classes")
@@ -87,23 +94,41 @@ def _notice(message):
     print(f"note: validation cache {message}", flush=True)
 
 
-def read_cache(path, key):
-    """(logits, targets) from ``path`` if its key equals ``key``; else None, with a notice saying why."""
+def usable_place(path):
+    """Whether the cache may be read and replaced at ``path``: not a link, FIFO, device or folder
+    (else a notice: the call goes on without the cache)."""
+    what = special_file(path)
+    if what is not None:
+        _notice(f"{path} is {what}; not read, not replaced: the split is computed without the cache")
+        return False
+    return True
+
+
+def read_cache(path, key, shape=None):
+    """(logits, targets) from ``path`` if its key equals ``key``; else None, with a notice saying why.
+    The key entry is read first; ``shape`` (N, E, C), when given, is what the logits' header must
+    declare before they are read."""
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as f:
-            stored = json.loads(str(f["key"]))
-            logits, targets = f["logits"], f["targets"]
-    except Exception as e:  # noqa: BLE001 - a torn or foreign file raises BadZipFile, OSError, ValueError, KeyError...
-        _notice(f"{path} is unreadable ({type(e).__name__}); recomputing it")
+        with open_npz(path, "validation cache") as f:
+            stored = json.loads(str(f.read("key", limit=1 << 20)))
+            if not isinstance(stored, dict):
+                raise ValueError("its key is not a JSON object")
+            for part in ("format", "checkpoint", "split"):
+                if stored.get(part) != key[part]:
+                    what = {"format": "an older format", "checkpoint": "another checkpoint",
+                            "split": "another validation split"}[part]
+                    _notice(f"{path} is of {what}; recomputing it")
+                    return None
+            if shape is not None and (f.header("logits")[1] != tuple(shape) or f.header("targets")[1] != shape[:1]):
+                _notice(f"{path} declares arrays of another shape than the split's {tuple(shape)}; recomputing it")
+                return None
+            logits, targets = f.read("logits"), f.read("targets")
+    except (UserError, ValueError, RecursionError) as e:
+        reason = "a torn or foreign file" if isinstance(e, UserError) else type(e).__name__
+        _notice(f"{path} is unreadable ({reason}); recomputing it")
         return None
-    for part in ("format", "checkpoint", "split"):
-        if stored.get(part) != key[part]:
-            what = {"format": "an older format", "checkpoint": "another checkpoint",
-                    "split": "another validation split"}[part]
-            _notice(f"{path} is of {what}; recomputing it")
-            return None
     if stored.get("arrays") != _digest(logits, targets):
         _notice(f"{path} does not match the digest stored in it; recomputing it")
         return None
@@ -111,25 +136,19 @@ def read_cache(path, key):
 
 
 def write_cache(path, key, logits, targets):
-    """Atomically write the cache (temporary file in the same folder, then rename); a folder that
-    cannot be written costs only the cache (a notice, no error). Returns whether it was written."""
+    """Write the cache by the write rule (utils/safe_write.py: a temporary file of a random name in
+    the same folder, then rename); a place that cannot be written costs only the cache (a notice, no
+    error). Returns whether it was written."""
     logits = np.ascontiguousarray(torch.as_tensor(logits).float().numpy())
     targets = np.ascontiguousarray(torch.as_tensor(targets).numpy().astype(np.int64))
     stored = {**key, "arrays": _digest(logits, targets)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             np.savez(f, key=np.array(json.dumps(stored)), logits=logits, targets=targets)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return True
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        _notice(f"{path} could not be written ({e.strerror or e}); the split is recomputed next time")
+    except (UserError, OSError) as e:
+        reason = write_reason(e) if isinstance(e, OSError) else str(e)
+        _notice(f"{path} could not be written ({reason}); the split is recomputed next time")
         return False
 
 
@@ -148,10 +167,21 @@ def validation_logits(trained, device="cpu", compute=None):
     split = split_key(trained.data)
     key = {"format": FORMAT, "checkpoint": checkpoint_key(trained, device), "split": split}
     path = cache_path(trained.path, split)
-    cached = read_cache(path, key)
+    usable = usable_place(path)
+    cached = read_cache(path, key, expected_shape(trained)) if usable else None
     if cached is not None:
         return cached
     logits, targets = compute()
     logits, targets = torch.as_tensor(logits).float().cpu(), torch.as_tensor(targets).long().cpu()
-    write_cache(path, key, logits, targets)
+    if usable:
+        write_cache(path, key, logits, targets)
     return logits, targets
+
+
+def expected_shape(trained):
+    """(N, E, C) of the split's logits, or None where the network or split does not say."""
+    try:
+        return (len(trained.data.validation_set.targets), int(trained.net.num_experts),
+                int(trained.data.num_classes))
+    except (AttributeError, TypeError):
+        return None

@@ -71,6 +71,17 @@ def nonnegative_int(text):
     return value
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1 (a batch size, a number of draws)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {shown(text)}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {shown(text)}")
+    return value
+
+
 def distribution_request(text):
     """argparse type of ``--distributions``: ``all`` or at least one name (``,`` names none)."""
     if not [n for n in str(text).split(",") if n.strip()]:
@@ -83,7 +94,7 @@ def add_evaluation_args(parser):
     parser.add_argument("-r", "--resume", required=True, metavar="CHECKPOINT", help="trained checkpoint")
     parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_override("--data_dir", key="data_loader.args.data_dir")
-    parser.add_override("--bs", type=int, key="data_loader.args.batch_size", help="batch size")
+    parser.add_override("--bs", type=positive_int, key="data_loader.args.batch_size", help="batch size")
     parser.add_argument("--distributions", default="all", type=distribution_request,
                         help="all, uniform, or names like forward50,backward50")
     parser.add_argument("--out", help="result JSON path (a CSV is written beside it)")

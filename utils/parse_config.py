@@ -9,6 +9,8 @@ import importlib
 import inspect
 import json
 import math
+import re
+import typing
 from pathlib import Path
 
 from utils.errors import UserError, shown
@@ -222,8 +224,10 @@ class ConfigParser:
 
     def _check_scalar_types(self, name, cls, signature, config_args):
         """A string where the constructor's default is a number or a boolean ("lr": "fast") is
-        refused with the key and the expected type, instead of failing deep inside the class."""
+        refused with the key and the expected type, instead of failing deep inside the class; an
+        argument annotated to take a string too (``bias: bool | str = True``) is left to the class."""
         defaults = {k: p.default for k, p in signature.parameters.items()}
+        takes_str = {k for k, p in signature.parameters.items() if _admits_str(p.annotation)}
         for base in cls.__mro__[1:] if isinstance(cls, type) else ():  # arguments passed on via **kwargs
             if "__init__" in vars(base) and base is not object:
                 try:
@@ -232,10 +236,12 @@ class ConfigParser:
                     continue
                 for k, p in params.items():
                     defaults.setdefault(k, p.default)
+                    if _admits_str(p.annotation):
+                        takes_str.add(k)
         for key, value in config_args.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"config {self.source}: {name}.args.{key} is {value!r}: expected a finite number")
-            if key not in defaults or not isinstance(value, str):
+            if key not in defaults or key in takes_str or not isinstance(value, str):
                 continue
             default = defaults[key]
             if isinstance(default, bool):
@@ -246,3 +252,14 @@ class ConfigParser:
                 continue
             raise UserError(f"config {self.source}: {name}.args.{key} is {value!r}: expected {expected} "
                             f"({cls.__name__}'s default is {default!r})")
+
+
+def _admits_str(annotation):
+    """Whether a parameter's annotation takes a string (``str``, ``bool | str``, ``"bool | str"``)."""
+    if annotation is inspect.Parameter.empty:
+        return False
+    if annotation is str:
+        return True
+    if isinstance(annotation, str):
+        return "str" in re.split(r"[\s|\[\],]+", annotation)
+    return str in typing.get_args(annotation)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.safe_write import regular_fd
 
 LOCK_NAME = ".lock"
 
@@ -32,7 +33,7 @@ class RunLock:
             return self
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = regular_fd(self.path, os.O_RDWR | os.O_CREAT)  # never a link, FIFO or device
             except OSError as e:
                 raise UserError(f"run folder {self.folder}: cannot create its lock file {self.path} "
                                 f"({e.strerror or e}); expected a writable folder")

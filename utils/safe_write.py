@@ -26,6 +26,8 @@ records, logs, checkpoints):
    temporary files, and what :mod:`utils.run_folder` recognises as its own.
 
 Appending (``info.log``) goes through :func:`open_append`: a regular file or a new one, never a link.
+No file is opened that is not a regular one (:func:`open_regular`): a FIFO or a device at a path
+this project writes or reads back (a cache, a log) is refused at once, never waited on.
 """
 import contextlib
 import hashlib
@@ -33,6 +35,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 
 from utils.errors import UserError
@@ -156,9 +159,10 @@ def check_beside(main, sides, writer, option="--out", legacy=None, signatures=No
 
 # -- writing ---------------------------------------------------------------------------------------
 def temp_file(path):
-    """A new temporary file beside ``path`` (``.NAME.tmpPID.RANDOM``, O_EXCL): (fd, temp path)."""
+    """A new temporary file beside ``path`` (``.NAME.tmpPID.RANDOM``, 64 random bits, O_EXCL and
+    O_NOFOLLOW: nothing planted at a guessed name is opened): (fd, temp path)."""
     while True:
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{secrets.token_hex(4)}")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{secrets.token_hex(8)}")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644), tmp
         except FileExistsError:
@@ -188,12 +192,62 @@ def write_reason(e):
     return "the write failed (is the disk full?)"
 
 
+def special_file(path):
+    """What ``path`` is when it is a link or exists and is not a regular file ("a link", "a FIFO",
+    "a folder", ...); None for a regular file or nothing."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return "not accessible"
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in ((stat.S_ISLNK, "a link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def regular_fd(path, flags=os.O_RDONLY):
+    """A descriptor of ``path`` opened only if it is a regular file: never through a link
+    (O_NOFOLLOW), and a FIFO or device is refused instead of opened (O_NONBLOCK, then checked with
+    fstat), so nothing waits on it. Raises :class:`WriteRefused` (a UserError) naming what it is;
+    OSError as usual."""
+    what = special_file(path)
+    if what is not None:
+        raise WriteRefused(f"{path} is {what}; expected a regular file")
+    fd = os.open(path, flags | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WriteRefused(f"{path} is not a regular file (it changed while it was opened)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular(path, flags=os.O_RDONLY, mode="rb", **kwargs):
+    """:func:`regular_fd` as a file object (``mode`` as in ``open``)."""
+    fd = regular_fd(path, flags)
+    try:
+        return os.fdopen(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode="wb"):
     """``with atomic_file(path) as f: f.write(...)``: the file appears at ``path`` whole, or not at
     all. Errors writing (OSError, and a library's RuntimeError around one) are a one-line UserError
     naming ``path``; any other exception (Ctrl-C) is re-raised; the temporary file is removed."""
     path = Path(path)
+    what = special_file(path)
+    if what is not None:
+        raise WriteRefused(f"{path} is {what}; refusing to write through it or replace it")
     fd, tmp = None, None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,11 +302,10 @@ def write_json(path, obj, indent=2, default=None):
 def open_append(path):
     """``path`` opened for appending (text, line-buffered): an existing regular file or a new one,
     never through a link (O_NOFOLLOW)."""
-    path = Path(path)
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise WriteRefused(f"{path} is a link or not a regular file; refusing to append to it")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    return os.fdopen(fd, "a", buffering=1)
+    what = special_file(path)
+    if what is not None:
+        raise WriteRefused(f"{path} is {what}; refusing to append to it")
+    return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "a", buffering=1)
 
 
 def is_temp_name(name):

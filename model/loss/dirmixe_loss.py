@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from base.base_loss import LTLoss
+from utils.memory_budget import check_fits
 
 EPS = 1e-9
 PENALTY_FROM = 0.8  # the semi-variance counts in the epochs after int(PENALTY_FROM * (epochs + 1))
@@ -107,7 +108,7 @@ class DirMixELoss(LTLoss):
         self.register_buffer("pool_experts", None, persistent=False)  # [N]
         self.register_buffer("order", None, persistent=False)  # [N]: this epoch's order of the pool
         self.register_buffer("step", torch.zeros((), dtype=torch.int64), persistent=False)
-        self.register_buffer("trial_index", torch.arange(self.trials), persistent=False)
+        self.register_buffer("trial_index", None, persistent=False)  # [trials]: made with the pool
 
     # -- the run: pool, epoch order, gate ----------------------------------------------------------
     def set_run(self, epochs, steps_per_epoch, seed):
@@ -116,8 +117,14 @@ class DirMixELoss(LTLoss):
         seed = int(seed) if self.restored_seed is None else self.restored_seed
         steps = int(steps_per_epoch)
         if self.pool_weights is None or (self.seed, self.steps) != (seed, steps):
-            weights, experts = draw_pool(self.anchors, self.alpha_sum, self.trials * steps, seed)
+            size = self.trials * steps
+            classes = self.anchors.shape[1]
+            check_fits(size * (4 * classes + 16) + 8 * self.trials,  # weights, expert and order per draw
+                       f"loss.args.trials {self.trials}: the pool of {self.trials} draws x {steps} steps = {size} "
+                       f"Dirichlet draws of {classes} classes")
+            weights, experts = draw_pool(self.anchors, self.alpha_sum, size, seed)
             device = self.prior.device
+            self.trial_index = torch.arange(self.trials, device=device)
             self.pool_weights, self.pool_experts = weights.to(device), experts.to(device)
             self.order = torch.arange(self.trials * steps, device=device)
             self.seed, self.steps = seed, steps

@@ -118,8 +118,8 @@ class LabelShiftMethod(TestTimeMethod):
     """Shared machinery: calibration and the source prior (cached per instance), the adjustment,
     and the online form. Subclasses define ``estimate(log_q, log_ps)`` (what prior to apply)."""
 
-    def __init__(self, source_prior=DEFAULT, temperature="fit", bias=True, calibration="validation", tol=1e-6,
-                 max_iter=1000):
+    def __init__(self, source_prior=DEFAULT, temperature: float | str = "fit", bias: bool | str = True,
+                 calibration="validation", tol=1e-6, max_iter=1000):
         self.calibration_data = check_choice("calibration", calibration, CALIBRATION_DATA)
         if source_prior is DEFAULT:  # held-out images are weighted to a balanced set; training images are what they are
             source_prior = "uniform" if self.calibration_data == "validation" else "reference"

@@ -21,7 +21,7 @@ class OraclePrior(LabelShiftMethod):
 
     uses_test_labels = True
 
-    def __init__(self, source_prior="uniform", temperature=1.0, bias=False, **kwargs):
+    def __init__(self, source_prior="uniform", temperature: float | str = 1.0, bias: bool | str = False, **kwargs):
         super().__init__(source_prior=source_prior, temperature=temperature, bias=bias, **kwargs)
 
     def estimate(self, log_q, cal, ctx):
