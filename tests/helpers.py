@@ -142,8 +142,8 @@ def call_entry(script, argv):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        module.main([str(a) for a in argv])
-        return 0
+        result = module.main([str(a) for a in argv])
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0  # a bench tool's code
     except SystemExit as e:
         return e.code
     finally:

@@ -1,5 +1,8 @@
-"""Small generated image folders (JPEG and PNG, several sizes) for the folder data module's tests."""
+"""Small generated image folders (JPEG and PNG, several sizes) for the folder data module's tests,
+and images that are not what they seem."""
+import io
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +43,19 @@ def folder_config(data_dir, save_dir, num_classes=3, epochs=1, **data_args):
                                          **data_args)
     config["trainer"].update(epochs=epochs, save_dir=str(save_dir), save_period=0, tensorboard=False)
     return config
+
+
+def write_undecodable_tiff(path):
+    """A TIFF (whatever ``path`` is named) whose StripOffsets entry has the field type ASCII: Pillow
+    raises TypeError on it, not OSError."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="TIFF")
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for i in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack("<H", data[entry:entry + 2])[0] == 273:  # StripOffsets
+            data[entry + 2:entry + 4] = struct.pack("<H", 2)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(bytes(data))
+    return Path(path)

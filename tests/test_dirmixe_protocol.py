@@ -90,7 +90,6 @@ def test_the_command_line_protocol_defaults_to_three_draws_at_ir_100():
 
 @pytest.mark.parametrize("argv,fragment", [
     (["--ir", "0.5"], "--ir 0.5: expected an imbalance ratio from 1 to 10000"),
-    (["--ir", "1e308"], "--ir 1e+308: expected an imbalance ratio from 1 to 10000"),
     (["--concentration", "0"], "--concentration 0: expected a number > 0"),
     (["--draws", "0"], "argument --draws: expected an integer >= 1, got '0'"),
 ])

@@ -1,0 +1,323 @@
+"""The drills of issue 40 on the surface the last wave added (caches, odd images, documented
+options, the bench and record tools, sizes that cannot fit, messages naming the wrong thing): each
+case failed before and holds now. Fast and in-process (a tool's ``main(argv)``); a fresh
+interpreter only where the exit code of the script itself is the point."""
+import json
+import os
+import shutil
+import sys
+import threading
+import zipfile
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.helpers import ROOT, code_and_stderr, one_line_error, run_entry, run_script, snapshot, write_config
+from tests.image_folders import write_folder, write_undecodable_tiff
+from trainer import validation_cache as vc
+from utils.errors import UserError
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="links, FIFOs and byte file names")
+RECORD = ROOT / "results" / "cifar10_ir100_tade_e30_s1"  # read-only: copied before any damage
+DIGITS = ROOT / "configs" / "config_digits_lt_tade.json"
+
+
+# -- the validation cache ---------------------------------------------------------------------------------
+def fake_trained(folder, checksum="blake2b:one"):
+    """What validation_cache reads of a loaded checkpoint: 6 split images, 2 experts, 3 classes."""
+    data = SimpleNamespace(validation_set=SimpleNamespace(targets=[0, 1, 2, 0, 1, 2], data=np.zeros((6, 2, 2, 3)),
+                                                          transform=None),
+                           validation_info={"source": "test"}, num_classes=3)
+    return SimpleNamespace(path=folder / "model.pth", checkpoint={"checksum": checksum}, config={"arch": {"t": 1}},
+                           perf=None, data=data, net=SimpleNamespace(num_experts=2))
+
+
+def compute():
+    return torch.arange(36, dtype=torch.float32).view(6, 2, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def cache_of(trained):
+    return vc.cache_path(trained.path, vc.split_key(trained.data))
+
+
+def test_a_link_planted_at_the_caches_old_temporary_name_is_never_written_through(tmp_path):
+    trained = fake_trained(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a file of the user's\n")
+    path = cache_of(trained)
+    for pid in range(os.getpid() - 5, os.getpid() + 5):  # the name the cache used to predict: .NAME.tmpPID
+        (tmp_path / f".{path.name}.tmp{pid}").symlink_to(victim)
+    logits, _ = vc.validation_logits(trained, compute=compute)
+    assert victim.read_text() == "a file of the user's\n"
+    assert torch.equal(logits, compute()[0]) and path.is_file() and not path.is_symlink()
+
+
+def _in_thread(fn, seconds=30):
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(value=fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return thread.is_alive(), out.get("value")
+
+
+def test_a_fifo_at_the_caches_path_is_neither_waited_on_nor_replaced(tmp_path, capsys):
+    trained = fake_trained(tmp_path)
+    path = cache_of(trained)
+    os.mkfifo(path)
+    try:
+        hung, value = _in_thread(lambda: vc.validation_logits(trained, compute=compute))
+    finally:
+        if path.exists():  # release a reader that would wait
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+    assert not hung, "a FIFO at the cache's path hangs the call"
+    assert torch.equal(value[0], compute()[0])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "is a FIFO" in out[0] and "without the cache" in out[0]
+    assert not path.is_file() and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def _foreign_bomb(path, key):
+    """A cache of another checkpoint whose logits member declares 3 GiB (and holds 16 bytes)."""
+    header = b"\x93NUMPY\x01\x00" + b"{'descr': '<f4', 'fortran_order': False, 'shape': (805306368,), }".ljust(117) \
+        + b"\n"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("key.npy", _npy(np.array(json.dumps(key))))
+        z.writestr("logits.npy", header + b"\x00" * 16)
+        z.writestr("targets.npy", _npy(np.zeros(6, np.int64)))
+
+
+def _npy(array):
+    import io
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def test_a_cache_of_another_checkpoint_is_refused_by_its_key_before_its_arrays_are_read(tmp_path, capsys):
+    trained = fake_trained(tmp_path)
+    path = cache_of(trained)
+    key = {"format": vc.FORMAT, "checkpoint": {"checksum": "blake2b:another"}, "split": vc.split_key(trained.data)}
+    _foreign_bomb(path, key)
+    vc.validation_logits(trained, compute=compute)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "another checkpoint" in out[0], out
+
+
+# -- images that are not what they seem ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def untrained_digits(tmp_path_factory):
+    """A Digits-LT checkpoint of an untrained network (no training: the drills need only its forward pass)."""
+    from trainer.build import build_model
+    from utils.checkpoint import save_checkpoint
+    from utils.parse_config import ConfigParser, read_json
+    root = tmp_path_factory.mktemp("digits")
+    config = read_json(DIGITS)
+    config["trainer"]["save_dir"] = str(root)
+    torch.manual_seed(0)
+    net = build_model(ConfigParser(config, "test config"))
+    save_checkpoint({"arch": config["arch"]["type"], "epoch": 1, "state_dict": net.state_dict(), "config": config},
+                    root / "model.pth")
+    tt = write_config(root / "average.json", {"test_time": {"type": "ExpertAverage", "args": {}}})
+    return root / "model.pth", tt
+
+
+def test_an_image_pillow_fails_on_with_a_type_error_is_one_warning_and_left_out(untrained_digits, tmp_path, capfd):
+    ckpt, tt = untrained_digits
+    images = write_folder(tmp_path / "in", (2,), split="u", classes=("a",)) / "u"
+    write_undecodable_tiff(images / "a" / "broken.png")  # a TIFF named .png: Pillow raises TypeError
+    code, _, err = run_entry("test_train.py", ["-c", tt, "-r", ckpt, "-d", "cpu", "--images", images,
+                                               "--out", tmp_path / "pred"], capfd)
+    assert code == 0, err[-2000:]
+    assert err.count("warning: cannot read image") == 1 and "broken.png" in err and "Traceback" not in err
+    table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert len(table) == 2 and not table["path"].str.contains("broken").any()
+    code, _, err = run_entry("test_train.py", ["-c", tt, "-r", ckpt, "-d", "cpu", "--images", images, "--strict",
+                                               "--out", tmp_path / "strict"], capfd)
+    one_line_error(code, err, "broken.png", "--strict")
+    assert not (tmp_path / "strict").exists()
+
+
+def test_an_image_pillow_fails_on_in_a_training_folder_is_one_line_naming_it(tmp_path):
+    from data_loader.image_folder import ImageFolderLTDataModule
+    from data_loader.list_lt import UnreadableImageError
+    root = write_folder(tmp_path, (6, 6))
+    write_undecodable_tiff(root / "train" / "cat" / "zz.png")
+    data = ImageFolderLTDataModule(root, image_size=8, validation=False, batch_size=2)
+    last = data.train_set.images.tolist().index(b"train/cat/zz.png")
+    with pytest.raises(UnreadableImageError) as e:
+        data.train_set[last]
+    assert "zz.png" in str(e.value) and "TypeError" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_file_name_that_is_not_utf8_is_written_so_it_reads_back(untrained_digits, tmp_path, capfd):
+    from utils.path_text import path_from_text
+    ckpt, tt = untrained_digits
+    images = write_folder(tmp_path / "in", (1,), split="u", classes=("a",)) / "u"
+    odd = os.fsdecode(os.path.join(os.fsencode(images), b"caf\xe9 \"1\".png"))
+    shutil.copyfile(next(images.rglob("*.png")), odd)
+    code, _, err = run_entry("test_train.py", ["-c", tt, "-r", ckpt, "-d", "cpu", "--images", images,
+                                               "--out", tmp_path / "pred"], capfd)
+    assert code == 0, err[-2000:]
+    written = pd.read_csv(tmp_path / "pred" / "predictions.csv", encoding="utf-8")["path"].tolist()
+    assert odd in [path_from_text(p) for p in written]
+    assert all(os.path.isfile(path_from_text(p)) for p in written)
+
+
+def test_a_class_folder_whose_name_breaks_a_list_file_is_refused_at_the_start(tmp_path):
+    from data_loader.image_folder import ImageFolderLTDataModule
+    root = write_folder(tmp_path, (6, 6), classes=("cat", "two\nlines"))
+    with pytest.raises(UserError) as e:
+        ImageFolderLTDataModule(root, image_size=8, batch_size=2)
+    assert "two\\nlines" in str(e.value) and "line break" in str(e.value) and "\n" not in str(e.value)
+
+
+# -- a documented option value ------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["prior", "shrunk", "shrunk_prior"])
+def test_a_documented_calibration_family_is_accepted_from_the_file_and_from_set(tmp_path, family):
+    from trainer.build import build_test_time_method
+    path = write_config(tmp_path / "tt.json", {"test_time": {"type": "SafePrior", "args": {"bias": family}}})
+    assert build_test_time_method(path)[0].bias == family
+    plain = write_config(tmp_path / "plain.json", {"test_time": {"type": "EMPrior", "args": {}}})
+    from utils.parse_config import parse_set_expression
+    assert build_test_time_method(plain, [(*parse_set_expression(f"test_time.args.bias={family}"), "--set")])[0] \
+        .bias == family
+
+
+# -- bench and record tools ---------------------------------------------------------------------------------
+def _portable(folder, capfd):
+    return run_entry("bench/portable_record.py", [folder], capfd)
+
+
+def _damaged_record(tmp_path, name, content):
+    folder = tmp_path / "rec"
+    folder.mkdir(exist_ok=True)
+    (folder / "record.json").write_text('{"name": "rec"}\n')
+    (folder / name).write_bytes(content)
+    return folder
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("logits.npz", (RECORD / "logits.npz").read_bytes()[:4000], "logits.npz is not a readable .npz"),
+    ("logits.npz", None, "logits.npz: array 'meta' is unreadable (ValueError: Object arrays"),
+    ("model.pth", (RECORD / "model.pth").read_bytes()[:50_000], "model.pth"),
+    ("info.log", b"run folder \xff\xfe /root/x\n", "info.log: not UTF-8"),
+])
+def test_portable_record_names_a_damaged_file_in_one_line(tmp_path, capfd, name, content, fragment):
+    if content is None:  # a pickled npz: an object array, which must never be unpickled
+        path = tmp_path / "pickled.npz"
+        np.savez(path, meta=np.array([{"a": 1}], dtype=object))
+        content = path.read_bytes()
+        path.unlink()
+    folder = _damaged_record(tmp_path, name, content)
+    before = snapshot(tmp_path)
+    code, _, err = _portable(folder, capfd)
+    one_line_error(code, err, fragment)
+    assert snapshot(tmp_path) == before
+
+
+def test_portable_record_names_a_missing_folder(tmp_path, capfd):
+    code, _, err = _portable(tmp_path / "nowhere", capfd)
+    one_line_error(code, err, "nowhere", "does not exist")
+
+
+def test_test_time_methods_names_a_truncated_logits_file(tmp_path, capfd):
+    torn = tmp_path / "torn.npz"
+    torn.write_bytes((RECORD / "logits.npz").read_bytes()[:100_000])
+    code, _, err = run_entry("bench/test_time_methods.py", ["--logits", torn, "--out", tmp_path / "o.json"], capfd)
+    one_line_error(code, err, "torn.npz", "not a readable .npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["torn.npz"]
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "..", "a/b", "../escape"])
+def test_record_refuses_a_name_that_is_not_one_folder_name_with_exit_2(tmp_path, capfd, name):
+    code, _, err = run_entry("bench/record.py", ["-c", DIGITS, "--epochs", "1", "--seed", "1", "--name", name,
+                                                 "--work_dir", tmp_path / "work", "--results_dir",
+                                                 tmp_path / "results"], capfd)
+    one_line_error(code, err, "--name", "one folder name")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_record_refuses_an_escaping_name_with_exit_2_as_a_script(tmp_path):
+    proc = run_script("bench/record.py", "-c", DIGITS, "--epochs", "1", "--seed", "1", "--name", "../escape",
+                      "--work_dir", tmp_path / "work", "--results_dir", tmp_path / "results", timeout=120)
+    one_line_error(*code_and_stderr(proc), "--name", "'../escape'")
+    assert list(tmp_path.iterdir()) == []
+
+
+REPORT_FILES = ("record.json", "config.json", "eval_last.json", "test_time_methods.json", "epochs.csv")
+
+
+@pytest.fixture(scope="module")
+def report_record(tmp_path_factory):
+    """The files of a committed record that bench/report.py reads (copied: records are read-only)."""
+    folder = tmp_path_factory.mktemp("report") / "results" / RECORD.name
+    folder.mkdir(parents=True)
+    for name in REPORT_FILES:
+        shutil.copyfile(RECORD / name, folder / name)
+    return folder
+
+
+def _edit_record(folder, text_edit=None, **fields):
+    path = folder / "record.json"
+    record = json.loads(path.read_text())
+    record.update(fields)
+    text = json.dumps(record)
+    path.write_text(text_edit(text) if text_edit else text)
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda f: _edit_record(f, epochs="thirty"), "'epochs' is 'thirty'"),
+    (lambda f: _edit_record(f, lambda t: t.replace('"training_seconds": ', '"training_seconds": Infinity, "x": ')),
+     "Infinity, a number that is not finite"),
+    (lambda f: _edit_record(f, lambda t: t.replace('"epochs": 30', '"epochs": -1e999')),
+     "-1e999, a number that is not finite"),
+    (lambda f: _edit_record(f, name="a|b"), "'name' is 'a|b'"),
+    (lambda f: _edit_record(f, name="two\nlines"), "'name' is 'two\\nlines'"),
+    (lambda f: (f / "config.json").unlink(), "config.json: missing"),
+])
+def test_report_refuses_what_would_break_or_fake_the_page(report_record, tmp_path, capfd, damage, fragment):
+    results = tmp_path / "results"
+    shutil.copytree(report_record, results / report_record.name)
+    damage(results / report_record.name)
+    doc = tmp_path / "results.md"
+    code, _, err = run_entry("bench/report.py", ["--results", results, "--doc", doc], capfd)
+    one_line_error(code, err, fragment)
+    assert not doc.exists()
+
+
+# -- sizes that cannot fit ----------------------------------------------------------------------------------
+def test_a_dirmixe_pool_that_cannot_fit_is_refused_before_it_is_drawn(monkeypatch):
+    from model.loss import dirmixe_loss
+    from utils import memory_budget
+    monkeypatch.setattr(memory_budget, "available_bytes", lambda: 8 << 30)
+    loss = dirmixe_loss.DirMixELoss([50, 20, 10, 5, 2, 2, 2, 2, 2, 2], trials=10 ** 8)  # nothing allocated yet
+    with pytest.raises(UserError) as e:
+        loss.set_run(30, 8, 0)
+    assert "loss.args.trials 100000000" in str(e.value) and "42.5 GiB" in str(e.value)
+    assert loss.pool_weights is None
+
+
+def test_an_imbalance_ratio_out_of_range_names_the_range():
+    from trainer import protocols
+    from utils.cli import ArgumentParser
+    args = protocols.add_protocol_args(ArgumentParser()).parse_args(["--protocol", "dirmixe", "--ir", "1e308"])
+    with pytest.raises(UserError, match=r"--ir 1e\+308: expected an imbalance ratio from 1 to 10000"):
+        protocols.test_sets(args, SimpleNamespace(num_classes=3, test_targets=np.arange(9) % 3,
+                                                  cls_num_list=[5, 3, 1]))
+
+
+# -- messages that named the wrong thing --------------------------------------------------------------------
+@pytest.mark.parametrize("argv, fragment", [
+    (["--protocol", "dirmixe", "--draws", "0"], "argument --draws: expected an integer >= 1"),
+    (["--bs", "0"], "argument --bs: expected an integer >= 1"),
+])
+def test_a_bad_count_names_its_option(capfd, argv, fragment):
+    code, _, err = run_entry("test.py", ["-r", ROOT / "no.pth", *argv], capfd)
+    line = one_line_error(code, err, fragment)
+    assert "trials" not in line and "config" not in line
