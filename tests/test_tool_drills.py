@@ -194,27 +194,29 @@ def _portable(folder, capfd):
     return run_entry("bench/portable_record.py", [folder], capfd)
 
 
-def _damaged_record(tmp_path, name, content):
-    folder = tmp_path / "rec"
-    folder.mkdir(exist_ok=True)
+def _damaged_record(root, name, content):
+    folder = root / "rec"
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "record.json").write_text('{"name": "rec"}\n')
     (folder / name).write_bytes(content)
     return folder
 
 
+def _pickled_npz(tmp_path):
+    """An .npz holding an object array, which must never be unpickled."""
+    np.savez(tmp_path / "pickled.npz", meta=np.array([{"a": 1}], dtype=object))
+    return (tmp_path / "pickled.npz").read_bytes()
+
+
 @pytest.mark.parametrize("name, content, fragment", [
-    ("logits.npz", (RECORD / "logits.npz").read_bytes()[:4000], "logits.npz is not a readable .npz"),
-    ("logits.npz", None, "logits.npz: array 'meta' is unreadable (ValueError: Object arrays"),
-    ("model.pth", (RECORD / "model.pth").read_bytes()[:50_000], "model.pth"),
-    ("info.log", b"run folder \xff\xfe /root/x\n", "info.log: not UTF-8"),
-])
+    ("logits.npz", lambda _: (RECORD / "logits.npz").read_bytes()[:4000], "logits.npz is not a readable .npz"),
+    ("logits.npz", _pickled_npz, "logits.npz: array 'meta' is unreadable (ValueError: Object arrays"),
+    ("model.pth", lambda _: (RECORD / "model.pth").read_bytes()[:50_000], "model.pth is truncated"),
+    ("info.log", lambda _: b"run folder \xff\xfe /root/x\n", "info.log: not UTF-8"),
+], ids=["truncated-npz", "pickled-npz", "corrupt-checkpoint", "log-not-utf8"])
 def test_portable_record_names_a_damaged_file_in_one_line(tmp_path, capfd, name, content, fragment):
-    if content is None:  # a pickled npz: an object array, which must never be unpickled
-        path = tmp_path / "pickled.npz"
-        np.savez(path, meta=np.array([{"a": 1}], dtype=object))
-        content = path.read_bytes()
-        path.unlink()
-    folder = _damaged_record(tmp_path, name, content)
+    data = content(tmp_path)
+    folder = _damaged_record(tmp_path / "records", name, data)
     before = snapshot(tmp_path)
     code, _, err = _portable(folder, capfd)
     one_line_error(code, err, fragment)
@@ -234,7 +236,7 @@ def test_test_time_methods_names_a_truncated_logits_file(tmp_path, capfd):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["torn.npz"]
 
 
-@pytest.mark.parametrize("name", ["x" * 300, "..", "a/b", "../escape"])
+@pytest.mark.parametrize("name", ["x" * 300, "..", "a/b", "../escape"], ids=["300-chars", "dotdot", "a-b", "escape"])
 def test_record_refuses_a_name_that_is_not_one_folder_name_with_exit_2(tmp_path, capfd, name):
     code, _, err = run_entry("bench/record.py", ["-c", DIGITS, "--epochs", "1", "--seed", "1", "--name", name,
                                                  "--work_dir", tmp_path / "work", "--results_dir",
@@ -280,7 +282,7 @@ def _edit_record(folder, text_edit=None, **fields):
     (lambda f: _edit_record(f, name="a|b"), "'name' is 'a|b'"),
     (lambda f: _edit_record(f, name="two\nlines"), "'name' is 'two\\nlines'"),
     (lambda f: (f / "config.json").unlink(), "config.json: missing"),
-])
+], ids=["epochs-thirty", "infinity", "minus-1e999", "name-with-bar", "name-with-newline", "no-config"])
 def test_report_refuses_what_would_break_or_fake_the_page(report_record, tmp_path, capfd, damage, fragment):
     results = tmp_path / "results"
     shutil.copytree(report_record, results / report_record.name)
@@ -316,7 +318,7 @@ def test_an_imbalance_ratio_out_of_range_names_the_range():
 @pytest.mark.parametrize("argv, fragment", [
     (["--protocol", "dirmixe", "--draws", "0"], "argument --draws: expected an integer >= 1"),
     (["--bs", "0"], "argument --bs: expected an integer >= 1"),
-])
+], ids=["draws", "bs"])
 def test_a_bad_count_names_its_option(capfd, argv, fragment):
     code, _, err = run_entry("test.py", ["-r", ROOT / "no.pth", *argv], capfd)
     line = one_line_error(code, err, fragment)
