@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.safe_write import open_append
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -364,7 +365,7 @@ def main():
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fault_drill_"))
     work.mkdir(parents=True, exist_ok=True)
     save_dir = work / "saved"
-    log = open(work / "drill.log", "a")
+    log = open_append(work / "drill.log")  # never through a link (utils/safe_write.py)
     if args.drill != "kill":
         drill = {"disk-full": disk_full_drill, "concurrent-resume": concurrent_resume_drill,
                  "overwrite": overwrite_drill}[args.drill]

@@ -13,9 +13,15 @@ withheld labels read, to report: the accuracy of predictions.csv, the plain expe
 accuracy on the same images (its column in predictions.csv), and the total variation distance
 between the estimated class prior (summary.json) and the set's true class frequencies, beside
 that of the training prior. The table is written to DIR/own_data_demo.json.
+
+Every file goes through the write rule (utils/safe_write.py), checked before the work: a copy
+folder DIR/unlabeled/NAME of an earlier demo (anonymous image names only) is replaced, any other
+existing one is refused, never deleted.
 """
 import argparse
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,16 +32,33 @@ import pandas as pd
 
 from trainer.build import load_trained
 from utils.errors import UserError, cli_entry
-from utils.safe_write import write_json
+from utils.safe_write import check_target, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+WRITER = "bench/own_data_demo.py"
+COPY_NAME = re.compile(r"\d{6}\.\w+")  # what withhold() names a copy
+
+
+def check_copy_folder(folder):
+    """Before the work: ``folder`` is new, or an earlier demo's copies (nothing else is deleted)."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise UserError(f"--work: {folder} is a link or not a folder; choose another --work")
+    if folder.is_dir():
+        other = [e.name for e in os.scandir(folder) if not (e.is_file(follow_symlinks=False)
+                                                             and COPY_NAME.fullmatch(e.name))]
+        if other:
+            raise UserError(f"--work: {folder} holds {other[0]!r}, which this demo did not write; refusing to delete "
+                            "it: choose another --work")
 
 
 def withhold(data, name, indices, work):
     """Copy the images of one distribution under anonymous names; keep their labels apart."""
     folder = work / "unlabeled" / name
+    check_copy_folder(folder)
     if folder.exists():
-        shutil.rmtree(folder)
+        shutil.rmtree(folder)  # an earlier demo's copies only (check_copy_folder)
     folder.mkdir(parents=True)
     rows = []
     for j, i in enumerate(indices):
@@ -43,9 +66,8 @@ def withhold(data, name, indices, work):
         dst = folder / f"{j:06d}{src.suffix.lower()}"
         shutil.copyfile(src, dst)
         rows.append({"path": str(dst), "label": data.class_names[int(data.test_set.targets[i])]})
-    (work / "withheld").mkdir(exist_ok=True)
     labels = pd.DataFrame(rows)
-    labels.to_csv(work / "withheld" / f"{name}.csv", index=False)
+    write_text(work / "withheld" / f"{name}.csv", labels.to_csv(index=False))
     return folder, labels
 
 
@@ -82,6 +104,8 @@ def main(argv=None):
     p.add_argument("-d", "--device", default="cpu")
     args = p.parse_args(argv)
     work = Path(args.work)
+    check_target(work / "own_data_demo.json", WRITER, option="--work",
+                 legacy=lambda payload: {"checkpoint", "distributions"} <= set(payload))  # written before the key
     trained = load_trained(args.resume)
     data = trained.data
     if not hasattr(data, "class_names") or not hasattr(data.test_set, "path"):
@@ -91,9 +115,12 @@ def main(argv=None):
     counts = np.asarray(data.cls_num_list, float)
     results = {"checkpoint": str(args.resume), "config": args.config, "validation": data.validation_info,
                "distributions": {}}
-    for name in [n.strip() for n in args.distributions.split(",") if n.strip()]:
+    wanted = [n.strip() for n in args.distributions.split(",") if n.strip()]
+    for name in wanted:
         if name not in dists:
             raise UserError(f"--distributions: unknown {name!r}; expected names from {', '.join(dists)}")
+        check_copy_folder(work / "unlabeled" / name)
+    for name in wanted:
         folder, labels = withhold(data, name, dists[name], work)
         out = work / "predictions" / name
         cmd = [sys.executable, str(ROOT / "test_train.py"), "-c", args.config, "-r", args.resume, "--images",
@@ -108,7 +135,7 @@ def main(argv=None):
         print(f"{name}: {row['images']} images; predictions.csv {100 * row['accuracy']:.2f}% | plain average "
               f"{100 * row['average_accuracy']:.2f}% | shift detected {row['shift_detected']} | prior TV estimate "
               f"{tv} (training prior {row['tv_training_prior']:.3f})", flush=True)
-    write_json(work / "own_data_demo.json", results)
+    write_json(work / "own_data_demo.json", {"written_by": WRITER, **results})
     print(f"wrote {work / 'own_data_demo.json'}")
 
 

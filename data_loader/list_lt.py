@@ -29,6 +29,7 @@ from data_loader.list_file import check_images_exist, frequency_order, frequency
 from data_loader.test_distributions import distribution_names, generated_distributions
 from data_loader.validation_split import describe
 from utils.errors import UserError
+from utils.safe_write import open_readable
 from utils.seed import epoch_seed
 
 logger = logging.getLogger("train")
@@ -91,7 +92,7 @@ class ListImageDataset(Dataset):
     def _item(self, i):
         path = self.path(i)
         try:
-            with Image.open(path) as img:
+            with open_readable(path) as f, Image.open(f) as img:  # a FIFO is refused, not waited on
                 img = img.convert("RGB")
         except Exception as e:  # noqa: BLE001 - Pillow raises anything on a file that is not what it seems
             raise UnreadableImageError(f"cannot read image {path} ({self.list_path}, line {self.lines[i]}): "

@@ -13,6 +13,7 @@ in the pickles (training: 0..49999, test: 0..9999). ROOT must not exist (nothing
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +57,17 @@ def main(argv=None):
     train_y = np.concatenate([y for _, y in batches])
     test_x, test_y = read_cifar_batch(Path(args.cifar) / "test_batch", "labels")
     keep = select_per_class(train_y, img_num_per_cls(5000, 10, 1.0 / args.imbalance), seed=0)
-    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # a folder of a random name, created exclusively (mode 0700): nothing planted at a guessed name is written into
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp{os.getpid()}.", dir=root.parent))
     counts = {"train": write_split(tmp, "train", train_x, train_y, keep, names)}
     if not args.no_val:
         val, _, _ = held_out_split(train_y, keep, 10, args.val_per_class, seed=0)
         counts["val"] = write_split(tmp, "val", train_x, train_y, val, names)
     counts["test"] = write_split(tmp, "test", test_x, test_y, np.arange(len(test_y)), names)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # the tree as any folder the user makes, not mkdtemp's 0700
     os.replace(tmp, root)
     print(f"wrote {root}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
 

@@ -25,7 +25,7 @@ from trainer.adaptation import train_prior, validation_source
 from trainer.forward import batch_outputs
 from utils.errors import UserError
 from utils.path_text import path_text
-from utils.safe_write import check_beside, check_target, digest, write_json, write_text
+from utils.safe_write import check_beside, check_target, digest, open_readable, write_json, write_text
 from utils.two_view import TwoViews
 
 TOP_K = 5
@@ -79,7 +79,7 @@ class UnlabeledImages(Dataset):
 
     def __getitem__(self, i):
         try:
-            with Image.open(self.paths[i]) as img:
+            with open_readable(self.paths[i]) as f, Image.open(f) as img:  # a FIFO named .png is not waited on
                 img = img.convert("RGB")
             return self.transform(img), i
         except Exception:  # noqa: BLE001 - Pillow raises anything on a file that is not what it seems (TypeError...)

@@ -229,6 +229,20 @@ def regular_fd(path, flags=os.O_RDONLY):
     return fd
 
 
+def open_readable(path):
+    """``path`` opened for reading (binary) if it is a regular file, through links (images are often
+    linked into a data folder); a FIFO or device is refused without waiting on it (OSError)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file (a FIFO, device or folder)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def open_regular(path, flags=os.O_RDONLY, mode="rb", **kwargs):
     """:func:`regular_fd` as a file object (``mode`` as in ``open``)."""
     fd = regular_fd(path, flags)
