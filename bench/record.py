@@ -43,8 +43,9 @@ from bench.steps import command, run_step, train_or_resume, training_stats
 from utils.cli import ArgumentParser
 from utils.errors import UserError, cli_entry
 from utils.run_folder import check_folder_name
-from utils.safe_write import write_bytes, write_json, write_text
+from utils.safe_write import check_target, write_bytes, write_json, write_text
 
+WRITER = "bench/record.py"
 SMALL_WEIGHTS = 8 << 20  # weights kept in a record up to this size (a CIFAR ResNet-32 with 3 experts: 5.4 MB)
 DEFAULT_WORK_DIR = Path.home() / ".cache" / "tade-records"
 
@@ -130,6 +131,10 @@ def main(argv=None):
     final = Path(args.results_dir) / name
     if final.exists():
         raise UserError(f"record: {final} is a recorded run and records are never overwritten; choose another --name")
+    if not Path(args.config).is_file():
+        raise UserError(f"record: -c {args.config} is not a file; expected a training config (configs/*.json)")
+    # before training (hours): the record can be assembled where it is asked for
+    check_target(Path(args.results_dir) / f".{name}.partial" / "record.json", WRITER, option="--results_dir")
     work = Path(args.work_dir).expanduser().resolve() / name
     run_dir = work / "train"
     work.mkdir(parents=True, exist_ok=True)
@@ -183,7 +188,7 @@ def main(argv=None):
         "weights": "model.pth" if has_weights else None,
         "files": sorted(f.name for f in stage.iterdir()) + (["record.json"]),
     }
-    write_json(stage / "record.json", {"written_by": "bench/record.py", **record}, indent=1)
+    write_json(stage / "record.json", {"written_by": WRITER, **record}, indent=1)
     os.replace(stage, final)
     print(f"recorded {final}")
 

@@ -21,6 +21,7 @@ from data_loader import test_protocols
 from data_loader.test_distributions import select_distributions
 from utils.cli import finite_float, nonnegative_int, positive_int
 from utils.errors import UserError
+from utils.memory_budget import check_fits
 
 PROTOCOLS = ("distributions", "dirichlet", "missing", "streaming", "dirmixe")
 DEFAULT_DRAWS = {"dirmixe": 3}  # draws per setting; the other protocols: 10
@@ -74,6 +75,7 @@ def _test_sets(args, data):
         raise UserError(f"--protocol {args.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     targets, C = data.test_targets, data.num_classes
     draws = args.draws if args.draws is not None else DEFAULT_DRAWS.get(args.protocol, 10)
+    check_sets_fit(args, draws, len(targets))
     try:
         if args.protocol == "distributions":
             available = data.test_distributions()
@@ -101,6 +103,19 @@ def _test_sets(args, data):
         return out
     except ValueError as e:  # a count or fraction the protocol functions refuse
         raise UserError(f"--protocol {args.protocol}: {e}")
+
+
+def check_sets_fit(args, draws, test_images):
+    """Before any draw: the index arrays of every drawn test set (int64, up to ``--size`` or the test
+    set's images each) must fit in memory."""
+    settings = {"dirichlet": lambda: len(_numbers(args.alpha, "--alpha")),
+                "missing": lambda: len(_numbers(args.missing_fraction, "--missing_fraction")),
+                "dirmixe": lambda: 3}.get(args.protocol)
+    if settings is None:
+        return
+    per_set = min(args.size or 2000, test_images) if args.protocol == "dirichlet" else test_images
+    sets = settings() * draws
+    check_fits(8 * sets * per_set, f"--draws {draws}: {sets} test sets of up to {per_set} images")
 
 
 def stream_batch_sizes(args):

@@ -4,7 +4,8 @@ record's ``logits.npz``):
 - only a regular file is opened (never a link, a FIFO or a device: utils/safe_write.py);
 - ``allow_pickle=False``: an object array is refused, never unpickled;
 - an array's dtype and shape are read from its header alone (:meth:`Npz.header`), so a caller can
-  check a small key entry, or refuse a size, before any array is decompressed;
+  check a small key entry before any array is decompressed, and an array that declares more than
+  the memory available (a zip bomb) is refused before it is read;
 - every failure (not a zip, a torn member, a CRC error, an object array) is one
   :class:`~utils.errors.UserError` naming the file and the array.
 
@@ -17,7 +18,7 @@ import contextlib
 import numpy as np
 
 from utils.errors import UserError
-from utils.memory_budget import gib
+from utils.memory_budget import check_fits, gib
 from utils.safe_write import open_regular
 
 
@@ -53,14 +54,15 @@ class Npz:
         return int(np.prod(shape, dtype=object)) * dtype.itemsize
 
     def read(self, name, limit=None):
-        """Array ``name``; with ``limit``, one that would take more bytes is refused before it is read."""
+        """Array ``name``; one that declares more bytes than ``limit``, or than the memory available,
+        is refused before it is decompressed."""
         if name not in self.files:
             raise UserError(f"{self.what} {self.path}: missing array {name!r}")
-        if limit is not None:
-            size = self.nbytes(name)
-            if size > limit:
-                raise UserError(f"{self.what} {self.path}: array {name!r} declares {gib(size)}, more than the "
-                                f"{gib(limit)} expected of it; refusing to read it")
+        size = self.nbytes(name)
+        if limit is not None and size > limit:
+            raise UserError(f"{self.what} {self.path}: array {name!r} declares {gib(size)}, more than the "
+                            f"{gib(limit)} expected of it; refusing to read it")
+        check_fits(size, f"{self.what} {self.path}: array {name!r}")
         try:
             return self._npz[name]
         except Exception as e:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, ValueError (object array)...

@@ -115,7 +115,10 @@ def _check_place(path, option):
         raise WriteRefused(f"{option} {path} lies in the recorded result {record}, which is read-only (only "
                            "bench/record.py writes, creating a new record): choose a path outside it")
     folder = _nearest_existing(path.parent)
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+    if not folder.is_dir():
+        raise WriteRefused(f"{option} {path}: {folder} is not a folder; expected a folder, or a path to create one "
+                           f"(choose another {option})")
+    if not os.access(folder, os.W_OK | os.X_OK):
         raise WriteRefused(f"{option} {path}: folder {folder} is not writable; expected a writable place "
                            f"(choose another {option})")
 

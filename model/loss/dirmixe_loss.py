@@ -109,6 +109,7 @@ class DirMixELoss(LTLoss):
         self.register_buffer("order", None, persistent=False)  # [N]: this epoch's order of the pool
         self.register_buffer("step", torch.zeros((), dtype=torch.int64), persistent=False)
         self.register_buffer("trial_index", None, persistent=False)  # [trials]: made with the pool
+        self._fits_batch = None  # the batch size check_step_fits last passed
 
     # -- the run: pool, epoch order, gate ----------------------------------------------------------
     def set_run(self, epochs, steps_per_epoch, seed):
@@ -160,6 +161,15 @@ class DirMixELoss(LTLoss):
         self.step.add_(1)
         return self.pool_weights.index_select(0, rows), self.pool_experts.index_select(0, rows)
 
+    def check_step_fits(self, batch, classes):
+        """A step holds about four [batch, trials, classes] float tensors (scores, their softmax and
+        gradients): refused before the first one when they cannot fit (checked once per batch size)."""
+        if batch != self._fits_batch:
+            check_fits(4 * 4 * batch * self.trials * classes,
+                       f"loss.args.trials {self.trials}: one step of batch {batch} x {self.trials} draws x {classes} "
+                       "classes")
+            self._fits_batch = batch
+
     def per_draw_losses(self, logits, target, weights, experts):
         """[T]: the batch-mean cross-entropy of each draw's adjusted expert logits."""
         offset = torch.log(weights.pow(self.power) / self.prior.pow(self.power) + EPS)  # [T, C]
@@ -183,6 +193,7 @@ class DirMixELoss(LTLoss):
         if self.pool_weights is None:
             raise RuntimeError("DirMixELoss: set_run(epochs, steps_per_epoch, seed) and set_epoch(epoch) "
                                "must come before the first step")
+        self.check_step_fits(logits.shape[0], logits.shape[2])
         losses = self.per_draw_losses(logits, target, *self.draws())
         if not self.penalty:
             return losses.mean()
