@@ -168,6 +168,9 @@ def load_records(results_dir):
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise ReportError(f"--results {results_dir} is not a folder; expected the folder of the records (results/)")
+    if (results_dir / "record.json").exists():
+        raise ReportError(f"--results {results_dir} is one record; expected the folder that holds the records "
+                          f"({results_dir.parent})")
     folders = sorted(p for p in results_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     return [load_record(f) for f in folders]
 

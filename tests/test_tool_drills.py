@@ -84,11 +84,9 @@ def test_a_fifo_at_the_caches_path_is_neither_waited_on_nor_replaced(tmp_path, c
 
 def _foreign_bomb(path, key):
     """A cache of another checkpoint whose logits member declares 3 GiB (and holds 16 bytes)."""
-    header = b"\x93NUMPY\x01\x00" + b"{'descr': '<f4', 'fortran_order': False, 'shape': (805306368,), }".ljust(117) \
-        + b"\n"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("key.npy", _npy(np.array(json.dumps(key))))
-        z.writestr("logits.npy", header + b"\x00" * 16)
+        z.writestr("logits.npy", _declared((805306368,)) + b"\x00" * 16)
         z.writestr("targets.npy", _npy(np.zeros(6, np.int64)))
 
 
@@ -96,6 +94,14 @@ def _npy(array):
     import io
     buf = io.BytesIO()
     np.save(buf, array)
+    return buf.getvalue()
+
+
+def _declared(shape):
+    """The header of a float32 .npy member of ``shape`` (the data left out)."""
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
     return buf.getvalue()
 
 
@@ -323,3 +329,139 @@ def test_a_bad_count_names_its_option(capfd, argv, fragment):
     code, _, err = run_entry("test.py", ["-r", ROOT / "no.pth", *argv], capfd)
     line = one_line_error(code, err, fragment)
     assert "trials" not in line and "config" not in line
+
+
+# -- the second round: drills of our own on the same surface ---------------------------------------------------
+def test_a_link_at_a_run_folders_lock_never_truncates_what_it_points_to(tmp_path):
+    from utils.run_lock import RunLock
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a file of the user's\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(victim)
+    with pytest.raises(UserError, match="is a link"):
+        RunLock(tmp_path / "run").acquire()
+    assert victim.read_text() == "a file of the user's\n"
+
+
+def _release(fifo):
+    """Give a reader waiting on ``fifo`` its end of file (a drill that failed must not hang the suite)."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+def test_a_fifo_named_like_an_image_is_reported_not_waited_on(tmp_path):
+    from data_loader.list_file import ListFile
+    from data_loader.list_lt import ListImageDataset, UnreadableImageError
+    from trainer.unlabeled import UnlabeledImages
+    os.mkfifo(tmp_path / "x.png")
+    try:
+        hung, value = _in_thread(lambda: UnlabeledImages([str(tmp_path / "x.png")], None, (3, 4, 4))[0])
+        assert not hung and value[1] == -1  # --images: one warning, left out
+        listing = ListFile("l.txt", ["x.png"], np.zeros(1, np.int64), np.ones(1, np.int64))
+        hung, value = _in_thread(lambda: pytest.raises(UnreadableImageError, ListImageDataset(tmp_path, listing,
+                                                                                              [0]).__getitem__, 0))
+        assert not hung and "x.png" in str(value.value)
+    finally:
+        _release(tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("name, problem", [(b"caf\xe9.png", "is not valid UTF-8"), (b"a\xc2\x85b.png", "line break")],
+                         ids=["not-utf8", "next-line"])
+def test_a_training_image_name_a_list_file_cannot_hold_is_refused_at_the_start(tmp_path, name, problem):
+    from data_loader.image_folder import ImageFolderLTDataModule
+    root = write_folder(tmp_path, (6, 6))
+    shutil.copyfile(root / "train" / "cat" / "00.png", os.path.join(os.fsencode(root / "train" / "dog"), name))
+    with pytest.raises(UserError, match=problem) as e:
+        ImageFolderLTDataModule(root, image_size=8, batch_size=2)
+    assert "rename it" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_oracles_calibrated_variant_takes_a_fitted_temperature(tmp_path):
+    from trainer.build import build_test_time_method
+    path = write_config(tmp_path / "tt.json", {"test_time": {"type": "OraclePrior",
+                                                             "args": {"temperature": "fit", "bias": True}}})
+    assert build_test_time_method(path)[0].temperature == "fit"
+
+
+def test_drawn_test_sets_and_dirmixe_steps_that_cannot_fit_are_refused_with_their_size(monkeypatch):
+    from model.loss.dirmixe_loss import DirMixELoss
+    from trainer import protocols
+    from utils import memory_budget
+    from utils.cli import ArgumentParser
+    monkeypatch.setattr(memory_budget, "available_bytes", lambda: 1 << 30)
+    args = protocols.add_protocol_args(ArgumentParser()).parse_args(["--protocol", "dirichlet", "--draws", "100000000"])
+    data = SimpleNamespace(num_classes=3, test_targets=np.arange(3000) % 3, cls_num_list=[5, 3, 1])
+    with pytest.raises(UserError, match=r"--draws 100000000: 300000000 test sets of up to 2000 images would take "
+                                        r"4470\.3 GiB"):
+        protocols.test_sets(args, data)
+    loss = DirMixELoss([5, 3, 1], trials=10 ** 6)
+    loss.set_run(1, 2, 0)
+    loss.set_epoch(0)
+    with pytest.raises(UserError, match=r"loss.args.trials 1000000: one step of batch 128 .* 5\.7 GiB"):
+        loss({"logits": torch.zeros(128, 3, 3)}, torch.zeros(128, dtype=torch.long))
+
+
+def test_saved_logits_declaring_more_than_memory_are_refused_before_they_are_read(tmp_path, capfd):
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w") as z:
+        z.writestr("test_logits.npy", _declared((10 ** 13,)))
+    code, _, err = run_entry("bench/test_time_methods.py", ["--logits", bomb, "--out", tmp_path / "o.json"], capfd)
+    one_line_error(code, err, "bomb.npz", "'test_logits'", "would take 37252.9 GiB")
+
+
+def test_a_fifo_given_as_logits_or_in_a_record_is_refused_not_waited_on(tmp_path, capfd):
+    os.mkfifo(tmp_path / "l.npz")
+    folder = _damaged_record(tmp_path, "record.json", b"{}")
+    os.mkfifo(folder / "info.log")
+    try:
+        for script, argv in (("bench/test_time_methods.py", ["--logits", tmp_path / "l.npz", "--out",
+                                                             tmp_path / "o.json"]),
+                             ("bench/portable_record.py", [folder])):
+            hung, result = _in_thread(lambda: run_entry(script, argv, capfd), seconds=20)
+            assert not hung, f"{script} waits on a FIFO"
+            one_line_error(result[0], result[2], "is a FIFO")
+    finally:
+        _release(tmp_path / "l.npz")
+        _release(folder / "info.log")
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda f: _edit_record(f, seed=True), "'seed' is True"),
+    (lambda f: _edit_record(f, machine={"cpu": "a | b"}), "'machine' is {'cpu': 'a | b'}"),
+    (lambda f: _edit_json(f / "test_time_methods.json", lambda d: d["protocols"]["distributions"].update(
+        {"EM | edited": d["protocols"]["distributions"]["EM"]})), "a table cell would hold 'EM | edited'"),
+], ids=["seed-true", "machine-with-bar", "method-with-bar"])
+def test_report_refuses_other_fields_that_would_break_the_page(report_record, tmp_path, capfd, damage, fragment):
+    test_report_refuses_what_would_break_or_fake_the_page(report_record, tmp_path, capfd, damage, fragment)
+
+
+def _edit_json(path, edit):
+    payload = json.loads(path.read_text())
+    edit(payload)
+    path.write_text(json.dumps(payload))
+
+
+def test_report_refuses_a_missing_or_wrong_results_folder_and_an_unreadable_page(report_record, tmp_path, capfd):
+    doc = tmp_path / "results.md"
+    for argv, fragment in ((["--results", tmp_path / "nowhere"], "is not a folder"),
+                           (["--results", report_record], "is one record")):
+        code, _, err = run_entry("bench/report.py", [*argv, "--doc", doc], capfd)
+        one_line_error(code, err, fragment)
+    doc.write_bytes(b"<!-- tables: generated by bench/report.py -->\n\xff\xfe\n<!-- end of generated tables -->\n")
+    before = doc.read_bytes()
+    code, _, err = run_entry("bench/report.py", ["--results", report_record.parent, "--doc", doc], capfd)
+    one_line_error(code, err, "--doc", "UTF-8")
+    assert doc.read_bytes() == before
+
+
+def test_own_data_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
+    from bench.own_data_demo import check_copy_folder
+    mine = tmp_path / "unlabeled" / "forward50"
+    mine.mkdir(parents=True)
+    (mine / "000000.png").write_bytes(b"a copy")
+    check_copy_folder(mine)  # an earlier demo's copies: may be replaced
+    (mine / "notes.txt").write_text("a file of the user's\n")
+    with pytest.raises(UserError, match="'notes.txt', which this demo did not write"):
+        check_copy_folder(mine)
