@@ -9,6 +9,7 @@ import torch
 from trainer import validation_cache as vc
 from trainer.build import build_model, load_trained
 from trainer.forward import collect_expert_logits
+from utils import safe_write
 from utils.checkpoint import save_checkpoint
 from utils.parse_config import ConfigParser, read_json
 from tests.helpers import ROOT
@@ -136,7 +137,7 @@ def test_an_unwritable_folder_costs_only_the_cache(trained, monkeypatch, capsys)
     def refuse(*args):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(vc.os, "replace", refuse)
+    monkeypatch.setattr(safe_write.os, "replace", refuse)  # the cache is written by the write rule
     count = Counting(trained)
     logits, _ = vc.validation_logits(trained, compute=count)
     out = capsys.readouterr().out.strip().splitlines()
