@@ -280,7 +280,7 @@ def _set_method_top1(folder, value):
     (lambda f: _set_method_top1(f, [1]), "no finite top1"),
     (lambda f: (f / "epochs.csv").write_text("epoch,loss,accuracy\n1,abc,0.5\n"), "not a finite number"),
     (lambda f: (f / "record.json").write_text('{"name": "x", "dataset": "d", "epochs": 1, "seed": 1, "machine": 5}'),
-     "malformed"),
+     "'machine' is 5; expected an object"),
 ])
 def test_report_on_a_corrupt_record_is_one_line_and_the_page_is_kept(tmp_path, capfd, damage, fragment):
     from bench.report import main as report
