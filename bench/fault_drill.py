@@ -2,7 +2,8 @@
 check that it ends with the same weights as an uninterrupted run.
 
     python bench/fault_drill.py [--config configs/config_digits_lt_tade.json] [--epochs 8] [--kills 5]
-                                [--seed 0] [--workdir DIR] [--drill kill|disk-full|concurrent-resume|overwrite]
+                                [--seed 0] [--workdir DIR]
+                                [--drill kill|disk-full|concurrent-resume|overwrite|tools]
 
 Trains through train.py (the real code path) on CPU with one thread (Digits-LT by default: no
 download). First an uninterrupted run gives the reference and the timing. Then the drill run is
@@ -26,6 +27,12 @@ folder holding a user's checkpoint, ``--run_id`` / ``--name`` leading out of sav
 link, a resume with nothing to train, and two ``test.py --save_logits`` onto one ``--out`` at once
 (``--trials`` times). Each case prints its command, exit code, last line and the hashes of the files
 that must not change.
+``--drill tools`` gives the bench and record tools bad input (no training: copies of the shipped
+record): ``portable_record.py`` on a torn or pickled npz, a truncated ``model.pth``, an ``info.log``
+that is not UTF-8 or is a FIFO, a missing folder; ``test_time_methods.py --logits`` a torn file or a
+FIFO; ``record.py --name ../escape`` and a 300-character name; ``report.py`` on records with
+``epochs "thirty"``, ``Infinity``, ``-1e999``, a name with ``|``, no ``config.json``; ``test.py --bs 0``
+and ``--draws 0``. Each must exit 2 with one line, write nothing and wait on nothing (120 s).
 """
 import argparse
 import json
@@ -128,9 +135,14 @@ def kill_mid_save(proc, run_dir, ignore=()):
     return None
 
 
-def run(cmd, log=None):
-    """Run to the end; (exit code, stderr lines)."""
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, stdout=log or subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def run(cmd, log=None, timeout=None):
+    """Run to the end; (exit code, stderr lines). A command still running after ``timeout`` seconds
+    (waiting on a FIFO) is killed: exit 124 and a line saying so."""
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=ENV, stdout=log or subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, [f"still running after {timeout} s (waiting on something): killed"]
     return proc.returncode, proc.stderr.strip().splitlines()
 
 
@@ -238,19 +250,21 @@ def tool(script, *args):
     return [sys.executable, str(ROOT / script), *map(str, args)]
 
 
-def overwrite_case(name, cmd, protected, expect_code=2, log=None, check=None):
-    """Run ``cmd``; the case holds when it exits ``expect_code`` and every ``protected`` file has the
-    same hash after as before (and ``check()`` holds, when given). Prints command, exit code, last line,
-    hashes."""
+def overwrite_case(name, cmd, protected, expect_code=2, log=None, check=None, timeout=None):
+    """Run ``cmd``; the case holds when it exits ``expect_code`` (with one stderr line, when that is
+    2) and every ``protected`` file has the same hash after as before (and ``check()`` holds, when
+    given). Prints command, exit code, last line, hashes."""
     before = {str(p): sha(p) for p in protected}
-    code, lines = run(cmd, log)
+    code, lines = run(cmd, log, timeout)
     after = {str(p): sha(p) for p in protected}
     extra = check() if check is not None else True
-    ok = code == expect_code and before == after and extra
+    ok = code == expect_code and before == after and extra and (code != 2 or len(lines) == 1)
     last = lines[-1] if lines else ""
     hashes = ", ".join(f"{Path(p).name} {before[p]}{'' if before[p] == after[p] else ' -> ' + str(after[p])}"
                        for p in before)
-    print(f"{name}: $ {' '.join(Path(c).name if i < 2 else str(c) for i, c in enumerate(cmd))}\n"
+    shown_cmd = " ".join(Path(c).name if i < 2 else str(c) if len(str(c)) < 80 else f"{str(c)[:20]}...({len(str(c))})"
+                         for i, c in enumerate(cmd))
+    print(f"{name}: $ {shown_cmd}\n"
           f"    exit {code}, {len(lines)} stderr line(s): {last[:300]}\n    hashes: {hashes} -> "
           f"{'ok' if ok else 'FAILED'}", flush=True)
     return ok
@@ -340,6 +354,77 @@ def overwrite_drill(args, work, log):
     return ok
 
 
+# -- the tools drill: the bench and record tools answer bad input as the entry points do ------------------------
+def _record_copy(work, name, files=("record.json", "config.json", "eval_last.json", "test_time_methods.json",
+                                     "epochs.csv")):
+    """A copy of the files of the shipped TADE record that report.py reads (records are read-only)."""
+    source = next((ROOT / "results").glob("*_tade_*"))
+    folder = work / name / source.name
+    folder.mkdir(parents=True)
+    for f in files:
+        shutil.copyfile(source / f, folder / f)
+    return source, folder
+
+
+def _edited(folder, old, new):
+    path = folder / "record.json"
+    path.write_text(path.read_text().replace(old, new, 1))
+
+
+def tools_drill(args, work, log):
+    """Bad input to the bench and record tools: a torn, pickled or special file, a missing folder, an
+    escaping name, record fields that are not finite or not of their type. Each must exit 2 with one
+    line, write nothing and wait on nothing."""
+    import numpy as np
+    source, damaged = _record_copy(work, "parts")
+    (damaged / "logits.npz").write_bytes((source / "logits.npz").read_bytes()[:4000])
+    pickled = work / "pickled"
+    pickled.mkdir()
+    np.savez(pickled / "logits.npz", meta=np.array([{"a": 1}], dtype=object))  # an object array: never unpickled
+    (damaged / "model.pth").write_bytes((source / "model.pth").read_bytes()[:50_000])
+    odd = work / "odd"
+    odd.mkdir()
+    (odd / "info.log").write_bytes(b"run folder \xff\xfe\n")
+    special = work / "special"
+    special.mkdir()
+    os.mkfifo(special / "info.log")
+    os.mkfifo(work / "fifo.npz")
+    out = work / "out.json"
+    cases = [("portable_record.py on a torn logits.npz and a truncated model.pth",
+              tool("bench/portable_record.py", damaged)),
+             ("portable_record.py on a pickled npz", tool("bench/portable_record.py", pickled)),
+             ("portable_record.py on an info.log that is not UTF-8", tool("bench/portable_record.py", odd)),
+             ("portable_record.py on an info.log that is a FIFO", tool("bench/portable_record.py", special)),
+             ("portable_record.py on a missing folder", tool("bench/portable_record.py", work / "nowhere")),
+             ("test_time_methods.py --logits a torn file",
+              tool("bench/test_time_methods.py", "--logits", damaged / "logits.npz", "--out", out)),
+             ("test_time_methods.py --logits a FIFO",
+              tool("bench/test_time_methods.py", "--logits", work / "fifo.npz", "--out", out))]
+    for name in ("../escape", "x" * 300):
+        cases.append((f"record.py --name {name[:12]}{'...' if len(name) > 12 else ''}",
+                      tool("bench/record.py", "-c", args.config, "--epochs", 1, "--seed", 1, "--name", name,
+                           "--work_dir", work / "record_work", "--results_dir", work / "record_results")))
+    for label, edit in (("epochs \"thirty\"", lambda f: _edited(f, '"epochs": 30', '"epochs": "thirty"')),
+                        ("training_seconds Infinity", lambda f: _edited(f, '"training_seconds": ',
+                                                                        '"training_seconds": Infinity, "x": ')),
+                        ("epochs -1e999", lambda f: _edited(f, '"epochs": 30', '"epochs": -1e999')),
+                        ("a name with |", lambda f: _edited(f, f'"name": "{source.name}"', '"name": "a|b"')),
+                        ("no config.json", lambda f: (f / "config.json").unlink())):
+        results = work / f"report_{len(cases)}"
+        edit(_record_copy(results, "results")[1])
+        cases.append((f"report.py on a record with {label}",
+                      tool("bench/report.py", "--results", results / "results", "--doc", results / "page.md")))
+    cases += [("test.py --bs 0", tool("test.py", "-r", work / "no.pth", "--bs", 0)),
+              ("test.py --protocol dirmixe --draws 0", tool("test.py", "-r", work / "no.pth", "--protocol", "dirmixe",
+                                                            "--draws", 0))]
+    ok = True
+    for name, cmd in cases:
+        ok &= overwrite_case(name, cmd, [damaged, odd, pickled], log=log, timeout=120,
+                             check=lambda: not out.exists() and not any(work.glob("report_*/page.md"))
+                             and not (work / "record_results").exists())
+    return ok
+
+
 def same_state(a_path, b_path):
     a, b = torch.load(a_path, weights_only=True), torch.load(b_path, weights_only=True)
     weights = a["state_dict"].keys() == b["state_dict"].keys() and all(
@@ -358,7 +443,7 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     p.add_argument("--train_seed", type=int, default=1)
     p.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
-    p.add_argument("--drill", default="kill", choices=("kill", "disk-full", "concurrent-resume", "overwrite"))
+    p.add_argument("--drill", default="kill", choices=("kill", "disk-full", "concurrent-resume", "overwrite", "tools"))
     p.add_argument("--trials", type=int, default=5, help="overwrite drill: trials of two concurrent test.py")
     args = p.parse_args()
     rng = random.Random(args.seed)
@@ -368,7 +453,7 @@ def main():
     log = open_append(work / "drill.log")  # never through a link (utils/safe_write.py)
     if args.drill != "kill":
         drill = {"disk-full": disk_full_drill, "concurrent-resume": concurrent_resume_drill,
-                 "overwrite": overwrite_drill}[args.drill]
+                 "overwrite": overwrite_drill, "tools": tools_drill}[args.drill]
         print(f"{args.drill} drill: {Path(args.config).name}, CPU, 1 thread; runs in {work}", flush=True)
         sys.exit(0 if drill(args, work, log) else 1)
     print(f"fault drill: {Path(args.config).name}, {args.epochs} epochs, train seed {args.train_seed}, "
