@@ -376,6 +376,7 @@ def tools_drill(args, work, log):
     escaping name, record fields that are not finite or not of their type. Each must exit 2 with one
     line, write nothing and wait on nothing."""
     import numpy as np
+    work = Path(tempfile.mkdtemp(prefix="tools_", dir=work))  # a fresh folder each time, whatever --workdir holds
     source, damaged = _record_copy(work, "parts")
     (damaged / "logits.npz").write_bytes((source / "logits.npz").read_bytes()[:4000])
     pickled = work / "pickled"
