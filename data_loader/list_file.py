@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.errors import UserError
+from utils.safe_write import open_readable
 
 
 @dataclass
@@ -26,8 +27,8 @@ def read_list(path, num_classes=None, what="list"):
     """Parse a list file. Blank lines are skipped; the label is the last field, so paths may hold
     spaces. ``num_classes`` bounds the labels (0..num_classes-1)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open_readable(path) as f:  # a FIFO or device is refused, never waited on
+            text = f.read().decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{what} file {path} does not exist")
     except (OSError, UnicodeDecodeError) as e:

@@ -465,3 +465,18 @@ def test_own_data_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
     (mine / "notes.txt").write_text("a file of the user's\n")
     with pytest.raises(UserError, match="'notes.txt', which this demo did not write"):
         check_copy_folder(mine)
+
+
+def test_a_config_list_or_images_argument_that_is_a_fifo_or_device_is_refused_not_read(tmp_path):
+    from data_loader.list_file import read_list
+    from trainer.unlabeled import image_paths
+    from utils.parse_config import read_json
+    os.mkfifo(tmp_path / "c.json")
+    try:
+        for read, path in ((read_json, tmp_path / "c.json"), (read_json, "/dev/zero"),
+                           (read_list, tmp_path / "c.json"), (image_paths, tmp_path / "c.json")):
+            hung, value = _in_thread(lambda: pytest.raises(UserError, read, path), seconds=20)
+            assert not hung, f"{read.__name__} waits on {path}"
+            assert "regular file" in str(value.value) and "\n" not in str(value.value)
+    finally:
+        _release(tmp_path / "c.json")

@@ -44,6 +44,9 @@ def image_paths(spec):
             raise UserError(f"--images {spec}: no image below this folder (expected files ending in .jpg, .jpeg, "
                             ".png, .bmp or .webp)")
         return paths
+    if not path.is_file():
+        raise UserError(f"--images {spec} is neither a folder nor a regular file (a FIFO or a device); expected a "
+                        "folder of images or a text file of image paths")
     if is_image(path.name):
         return [str(path)]
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from utils.errors import UserError, shown
 from utils.known_keys import check_arguments, nearest
+from utils.safe_write import open_readable
 from utils.trainer_schema import SCHEMA as TRAINER_SCHEMA
 
 SEED_MAX = 2**64 - 1
@@ -25,7 +26,8 @@ def read_json(path):
     """Read a JSON file; errors name the file (and line/column for syntax errors)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open_readable(path) as f:  # a FIFO or device (/dev/zero) is refused, never read from
+            text = f.read().decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist")
     except (OSError, UnicodeDecodeError) as e:
