@@ -71,6 +71,17 @@ def nonnegative_int(text):
     return value
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1 (a count of epochs, images)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {shown(text)}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {shown(text)}")
+    return value
+
+
 def distribution_request(text):
     """argparse type of ``--distributions``: ``all`` or at least one name (``,`` names none)."""
     if not [n for n in str(text).split(",") if n.strip()]:
@@ -78,9 +89,9 @@ def distribution_request(text):
     return text
 
 
-def add_evaluation_args(parser):
+def add_evaluation_args(parser, checkpoint_required=True):
     """Options common to test.py and test_train.py."""
-    parser.add_argument("-r", "--resume", required=True, metavar="CHECKPOINT", help="trained checkpoint")
+    parser.add_argument("-r", "--resume", required=checkpoint_required, metavar="CHECKPOINT", help="trained checkpoint")
     parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_override("--data_dir", key="data_loader.args.data_dir")
     parser.add_override("--bs", type=int, key="data_loader.args.batch_size", help="batch size")
