@@ -174,4 +174,4 @@ class LTDataModule:
         epoch)."""
         strong = self.test_view_dataset(self.two_view_transform(**augmentation))
         return DataLoader(SeededTwoViews(strong, indices, seed), batch_size=batch_size, shuffle=False,
-                          num_workers=num_workers)
+                          num_workers=num_workers, generator=torch.Generator().manual_seed(seed))  # global RNG kept

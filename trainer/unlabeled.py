@@ -173,7 +173,7 @@ def context(method, trained, images, device, seed, validation):
 
         def seeded_loader(view_seed, augmentation, num_workers):  # the shared views (trainer/view_logits.py)
             return DataLoader(SeededTwoViews(strong(augmentation), seed=view_seed), batch_size=data.batch_size,
-                              num_workers=num_workers)
+                              num_workers=num_workers, generator=torch.Generator().manual_seed(view_seed))
 
         ctx.two_view_loader = two_view_loader
         ctx.shared_views = NetworkViews(trained.net, trained.perf, device, seeded_loader, len(images.paths), seed,
