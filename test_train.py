@@ -98,8 +98,9 @@ def trained_for(args, parser, tt, device):
 def saved_for(args, parser, tt):
     """--logits: the saved logits (trainer/saved_logits.py) in place of a checkpoint; options that
     need the network or the data are refused."""
-    if args.data_dir is not None:
-        parser.error("--data_dir applies to a checkpoint (-r); --logits runs without the network and the data")
+    for option in ("data_dir", "no_fold_batchnorm"):
+        if getattr(args, option) is not None:
+            parser.error(f"--{option} applies to a checkpoint (-r); --logits runs without the network and the data")
     saved = load_logits(args.logits)
     if "validation" in tt["test_time"]:
         print(f"note: --logits: the validation split is the one saved in {args.logits} "

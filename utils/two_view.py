@@ -36,5 +36,5 @@ class SeededTwoViews(TwoViews):
 
     def __getitem__(self, j):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(epoch_seed(self.seed, int(self.indices[j])))
+            torch.default_generator.manual_seed(epoch_seed(self.seed, int(self.indices[j])))
             return super().__getitem__(j)
