@@ -55,8 +55,8 @@ from utils.runtime import parse_device
 def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", required=True, help="test-time config (configs/test_time_*.json)")
-    add_evaluation_args(p, checkpoint_required=False)  # its --bs also sets test_time.args.batch_size where the
-    # method has one
+    # add_evaluation_args's --bs also sets test_time.args.batch_size where the method has one
+    add_evaluation_args(p, checkpoint_required=False)
     p.add_argument("--logits", metavar="FILE.npz",
                    help="run from saved logits (test.py --save_logits; --save_views for self-supervised aggregation) "
                         "instead of a checkpoint: no network, no images")
