@@ -9,6 +9,8 @@ method the test-time config names.
                          [--ir R] [--concentration A]
     python test_train.py -c TEST_TIME_CONFIG -r CHECKPOINT --images DIR|LIST.txt [--out FOLDER] [--online]
                          [--strict] [--bs N] [-d DEVICE]
+    python test_train.py -c TEST_TIME_CONFIG --logits SAVED_LOGITS.npz [--out PATH] [--distributions ...]
+                         [--epochs N] [--bs N] [--lr X] [--online] [--seed N] [--set ...] [--protocol ...]
 
 ``test_time.type`` names a class of ``trainer/test_time/`` (default: TADE's self-supervised
 aggregation, ``SelfSupervisedAggregation``) built with ``test_time.args``. The clean expert logits
@@ -23,6 +25,10 @@ top-5 classes and probabilities, the plain expert average's prediction) and FOLD
 (the method and its settings, what it estimated, how many images, how long). An unreadable image is
 reported and left out (``--strict``: an error before anything is written). ``--online`` scores the
 images as a stream in batches of ``--bs``, each with what was learnt from the batches before it.
+
+With ``--logits`` the method runs from a file of ``test.py --save_logits`` (or a record's
+``logits.npz``), with no network and no images: the label-shift methods from the clean logits, the
+self-supervised aggregation from the view logits ``--save_views`` stored (its shared views).
 """
 import argparse
 from pathlib import Path
@@ -32,11 +38,12 @@ import numpy as np
 from base.base_model import average_experts
 from base.base_test_time import TestTimeMethod
 from trainer import unlabeled
-from trainer.adaptation import run_method, run_stream
+from trainer.adaptation import run_method, run_stream, shared_views
 from trainer.build import DEFAULT_TEST_TIME_METHOD as DEFAULT_METHOD
 from trainer.build import build_test_time_method, load_trained, read_test_time_config
 from trainer.unlabeled import has_online_form
 from trainer.forward import collect_expert_logits
+from trainer.saved_logits import load_logits
 from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
 from utils.cli import ArgumentParser, add_evaluation_args, finite_float
 from utils.errors import UserError, cli_entry
@@ -49,7 +56,11 @@ from utils.runtime import parse_device
 def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", required=True, help="test-time config (configs/test_time_*.json)")
-    add_evaluation_args(p)  # its --bs also sets test_time.args.batch_size where the method has one
+    # add_evaluation_args's --bs also sets test_time.args.batch_size where the method has one
+    add_evaluation_args(p, checkpoint_required=False)
+    p.add_argument("--logits", metavar="FILE.npz",
+                   help="run from saved logits (test.py --save_logits; --save_views for self-supervised aggregation) "
+                        "instead of a checkpoint: no network, no images")
     p.add_override("--epochs", type=int, key="test_time.args.epochs", target="test_time", help="test-time epochs")
     p.add_override("--lr", type=finite_float, key="test_time.args.optimizer.args.lr", target="test_time")
     p.add_override("--seed", type=int, key="test_time.seed", target="test_time")
@@ -83,6 +94,19 @@ def trained_for(args, parser, tt, device):
         overrides.append(("data_loader.args.validation", tt["test_time"]["validation"],
                           f"config {args.config}: test_time.validation"))
     return load_trained(args.resume, None, overrides, device)
+
+
+def saved_for(args, parser, tt):
+    """--logits: the saved logits (trainer/saved_logits.py) in place of a checkpoint; options that
+    need the network or the data are refused."""
+    for option in ("data_dir", "no_fold_batchnorm"):
+        if getattr(args, option) is not None:
+            parser.error(f"--{option} applies to a checkpoint (-r); --logits runs without the network and the data")
+    saved = load_logits(args.logits)
+    if "validation" in tt["test_time"]:
+        print(f"note: --logits: the validation split is the one saved in {args.logits} "
+              f"({(saved.data.validation_info or {}).get('per_class', 'none')} per class), not test_time.validation")
+    return saved
 
 
 def checked(method, tt, trained, config):
@@ -180,16 +204,24 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     method, tt = load_method(args, parser)
+    if (args.resume is None) == (args.logits is None):
+        parser.error("give a checkpoint with -r CHECKPOINT or saved logits with --logits FILE (one of them)")
     if args.images:
+        if args.logits:
+            parser.error("--images passes the images through the network; it takes -r CHECKPOINT, not --logits")
         return predict_images(args, parser, method, tt)
     if args.strict:
         raise UserError("--strict applies to --images (unreadable unlabeled images)")
     seed = tt.get_seed("test_time.seed", 1)
     online = bool(tt.get("test_time.args.online", False))
-    out = Path(args.out) if args.out else default_out(args.resume, tt["test_time"]["type"], online, args.protocol)
+    source = args.resume or args.logits
+    out = Path(args.out) if args.out else default_out(source, tt["test_time"]["type"], online, args.protocol)
     check_result_path(out, "test_train.py", [out.with_suffix(".csv"), out.with_suffix(".png")])  # before any work
     device, _ = parse_device(args.device)
-    trained = trained_for(args, parser, tt, device)
+    if args.logits:
+        trained = saved_for(args, parser, tt)
+    else:
+        trained = trained_for(args, parser, tt, device)
     data = trained.data
     checked(method, tt, trained, args.config)
     label = method.label()
@@ -202,8 +234,16 @@ def main(argv=None):
                             "(it has no online form)")
     else:
         sets = test_sets(args, data)
-    clean_logits, targets = collect_expert_logits(trained.net, data.test_loader(device=device), device, trained.perf,
-                                                  desc="clean test images")
+    if args.logits:
+        clean_logits, targets = trained.splits["test"]
+        sources = {"reference": trained.source("training"), "validation": trained.source("validation")}
+    else:
+        clean_logits, targets = collect_expert_logits(trained.net, data.test_loader(device=device), device,
+                                                      trained.perf, desc="clean test images")
+        sources = {}
+    views = None
+    if method.needs_views and args.protocol != "streaming":  # one set of views for every test set of the call
+        views = shared_views(trained, device, np.concatenate([np.asarray(i) for i in sets.values()]), seed)
 
     def report(name, row, out):
         facts = f"weights {', '.join(f'{v:.2f}' for v in row['weights'])} after {row['epochs_run']} epoch(s); " \
@@ -212,11 +252,13 @@ def main(argv=None):
               flush=True)
 
     if args.protocol == "streaming":
-        results = run_stream(method, trained, clean_logits, targets, batch_sizes, device, args.protocol_seed, seed)
+        results = run_stream(method, trained, clean_logits, targets, batch_sizes, device, args.protocol_seed, seed,
+                             **sources)
         for name, row in results.items():
             report(name, row, None)
     else:
-        results = run_method(method, trained, clean_logits, targets, sets, device, seed=seed, report=report)
+        results = run_method(method, trained, clean_logits, targets, sets, device, seed=seed, report=report,
+                             views=views, **sources)
     summary = summarise(results)
     if summary:
         print(format_summary(summary))
@@ -225,10 +267,14 @@ def main(argv=None):
     weight_rows = [f"w{k + 1}" for k in range(num_weights)]
     table = {n: dict(r, **{f"w{k + 1}": r["weights"][k] for k in range(num_weights)}) for n, r in results.items()}
     print(format_table(table, extra_rows=extra, weight_rows=weight_rows))
-    payload = {"written_by": "test_train.py", "checkpoint": str(args.resume), "method": label,
-               "config": trained.config.config,
+    payload = {"written_by": "test_train.py", "checkpoint": str(args.resume or trained.meta.get("checkpoint")),
+               "method": label, "config": trained.config.config if not args.logits else None,
                "test_time_config": tt["test_time"], "online": online, "protocol": args.protocol,
                "distributions": results, "summary": summary}
+    if args.logits:
+        payload["logits"] = str(args.logits)
+    if views is not None and hasattr(views, "describe") and views.describe():
+        payload["views"] = views.describe()  # how the shared views were made (none read: per_set)
     extra_columns = extra + [k for k in ("weights", "prior") if all(k in r for r in results.values())]
     json_text(payload, what=out)  # a NaN is refused before anything is written
     png = out.with_suffix(".png")

@@ -26,7 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from utils.errors import UserError
 from utils.long_tail import shot_masks
 from utils.seed import epoch_seed
-from utils.two_view import TwoViews
+from utils.two_view import SeededTwoViews, TwoViews
 
 
 class LTDataModule:
@@ -166,3 +166,12 @@ class LTDataModule:
         strong = self.test_view_dataset(self.two_view_transform(**augmentation))
         return DataLoader(TwoViews(strong, indices), batch_size=batch_size, shuffle=True, generator=generator,
                           num_workers=num_workers)
+
+    def seeded_two_view_loader(self, indices, seed, batch_size, num_workers=0, device=None, **augmentation):
+        """(view1, view2, test-set index) batches of the test images ``indices`` in that order, under
+        the same strong augmentation; image i's two views are fixed by (``seed``, i) alone, not by
+        the other images drawn with it (the shared views of test-time aggregation, one ``seed`` per
+        epoch)."""
+        strong = self.test_view_dataset(self.two_view_transform(**augmentation))
+        return DataLoader(SeededTwoViews(strong, indices, seed), batch_size=batch_size, shuffle=False,
+                          num_workers=num_workers, generator=torch.Generator().manual_seed(seed))  # global RNG kept

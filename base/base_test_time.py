@@ -9,7 +9,9 @@ logits of the whole test set once, and calls the method on each test set.
 A method declares what it needs:
 - ``needs_views``: False (the default) means it works on the clean logits alone, so every test set
   is scored from one forward pass; True means it also gets strongly augmented views of the test
-  images through the network (``TestTimeContext.two_view_loader``; self-supervised aggregation).
+  images through the network: the call's shared views, drawn once for all its test sets
+  (``TestTimeContext.shared_views``), or the test set's own (``two_view_loader``); self-supervised
+  aggregation.
 - ``uses_test_labels``: True only for an oracle (a ceiling for tables). It is then given the test
   set's labels, its name says "oracle" in every output, and no shipped default config selects it.
 - ``online()``: a method that can run on a stream (predict each batch, then learn from it) returns
@@ -47,8 +49,12 @@ class TestTimeContext:
     # needs_views only: the network, its precision settings, and batches of augmented views.
     net: Optional[torch.nn.Module] = None
     perf: object = None
-    # (batch_size, generator, num_workers=0, **augmentation) -> loader of (view1, view2, test-set index)
+    # (batch_size, generator, num_workers=0, **augmentation) -> loader of (view1, view2, test-set index);
+    # this test set's own views (None when the call has no network: saved logits)
     two_view_loader: Optional[Callable] = None
+    # (augmentation, epochs, num_workers) -> the call's shared views (trainer/view_logits.py:ViewLogits): epoch
+    # e's expert logits of one pair of views of every image, drawn once per call for all its test sets
+    shared_views: Optional[Callable] = None
     # allowed reference data: clean logits of the *training* images (test transform), computed on first use.
     reference_logits: Optional[Callable] = None  # () -> (logits [N_train, E, C], targets [N_train])
     # allowed held-out data: clean logits of the validation split (never trained on, not the test set);

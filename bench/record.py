@@ -10,7 +10,9 @@ Steps (each skipped when its output exists, so an interrupted command is resumed
    last.pth when one exists);
 2. ``test.py`` on last.pth (eleven distributions, many/medium/few, ECE, NLL, reliability) and on
    model_best.pth (chosen on the validation split), with the clean logits of the test set, the
-   validation split and the training images saved as compressed float16 (``logits.npz``);
+   validation split and the training images saved as compressed float16 (``logits.npz``), and,
+   unless ``--skip_views``, the logits of 5 epochs of augmented views of every test image
+   (``--save_views``: self-supervised aggregation then runs from the file, docs/methods.md#shared-views);
 3. ``bench/test_time_methods.py`` on last.pth: every test-time method on every protocol
    (self-supervised aggregation included unless ``--skip_views``);
 4. the folder: resolved config, per-epoch curve (``epochs.csv``), training log, the commits that
@@ -48,6 +50,7 @@ from utils.safe_write import check_target, write_bytes, write_json, write_text
 WRITER = "bench/record.py"
 SMALL_WEIGHTS = 8 << 20  # weights kept in a record up to this size (a CIFAR ResNet-32 with 3 experts: 5.4 MB)
 DEFAULT_WORK_DIR = Path.home() / ".cache" / "tade-records"
+VIEW_EPOCHS = 5  # epochs of saved views: the shipped test-time configs' (configs/test_time_*_tade.json)
 
 
 def git_commit():
@@ -123,7 +126,8 @@ def main(argv=None):
     p.add_argument("--work_dir", default=str(DEFAULT_WORK_DIR), help="where training runs (outside the repository)")
     p.add_argument("--results_dir", default=str(ROOT / "results"))
     p.add_argument("-d", "--device")
-    p.add_argument("--skip_views", action="store_true", help="leave out self-supervised aggregation (slow on a CPU)")
+    p.add_argument("--skip_views", action="store_true",
+                   help="leave out self-supervised aggregation and the saved view logits (slow on a CPU)")
     p.add_argument("--train_only", action="store_true", help="stop after training (record later with the same command)")
     args = p.parse_args(argv)
     name = check_folder_name(args.name or default_name(args.config, args.epochs, args.seed),
@@ -148,8 +152,9 @@ def main(argv=None):
     stage.mkdir(parents=True, exist_ok=True)
     where = {"device": args.device, "data_dir": args.data_dir}
     if not (stage / "eval_last.json").is_file():
+        views = [] if args.skip_views else ["--save_views", "--view_epochs", VIEW_EPOCHS]
         run_step(command("test.py", "-r", run_dir / "last.pth", "--out", stage / "eval_last.json", "--save_logits",
-                         "--logits_dtype", "float16", **where), log, "record")
+                         "--logits_dtype", "float16", *views, **where), log, "record")
         os.replace(stage / "eval_last_logits.npz", stage / "logits.npz")
     best = run_dir / "model_best.pth"
     if best.is_file() and not (stage / "eval_best.json").is_file():

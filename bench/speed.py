@@ -8,6 +8,8 @@
                                      [--set KEY=VALUE ...] [--repeats 2]
     python bench/speed.py test-time  [--checkpoint RUN/last.pth] [-d DEVICE] [--data_dir DIR]
                                      [--distribution forward50] [--epochs 1]
+    python bench/speed.py test-time-views --checkpoint RECORD/model.pth [-d DEVICE] [--data_dir DIR]
+                                     [--epochs N] [--distributions all] [--seeds 3] [--repeats 3] [--out JSON]
     python bench/speed.py loader     [--images 512] [--workers 2] [--batch 64] [--epochs 2]
     python bench/speed.py ceiling    [-c CONFIG] [-d DEVICE] [--steps 8] [--batch 128] [--matmul 4096]
 
@@ -18,6 +20,9 @@
 - ``eval``: one-pass evaluation of the eleven distributions against one pass per distribution.
 - ``test-time``: test-time aggregation with the defaults (frozen network, device-side views)
   against backpropagation through the fp32 network with PIL views.
+- ``test-time-views``: on a trained record, one test.py pass with batch norm folded against as
+  trained; the whole self-supervised test_train.py call with shared views, per-set views and from
+  saved views; float16 against float32 view logits; top-1 of shared against per-set views over seeds.
 - ``loader``: images/s of the list datasets' JPEG training pipeline on generated images.
 - ``ceiling``: training FLOPs per image, the bare training step and the machine's matrix-product
   rate.
@@ -43,6 +48,7 @@ SUBCOMMANDS = {
     "accuracy": ("accuracy", ("config", "data_dir", "set")),
     "eval": ("evaluation", ("checkpoint", "device", "data_dir", "set")),
     "test-time": ("test_time", ("checkpoint", "device", "data_dir")),
+    "test-time-views": ("test_time_views", ("checkpoint", "device", "data_dir")),
     "loader": ("loader", ()),
     "ceiling": ("ceiling", ("config", "device")),
 }

@@ -6,12 +6,14 @@ worst difference from the plain expert average, and seconds per method.
         [--draws 10] [--size 2000] [--stream_batch 1,16,128] [--out RESULTS.json]
     python bench/test_time_methods.py --logits SAVED_LOGITS.npz [--out RESULTS.json]
 
-``--logits``: every logits-only method from a file of ``test.py --save_logits`` (or a recorded
-run's ``logits.npz``), in seconds, with no network and no data (self-supervised aggregation,
-which needs the network, is left out).
+``--logits``: every method from a file of ``test.py --save_logits`` (or a recorded run's
+``logits.npz``), in seconds, with no network and no data; self-supervised aggregation runs from
+the view logits ``--save_views`` stored (its shared views, docs/methods.md#shared-views) and is
+left out, with a note naming that option, from a file without them.
 
-Methods: the plain expert average, each single expert, self-supervised aggregation (TADE's; the
-network runs on augmented views, minutes on a CPU; ``--skip_views`` leaves it out), EM, MAP, the
+Methods: the plain expert average, each single expert, self-supervised aggregation (TADE's; with a
+checkpoint the network runs on augmented views, shared by the eleven distributions; ``--skip_views``
+leaves it out), EM, MAP, the
 safe default (``configs/test_time_<family>_prior.json``'s SafePrior), its online form on the stream,
 and the oracle prior (uses the test labels: a ceiling, never a method). Protocols: the eleven
 distributions, Dirichlet shift (alpha 0.1, 1, 10), missing classes (30 %), streaming, and DirMixE's
@@ -135,7 +137,11 @@ def main(argv=None):
     out = output_path(args.out, args.checkpoint or args.logits, "test_time_methods.json", WRITER, _legacy)
     if args.logits:
         trained = load_logits(args.logits)  # .data and .net: what the methods read
-        all_methods = method_list(trained.data.type_name, trained.net.num_experts, skip_views=True)
+        if trained.views is None and not args.skip_views:
+            print(f"note: {args.logits} holds no view logits: self-supervised aggregation is left out (add them with "
+                  "test.py --save_logits --save_views)", flush=True)
+        all_methods = method_list(trained.data.type_name, trained.net.num_experts,
+                                  skip_views=args.skip_views or trained.views is None)
         clean, targets = trained.splits["test"]
         reference, validation = trained.source("training"), trained.source("validation")
         source = {"logits": args.logits}

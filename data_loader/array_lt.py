@@ -21,7 +21,7 @@ from data_loader import tensor_augment as ta
 from data_loader import transforms as tf
 from data_loader.array_checks import check_normalisation, read_arrays
 from utils.long_tail import img_num_per_cls, select_per_class
-from data_loader.tensor_two_view import TensorTwoViewLoader
+from data_loader.tensor_two_view import SeededTensorTwoViewLoader, TensorTwoViewLoader
 from data_loader.test_distributions import generated_distributions
 from data_loader.validation_split import describe, held_out_split, parse_validation
 from utils.errors import UserError
@@ -214,3 +214,10 @@ class ArrayLTDataModule(LTDataModule, ABC):
         padding, kernel = tf.small_image_two_view_sizes(self.image_size)
         return TensorTwoViewLoader(self.device_images("test", device), indices, batch_size, generator, self.mean,
                                    self.std, padding, kernel, flip=self.augment["flip"], blur_p=blur_p)
+
+    def seeded_two_view_loader(self, indices, seed, batch_size, num_workers=0, device=None, blur_p=0.2):
+        if self.pipeline == "pil":
+            return super().seeded_two_view_loader(indices, seed, batch_size, num_workers, device, blur_p=blur_p)
+        padding, kernel = tf.small_image_two_view_sizes(self.image_size)
+        return SeededTensorTwoViewLoader(self.device_images("test", device), indices, batch_size, seed, self.mean,
+                                         self.std, padding, kernel, flip=self.augment["flip"], blur_p=blur_p)

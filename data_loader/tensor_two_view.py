@@ -171,15 +171,38 @@ class TensorTwoViewLoader:
     def __len__(self):
         return -(-len(self.indices) // self.batch_size)
 
-    def __iter__(self):
-        n, size, device = len(self.indices), self.images.shape[1:3], self.images.device
-        order = self.indices[torch.randperm(n, generator=self.generator)]
+    def _params(self, n):
+        """Both views' parameters for ``n`` images from the generator, and their index maps on the device."""
         views = [sample_strong_params(n, self.generator, self.padding, self.flip, self.blur_p) for _ in range(2)]
-        geoms = [ta.geometry(p.crop, size, self.padding, device) for p in views]
+        return views, [ta.geometry(p.crop, self.images.shape[1:3], self.padding, self.images.device) for p in views]
+
+    def _views(self, params, geoms, rows, index):
+        """The two views of images ``index`` from the parameter rows ``rows``."""
+        on_device = index.to(self.images.device)
+        return tuple(strong_augment(self.images.augmented(on_device, g[rows], self.grid), p[rows], self.kernel_size,
+                                    self.mean, self.std) for p, g in zip(params, geoms))
+
+    def __iter__(self):
+        n = len(self.indices)
+        order = self.indices[torch.randperm(n, generator=self.generator)]
+        params, geoms = self._params(n)
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            index = order[sl]
-            on_device = index.to(device)
-            x1, x2 = (strong_augment(self.images.augmented(on_device, g[sl], self.grid), p[sl], self.kernel_size,
-                                     self.mean, self.std) for p, g in zip(views, geoms))
-            yield x1, x2, index
+            yield *self._views(params, geoms, sl, order[sl]), order[sl]
+
+
+class SeededTensorTwoViewLoader(TensorTwoViewLoader):
+    """(view1, view2, index) batches of test images ``indices`` in that order, image i's views drawn
+    from the i-th of one draw of parameters for every image of the set (from a generator seeded with
+    ``seed``): they do not depend on which other images are drawn. Every pass gives the same views."""
+
+    def __init__(self, images, indices, batch_size, seed, mean, std, padding, kernel_size, flip=True, blur_p=0.2):
+        super().__init__(images, indices, batch_size, None, mean, std, padding, kernel_size, flip, blur_p)
+        self.seed = int(seed)
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+        params, geoms = self._params(len(self.images))
+        for b in range(len(self)):
+            index = self.indices[b * self.batch_size:(b + 1) * self.batch_size]
+            yield *self._views(params, geoms, index, index), index

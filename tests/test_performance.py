@@ -77,7 +77,9 @@ def test_bad_values_are_user_errors(key, value, fragment):
 
 def test_missing_keys_mean_plain_fp32():
     perf = Performance.from_config({})
-    assert perf == Performance(autocast=None, channels_last=False, compile=False, cudnn_benchmark=False)
+    # fold_batchnorm is the one key on when missing: evaluation only, the same logits up to rounding
+    assert perf == Performance(autocast=None, channels_last=False, compile=False, cudnn_benchmark=False,
+                               fold_batchnorm=True)
     assert perf.grad_scaler("cpu") is None and perf.amp_dtype("cpu") is None
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.test_time.self_supervised import AggregationWeightLearner, aggregate, consistency_loss, should_stop
+from trainer.test_time.self_supervised import (AggregationWeightLearner, NetworkViewBatches, aggregate,
+                                               consistency_loss, should_stop)
 from tests.helpers import ROOT, one_line_error, run_entry, run_script, write_config
 
 
@@ -55,6 +56,11 @@ class ViewStub(torch.nn.Module):
         return {"output": logits.mean(1), "logits": logits}
 
 
+def through(net, loader):
+    """The learner's batches: ``loader``'s views through ``net`` (the per-set path)."""
+    return NetworkViewBatches(loader, net, None, "cpu")
+
+
 def view_loader(n=96, batch=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     content = torch.randn(n, 2, 2, generator=g)
@@ -69,8 +75,8 @@ def view_loader(n=96, batch=16, seed=0):
 def test_weights_move_toward_the_augmentation_invariant_expert_and_only_alpha_learns():
     net = ViewStub()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    learner = AggregationWeightLearner(net, 3, sgd(0.5), "cpu", epochs=5, stop_weight=0.0)
-    fit = learner.fit(view_loader())
+    learner = AggregationWeightLearner(3, sgd(0.5), "cpu", epochs=5, stop_weight=0.0)
+    fit = learner.fit(through(net, view_loader()))
     w = fit["weights"]
     assert w.sum().item() == pytest.approx(1.0, abs=1e-6)
     assert w[0] > 0.5 and w[0] > w[1] and w[0] > w[2], w
@@ -82,13 +88,14 @@ def test_weights_move_toward_the_augmentation_invariant_expert_and_only_alpha_le
 
 def test_stops_after_the_epoch_in_which_a_weight_falls_below_threshold():
     net = ViewStub()
-    full = AggregationWeightLearner(net, 3, sgd(0.5), "cpu", epochs=8, stop_weight=0.0).fit(view_loader())
+    full = AggregationWeightLearner(3, sgd(0.5), "cpu", epochs=8, stop_weight=0.0).fit(through(net, view_loader()))
     per_epoch = full["history"].reshape(8, -1, 3)[:, -1]  # weights at the end of each epoch
     rounded_min = (torch.round(per_epoch * 100) / 100).min(1).values
     threshold = float(rounded_min[2]) + 0.005  # crossed first at the end of epoch 3
     first = int(np.argmax((rounded_min < threshold).numpy())) + 1
     assert 1 < first < 8
-    stopped = AggregationWeightLearner(net, 3, sgd(0.5), "cpu", epochs=8, stop_weight=threshold).fit(view_loader())
+    stopped = AggregationWeightLearner(3, sgd(0.5), "cpu", epochs=8, stop_weight=threshold).fit(
+        through(net, view_loader()))
     assert stopped["epochs_run"] == first
     assert torch.allclose(stopped["weights"], per_epoch[first - 1])
 
@@ -97,7 +104,7 @@ def test_online_classifies_each_batch_after_its_own_update():
     net = ViewStub()
     loader = view_loader(n=64, batch=16)
     clean = torch.randn(64, 3, 5)
-    fit = AggregationWeightLearner(net, 3, sgd(0.5), "cpu").fit(loader, clean_logits=clean, online=True)
+    fit = AggregationWeightLearner(3, sgd(0.5), "cpu").fit(through(net, loader), clean_logits=clean, online=True)
     assert fit["epochs_run"] == 1 and len(fit["history"]) == 4
     assert fit["online_index"].tolist() == list(range(64))
     uniform = torch.full((3,), 1 / 3)

@@ -11,7 +11,10 @@ from base.base_model import average_experts
 from base.base_test_time import NOT_FACTS, TestTimeContext, check_facts, check_result
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
+from trainer.saved_logits import SavedLogits
 from trainer.validation_cache import validation_logits
+from trainer.view_logits import NetworkViews
+from utils.errors import UserError
 
 
 class ReferenceLogits:
@@ -47,9 +50,31 @@ def train_prior(data):
     return (counts / counts.sum()).float()
 
 
-def context_for(method, trained, device, name, indices, seed, targets, reference, validation=None):
-    """What ``method`` may see of test set ``indices``: the views only if it needs them, the labels
-    only if it is an oracle."""
+def shared_views(trained, device, indices, seed):
+    """The shared views of a call over the test images ``indices`` (trainer/view_logits.py): the
+    ones a saved-logits file holds, or made by the network on first use, image i's views of epoch e
+    fixed by (``seed``, e, i)."""
+    if isinstance(trained, SavedLogits):
+        return trained.views or functools.partial(no_views, trained.path)
+    data = trained.data
+    needed = np.unique(np.asarray(indices, dtype=np.int64))
+
+    def loader(view_seed, augmentation, num_workers):
+        return data.seeded_two_view_loader(needed, view_seed, data.batch_size, num_workers, device, **augmentation)
+
+    return NetworkViews(trained.net, trained.perf, device, loader, len(data.test_targets), seed,
+                        data.two_view_transform, getattr(data, "pipeline", "pil"))
+
+
+def no_views(path, *args, **kwargs):
+    raise UserError(f"logits file {path} holds no view logits, which self-supervised aggregation needs; add them "
+                    "with test.py --save_logits --save_views")
+
+
+def context_for(method, trained, device, name, indices, seed, targets, reference, validation=None, views=None):
+    """What ``method`` may see of test set ``indices``: the views only if it needs them (``views``:
+    the call's shared views; the set's own through the network when there is one), the labels only
+    if it is an oracle."""
     data = trained.data
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
     ctx = TestTimeContext(num_experts=trained.net.num_experts, num_classes=data.num_classes,
@@ -57,27 +82,34 @@ def context_for(method, trained, device, name, indices, seed, targets, reference
                           device=torch.device(device), reference_logits=reference, validation_logits=validation,
                           validation_info=getattr(data, "validation_info", None))
     if method.needs_views:
-        ctx.net, ctx.perf = trained.net, trained.perf
-        ctx.two_view_loader = functools.partial(data.two_view_loader, np.asarray(indices), device=device)
+        ctx.shared_views = views if views is not None else shared_views(trained, device, indices, seed)
+        if not isinstance(trained, SavedLogits):
+            ctx.net, ctx.perf = trained.net, trained.perf
+            ctx.two_view_loader = functools.partial(data.two_view_loader, np.asarray(indices), device=device)
     if method.uses_test_labels:
         ctx.targets = targets[idx]
     return ctx
 
 
 def run_method(method, trained, clean_logits, targets, test_sets, device, seed=1, report=None, reference=None,
-               validation="auto"):
+               validation="auto", views="auto"):
     """``{name: results row}`` of ``method`` on each test set (``{name: test-set indices}``): top-1
     and many/medium/few of the method, ``top1_average`` (the plain expert average on the same
     images, so a loss is visible), and the method's own JSON-able facts (weights, prior, ...).
     ``report(name, row, out)`` is called after each test set; ``reference`` and ``validation`` may
-    share one ``ReferenceLogits`` of each split between calls ("auto": made here)."""
+    share one ``ReferenceLogits`` of each split between calls ("auto": made here); so may ``views``,
+    the shared views of the call ("auto": made here, on first use, over the images of all test sets,
+    seeded by ``seed``). Test set d draws its own random numbers from ``seed * 1000 + d``."""
     data = trained.data
     shot_masks = data.shot_masks()
     reference = reference or ReferenceLogits(trained, device)
     validation = validation_source(trained, device) if validation == "auto" else validation
+    if views == "auto" and method.needs_views:
+        views = shared_views(trained, device, np.concatenate([np.asarray(i) for i in test_sets.values()]), seed)
     results = OrderedDict()
     for d, (name, indices) in enumerate(test_sets.items()):
-        ctx = context_for(method, trained, device, name, indices, seed * 1000 + d, targets, reference, validation)
+        ctx = context_for(method, trained, device, name, indices, seed * 1000 + d, targets, reference, validation,
+                          views if method.needs_views else None)
         subset_logits, subset_targets = clean_logits[ctx.indices], targets[ctx.indices]
         out = check_result(method.adapt(subset_logits, ctx), type(method).__name__, len(ctx.indices),
                            data.num_classes)
@@ -100,7 +132,6 @@ def run_stream(method, trained, clean_logits, targets, batch_sizes, device, seed
     seeded order in batches of B; the method's online adapter predicts each batch before it learns
     from it (``OnlineAdapter.step``). A method without ``online()`` cannot stream."""
     from data_loader.test_protocols import stream_batches, stream_order
-    from utils.errors import UserError
 
     data = trained.data
     order = torch.as_tensor(stream_order(targets.numpy(), seed))

@@ -20,10 +20,13 @@ import logging
 import os
 from dataclasses import dataclass
 
+import torch
+
 import data_loader
 import model as models
 import model.loss as losses
 import trainer.test_time as test_time_methods
+from model.fold_batchnorm import folded_copy
 from model.sync_batchnorm import convert_sync_batchnorm
 from utils.checkpoint import config_from_checkpoint, extract_state_dict, load_checkpoint, load_model_weights
 from utils.errors import UserError
@@ -203,7 +206,22 @@ def load_trained(checkpoint, config_path=None, overrides=(), device="cpu"):
     load_model_weights(net, extract_state_dict(ckpt, checkpoint), checkpoint)
     perf = build_performance(config)
     net = perf.apply_layout(net.to(device)).eval()
+    if perf.fold_batchnorm:
+        net = inference_network(net, data, perf, device)
     return Trained(net, config, data, perf, ckpt, checkpoint)
+
+
+def inference_network(net, data, perf, device):
+    """The network every pass that only reads it runs (``trainer.fold_batchnorm``, default on): a
+    copy with batch norm folded into the convolutions (model/fold_batchnorm.py), checked on a probe
+    batch; the network itself where nothing folds."""
+    size = int(getattr(data, "image_size", 32))
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        folded, _ = folded_copy(net, perf.prepare_input(probe, device))
+    except RuntimeError:  # a backbone that does not take 3-channel square images: left as it is
+        return net
+    return perf.apply_layout(folded)
 
 
 def read_test_time_config(path):

@@ -8,7 +8,11 @@ run from it without the network or the data.
   (absent when there is no validation split / when not saved);
 - ``cls_num_list`` [C] (training counts: the training prior and the many/medium/few groups);
 - ``distribution_names`` and ``distribution_<name>``: the test distributions as index arrays;
-- ``meta``: a JSON string (data module type, classes, experts, checkpoint, epoch, validation_info).
+- ``meta``: a JSON string (data module type, classes, experts, checkpoint, epoch, validation_info);
+- with ``--save_views``: ``view_logits`` [epochs, N, 2, E, C], epoch e's expert logits of one pair
+  of augmented views of each test image (the shared views of self-supervised aggregation,
+  trainer/view_logits.py), and ``views_meta``, a JSON string saying how they were made
+  (augmentation and its arguments, pipeline, seed, epochs).
 
 Logits are stored as float16 or float32 (``dtype``); they are read back as float32.
 """
@@ -20,6 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from trainer.view_logits import SavedViews
 from utils.long_tail import shot_masks
 from utils.errors import UserError
 from utils.npz_reader import open_npz
@@ -29,12 +34,16 @@ SPLITS = ("test", "validation", "training")
 DTYPES = ("float16", "float32")
 
 
-def save_logits(path, splits, cls_num_list, distributions, meta, dtype="float32"):
-    """``splits``: {"test" | "validation" | "training": (logits [N, E, C], targets [N])}."""
+def save_logits(path, splits, cls_num_list, distributions, meta, dtype="float32", views=None):
+    """``splits``: {"test" | "validation" | "training": (logits [N, E, C], targets [N])}; ``views``:
+    None or (view logits [epochs, N, 2, E, C] of the test images, what made them: a dict)."""
     if dtype not in DTYPES:
         raise UserError(f"--logits_dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     arrays = {"cls_num_list": np.asarray(cls_num_list, dtype=np.int64), "meta": np.array(json.dumps(meta)),
               "distribution_names": np.array(list(distributions), dtype=str)}
+    if views is not None:
+        arrays["view_logits"] = torch.as_tensor(views[0]).float().numpy().astype(dtype)
+        arrays["views_meta"] = np.array(json.dumps({**views[1], "epochs": int(views[0].shape[0])}))
     for name, (logits, targets) in splits.items():
         arrays[f"{name}_logits"] = torch.as_tensor(logits).float().numpy().astype(dtype)
         arrays[f"{name}_targets"] = torch.as_tensor(targets).numpy().astype(np.int64)
@@ -78,6 +87,7 @@ class SavedLogits:
     data: OfflineData
     net: OfflineNet
     meta: dict = field(default_factory=dict)
+    views: Optional[SavedViews] = None  # the shared views of self-supervised aggregation, if saved
 
     def source(self, split):
         """A ``() -> (logits, targets)`` callable for a TestTimeContext, or None if not saved."""
@@ -132,8 +142,30 @@ def load_logits(path):
     for n, idx in distributions.items():
         if idx.ndim != 1 or idx.dtype.kind not in "iu" or (idx < 0).any() or (idx >= n_test).any():
             raise UserError(f"logits file {path}: distribution_{n} must be indices into the {n_test} test images")
+    views = _views(path, arrays, splits["test"][0].shape)
     data = OfflineData(num_classes=len(counts), cls_num_list=counts.tolist(),
                        test_targets=splits["test"][1].numpy(), distributions=distributions,
                        validation_info=meta.get("validation_info"), has_validation="validation" in splits,
                        type_name=meta.get("data_loader", ""))
-    return SavedLogits(str(path), splits, data, OfflineNet(int(splits["test"][0].shape[1])), meta)
+    return SavedLogits(str(path), splits, data, OfflineNet(int(splits["test"][0].shape[1])), meta, views)
+
+
+def _views(path, arrays, test_shape):
+    """The file's view logits as a call's shared views (None without them), checked like the rest."""
+    if "view_logits" not in arrays:
+        return None
+    views = arrays["view_logits"]
+    n, e, c = test_shape
+    if views.ndim != 5 or tuple(views.shape[1:]) != (n, 2, e, c) or views.shape[0] < 1:
+        raise UserError(f"logits file {path}: view_logits of shape {views.shape}; expected [epochs, {n}, 2, {e}, {c}] "
+                        "(epochs >= 1; both views of each test image)")
+    if views.dtype.kind != "f" or not np.isfinite(views).all():
+        raise UserError(f"logits file {path}: view_logits must be finite floating-point numbers (dtype {views.dtype})")
+    try:
+        meta = json.loads(str(arrays["views_meta"])) if "views_meta" in arrays else None
+    except (ValueError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("augmentation_args"), dict):
+        raise UserError(f"logits file {path}: view_logits without a views_meta JSON object naming their "
+                        "augmentation_args (write them with test.py --save_logits --save_views)")
+    return SavedViews(str(path), views, meta)

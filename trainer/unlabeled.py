@@ -2,9 +2,11 @@
 
 The images (every image below a folder, or the paths of a list file) go through the network once
 under the checkpoint's test transform; the test-time method adapts to their expert logits (and, a
-method that needs them, to augmented views of the same images) and its scores give each image's
-prediction. No label is read. An image that cannot be decoded is reported by path and left out
-(or, ``strict``, stops the run before anything is written).
+method that needs them, to augmented views of the same images: by default each epoch's pair of views
+of every image drawn once, fixed by the seed and the image, as the test sets' shared views,
+trainer/view_logits.py) and its scores give each image's prediction. No label is read. An image
+that cannot be decoded is reported by path and left out (or, ``strict``, stops the run before
+anything is written).
 """
 import os
 import sys
@@ -23,10 +25,11 @@ from data_loader.image_folder import images_below, is_image
 from data_loader.list_lt import ListImageDataset
 from trainer.adaptation import train_prior, validation_source
 from trainer.forward import batch_outputs
+from trainer.view_logits import NetworkViews
 from utils.errors import UserError
 from utils.path_text import path_text
 from utils.safe_write import check_beside, check_target, digest, open_readable, write_json, write_text
-from utils.two_view import TwoViews
+from utils.two_view import SeededTwoViews, TwoViews
 
 TOP_K = 5
 
@@ -164,13 +167,21 @@ def context(method, trained, images, device, seed, validation):
     if method.needs_views:
         ctx.net, ctx.perf = trained.net, trained.perf
 
+        def strong(augmentation):
+            transform = image_transform(data, data.two_view_transform(**augmentation))
+            return UnlabeledImages(images.paths, transform, input_shape(data))
+
         def two_view_loader(batch_size, generator, num_workers=0, **augmentation):
-            strong = image_transform(data, data.two_view_transform(**augmentation))
-            views = UnlabeledImages(images.paths, strong, input_shape(data))
-            return DataLoader(TwoViews(views), batch_size=batch_size, shuffle=True, generator=generator,
+            return DataLoader(TwoViews(strong(augmentation)), batch_size=batch_size, shuffle=True, generator=generator,
                               num_workers=num_workers)
 
+        def seeded_loader(view_seed, augmentation, num_workers):  # the shared views (trainer/view_logits.py)
+            return DataLoader(SeededTwoViews(strong(augmentation), seed=view_seed), batch_size=data.batch_size,
+                              num_workers=num_workers, generator=torch.Generator().manual_seed(view_seed))
+
         ctx.two_view_loader = two_view_loader
+        ctx.shared_views = NetworkViews(trained.net, trained.perf, device, seeded_loader, len(images.paths), seed,
+                                        data.two_view_transform, "pil")
     if method.uses_test_labels:
         raise UserError(f"{type(method).__name__} reads test labels; unlabeled images have none")
     return ctx

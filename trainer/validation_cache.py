@@ -15,7 +15,8 @@ used only when the key stored in it equals the key of this call, field for field
 
 - ``checkpoint``: the checkpoint's content checksum (utils/content_checksum.py; the one stored in
   the checkpoint, else computed from its contents), the architecture section of the config it is
-  run with, and the forward precision (fp32 / bf16 / fp16);
+  run with, the forward precision (fp32 / bf16 / fp16) and whether batch norm is folded
+  (``trainer.fold_batchnorm``);
 - ``split``: the data module's type, the split's ``validation_info`` (source, per class, seed,
   counts, in-sample classes), the test transform, and a digest of the split's labels and images
   (pixel bytes for in-memory images, relative paths for listed ones);
@@ -69,7 +70,9 @@ def checkpoint_key(trained, device="cpu"):
         body = {k: v for k, v in ckpt.items() if k != CHECKSUM_KEY} if isinstance(ckpt, dict) else ckpt
         checksum = content_checksum(body)
     precision = trained.perf.precision(device) if trained.perf is not None else "fp32"
-    return {"checksum": checksum, "arch": _digest(trained.config["arch"]), "precision": precision}
+    folded = bool(getattr(trained.perf, "fold_batchnorm", False))
+    return {"checksum": checksum, "arch": _digest(trained.config["arch"]), "precision": precision,
+            "fold_batchnorm": folded}
 
 
 def split_key(data):

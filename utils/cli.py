@@ -72,7 +72,7 @@ def nonnegative_int(text):
 
 
 def positive_int(text):
-    """argparse type: an integer >= 1 (a batch size, a number of draws)."""
+    """argparse type: an integer >= 1 (a batch size, a number of draws, epochs, images)."""
     try:
         value = int(text)
     except ValueError:
@@ -89,12 +89,15 @@ def distribution_request(text):
     return text
 
 
-def add_evaluation_args(parser):
+def add_evaluation_args(parser, checkpoint_required=True):
     """Options common to test.py and test_train.py."""
-    parser.add_argument("-r", "--resume", required=True, metavar="CHECKPOINT", help="trained checkpoint")
+    parser.add_argument("-r", "--resume", required=checkpoint_required, metavar="CHECKPOINT", help="trained checkpoint")
     parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_override("--data_dir", key="data_loader.args.data_dir")
     parser.add_override("--bs", type=positive_int, key="data_loader.args.batch_size", help="batch size")
+    parser.add_override("--no_fold_batchnorm", key="trainer.fold_batchnorm", action="store_const", const=False,
+                        help="run the network's passes with batch norm as trained, not folded into the convolutions "
+                             "(trainer.fold_batchnorm false; docs/performance.md#folded-batch-norm)")
     parser.add_argument("--distributions", default="all", type=distribution_request,
                         help="all, uniform, or names like forward50,backward50")
     parser.add_argument("--out", help="result JSON path (a CSV is written beside it)")

@@ -6,7 +6,10 @@ natively, a GPU with bf16 or a CPU with AVX512-BF16 or AMX, and fp32 elsewhere: 
 bf16 is emulated and a training step is about 10x slower than in fp32), ``channels_last`` (bool), ``compile`` (bool),
 ``cudnn_benchmark`` (bool), ``cuda_graph`` (bool: training steps replayed as CUDA graphs on one GPU,
 see ``trainer/cuda_graph.py``). A missing key means off (plain fp32, NCHW, eager), so configs and
-checkpoints written before these keys existed keep their behaviour.
+checkpoints written before these keys existed keep their behaviour; the exception is
+``fold_batchnorm`` (bool, default true): the evaluation passes of a trained checkpoint run on a copy
+with batch norm folded into the convolutions (model/fold_batchnorm.py; the same logits up to float
+rounding, checkpoints unchanged).
 """
 import contextlib
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ import torch
 from utils.trainer_schema import trainer_settings
 
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-_FLAGS = ("channels_last", "compile", "cudnn_benchmark", "cuda_graph")
+_FLAGS = ("channels_last", "compile", "cudnn_benchmark", "cuda_graph", "fold_batchnorm")
 
 
 def native_bf16(device):
@@ -36,6 +39,7 @@ class Performance:
     compile: bool = False
     cudnn_benchmark: bool = False
     cuda_graph: bool = False
+    fold_batchnorm: bool = False  # a bare Performance() is the plain path; configs default to true (the schema)
 
     @classmethod
     def from_config(cls, trainer_cfg, source="config"):

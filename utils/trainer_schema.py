@@ -54,6 +54,7 @@ SCHEMA = {
     "compile": _flag(),
     "cudnn_benchmark": _flag(),
     "cuda_graph": _flag(),
+    "fold_batchnorm": _flag(True),  # evaluation passes only (trainer/build.py:load_trained); training never folds
     # {"alpha": A}; A itself is checked by trainer/mixup.py (Mixup.from_config)
     "mixup": Key(None, "{\"alpha\": A} with A > 0 (e.g. 0.8), or null for no mixup",
                  lambda v: v is None or isinstance(v, dict)),

@@ -1,6 +1,9 @@
 """Two independently augmented views of each (unlabeled) test image, plus its index in the test set."""
 import numpy as np
+import torch
 from torch.utils.data import Dataset
+
+from utils.seed import epoch_seed
 
 
 class TwoViews(Dataset):
@@ -20,3 +23,18 @@ class TwoViews(Dataset):
         x1, _ = self.dataset[i]
         x2, _ = self.dataset[i]
         return x1, x2, i
+
+
+class SeededTwoViews(TwoViews):
+    """``TwoViews`` whose views of image i are fixed by (``seed``, i) alone: the transform's random
+    draws come from torch's generator seeded for that image (in a forked RNG state, so the caller's
+    is untouched), whichever other images are drawn, in whichever order or worker."""
+
+    def __init__(self, dataset, indices=None, seed=0):
+        super().__init__(dataset, indices)
+        self.seed = int(seed)
+
+    def __getitem__(self, j):
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(epoch_seed(self.seed, int(self.indices[j])))
+            return super().__getitem__(j)

@@ -4,7 +4,9 @@ On one unlabeled test distribution, learn expert weights w = softmax(alpha) so t
 logits a(x) = sum_k w_k z_k(x) of two strongly augmented views of each image agree (cosine
 similarity of their softmax predictions), then classify the clean images with a(x). The trained
 network is frozen and runs without autograd: only alpha gets gradients, which changes no number
-and removes most of the cost.
+and removes most of the cost. By default the views are the call's shared ones
+(trainer/view_logits.py): each epoch's views of every image go through the network once for all
+test sets of the call; ``views: "per_set"`` draws each set's own (the release's sampling).
 """
 import inspect
 
@@ -13,9 +15,9 @@ import torch.nn.functional as F
 
 from base.base_test_time import TestTimeMethod
 from trainer.forward import network_outputs
+from trainer.view_logits import SharedViewBatches
 from utils.errors import UserError
 from utils.parse_config import ConfigParser
-from utils.performance import Performance
 from utils.progress import progress
 
 
@@ -41,44 +43,54 @@ def should_stop(weights, stop_weight=0.05):
     return bool((torch.round(weights.detach() * 100) / 100 < stop_weight).any())
 
 
-class AggregationWeightLearner:
-    """Learns the weights for one distribution. ``make_optimizer(params)`` builds the optimiser of
-    the test-time config; ``backprop_through_network=True`` reproduces the release's costly way
-    (autograd through the whole frozen network) for benchmarking only."""
+class NetworkViewBatches:
+    """One test set's own views (``views: "per_set"``, the release's sampling): each pass of
+    ``loader`` draws new views of its images, which go through the network batch by batch; yields
+    (view-1 logits [b, E, C], view-2 logits, test-set index). ``backprop=True`` keeps autograd
+    through the network (the release's costly way, for benchmarks only)."""
 
-    def __init__(self, net, num_experts, make_optimizer, device, perf=None, epochs=5, stop_weight=0.05,
-                 entropy_weight=0.0, backprop_through_network=False):
-        self.net = net
+    def __init__(self, loader, net, perf, device, backprop=False):
+        self.loader, self.net, self.perf, self.device, self.backprop = loader, net, perf, device, backprop
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __call__(self, epoch):
+        self.net.eval()
+        for x1, x2, index in self.loader:
+            # both views in one forward pass (eval-mode BN: batch composition changes nothing)
+            logits = network_outputs(self.net, torch.cat([x1, x2]), self.perf, self.device, grad=self.backprop)
+            logits = logits["logits"].float() if self.backprop else logits["logits"].float().clone()
+            yield logits[: len(x1)], logits[len(x1):], index
+
+
+class AggregationWeightLearner:
+    """Learns the weights for one test set from its batches of view logits (``NetworkViewBatches``
+    or ``trainer.view_logits.SharedViewBatches``: the same loop either way). ``make_optimizer(params)``
+    builds the optimiser of the test-time config."""
+
+    def __init__(self, num_experts, make_optimizer, device, epochs=5, stop_weight=0.05, entropy_weight=0.0):
         self.num_experts = num_experts
         self.make_optimizer = make_optimizer
         self.device = torch.device(device)
-        self.perf = perf or Performance()
         self.epochs = epochs
         self.stop_weight = stop_weight
         self.entropy_weight = entropy_weight
-        self.backprop = backprop_through_network
 
-    def _expert_logits(self, x1, x2):
-        """Both views in one forward pass (eval-mode BN: batch composition changes nothing)."""
-        logits = network_outputs(self.net, torch.cat([x1, x2]), self.perf, self.device, grad=self.backprop)["logits"]
-        logits = logits.float() if self.backprop else logits.float().clone()
-        return logits[: len(x1)], logits[len(x1):]
-
-    def fit(self, loader, clean_logits=None, online=False, desc="test-time"):
-        """Learn alpha. ``loader`` yields (view1, view2, index). With ``online``: one pass, and each
-        batch is classified from ``clean_logits[index]`` right after its own update.
+    def fit(self, batches, clean_logits=None, online=False, desc="test-time"):
+        """Learn alpha. ``batches(epoch)`` yields (view-1 logits, view-2 logits, index) and
+        ``len(batches)`` is their number per epoch. With ``online``: one pass, and each batch is
+        classified from ``clean_logits[index]`` right after its own update.
 
         Returns dict: weights (list), epochs_run, history (weights after every update) and, online,
         ``online_preds`` / ``online_index`` in stream order."""
-        self.net.eval()
         alpha = torch.full((self.num_experts,), 1.0 / self.num_experts, device=self.device, requires_grad=True)
         optimizer = self.make_optimizer([alpha])
         history, online_preds, online_index = [], [], []
         epochs = 1 if online else self.epochs
         epochs_run = 0
         for epoch in range(epochs):
-            for x1, x2, index in progress(loader, f"{desc} epoch {epoch + 1}/{epochs}"):
-                z1, z2 = self._expert_logits(x1, x2)
+            for z1, z2, index in progress(batches(epoch), f"{desc} epoch {epoch + 1}/{epochs}", total=len(batches)):
                 loss = consistency_loss(z1, z2, F.softmax(alpha, dim=0), self.entropy_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -100,6 +112,9 @@ class AggregationWeightLearner:
         return result
 
 
+VIEWS = ("shared", "per_set")
+
+
 DEFAULT_OPTIMIZER = {"type": "SGD", "args": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}}
 
 
@@ -110,14 +125,17 @@ class SelfSupervisedAggregation(TestTimeMethod):
     ``epochs`` (5), ``batch_size`` (128), ``stop_weight`` (0.05), ``entropy_weight`` (0; iNat 0.01),
     ``augmentation`` (keyword arguments of the data module's ``two_view_transform``), ``num_workers``
     (loader workers of the PIL two-view pipeline), ``online`` (one pass; each batch is classified
-    right after its own update, reported as ``top1_online``), ``backprop_through_network``
-    (benchmarks only: the release's costly way).
+    right after its own update, reported as ``top1_online``), ``views`` ("shared", the default: each
+    epoch's views of every image are drawn once per call and every test set reads its own images'
+    rows, docs/methods.md#shared-views; "per_set": each test set draws and passes its own views, the
+    release's sampling), ``backprop_through_network`` (benchmarks only, with "per_set": the
+    release's costly way).
     """
 
     needs_views = True
 
     def __init__(self, optimizer=None, epochs=5, batch_size=128, stop_weight=0.05, entropy_weight=0.0,
-                 augmentation=None, num_workers=0, online=False, backprop_through_network=False):
+                 augmentation=None, num_workers=0, online=False, views="shared", backprop_through_network=False):
         self.optimizer = optimizer or DEFAULT_OPTIMIZER
         try:  # a bad optimizer section fails here, before any work
             self._make_optimizer([torch.zeros(1, requires_grad=True)])
@@ -132,14 +150,23 @@ class SelfSupervisedAggregation(TestTimeMethod):
             raise ValueError(f"augmentation {augmentation!r}: expected an object of two_view_transform arguments")
         self.augmentation = augmentation or {}
         self.online = bool(online)
+        if views not in VIEWS:
+            raise ValueError(f"views {views!r}: expected one of {', '.join(repr(v) for v in VIEWS)}")
+        self.views = views
         self.backprop = bool(backprop_through_network)
+        if self.backprop and views != "per_set":
+            raise ValueError("backprop_through_network true: expected views \"per_set\" (the release's way draws "
+                             "each test set's own views through the network)")
 
     def _make_optimizer(self, params):
         return ConfigParser({"optimizer": self.optimizer}, source="test_time.args").init_obj("optimizer", torch.optim,
                                                                                             params)
 
     def check(self, data):
-        """The augmentation keys must be arguments of the data module's two-view augmentation."""
+        """The augmentation keys must be arguments of the data module's two-view augmentation (saved
+        logits have none: their views are checked against these settings when read)."""
+        if not hasattr(data, "two_view_transform"):
+            return
         allowed = list(inspect.signature(data.two_view_transform).parameters)
         unknown = set(self.augmentation) - set(allowed)
         if unknown:
@@ -147,19 +174,32 @@ class SelfSupervisedAggregation(TestTimeMethod):
                              f"({type(data).__name__})")
         data.two_view_transform(**self.augmentation)  # its values too (blur_p 5), before any work
 
-    def adapt(self, logits, ctx):
-        generator = torch.Generator().manual_seed(ctx.seed)
+    def view_epochs(self):
+        """The epochs of views a call may read (one pass online)."""
+        return 1 if self.online else self.epochs
+
+    def _batches(self, ctx, generator):
+        if self.views == "shared":
+            views = ctx.shared_views(self.augmentation, self.view_epochs(), self.num_workers)
+            return SharedViewBatches(views, ctx.indices, self.batch_size, generator, ctx.device)
+        if ctx.two_view_loader is None:
+            raise UserError("test_time.args.views \"per_set\" draws each test set's own views through the network, "
+                            "which saved logits do not hold; expected views \"shared\" (or a checkpoint with -r)")
         torch.manual_seed(ctx.seed)  # augmentation in the main process
         loader = ctx.two_view_loader(self.batch_size, generator, num_workers=self.num_workers, **self.augmentation)
-        learner = AggregationWeightLearner(ctx.net, ctx.num_experts, self._make_optimizer, ctx.device, ctx.perf,
-                                           epochs=self.epochs, stop_weight=self.stop_weight,
-                                           entropy_weight=self.entropy_weight, backprop_through_network=self.backprop)
-        # online: the loader yields test-set indices; the clean logits are indexed by test-set index.
+        return NetworkViewBatches(loader, ctx.net, ctx.perf, ctx.device, self.backprop)
+
+    def adapt(self, logits, ctx):
+        generator = torch.Generator().manual_seed(ctx.seed)
+        batches = self._batches(ctx, generator)
+        learner = AggregationWeightLearner(ctx.num_experts, self._make_optimizer, ctx.device, epochs=self.epochs,
+                                           stop_weight=self.stop_weight, entropy_weight=self.entropy_weight)
+        # online: the batches carry test-set indices; the clean logits are indexed by test-set index.
         clean = _by_test_index(logits, ctx.indices) if self.online else None
-        fit = learner.fit(loader, clean_logits=clean, online=self.online, desc=ctx.name)
+        fit = learner.fit(batches, clean_logits=clean, online=self.online, desc=ctx.name)
         w = fit["weights"]
         out = {"scores": aggregate(logits, w), "weights": [round(float(v), 4) for v in w],
-               "epochs_run": fit["epochs_run"], "history": fit["history"]}
+               "epochs_run": fit["epochs_run"], "views": self.views, "history": fit["history"]}
         if self.online:
             position = {int(i): p for p, i in enumerate(ctx.indices.tolist())}
             scores = torch.empty(len(logits), logits.shape[2])
