@@ -79,6 +79,8 @@ ESTIMATORS = {
     "EM": lambda bias: methods.EMPrior(**COMMON, bias=bias),
     "SafePrior auto": lambda bias: methods.SafePrior(**COMMON, bias=bias),
     "SafePrior gate": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength=1.0, min_divergence=0.0),
+    "SafePrior null": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null"),
+    "SafePrior old": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="auto", min_divergence="auto"),
 }
 # (estimator, family) rows by default: every family under SafePrior's own selection, and the full
 # Bayes adjustment (EM) and the gate alone for the old (free) and the two-parameter calibration.

@@ -387,3 +387,54 @@ def test_online_beyond_the_buffer_freezes_old_statistics_and_stays_causal():
 
     assert torch.allclose(offset(scores[10], batches[10]), offset(scores2[10], changed[10]), atol=1e-4)
     assert not torch.allclose(offset(scores[11], batches[11]), offset(scores2[11], changed[11]), atol=1e-2)
+
+
+# ------------------------------------------------------------------ strength "null" (per test set, from the split)
+def small_split_context(model, per_class, seed):
+    """A validation split of ``per_class`` images per class (balanced), like a user's small held-out
+    set, of a model whose expert average is balanced (as TADE's and BalPoE's are meant to be)."""
+    zv, yv = model.sample(np.full(C, 1.0 / C), per_class * C * 3, seed=seed)
+    keep = torch.cat([torch.where(yv == c)[0][:per_class] for c in range(C)])
+    val = experts(zv[keep], np.full(C, 1.0 / C))
+    return Context(num_experts=3, num_classes=C, train_prior=torch.tensor(TRAIN_PRIOR),
+                   validation_logits=lambda: (val, yv[keep]))
+
+
+def test_null_strength_follows_the_shift_against_the_splits_own_noise():
+    model = Gaussians()
+    ctx = small_split_context(model, 20, seed=5)
+    method = SafePrior(strength="null")
+    z, y = model.sample(np.full(C, 1.0 / C), 3000, seed=6)  # unshifted: the split's noise explains the estimate
+    flat = method.adapt(experts(z, np.full(C, 1.0 / C)), ctx)
+    z, y = model.sample(PRIORS["forward50"], 3000, seed=7)  # a strong shift stands far above that noise
+    logits = experts(z, np.full(C, 1.0 / C))
+    strong = method.adapt(logits, ctx)
+    assert strong["strength"] > flat.get("strength", 0.0) + 0.3
+    assert strong["shift_size"] > 1.5 * strong["null_shift_size"] > 1.5 * flat.get("shift_size", 0.0)
+    assert accuracy(strong["scores"], y) > accuracy(logits.mean(1), y) + 0.05
+    assert method.calibration(ctx)["selection"]["strength"] == "null"
+
+
+def test_null_strength_damps_the_applied_prior_toward_the_anchor_and_streams():
+    model = Gaussians()
+    ctx = small_split_context(model, 20, seed=5)
+    method = SafePrior(strength="null")
+    cal = method.calibration(ctx)
+    prior = torch.as_tensor(PRIORS["backward50"], dtype=torch.float64)
+    half = method.applied(prior, cal, 500, strength=0.5)
+    expected = torch.log(cal["anchor"]) + 0.5 * (torch.log(prior) - torch.log(cal["anchor"]))
+    assert torch.allclose(torch.log(half) - torch.log(half).mean(), expected - expected.mean(), atol=1e-9)
+    assert torch.allclose(method.applied(prior, cal, 500, strength=0.0), cal["anchor"])
+    z, _ = model.sample(PRIORS["forward50"], 600, seed=8)
+    online = method.online(ctx)
+    for batch in experts(z, np.full(C, 1.0 / C)).split(200):
+        assert torch.isfinite(online.step(batch)).all()
+
+
+def test_null_strength_needs_two_images_of_every_class_and_names_the_option():
+    model = Gaussians()
+    ctx = small_split_context(model, 1, seed=5)
+    ctx.validation_info = {"option": "data_loader.args.validation.per_class"}
+    with pytest.raises(Exception, match="class 0 has 1 validation image.*data_loader.args.validation.per_class"):
+        SafePrior(strength="null").adapt(experts(*model.sample(PRIORS["forward50"], 100, seed=1)[:1],
+                                                 np.full(C, 1.0 / C)), ctx)

@@ -57,6 +57,7 @@ SOURCE_PRIORS = ("uniform", "train", "reference", "reference_balanced")
 CALIBRATION_DATA = ("validation", "training")  # which labelled images calibrate a method
 DEFAULT = "default"  # source_prior not given: "uniform" on validation images, "reference" on training images
 TOWARD = ("source", "uniform", "plain")
+STRENGTH_RULES = ("null", "auto")  # SafePrior's strength chosen per test set (null) or per model (auto)
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -381,7 +382,8 @@ class SafePrior(MAPPrior):
         if min_divergence != "auto" and (not _is_number(min_divergence) or min_divergence < 0):
             raise ValueError(f"min_divergence {min_divergence!r}: must be a number >= 0 (nats) or \"auto\"")
         self.min_divergence = min_divergence if min_divergence == "auto" else float(min_divergence)
-        self.strength = strength if strength == "auto" else check_fraction("strength", strength, high_open=False)
+        self.strength = strength if strength in STRENGTH_RULES else check_fraction("strength", strength,
+                                                                                    high_open=False)
         self.simulation_size = check_positive_int("simulation_size", simulation_size)
         if self.auto and self.calibration_data != "validation":
             raise ValueError("strength / min_divergence \"auto\" are chosen on the validation split; with calibration "
@@ -389,12 +391,19 @@ class SafePrior(MAPPrior):
 
     @property
     def auto(self):
-        return self.strength == "auto" or self.min_divergence == "auto"
+        """Settings read off the validation split (each needs two images of a class to halve it)."""
+        return self.strength in STRENGTH_RULES or self.min_divergence == "auto"
 
     def calibration(self, ctx):
         if self._calibration is None:
             cal = super().calibration(ctx)
-            if self.auto:
+            if self.strength == "null":
+                from trainer.test_time.shift_simulation import split_halves
+                cal["halves"] = split_halves(self, self.calibration_logits(ctx), ctx)
+                cal["selection"] = {"strength": "null", "min_divergence": 0.0 if self.min_divergence == "auto" else
+                                    self.min_divergence, "chosen_by": "per test set: its shift size against an "
+                                    "unshifted set of its size seen through cross-fitted halves of the split"}
+            elif self.auto:
                 from trainer.test_time.shift_simulation import select_settings
                 cal["selection"] = select_settings(self, self.calibration_logits(ctx), ctx)
             else:
@@ -405,6 +414,8 @@ class SafePrior(MAPPrior):
     def settings(self, cal):
         """(strength, min_divergence) in use; strength 0 means the plain average (nothing qualified)."""
         chosen = cal.get("selection") or {}
+        if self.strength == "null":  # the strength is in the prior applied (:meth:`applied`)
+            return 1.0, float(chosen.get("min_divergence", 0.0))
         strength = chosen["strength"] if self.strength == "auto" else self.strength
         divergence = chosen["min_divergence"] if self.min_divergence == "auto" else self.min_divergence
         return float(strength), float(divergence)
@@ -430,7 +441,24 @@ class SafePrior(MAPPrior):
         if not facts["shift_detected"]:
             return cal["anchor"], {**facts, "iterations": 0, "converged": True, "unchanged": True}
         pi, it, conv = self.map_estimate(log_q, cal)
-        return pi, {**facts, "iterations": it, "converged": conv}
+        facts.update(iterations=it, converged=conv)
+        if self.strength == "null":
+            from trainer.test_time.shift_simulation import null_strength
+            strength, evidence = null_strength(self, cal["halves"], pi, cal["anchor"], log_q.shape[0])
+            facts.update(strength=strength, **evidence)
+            pi = self.applied(pi, cal, log_q.shape[0], strength)
+        return pi, facts
+
+    def applied(self, prior, cal, n, strength=None):
+        """The prior applied to ``n`` images: with strength "null", pi_0 (pi / pi_0)^s normalised, s
+        from the split's null at this size (the plain average when s is 0); else ``prior`` itself."""
+        if self.strength != "null":
+            return prior
+        if strength is None:
+            from trainer.test_time.shift_simulation import null_strength
+            strength, _ = null_strength(self, cal["halves"], prior, cal["anchor"], n)
+        anchor = _log(cal["anchor"])
+        return _normalise(torch.exp(anchor + strength * (_log(prior) - anchor)))
 
     def map_estimate(self, log_q, cal, tol=None):
         return em_prior(log_q, cal["source_prior"], extra_counts=self.extra_counts(cal), tol=tol or self.tol,

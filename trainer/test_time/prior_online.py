@@ -37,7 +37,7 @@ class OnlinePrior(OnlineAdapter):
         if self.n == 0 or not self.shift_detected:
             scores = z.clone()  # nothing learnt yet (or no shift found): the plain average
         else:
-            scores = self.method.scores(z_cal, self.prior, self.cal)
+            scores = self.method.scores(z_cal, self.applied, self.cal)
         self._learn(torch.log_softmax(z_cal, 1))
         return scores
 
@@ -70,6 +70,8 @@ class OnlinePrior(OnlineAdapter):
             past["n"] += frozen_batch.shape[0]
         self.n += log_q.shape[0]
         self.batches += 1
+        applied = getattr(self.method, "applied", None)  # SafePrior's strength "null": damped for the images seen
+        self.applied = self.prior if applied is None else applied(self.prior, self.cal, self.n)
 
     def summary(self):
         out = {"prior": [float(v) for v in self.prior], "images_seen": self.n, "batches": self.batches,
