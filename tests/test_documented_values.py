@@ -66,6 +66,8 @@ def test_safe_priors_documented_automatic_settings_are_accepted(tmp_path):
     for value in quoted_after(METHODS, "(`strength` and `min_divergence`"):
         method = build(tmp_path, {"type": "SafePrior", "args": {"strength": value, "min_divergence": value}})
         assert method.strength == value and method.min_divergence == value
+    for value in quoted_after(METHODS, "**SafePrior's strength per test set** (`strength`"):
+        assert build(tmp_path, {"type": "SafePrior", "args": {"strength": value}}).strength == value
 
 
 def test_every_documented_select_on_is_accepted():

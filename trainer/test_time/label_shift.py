@@ -375,8 +375,8 @@ class SafePrior(MAPPrior):
     is made on the images seen so far; a batch is always scored before it is learnt from.
     """
 
-    def __init__(self, significance=0.001, strength="auto", min_divergence="auto", pseudo_count=1.0, toward="plain",
-                 simulation_size=2000, **kwargs):
+    def __init__(self, significance=0.001, strength: float | str = "null", min_divergence: float | str = 0.0,
+                 pseudo_count=1.0, toward="plain", simulation_size=2000, **kwargs):
         super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
         self.significance = check_fraction("significance", significance)
         if min_divergence != "auto" and (not _is_number(min_divergence) or min_divergence < 0):
@@ -401,8 +401,8 @@ class SafePrior(MAPPrior):
                 from trainer.test_time.shift_simulation import split_halves
                 cal["halves"] = split_halves(self, self.calibration_logits(ctx), ctx)
                 cal["selection"] = {"strength": "null", "min_divergence": 0.0 if self.min_divergence == "auto" else
-                                    self.min_divergence, "chosen_by": "per test set: its shift size against an "
-                                    "unshifted set of its size seen through cross-fitted halves of the split"}
+                                    self.min_divergence, "chosen_by": "validation split, per test set: its shift size against "
+                                    "an unshifted set of its size seen through cross-fitted halves of the split"}
             elif self.auto:
                 from trainer.test_time.shift_simulation import select_settings
                 cal["selection"] = select_settings(self, self.calibration_logits(ctx), ctx)

@@ -25,6 +25,7 @@ class OnlinePrior(OnlineAdapter):
         self.buffer_elements = buffer_elements
         self.frozen = {"map": torch.zeros_like(self.ps), "mle": torch.zeros_like(self.ps), "n": 0, "ll": 0.0}
         self.prior = self.cal["anchor"].clone()
+        self.applied = self.prior  # the prior scores use (SafePrior's strength "null" damps the estimate)
         self.mle = self.cal["anchor"].clone()
         self.ll_anchor = 0.0
         self.use_test = shift_test
@@ -74,7 +75,7 @@ class OnlinePrior(OnlineAdapter):
         self.applied = self.prior if applied is None else applied(self.prior, self.cal, self.n)
 
     def summary(self):
-        out = {"prior": [float(v) for v in self.prior], "images_seen": self.n, "batches": self.batches,
+        out = {"prior": [float(v) for v in self.applied], "images_seen": self.n, "batches": self.batches,
                "temperature": self.cal["temperature"], "iterations_last": self.iterations,
                "images_frozen": self.frozen["n"]}
         if self.use_test:
