@@ -579,6 +579,47 @@ def render(records):
     return "\n\n".join(parts) + "\n"
 
 
+STUDIES = ROOT / "docs" / "studies"  # bench/calibration_study.py --out files rendered beside the records' tables
+
+
+def load_studies(folder):
+    """{file name: {record name: study}} of the study files in ``folder`` (none: empty)."""
+    out = OrderedDict()
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ReportError(f"{path}: not a readable study JSON ({_short(e)})")
+        if not isinstance(data, dict) or data.get("written_by") != "bench/calibration_study.py":
+            raise ReportError(f"{path}: expected a JSON written by bench/calibration_study.py")
+        studies = OrderedDict()
+        for name, study in data.items():
+            if name == "written_by":
+                continue
+            if not isinstance(study, dict) or not all(k in study for k in ("sizes", "references", "pool", "draws")):
+                raise ReportError(f"{path}: record {name!r} lacks sizes, references, pool or draws")
+            studies[name] = study
+        out[path.name] = studies
+    return out
+
+
+def render_studies(studies):
+    parts = []
+    for file, records in studies.items():
+        for name, study in records.items():
+            try:
+                tab = calibration_study_table({"study": study})
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ReportError(f"docs/studies/{file}: record {name!r} is malformed ({_short(e)})")
+            parts += [f"### Label-shift rules against the validation split's size on `{name}` "
+                      f"(`bench/calibration_study.py`, `docs/studies/{file}`; top-1 %, differences in points)", tab]
+    return "\n" + "\n\n".join(parts) + "\n" if parts else ""
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not a finite number")
+
+
 def updated_page(text, generated, doc):
     if START not in text or END not in text:
         raise ReportError(f"{doc}: the markers {START} and {END} must both be present")
@@ -592,12 +633,13 @@ def main(argv=None):
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--check", action="store_true", help="exit 1 if the page differs from the records")
+    p.add_argument("--studies", default=str(STUDIES), help="folder of bench/calibration_study.py outputs to render")
     args = p.parse_args(argv)
     try:
         doc = Path(args.doc)
         if not args.check:  # before any work: the page is not a link, not in a record, its folder writable
             check_target(doc, WRITER, option="--doc", recognise=lambda p: START in p.read_text(errors="replace"))
-        generated = render_checked(load_records(args.results))
+        generated = render_checked(load_records(args.results)) + render_studies(load_studies(args.studies))
         try:
             text = doc.read_text(encoding="utf-8") if doc.is_file() else f"# Results\n\n{START}\n{END}\n"
         except (OSError, UnicodeDecodeError) as e:

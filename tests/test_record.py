@@ -142,3 +142,21 @@ def test_a_record_holds_no_machine_paths(record):
     assert rec["command"][rec["command"].index("--work_dir") + 1] == "WORK_DIR"
     assert rec["command"][rec["command"].index("--results_dir") + 1] == "RESULTS_DIR"
     assert json.loads((folder / "eval_last.json").read_text())["checkpoint"] == "WORK_DIR/digits_e2_s3/train/last.pth"
+
+
+def test_study_files_are_rendered_and_a_malformed_one_is_named(tmp_path):
+    from bench.report import ReportError, load_studies, render_studies
+    entry = {"mean": 77.5, "lowest_mean": 77.0, "worst": -0.1, "worst_dirichlet": -0.3, "holds": True}
+    study = {"pool": "p", "draws": 5, "references": {"plain mean": 74.0}, "margin": 0.5,
+             "sizes": {"20": {"SafePrior null, free": entry}, "all": {"EM, free": dict(entry, holds=False)}}}
+    (tmp_path / "default.json").write_text(json.dumps({"written_by": "bench/calibration_study.py", "rec_a": study}))
+    text = render_studies(load_studies(tmp_path))
+    assert "on `rec_a`" in text and "| 20 | SafePrior null, free | 77.50 | 77.00 | -0.10 | -0.30 | yes |" in text
+    assert text.index("| 20 |") < text.index("| all |")
+    (tmp_path / "default.json").write_text(json.dumps({"written_by": "someone else", "rec_a": study}))
+    with pytest.raises(ReportError, match="default.json: expected a JSON written by bench/calibration_study.py"):
+        load_studies(tmp_path)
+    del study["sizes"]["20"]["SafePrior null, free"]["worst"]
+    (tmp_path / "default.json").write_text(json.dumps({"written_by": "bench/calibration_study.py", "rec_a": study}))
+    with pytest.raises(ReportError, match="record 'rec_a' is malformed"):
+        render_studies(load_studies(tmp_path))
