@@ -360,16 +360,22 @@ class SafePrior(MAPPrior):
        damped in log space: scores = z_cal + log pi_0 - log p_s + ``strength`` (log pi_map - log pi_0).
        ``strength`` 0 would be the plain average, 1 the full Bayes adjustment.
 
-    ``strength`` and ``min_divergence`` "auto" (the defaults) are chosen per model from the
-    validation split alone (trainer/test_time/shift_simulation.py): the split is halved per class;
-    each half calibrates while the other is resampled into simulated test sets of
-    ``simulation_size`` images under forward, backward and Dirichlet priors; the strongest setting
-    whose paired loss against the plain average stays within the noise on every simulated set is
-    kept, and none qualifying means the plain average. The choice and its evidence are written in
-    every result (``selection``).
+    ``strength`` "null" (the default) is chosen per test set from the validation split alone
+    (trainer/test_time/shift_simulation.py): the split is halved per class 8 times; each half
+    calibrates while the other is resampled into a balanced set of the test set's size, on which
+    the whole estimate runs; the mean size ||log pi - log pi_0||^2 (centred) of those unshifted
+    estimates is the noise, and the strength is max(0, 1 - noise / the test set's own size). It is
+    written in every result (``strength``, ``shift_size``, ``null_shift_size``).
 
-    Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats or "auto"),
-    ``strength`` (in (0, 1] or "auto"), ``simulation_size`` (images per simulated set; 2000),
+    ``strength`` and ``min_divergence`` "auto" choose one setting per model instead: each half
+    calibrates while the other is resampled into simulated test sets of ``simulation_size`` images
+    under forward, backward and Dirichlet priors; the strongest setting whose paired loss against
+    the plain average stays within the noise on every simulated set is kept, and none qualifying
+    means the plain average. The choice and its evidence are written in every result (``selection``).
+
+    Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats, 0; or "auto"),
+    ``strength`` ("null", in (0, 1] or "auto"), ``simulation_size`` (images per simulated set of
+    "auto"; 2000),
     ``pseudo_count`` (> 0; 1), ``toward`` ("plain"), ``calibration``, ``source_prior``,
     ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test
     is made on the images seen so far; a batch is always scored before it is learnt from.
@@ -400,9 +406,10 @@ class SafePrior(MAPPrior):
             if self.strength == "null":
                 from trainer.test_time.shift_simulation import split_halves
                 cal["halves"] = split_halves(self, self.calibration_logits(ctx), ctx)
-                cal["selection"] = {"strength": "null", "min_divergence": 0.0 if self.min_divergence == "auto" else
-                                    self.min_divergence, "chosen_by": "validation split, per test set: its shift size against "
-                                    "an unshifted set of its size seen through cross-fitted halves of the split"}
+                gate = 0.0 if self.min_divergence == "auto" else self.min_divergence
+                cal["selection"] = {"strength": "null", "min_divergence": gate,
+                                    "chosen_by": "validation split, per test set: its shift size against an unshifted "
+                                    "set of its size seen through cross-fitted halves of the split"}
             elif self.auto:
                 from trainer.test_time.shift_simulation import select_settings
                 cal["selection"] = select_settings(self, self.calibration_logits(ctx), ctx)

@@ -1,4 +1,5 @@
-"""Choosing SafePrior's strength and gate per model from its validation split alone.
+"""Choosing SafePrior's strength from its validation split alone: per test set (strength "null",
+the default; the end of this module) or one strength and gate per model ("auto", below).
 
 No test label is used. The validation split is halved per class (seeded); each half in turn
 calibrates the method while the other half is resampled, with replacement, into simulated test
