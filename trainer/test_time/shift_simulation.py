@@ -141,7 +141,7 @@ def select_settings(method, reference, ctx):
 
 # ------------------------------------------------------------------------------------------------
 # strength "null": a strength per test set, from how far its estimated shift stands above what the
-# split's own noise produces on an unshifted set of the same size (docs/methods.md#split-null).
+# split's own noise produces on an unshifted set of the same size (docs/methods.md#prior-estimation).
 HALVINGS = 8
 
 
