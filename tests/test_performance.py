@@ -84,7 +84,7 @@ def test_missing_keys_mean_plain_fp32():
 
 
 def test_compute_ceiling_bench_reports_flops_steps_and_matmul_rates():
-    proc = run_script("bench/speed.py", "ceiling", "--steps", "1", "--batch", "8", "--matmul", "256")
+    proc = run_script("bench/speed/speed.py", "ceiling", "--steps", "1", "--batch", "8", "--matmul", "256")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     flops = float(re.search(r"([0-9.]+) GFLOP per training image", out).group(1))
