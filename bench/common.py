@@ -80,10 +80,17 @@ def output_path(out, source, default_name, writer, legacy=None):
     return check_target(path, writer, legacy=legacy)
 
 
-def write_report(path, report, writer):
-    """The tool's JSON report, atomically, saying who wrote it; NaN or infinite numbers are refused."""
+def write_report(path, report, writer, table=None):
+    """The tool's JSON report, atomically, saying who wrote it; NaN or infinite numbers are refused.
+    ``table`` (Markdown) is printed and kept in the report under ``"table"``."""
     from utils.safe_write import write_json
-    return write_json(path, {"written_by": writer, **report}, indent=1, default=float)
+    if table is not None:
+        report["table"] = table
+        print("\n" + table)
+    written = write_json(path, {"written_by": writer, **report}, indent=1, default=float)
+    if table is not None:
+        print(f"wrote {path}")
+    return written
 
 
 def timed_script(tool, name, *args, device=None, data_dir=None):

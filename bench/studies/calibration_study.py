@@ -39,7 +39,7 @@ least the aggregation's mean. Writes ``calibration_study.json`` into each record
 by ``bench/records/report.py``) unless ``--out`` names one file for all.
 
 Timing of the label-shift methods with a warm cache (the 1.2x-one-test-pass target) is measured by
-``bench/test_time_speed.py --label_shift CHECKPOINT``, not here.
+``bench/speed/speed.py label-shift --checkpoint CHECKPOINT``, not here.
 """
 import argparse
 import functools

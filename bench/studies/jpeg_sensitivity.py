@@ -68,11 +68,8 @@ def main(argv=None):
         rows.append(f"| {label} | {100 * res['uniform']['top1']:.2f} | {sum(top) / len(top):.2f} |")
         print(rows[-1], flush=True)
     data.test_set.data = original
-    text = "| test images | uniform top-1 | mean of 11 |\n|---|---|---|\n" + "\n".join(rows)
-    report["table"] = text
-    print("\n" + text)
-    write_report(out, report, WRITER)
-    print(f"wrote {out}")
+    write_report(out, report, WRITER, table="| test images | uniform top-1 | mean of 11 |\n|---|---|---|\n"
+                 + "\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -102,11 +102,7 @@ def main(argv=None):
             print(rows[-1], flush=True)
     head = ("| method | calibrated on | mean of 11 | plain mean | worst of 11 vs plain | worst Dirichlet draw vs plain "
             "| strength | seconds |\n|---|---|---|---|---|---|---|---|")
-    text = head + "\n" + "\n".join(rows)
-    report["table"] = text
-    print("\n" + text)
-    write_report(out, report, WRITER)
-    print(f"wrote {out}")
+    write_report(out, report, WRITER, table=head + "\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":
