@@ -45,7 +45,8 @@ def build_parser():
     add_evaluation_args(p)
     p.add_argument("--save_logits", action="store_true",
                    help="also save the per-expert logits of the test set, the validation split and the training "
-                        "images (OUT_logits.npz; bench/test_time_methods.py --logits runs post-hoc methods on it)")
+                        "images (OUT_logits.npz; bench/studies/test_time_methods.py --logits runs post-hoc methods "
+                        "on it)")
     p.add_argument("--logits_dtype", default="float32", choices=("float32", "float16"),
                    help="storage type of --save_logits (float16 halves the file)")
     p.add_argument("--save_views", action="store_true",

@@ -7,7 +7,7 @@ import argparse
 
 from model.pretrained import apply_config_pretrained
 from trainer import Trainer
-from trainer.build import (build_data, build_loss, build_model, build_performance, check_class_count, resolve_config,
+from trainer.build import (build_data, build_loss, build_model, build_performance, settle_class_count, resolve_config,
                            wrap_for_training)
 from trainer.optim import build_lr_scheduler, build_optimizer
 from utils.cli import ArgumentParser, finite_float, positive_int
@@ -99,7 +99,7 @@ def main(argv=None):
             if data is None:
                 data = build_rank_data(config, runtime)
             seed_everything(config.get_seed("seed"))
-            check_class_count(config, data)
+            settle_class_count(config, data)
             net = build_model(config)
             if args.resume is None:
                 apply_config_pretrained(config, net)

@@ -69,12 +69,17 @@ class LTDataModule:
         return shot_masks(self.cls_num_list)
 
     def rank_batch_size(self, world_size):
-        """Each of ``world_size`` processes takes batch_size / world_size of the global batch."""
+        """Each of ``world_size`` processes takes batch_size / world_size of the global batch. With
+        ``drop_last`` (the last, partial batch of an epoch left out) the training set must fill one batch."""
         if self.batch_size % world_size:
             lower = self.batch_size - self.batch_size % world_size
             options = f"--bs {lower} or --bs {lower + world_size}" if lower else f"--bs {world_size}"
             raise UserError(f"data_loader.args.batch_size {self.batch_size} is the global batch and must be "
                             f"divisible by the number of processes ({world_size}); use {options}")
+        if self.drop_last and self.train_set is not None and len(self.train_set) < self.batch_size:
+            raise UserError(f"data_loader.args.drop_last: the {len(self.train_set)} training images do not fill one "
+                            f"batch of {self.batch_size}, so an epoch would train on nothing; use a batch size of at "
+                            f"most {len(self.train_set)} (--bs) or drop_last false")
         return self.batch_size // world_size
 
     def _sampler(self, epoch, seed, rank, world_size):

@@ -10,6 +10,26 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_DATA = ROOT / ".cache" / "cifar"
 
+# Where each tool went when bench/ was laid out by job (records/, studies/, speed/, drills/): a
+# record's ``command`` names the path of its day, and results/ is never rewritten.
+MOVED = {
+    **{f"bench/{n}.py": f"bench/records/{n}.py" for n in ("record", "report", "portable_record", "reproduce")},
+    **{f"bench/{n}.py": f"bench/studies/{n}.py" for n in ("calibration_study", "validation_size", "test_time_methods",
+                                                          "jpeg_sensitivity", "dirmixe_formula", "own_data_demo")},
+    "bench/fault_drill.py": "bench/drills/fault_drill.py",
+    "bench/speed.py": "bench/speed/speed.py",
+    "bench/label_shift_speed.py": "bench/speed/speed.py label-shift",
+    "bench/predict_speed.py": "bench/speed/speed.py predict",
+}
+
+
+def current_command(command):
+    """A recorded command (``["python", "bench/record.py", ...]``) as it runs in this tree."""
+    for i, word in enumerate(command[:2]):
+        if word in MOVED:
+            return [*command[:i], *MOVED[word].split(), *command[i + 1:]]
+    return list(command)
+
 # The plain path, --set options: what the reference release does (fp32, NCHW, PIL transforms in
 # DataLoader workers).
 PLAIN = ["trainer.autocast=null", "trainer.channels_last=false", "trainer.compile=false", "trainer.cuda_graph=false",
@@ -60,10 +80,31 @@ def output_path(out, source, default_name, writer, legacy=None):
     return check_target(path, writer, legacy=legacy)
 
 
-def write_report(path, report, writer):
-    """The tool's JSON report, atomically, saying who wrote it; NaN or infinite numbers are refused."""
+def write_report(path, report, writer, table=None):
+    """The tool's JSON report, atomically, saying who wrote it; NaN or infinite numbers are refused.
+    ``table`` (Markdown) is printed and kept in the report under ``"table"``."""
     from utils.safe_write import write_json
-    return write_json(path, {"written_by": writer, **report}, indent=1, default=float)
+    if table is not None:
+        report["table"] = table
+        print("\n" + table)
+    written = write_json(path, {"written_by": writer, **report}, indent=1, default=float)
+    if table is not None:
+        print(f"wrote {path}")
+    return written
+
+
+def timed_script(tool, name, *args, device=None, data_dir=None):
+    """(seconds, stdout) of one entry point (``test.py``, ``test_train.py``) run from the project root
+    in a fresh process, as a user runs it; a failure ends ``tool`` with one line."""
+    import time
+    cmd = [sys.executable, str(ROOT / name), *map(str, args), *(["-d", device] if device else []),
+           *(["--data_dir", str(data_dir)] if data_dir else [])]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"{tool}: {name} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    return seconds, proc.stdout
 
 
 def checkpoint_parser(doc):

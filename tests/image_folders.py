@@ -34,11 +34,13 @@ def write_folder(root, counts, split="train", classes=CLASSES, seed=0, nested=Fa
     return Path(root)
 
 
-def folder_config(data_dir, save_dir, num_classes=3, epochs=1, **data_args):
-    """The shipped folder recipe shrunk to seconds: 16 px, batch 8, one epoch."""
+def folder_config(data_dir, save_dir, num_classes=None, epochs=1, **data_args):
+    """The shipped folder recipe shrunk to seconds: 16 px, batch 8, one epoch (``num_classes``: as
+    shipped, none; the model takes the count of class folders)."""
     config = json.loads((ROOT / "configs" / "config_folder_tade.json").read_text())
     config["name"] = "folder"
-    config["arch"]["args"]["num_classes"] = num_classes
+    if num_classes is not None:
+        config["arch"]["args"]["num_classes"] = num_classes
     config["data_loader"]["args"].update(data_dir=str(data_dir), image_size=16, batch_size=8, num_workers=0,
                                          **data_args)
     config["trainer"].update(epochs=epochs, save_dir=str(save_dir), save_period=0, tensorboard=False)

@@ -1,11 +1,11 @@
-"""bench/calibration_study.py on a small saved-logits record (synthetic logits in the saved format),
-and its table in bench/report.py."""
+"""bench/studies/calibration_study.py on a small saved-logits record (synthetic logits in the saved format),
+and its table in bench/records/report.py."""
 import json
 
 import numpy as np
 import pytest
 
-from bench import report
+from bench.records import report
 from tests.helpers import run_script
 from trainer.saved_logits import save_logits
 
@@ -42,11 +42,11 @@ def record(tmp_path_factory):
 
 def test_the_study_scores_every_row_at_every_size(record, tmp_path):
     out = tmp_path / "study.json"
-    proc = run_script("bench/calibration_study.py", record, "--sizes", "5,all", "--draws", "2",
+    proc = run_script("bench/studies/calibration_study.py", record, "--sizes", "5,all", "--draws", "2",
                       "--rows", "SafePrior auto:free,SafePrior auto:prior,EM:shrunk_prior", "--out", out)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     written = json.loads(out.read_text())
-    assert written["written_by"] == "bench/calibration_study.py"
+    assert written["written_by"] == "bench/studies/calibration_study.py"
     study = written[record.name]
     assert list(study["sizes"]) == ["5", "all"]
     assert study["references"]["aggregation mean"] == pytest.approx(50.0)
@@ -75,7 +75,7 @@ def test_the_study_scores_every_row_at_every_size(record, tmp_path):
 def test_a_recorded_result_is_never_written_into(record):
     (record / "record.json").write_text("{}")  # the folder is now a record: read-only
     try:
-        proc = run_script("bench/calibration_study.py", record, "--out", record / "calibration_study.json")
+        proc = run_script("bench/studies/calibration_study.py", record, "--out", record / "calibration_study.json")
     finally:
         (record / "record.json").unlink()
     assert proc.returncode != 0 and "read-only" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -83,5 +83,5 @@ def test_a_recorded_result_is_never_written_into(record):
 
 
 def test_unknown_rows_are_named(record):
-    proc = run_script("bench/calibration_study.py", record, "--rows", "SafePrior auto:ridge")
+    proc = run_script("bench/studies/calibration_study.py", record, "--rows", "SafePrior auto:ridge")
     assert proc.returncode != 0 and "ridge" in proc.stderr

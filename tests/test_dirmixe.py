@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.dirmixe_formula import authors_formula
+from bench.studies.dirmixe_formula import authors_formula
 from model.loss import DirMixELoss, LogitAdjustedLoss
 from model.loss.dirmixe_loss import anchor_priors, penalty_active, rank_mirrored_prior
 from tests.helpers import ROOT, one_line_error, run_entry, write_config

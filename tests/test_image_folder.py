@@ -8,7 +8,7 @@ import pytest
 
 from data_loader.image_folder import DEFAULT_VALIDATION, SPLIT_FILE, ImageFolderLTDataModule, carve_validation
 from data_loader.list_file import read_list
-from tests.image_folders import CLASSES, write_folder
+from tests.image_folders import CLASSES, folder_config, write_folder
 from utils.errors import UserError
 from utils.long_tail import img_num_per_cls
 
@@ -155,3 +155,34 @@ def test_large_style_for_photographs(folder):
 def _pil(folder):
     from PIL import Image
     return Image.open(next((folder / "test" / "cat").iterdir())).convert("RGB")
+
+
+def test_the_class_count_comes_from_the_folders_and_a_wrong_one_is_refused(folder, tmp_path):
+    """The shipped folder config has no ``arch.args.num_classes``: the model takes the number of class
+    folders, written into the run's config; a given number that differs is refused with the right one."""
+    from trainer.build import build_data, settle_class_count
+    from utils.parse_config import ConfigParser
+    raw = folder_config(folder, tmp_path)
+    assert "num_classes" not in raw["arch"]["args"]
+    config = ConfigParser(raw, "c.json")
+    data = build_data(config)
+    settle_class_count(config, data)
+    assert config.config["arch"]["args"]["num_classes"] == 3
+    config.config["arch"]["args"]["num_classes"] = 10
+    with pytest.raises(UserError, match="arch.args.num_classes is 10, but ImageFolderLTDataModule has 3 classes; "
+                                        "expected arch.args.num_classes 3"):
+        settle_class_count(config, data)
+
+
+def test_the_folder_recipe_drops_a_tiny_last_batch(folder, tmp_path):
+    """A few hundred images make a few batches an epoch; the last, partial one (2 images in batch norm
+    for 386 images at batch 128) is left out, and a set that cannot fill one batch is refused."""
+    from trainer.build import build_data
+    from utils.parse_config import ConfigParser
+    raw = folder_config(folder, tmp_path)  # batch 8 on 44 training images: 5 full batches, 4 images left out
+    assert raw["data_loader"]["args"]["drop_last"] is True
+    data = build_data(ConfigParser(raw, "c.json"))
+    assert [len(y) for _, y in data.train_loader(0, seed=1)] == [8] * (len(data.train_set) // 8)
+    raw["data_loader"]["args"]["batch_size"] = 64
+    with pytest.raises(UserError, match="the 44 training images do not fill one batch of 64"):
+        build_data(ConfigParser(raw, "c.json")).rank_batch_size(1)

@@ -84,7 +84,7 @@ def test_missing_keys_mean_plain_fp32():
 
 
 def test_compute_ceiling_bench_reports_flops_steps_and_matmul_rates():
-    proc = run_script("bench/speed.py", "ceiling", "--steps", "1", "--batch", "8", "--matmul", "256")
+    proc = run_script("bench/speed/speed.py", "ceiling", "--steps", "1", "--batch", "8", "--matmul", "256")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     flops = float(re.search(r"([0-9.]+) GFLOP per training image", out).group(1))
@@ -106,6 +106,37 @@ def test_auto_autocast_is_bf16_only_where_the_device_computes_it_natively(monkey
         assert perf.precision("cpu") == ("bf16" if native else "fp32")
         assert isinstance(perf.autocast_context("cpu"), torch.autocast) == native
     monkeypatch.undo()
-    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert performance.native_bf16("cpu") == bool(expected)
     assert Performance(autocast="bf16").amp_dtype("cpu") is torch.bfloat16  # explicit bf16 stays bf16
+
+
+@pytest.mark.parametrize("capability, onednn_cap, native", [
+    ("AVX512", None, True), ("AVX512", "ALL", True), ("AVX512", "AVX512_CORE_BF16", True),
+    ("AVX512", "avx512_core_amx", True), ("AVX2", None, False), ("AVX2", "AVX2", False), ("DEFAULT", None, False),
+    ("AVX512", "AVX2", False), ("AVX512", "AVX512_CORE", False), ("AVX512", "AVX512_CORE_VNNI", False)])
+def test_auto_autocast_follows_what_the_process_may_use_not_only_the_hardware(monkeypatch, capability, onednn_cap,
+                                                                             native):
+    """On a CPU with AVX512-BF16, a process capped to AVX2 (``ATEN_CPU_CAPABILITY=avx2``, or oneDNN's
+    ``ONEDNN_MAX_CPU_ISA``) would only emulate bf16: "auto" is fp32 there."""
+    import utils.performance as performance
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if onednn_cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn_cap)
+    assert performance.native_bf16("cpu") is native
+    assert Performance(autocast="auto").precision("cpu") == ("bf16" if native else "fp32")
+
+
+def test_auto_autocast_is_fp32_in_a_process_capped_to_avx2():
+    """The caps as a user sets them, read by a fresh interpreter at start-up (the AVX2 kind's CI settings)."""
+    import os
+    import subprocess
+    import sys
+    from tests.helpers import ROOT
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    code = "from utils.performance import Performance; print(Performance(autocast='auto').precision('cpu'))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "fp32"

@@ -1,10 +1,10 @@
-"""bench/portable_record.py: machine paths become placeholders, whole path components only, and no
+"""bench/records/portable_record.py: machine paths become placeholders, whole path components only, and no
 committed record in results/ holds one."""
 import json
 
 import numpy as np
 
-from bench.portable_record import data_fingerprint, machine_paths, places, plan, rewrite
+from bench.records.portable_record import data_fingerprint, machine_paths, places, plan, rewrite
 from tests.helpers import ROOT
 
 

@@ -56,6 +56,8 @@ def main(argv):
 def test_trained_from_the_folder_predicts_unlabeled_images(run, tmp_path):
     ckpt = load_checkpoint(checkpoint(run))
     assert ckpt["class_names"] == sorted(CLASSES)
+    # the shipped folder config names no class count: the model took the three class folders' (saved)
+    assert json.loads((run["run"] / "config.json").read_text())["arch"]["args"]["num_classes"] == 3
     assert (run["run"] / "validation_split.txt").read_text().count("\n") == 4  # 3 cat + 1 dog held out
     out = tmp_path / "pred"
     proc = run_script("test_train.py", "-c", run["tt"], "-r", checkpoint(run), "--images", run["root"] / "test",

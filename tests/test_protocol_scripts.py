@@ -112,7 +112,7 @@ def test_bad_test_time_config_values_are_one_line_errors(ckpt, tmp_path, capfd):
 
 def test_methods_benchmark_runs_every_method_on_every_protocol(ckpt, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_script("bench/test_time_methods.py", ckpt, "--skip_views", "--draws", "2", "--size", "50",
+    proc = run_script("bench/studies/test_time_methods.py", ckpt, "--skip_views", "--draws", "2", "--size", "50",
                       "--alpha", "1", "--stream_batch", "32", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())["protocols"]

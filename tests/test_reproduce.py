@@ -1,4 +1,4 @@
-"""bench/reproduce.py on a tiny generated CIFAR-100 with a 1-epoch budget."""
+"""bench/records/reproduce.py on a tiny generated CIFAR-100 with a 1-epoch budget."""
 import subprocess
 import sys
 
@@ -7,7 +7,7 @@ from tests.helpers import ROOT, small_data_sets, write_cifar100
 
 def test_reproduce_table_and_reuse(tmp_path):
     data_dir = write_cifar100(tmp_path / "data", train_per_class=10, test_per_class=2)
-    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--dataset", "cifar100_ir100", "--methods",
+    cmd = [sys.executable, str(ROOT / "bench" / "records" / "reproduce.py"), "--dataset", "cifar100_ir100", "--methods",
            "softmax,ride,tade", "--epochs", "1", "--out_dir", str(tmp_path / "runs"), "-d", "cpu"]
     for s in small_data_sets(data_dir):
         cmd += ["--set", s]
@@ -33,8 +33,7 @@ def test_reproduce_table_and_reuse(tmp_path):
 
 
 def test_schedule_scaling_to_budget():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from reproduce import scaled_overrides
+    from bench.records.reproduce import scaled_overrides
     config = {"trainer": {"epochs": 200}, "lr_scheduler": {"args": {"step1": 160, "step2": 180, "gamma": 0.1,
                                                                     "warmup_epoch": 5}},
               "loss": {"args": {"reweight_epoch": 160}}}
@@ -45,7 +44,7 @@ def test_schedule_scaling_to_budget():
 
 def test_seeds_give_mean_and_std_per_distribution(tmp_path):
     data_dir = write_cifar100(tmp_path / "data", train_per_class=10, test_per_class=2)
-    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--dataset", "cifar100_ir100", "--methods",
+    cmd = [sys.executable, str(ROOT / "bench" / "records" / "reproduce.py"), "--dataset", "cifar100_ir100", "--methods",
            "softmax", "--epochs", "1", "--seeds", "1", "2", "--out_dir", str(tmp_path / "runs"), "-d", "cpu"]
     for s in small_data_sets(data_dir):
         cmd += ["--set", s]

@@ -197,7 +197,7 @@ def test_a_documented_calibration_family_is_accepted_from_the_file_and_from_set(
 
 # -- bench and record tools ---------------------------------------------------------------------------------
 def _portable(folder, capfd):
-    return run_entry("bench/portable_record.py", [folder], capfd)
+    return run_entry("bench/records/portable_record.py", [folder], capfd)
 
 
 def _damaged_record(root, name, content):
@@ -237,14 +237,15 @@ def test_portable_record_names_a_missing_folder(tmp_path, capfd):
 def test_test_time_methods_names_a_truncated_logits_file(tmp_path, capfd):
     torn = tmp_path / "torn.npz"
     torn.write_bytes((RECORD / "logits.npz").read_bytes()[:100_000])
-    code, _, err = run_entry("bench/test_time_methods.py", ["--logits", torn, "--out", tmp_path / "o.json"], capfd)
+    code, _, err = run_entry("bench/studies/test_time_methods.py", ["--logits", torn, "--out", tmp_path / "o.json"],
+                             capfd)
     one_line_error(code, err, "torn.npz", "not a readable .npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["torn.npz"]
 
 
 @pytest.mark.parametrize("name", ["x" * 300, "..", "a/b", "../escape"], ids=["300-chars", "dotdot", "a-b", "escape"])
 def test_record_refuses_a_name_that_is_not_one_folder_name_with_exit_2(tmp_path, capfd, name):
-    code, _, err = run_entry("bench/record.py", ["-c", DIGITS, "--epochs", "1", "--seed", "1", "--name", name,
+    code, _, err = run_entry("bench/records/record.py", ["-c", DIGITS, "--epochs", "1", "--seed", "1", "--name", name,
                                                  "--work_dir", tmp_path / "work", "--results_dir",
                                                  tmp_path / "results"], capfd)
     one_line_error(code, err, "--name", "one folder name")
@@ -252,7 +253,7 @@ def test_record_refuses_a_name_that_is_not_one_folder_name_with_exit_2(tmp_path,
 
 
 def test_record_refuses_an_escaping_name_with_exit_2_as_a_script(tmp_path):
-    proc = run_script("bench/record.py", "-c", DIGITS, "--epochs", "1", "--seed", "1", "--name", "../escape",
+    proc = run_script("bench/records/record.py", "-c", DIGITS, "--epochs", "1", "--seed", "1", "--name", "../escape",
                       "--work_dir", tmp_path / "work", "--results_dir", tmp_path / "results", timeout=120)
     one_line_error(*code_and_stderr(proc), "--name", "'../escape'")
     assert list(tmp_path.iterdir()) == []
@@ -263,7 +264,7 @@ REPORT_FILES = ("record.json", "config.json", "eval_last.json", "test_time_metho
 
 @pytest.fixture(scope="module")
 def report_record(tmp_path_factory):
-    """The files of a committed record that bench/report.py reads (copied: records are read-only)."""
+    """The files of a committed record that bench/records/report.py reads (copied: records are read-only)."""
     folder = tmp_path_factory.mktemp("report") / "results" / RECORD.name
     folder.mkdir(parents=True)
     for name in REPORT_FILES:
@@ -294,7 +295,7 @@ def test_report_refuses_what_would_break_or_fake_the_page(report_record, tmp_pat
     shutil.copytree(report_record, results / report_record.name)
     damage(results / report_record.name)
     doc = tmp_path / "results.md"
-    code, _, err = run_entry("bench/report.py", ["--results", results, "--doc", doc], capfd)
+    code, _, err = run_entry("bench/records/report.py", ["--results", results, "--doc", doc], capfd)
     one_line_error(code, err, fragment)
     assert not doc.exists()
 
@@ -407,7 +408,8 @@ def test_saved_logits_declaring_more_than_memory_are_refused_before_they_are_rea
     bomb = tmp_path / "bomb.npz"
     with zipfile.ZipFile(bomb, "w") as z:
         z.writestr("test_logits.npy", _declared((10 ** 13,)))
-    code, _, err = run_entry("bench/test_time_methods.py", ["--logits", bomb, "--out", tmp_path / "o.json"], capfd)
+    code, _, err = run_entry("bench/studies/test_time_methods.py", ["--logits", bomb, "--out", tmp_path / "o.json"],
+                             capfd)
     one_line_error(code, err, "bomb.npz", "'test_logits'", "would take 37252.9 GiB")
 
 
@@ -416,9 +418,9 @@ def test_a_fifo_given_as_logits_or_in_a_record_is_refused_not_waited_on(tmp_path
     folder = _damaged_record(tmp_path, "record.json", b"{}")
     os.mkfifo(folder / "info.log")
     try:
-        for script, argv in (("bench/test_time_methods.py", ["--logits", tmp_path / "l.npz", "--out",
+        for script, argv in (("bench/studies/test_time_methods.py", ["--logits", tmp_path / "l.npz", "--out",
                                                              tmp_path / "o.json"]),
-                             ("bench/portable_record.py", [folder])):
+                             ("bench/records/portable_record.py", [folder])):
             hung, result = _in_thread(lambda: run_entry(script, argv, capfd), seconds=20)
             assert not hung, f"{script} waits on a FIFO"
             one_line_error(result[0], result[2], "is a FIFO")
@@ -447,17 +449,18 @@ def test_report_refuses_a_missing_or_wrong_results_folder_and_an_unreadable_page
     doc = tmp_path / "results.md"
     for argv, fragment in ((["--results", tmp_path / "nowhere"], "is not a folder"),
                            (["--results", report_record], "is one record")):
-        code, _, err = run_entry("bench/report.py", [*argv, "--doc", doc], capfd)
+        code, _, err = run_entry("bench/records/report.py", [*argv, "--doc", doc], capfd)
         one_line_error(code, err, fragment)
-    doc.write_bytes(b"<!-- tables: generated by bench/report.py -->\n\xff\xfe\n<!-- end of generated tables -->\n")
+    doc.write_bytes(b"<!-- tables: generated by bench/records/report.py -->\n\xff\xfe\n"
+                    b"<!-- end of generated tables -->\n")
     before = doc.read_bytes()
-    code, _, err = run_entry("bench/report.py", ["--results", report_record.parent, "--doc", doc], capfd)
+    code, _, err = run_entry("bench/records/report.py", ["--results", report_record.parent, "--doc", doc], capfd)
     one_line_error(code, err, "--doc", "UTF-8")
     assert doc.read_bytes() == before
 
 
 def test_own_data_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
-    from bench.own_data_demo import check_copy_folder
+    from bench.studies.own_data_demo import check_copy_folder
     mine = tmp_path / "unlabeled" / "forward50"
     mine.mkdir(parents=True)
     (mine / "000000.png").write_bytes(b"a copy")

@@ -123,15 +123,23 @@ def build_model(config):
     return config.init_obj("arch", models)
 
 
-def check_class_count(config, data):
-    """The model's ``num_classes`` (``arch.args.num_classes``, or the class's default) must be the
-    data's: a 5-class head on 10-class data fails with an IndexError mid-epoch otherwise."""
+def settle_class_count(config, data):
+    """The model's ``num_classes`` is the data's. A config without ``arch.args.num_classes`` (for a
+    model that takes one) gets the data's count, e.g. the class folders the folder data module found,
+    written into the resolved config (so the run's config.json and its checkpoints name it); a given
+    number that differs is refused with the right one (a 5-class head on 10-class data would fail
+    with an IndexError mid-epoch)."""
     cls, section = config._lookup("arch", models)
     args = section.get("args") or {}
     try:
         parameter = inspect.signature(cls).parameters.get("num_classes")
     except (TypeError, ValueError):
         parameter = None
+    if "num_classes" not in args and parameter is not None:
+        section["args"] = {**args, "num_classes": data.num_classes}
+        _note(f"config {config.source}: arch.args.num_classes not given; {data.num_classes}, the classes of "
+              f"{config['data_loader']['type']}")
+        return
     count = args.get("num_classes", parameter.default if parameter is not None else None)
     if isinstance(count, int) and count != data.num_classes:
         raise UserError(f"config {config.source}: arch.args.num_classes is {count}, but "
@@ -200,7 +208,7 @@ def load_trained(checkpoint, config_path=None, overrides=(), device="cpu"):
     """The whole build chain for a trained checkpoint (test.py, test_train.py, bench scripts)."""
     config, ckpt = resolve_config(config_path, checkpoint, overrides)
     data = build_data(config)
-    check_class_count(config, data)
+    settle_class_count(config, data)
     check_class_names(ckpt, checkpoint, data)
     net = build_model(config)
     load_model_weights(net, extract_state_dict(ckpt, checkpoint), checkpoint)

@@ -1,7 +1,7 @@
 """Clean per-expert logits saved to one compressed ``.npz`` file, and what post-hoc methods need to
 run from it without the network or the data.
 
-``test.py --save_logits`` writes it; ``bench/test_time_methods.py --logits FILE`` and recorded runs
+``test.py --save_logits`` writes it; ``bench/studies/test_time_methods.py --logits FILE`` and recorded runs
 (``results/*/logits.npz``) read it. Keys:
 
 - ``test_logits`` [N, E, C], ``test_targets`` [N]; ``validation_*`` and ``training_*`` likewise

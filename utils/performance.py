@@ -1,9 +1,11 @@
 """Precision and memory-layout settings from the config's ``trainer`` section, shared by training,
 evaluation and test-time aggregation so all forward passes run in the same mode.
 
-Keys: ``autocast`` (null, "auto", "bf16", "fp16"; "auto" is bf16 where the device computes bf16
-natively, a GPU with bf16 or a CPU with AVX512-BF16 or AMX, and fp32 elsewhere: on an AVX2-only CPU
-bf16 is emulated and a training step is about 10x slower than in fp32), ``channels_last`` (bool), ``compile`` (bool),
+Keys: ``autocast`` (null, "auto", "bf16", "fp16"; "auto" is bf16 where the process may compute bf16
+natively: a GPU with bf16, or a CPU with AVX512-BF16 or AMX whose use is not capped by
+``ATEN_CPU_CAPABILITY`` or ``ONEDNN_MAX_CPU_ISA``; fp32 elsewhere: on an AVX2-only or AVX2-capped CPU
+bf16 is emulated and a training step is about 10x slower than in fp32), ``channels_last`` (bool),
+``compile`` (bool),
 ``cudnn_benchmark`` (bool), ``cuda_graph`` (bool: training steps replayed as CUDA graphs on one GPU,
 see ``trainer/cuda_graph.py``). A missing key means off (plain fp32, NCHW, eager), so configs and
 checkpoints written before these keys existed keep their behaviour; the exception is
@@ -12,6 +14,7 @@ with batch norm folded into the convolutions (model/fold_batchnorm.py; the same 
 rounding, checkpoints unchanged).
 """
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,13 +25,25 @@ _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.flo
 _FLAGS = ("channels_last", "compile", "cudnn_benchmark", "cuda_graph", "fold_batchnorm")
 
 
+def onednn_allows_bf16():
+    """Whether oneDNN (the CPU's convolutions and matrix products) may use bf16 instructions: its cap,
+    ``ONEDNN_MAX_CPU_ISA`` (or the older ``DNNL_MAX_CPU_ISA``), is unset, ``ALL``, or an instruction
+    set from ``AVX512_CORE_BF16`` up (the AMX, FP16 and AVX10 ones)."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return cap == "ALL" or any(name in cap for name in ("BF16", "AMX", "FP16", "AVX10"))
+
+
 def native_bf16(device):
-    """Whether ``device`` computes bf16 in hardware (so bf16 autocast is faster than fp32 there)."""
+    """Whether this process computes bf16 natively on ``device`` (so bf16 autocast is faster than
+    fp32 there). On a CPU that is what the process may use, not only what the hardware has: AVX512-BF16
+    or AMX, with ATen's kernels at AVX512 (``torch.backends.cpu.get_cpu_capability()``, which
+    ``ATEN_CPU_CAPABILITY`` caps) and oneDNN not capped below bf16."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(hardware) and torch.backends.cpu.get_cpu_capability() == "AVX512" and onednn_allows_bf16()
     return False
 
 

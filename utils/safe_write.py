@@ -3,7 +3,7 @@ records, logs, checkpoints):
 
 1. **Checked before the work** (:func:`check_target`, :func:`check_beside`): the target is not a
    link, not a folder, not inside a recorded result (``results/NAME/``, or any folder holding a
-   ``record.json``: read-only to every tool; ``bench/record.py`` assembles a new record in a
+   ``record.json``: read-only to every tool; ``bench/records/record.py`` assembles a new record in a
    ``.NAME.partial`` folder, which is no record yet), its folder is writable, and if it exists it
    is a file this project wrote *for the same purpose*:
 
@@ -113,7 +113,7 @@ def _check_place(path, option):
     record = record_of(path)
     if record is not None:
         raise WriteRefused(f"{option} {path} lies in the recorded result {record}, which is read-only (only "
-                           "bench/record.py writes, creating a new record): choose a path outside it")
+                           "bench/records/record.py writes, creating a new record): choose a path outside it")
     folder = _nearest_existing(path.parent)
     if not folder.is_dir():
         raise WriteRefused(f"{option} {path}: {folder} is not a folder; expected a folder, or a path to create one "

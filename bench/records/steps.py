@@ -1,4 +1,4 @@
-"""The steps bench/record.py and bench/reproduce.py share: run an entry point from the repository
+"""The steps bench/records/record.py and bench/records/reproduce.py share: run an entry point from the repository
 root with its output in a log, train a run or resume it from its last.pth, and read what the
 training log says. A step that fails ends the tool with a line naming the log."""
 import re
@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
+from bench.common import ROOT
 
 from utils.safe_write import open_append
 

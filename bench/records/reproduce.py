@@ -1,7 +1,7 @@
 """Reproduce rows of the published tables: train each method, evaluate on every test distribution
 (and, for TADE, run test-time aggregation), and write a Markdown table beside the published rows.
 
-    python bench/reproduce.py --dataset cifar10_ir100 --methods softmax,ride,tade --epochs 200 \
+    python bench/records/reproduce.py --dataset cifar10_ir100 --methods softmax,ride,tade --epochs 200 \
         [--seeds 1 2 3] [--data_dir PATH] [--out_dir runs/reproduce] [-d DEVICE] [--set KEY.PATH=VALUE ...]
 
 ``--seeds``: one run per seed (default: the config's seed); the table then gives the mean +- standard
@@ -19,10 +19,10 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
+from bench.common import ROOT
 
-from bench.steps import command, run_step, train_or_resume, training_stats
+from bench.records.steps import command, run_step, train_or_resume, training_stats
 from utils.parse_config import read_json
 from utils.safe_write import write_text
 

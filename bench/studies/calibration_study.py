@@ -2,7 +2,7 @@
 100 and all images per class, several seeded draws each, calibration families with fewer effective
 parameters than a free per-class bias, each with EM and with SafePrior's two selection rules.
 
-    python bench/calibration_study.py [RECORD_DIR ...] [--sizes 10,20,50,100,all] [--draws 5]
+    python bench/studies/calibration_study.py [RECORD_DIR ...] [--sizes 10,20,50,100,all] [--draws 5]
         [--data_dir PATH] [--families ...] [--out FILE]
 
 RECORD_DIR: a folder of ``results/`` holding ``logits.npz`` (default: every one). The test logits
@@ -36,10 +36,10 @@ are read-only, so the study is never written into ``results/NAME/``.
 A row *holds* at a size when its worst of the eleven and its worst Dirichlet draw are >= -0.5
 points against the plain average over every draw of the split, and its mean over the draws is at
 least the aggregation's mean. Writes ``calibration_study.json`` into each record folder (rendered
-by ``bench/report.py``) unless ``--out`` names one file for all.
+by ``bench/records/report.py``) unless ``--out`` names one file for all.
 
 Timing of the label-shift methods with a warm cache (the 1.2x-one-test-pass target) is measured by
-``bench/test_time_speed.py --label_shift CHECKPOINT``, not here.
+``bench/speed/speed.py label-shift --checkpoint CHECKPOINT``, not here.
 """
 import argparse
 import functools
@@ -51,11 +51,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
+from bench.common import ROOT
 
 import trainer.test_time as methods
-from bench.test_time_methods import family_config
+from bench.studies.test_time_methods import family_config
 from trainer.adaptation import context_for
 from trainer.protocols import test_sets
 from trainer.saved_logits import load_logits
@@ -63,7 +63,7 @@ from trainer.test_time.prior_calibration import BIAS_FAMILIES
 from utils.parse_config import ConfigParser
 from utils.safe_write import WriteRefused, check_target, write_json
 
-WRITER = "bench/calibration_study.py"
+WRITER = "bench/studies/calibration_study.py"
 
 MARGIN = 0.5  # points: "never below the plain average - 0.5"
 AGGREGATION = "self-supervised aggregation (TADE)"
@@ -232,7 +232,7 @@ def evaluate(record, rows, size, draws):
 
 
 def markdown(study):
-    """The size table of one record (also rendered by bench/report.py)."""
+    """The size table of one record (also rendered by bench/records/report.py)."""
     refs = study["references"]
     lines = [f"Validation pool: {study['pool']}; {study['draws']} seeded draws per size ('all': one). References: "
              + ", ".join(f"{k} {v:.2f}" for k, v in refs.items()) + ".",

@@ -30,7 +30,7 @@ from utils.safe_write import check_target, write_json, write_text
 
 CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
 VARIANTS = {"fast": [], "plain": PLAIN}
-WRITER = "bench/speed.py accuracy"
+WRITER = "bench/speed/speed.py accuracy"
 
 
 def train(variant, seed, epochs, data_dir, save_dir, extra=(), config_path=CONFIG):

@@ -1,7 +1,5 @@
 """What the label-shift methods cost beside one test pass, with the validation cache cold and warm.
 
-    python bench/label_shift_speed.py CHECKPOINT [--data_dir PATH] [-d DEVICE] [--config PRIOR_CONFIG]
-
 Times, in one process (a quiet machine is needed for meaningful numbers):
 1. one ``test.py`` pass: the clean expert logits of the whole test set;
 2. the first label-shift call: the validation split's logits (a network pass, then written to the
@@ -18,12 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import trainer.test_time as methods
-from bench.common import checkpoint_parser
-from bench.test_time_methods import family_config
+from bench.studies.test_time_methods import family_config
 from trainer.adaptation import run_method, validation_source
 from trainer.build import load_trained, resolve_config
 from trainer.forward import collect_expert_logits
@@ -39,13 +33,17 @@ def label_shift_methods(prior_cfg):
             "oracle prior (uses test labels)": lambda: methods.OraclePrior()}
 
 
-def main():
-    p = checkpoint_parser(__doc__)
-    p.add_argument("--config", help="the prior config (default: configs/test_time_<family>_prior.json)")
-    p.add_argument("--keep_cache", action="store_true")
-    args = p.parse_args()
+def add_arguments(p):
+    p.add_argument("--data_dir", help="the checkpoint's data (default: its config's data_dir)")
+    p.add_argument("--test_time_config", help="the prior config (default: configs/test_time_<family>_prior.json)")
+    p.add_argument("--keep_cache", action="store_true", help="keep the validation cache (the cold figure is then warm)")
+
+
+def run(args):
+    if not args.checkpoint:
+        sys.exit("bench/speed/speed.py label-shift: --checkpoint is needed (a trained model)")
     dataset = resolve_config(None, args.checkpoint)[0]["data_loader"]["type"]
-    config_path = Path(args.config) if args.config else family_config("prior", dataset)
+    config_path = Path(args.test_time_config) if args.test_time_config else family_config("prior", dataset)
     raw = json.loads(config_path.read_text())
     prior_cfg = ConfigParser(raw, str(config_path))
     overrides = [("data_loader.args.data_dir", args.data_dir, "--data_dir")]
@@ -80,7 +78,3 @@ def main():
     print("warm cache, all eleven distributions: " + ", ".join(f"{k} {v:.2f} s" for k, v in per_method.items()))
     print(f"(test pass + every label-shift method, warm) / test pass = {(test_pass + warm) / test_pass:.2f}x "
           "(target: at most 1.2x)")
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@
 initialised, the loss's own draws for that step; both values printed, with the penalty off (first
 epoch) and on (last epoch).
 
-    python bench/dirmixe_formula.py [-c configs/config_cifar10_ir100_dirmixe.json] [--data_dir DIR] [--seed 1]
+    python bench/studies/dirmixe_formula.py [-c configs/config_cifar10_ir100_dirmixe.json] [--data_dir DIR] [--seed 1]
 
 The direct computation is written out as its authors' code computes it: the prior from the counts
 in float32, one cross-entropy per draw in a loop, the semi-variance in a Python loop.
@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
+from bench.common import ROOT
 
 
 def authors_formula(logits, target, weights, experts, counts, power, lambda_var, penalty):

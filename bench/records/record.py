@@ -1,7 +1,7 @@
 """Record a reference run: train, evaluate, run the test-time methods, and keep the evidence in
-``results/NAME/`` for good (docs/results.md is generated from these folders by bench/report.py).
+``results/NAME/`` for good (docs/results.md is generated from these folders by bench/records/report.py).
 
-    python bench/record.py -c configs/config_cifar10_ir100_tade.json --data_dir DATA --epochs 30 --seed 1 \
+    python bench/records/record.py -c configs/config_cifar10_ir100_tade.json --data_dir DATA --epochs 30 --seed 1 \
         [--set KEY.PATH=VALUE ...] [--name NAME] [--work_dir DIR] [--results_dir results] [-d DEVICE]
         [--skip_views] [--train_only]
 
@@ -13,13 +13,13 @@ Steps (each skipped when its output exists, so an interrupted command is resumed
    validation split and the training images saved as compressed float16 (``logits.npz``), and,
    unless ``--skip_views``, the logits of 5 epochs of augmented views of every test image
    (``--save_views``: self-supervised aggregation then runs from the file, docs/methods.md#shared-views);
-3. ``bench/test_time_methods.py`` on last.pth: every test-time method on every protocol
+3. ``bench/studies/test_time_methods.py`` on last.pth: every test-time method on every protocol
    (self-supervised aggregation included unless ``--skip_views``);
 4. the folder: resolved config, per-epoch curve (``epochs.csv``), training log, the commits that
    trained and evaluated it, the command, the machine and precision, and the weights (float32,
    without optimiser state) where they are small (at most ``SMALL_WEIGHTS`` bytes).
 
-A record holds no machine paths (bench/portable_record.py): the data folder is written ``DATA``
+A record holds no machine paths (bench/records/portable_record.py): the data folder is written ``DATA``
 and described by its data module and the SHA-256 of its files, the work folder ``WORK_DIR``, and
 paths inside the repository are relative; the command re-runs with ``--data_dir`` set to a copy
 of the same data.
@@ -37,17 +37,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
+from bench.common import ROOT
 
-from bench.portable_record import apply, data_fingerprint, places, plan, portable
-from bench.steps import command, run_step, train_or_resume, training_stats
+from bench.records.portable_record import apply, data_fingerprint, places, plan, portable
+from bench.records.steps import command, run_step, train_or_resume, training_stats
 from utils.cli import ArgumentParser
 from utils.errors import UserError, cli_entry
 from utils.run_folder import check_folder_name
 from utils.safe_write import check_target, write_bytes, write_json, write_text
 
-WRITER = "bench/record.py"
+WRITER = "bench/records/record.py"
 SMALL_WEIGHTS = 8 << 20  # weights kept in a record up to this size (a CIFAR ResNet-32 with 3 experts: 5.4 MB)
 DEFAULT_WORK_DIR = Path.home() / ".cache" / "tade-records"
 VIEW_EPOCHS = 5  # epochs of saved views: the shipped test-time configs' (configs/test_time_*_tade.json)
@@ -161,7 +161,7 @@ def main(argv=None):
         run_step(command("test.py", "-r", best, "--out", stage / "eval_best.json", **where), log, "record")
     if not (stage / "test_time_methods.json").is_file():
         views = ["--skip_views"] if args.skip_views else []
-        run_step(command("bench/test_time_methods.py", run_dir / "last.pth", *views, "--stream_batch", "16,128",
+        run_step(command("bench/studies/test_time_methods.py", run_dir / "last.pth", *views, "--stream_batch", "16,128",
                          "--out", stage / "test_time_methods.json", **where), log, "record")
     for src in ("config.json", "epochs.csv", "info.log"):
         write_bytes(stage / src, (run_dir / src).read_bytes())

@@ -1,7 +1,7 @@
 """Your own data, shown on real images: predictions on unlabeled shifted sets, scored against the
 labels that were withheld from them.
 
-    python -m bench.own_data_demo -r RUN/model_best.pth --work DIR [-c configs/test_time_folder_prior.json]
+    python bench/studies/own_data_demo.py -r RUN/model_best.pth --work DIR [-c configs/test_time_folder_prior.json]
                                   [--distributions forward50,backward50] [-d DEVICE]
 
 For each named test distribution of the checkpoint's image folder (data_loader/image_folder.py,
@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
+from bench.common import ROOT
 from trainer.build import load_trained
 from utils.errors import UserError, cli_entry
 from utils.safe_write import check_target, write_json, write_text
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-WRITER = "bench/own_data_demo.py"
+WRITER = "bench/studies/own_data_demo.py"
 COPY_NAME = re.compile(r"\d{6}\.\w+")  # what withhold() names a copy
 
 

@@ -2,7 +2,7 @@
 plain expert average for validation splits of 10, 20, 50, 100 and all left-over images per class,
 and beside them the same methods calibrated on the training images (CIFAR-LT, Digits-LT).
 
-    python bench/validation_size.py CHECKPOINT [--data_dir PATH] [-d DEVICE] [--sizes 10,20,50,100,all]
+    python bench/studies/validation_size.py CHECKPOINT [--data_dir PATH] [-d DEVICE] [--sizes 10,20,50,100,all]
         [--draws 10] [--out RESULTS.json]
 
 One pass each over the test set, the whole left-over split and the training images; every smaller
@@ -19,10 +19,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.test_time_methods import TRAINING_CALIBRATION, family_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
+from bench.studies.test_time_methods import TRAINING_CALIBRATION, family_config
 from trainer.adaptation import ReferenceLogits, run_method
 from bench.common import checkpoint_parser, output_path, write_report
 from trainer.build import load_trained
@@ -33,7 +31,7 @@ from utils.parse_config import ConfigParser
 import trainer.test_time as methods
 from utils.errors import cli_entry
 
-WRITER = "bench/validation_size.py"
+WRITER = "bench/studies/validation_size.py"
 
 
 def prior_methods(dataset):
@@ -104,11 +102,7 @@ def main(argv=None):
             print(rows[-1], flush=True)
     head = ("| method | calibrated on | mean of 11 | plain mean | worst of 11 vs plain | worst Dirichlet draw vs plain "
             "| strength | seconds |\n|---|---|---|---|---|---|---|---|")
-    text = head + "\n" + "\n".join(rows)
-    report["table"] = text
-    print("\n" + text)
-    write_report(out, report, WRITER)
-    print(f"wrote {out}")
+    write_report(out, report, WRITER, table=head + "\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 self-supervised aggregation aside): top-1 per test set, the mean over the eleven distributions, the
 worst difference from the plain expert average, and seconds per method.
 
-    python bench/test_time_methods.py CHECKPOINT [-d DEVICE] [--data_dir PATH] [--skip_views]
+    python bench/studies/test_time_methods.py CHECKPOINT [-d DEVICE] [--data_dir PATH] [--skip_views]
         [--draws 10] [--size 2000] [--stream_batch 1,16,128] [--out RESULTS.json]
-    python bench/test_time_methods.py --logits SAVED_LOGITS.npz [--out RESULTS.json]
+    python bench/studies/test_time_methods.py --logits SAVED_LOGITS.npz [--out RESULTS.json]
 
 ``--logits``: every method from a file of ``test.py --save_logits`` (or a recorded run's
 ``logits.npz``), in seconds, with no network and no data; self-supervised aggregation runs from
@@ -25,10 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
+from bench.common import ROOT, output_path, write_report
 
-from bench.common import output_path, write_report
 from trainer.adaptation import ReferenceLogits, run_method, run_stream, validation_source
 from trainer.build import build_test_time_method, load_trained, resolve_config
 from trainer.saved_logits import load_logits
@@ -110,7 +109,7 @@ def summary_table(rows):
     return "\n".join(lines)
 
 
-WRITER = "bench/test_time_methods.py"
+WRITER = "bench/studies/test_time_methods.py"
 
 
 def _legacy(payload):

@@ -1,7 +1,7 @@
 """Fault drill: kill a real training run with SIGKILL at random moments, resume it each time, and
 check that it ends with the same weights as an uninterrupted run.
 
-    python bench/fault_drill.py [--config configs/config_digits_lt_tade.json] [--epochs 8] [--kills 5]
+    python bench/drills/fault_drill.py [--config configs/config_digits_lt_tade.json] [--epochs 8] [--kills 5]
                                 [--seed 0] [--workdir DIR]
                                 [--drill kill|disk-full|concurrent-resume|overwrite|tools]
 
@@ -48,8 +48,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
+from bench.common import ROOT
 
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
@@ -306,7 +306,7 @@ def overwrite_drill(args, work, log):
     code, lines = run(tool("test.py", "-r", last, "-d", "cpu", "--save_logits", "--out", work / "eval.json"), log)
     if code:
         sys.exit(f"test.py failed: {one_line(code, lines)}")
-    # a record as bench/record.py leaves it
+    # a record as bench/records/record.py leaves it
     record = work / "results" / "rec"
     record.mkdir(parents=True)
     shutil.copyfile(work / "eval_logits.npz", record / "logits.npz")
@@ -316,10 +316,11 @@ def overwrite_drill(args, work, log):
     outside.write_text("a file of the user's\n")
     ok = True
     ok &= overwrite_case("record: test_time_methods.py --logits RECORD/logits.npz (default --out)",
-                         tool("bench/test_time_methods.py", "--logits", record / "logits.npz", "--stream_batch", "64"),
+                         tool("bench/studies/test_time_methods.py", "--logits", record / "logits.npz",
+                              "--stream_batch", "64"),
                          [record / "test_time_methods.json", record / "logits.npz"], log=log)
     ok &= overwrite_case("checkpoint: test_time_methods.py --out RUN/last.pth",
-                         tool("bench/test_time_methods.py", "--logits", work / "eval_logits.npz",
+                         tool("bench/studies/test_time_methods.py", "--logits", work / "eval_logits.npz",
                               "--stream_batch", "64", "--out", last), [last], log=log)
     linked = save_dir / name / "linked"
     shutil.copytree(run_dir, linked)
@@ -392,18 +393,18 @@ def tools_drill(args, work, log):
     os.mkfifo(work / "fifo.npz")
     out = work / "out.json"
     cases = [("portable_record.py on a torn logits.npz and a truncated model.pth",
-              tool("bench/portable_record.py", damaged)),
-             ("portable_record.py on a pickled npz", tool("bench/portable_record.py", pickled)),
-             ("portable_record.py on an info.log that is not UTF-8", tool("bench/portable_record.py", odd)),
-             ("portable_record.py on an info.log that is a FIFO", tool("bench/portable_record.py", special)),
-             ("portable_record.py on a missing folder", tool("bench/portable_record.py", work / "nowhere")),
+              tool("bench/records/portable_record.py", damaged)),
+             ("portable_record.py on a pickled npz", tool("bench/records/portable_record.py", pickled)),
+             ("portable_record.py on an info.log that is not UTF-8", tool("bench/records/portable_record.py", odd)),
+             ("portable_record.py on an info.log that is a FIFO", tool("bench/records/portable_record.py", special)),
+             ("portable_record.py on a missing folder", tool("bench/records/portable_record.py", work / "nowhere")),
              ("test_time_methods.py --logits a torn file",
-              tool("bench/test_time_methods.py", "--logits", damaged / "logits.npz", "--out", out)),
+              tool("bench/studies/test_time_methods.py", "--logits", damaged / "logits.npz", "--out", out)),
              ("test_time_methods.py --logits a FIFO",
-              tool("bench/test_time_methods.py", "--logits", work / "fifo.npz", "--out", out))]
+              tool("bench/studies/test_time_methods.py", "--logits", work / "fifo.npz", "--out", out))]
     for name in ("../escape", "x" * 300):
         cases.append((f"record.py --name {name[:12]}{'...' if len(name) > 12 else ''}",
-                      tool("bench/record.py", "-c", args.config, "--epochs", 1, "--seed", 1, "--name", name,
+                      tool("bench/records/record.py", "-c", args.config, "--epochs", 1, "--seed", 1, "--name", name,
                            "--work_dir", work / "record_work", "--results_dir", work / "record_results")))
     for label, edit in (("epochs \"thirty\"", lambda f: _edited(f, '"epochs": 30', '"epochs": "thirty"')),
                         ("training_seconds Infinity", lambda f: _edited(f, '"training_seconds": ',
@@ -414,7 +415,7 @@ def tools_drill(args, work, log):
         results = work / f"report_{len(cases)}"
         edit(_record_copy(results, "results")[1])
         cases.append((f"report.py on a record with {label}",
-                      tool("bench/report.py", "--results", results / "results", "--doc", results / "page.md")))
+                      tool("bench/records/report.py", "--results", results / "results", "--doc", results / "page.md")))
     cases += [("test.py --bs 0", tool("test.py", "-r", work / "no.pth", "--bs", 0)),
               ("test.py --protocol dirmixe --draws 0", tool("test.py", "-r", work / "no.pth", "--protocol", "dirmixe",
                                                             "--draws", 0))]

@@ -2,7 +2,7 @@
 on the eleven distributions with the test images as they are and re-encoded at several JPEG
 qualities (array data sets: CIFAR-LT, Digits-LT).
 
-    python bench/jpeg_sensitivity.py CHECKPOINT [--data_dir PATH] [-d DEVICE] [--qualities 95,75,50,30]
+    python bench/studies/jpeg_sensitivity.py CHECKPOINT [--data_dir PATH] [-d DEVICE] [--qualities 95,75,50,30]
         [--out RESULTS.json]
 
 The CIFAR-10 copy on these machines is itself a JPEG re-encoding (quality about 75) of the original
@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
 
 from base.base_model import average_experts
 from bench.common import checkpoint_parser, output_path, write_report
@@ -27,7 +26,7 @@ from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
 from utils.errors import UserError, cli_entry
 
-WRITER = "bench/jpeg_sensitivity.py"
+WRITER = "bench/studies/jpeg_sensitivity.py"
 
 
 def reencode(images, quality):
@@ -69,11 +68,8 @@ def main(argv=None):
         rows.append(f"| {label} | {100 * res['uniform']['top1']:.2f} | {sum(top) / len(top):.2f} |")
         print(rows[-1], flush=True)
     data.test_set.data = original
-    text = "| test images | uniform top-1 | mean of 11 |\n|---|---|---|\n" + "\n".join(rows)
-    report["table"] = text
-    print("\n" + text)
-    write_report(out, report, WRITER)
-    print(f"wrote {out}")
+    write_report(out, report, WRITER, table="| test images | uniform top-1 | mean of 11 |\n|---|---|---|\n"
+                 + "\n".join(rows))
 
 
 if __name__ == "__main__":

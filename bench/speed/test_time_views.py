@@ -10,8 +10,8 @@ Every script runs as its own process (the real entry points), in a temporary fol
 also timed in this process, the two variants alternated ``--repeats`` times (the fastest kept).
 ``--epochs`` and ``--distributions`` make a short check (the lead's timing run leaves them).
 """
+import functools
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT, ensure_cifar10, output_path, write_report
-from bench.test_time_methods import family_config
+from bench.common import ROOT, ensure_cifar10, output_path, timed_script, write_report
+from bench.studies.test_time_methods import family_config
 from trainer.build import load_trained, resolve_config
 from trainer.forward import collect_expert_logits
 
-WRITER = "bench/speed.py test-time-views"
+WRITER = "bench/speed/speed.py test-time-views"
 
 
 def add_arguments(p):
@@ -35,16 +35,7 @@ def add_arguments(p):
     p.add_argument("--out", help="JSON report (default: test_time_views.json beside the checkpoint)")
 
 
-def script(name, *args, device=None, data_dir=None):
-    """(seconds, stdout) of one entry point run from the repository root; a failure ends the bench."""
-    cmd = [sys.executable, str(ROOT / name), *map(str, args), *(["-d", device] if device else []),
-           *(["--data_dir", str(data_dir)] if data_dir else [])]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-        sys.exit(f"{WRITER}: {name} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
-    return seconds, proc.stdout
+script = functools.partial(timed_script, WRITER)  # (seconds, stdout) of an entry point; a failure ends the bench
 
 
 def pass_seconds(checkpoint, data_dir, device, repeats):

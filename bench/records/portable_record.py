@@ -1,6 +1,6 @@
 """A record holds no machine paths: what reproduces a run, not where it ran.
 
-``bench/record.py`` trains in a work folder outside the repository and reads the data from a folder
+``bench/records/record.py`` trains in a work folder outside the repository and reads the data from a folder
 of the recording machine; both show up in the files it keeps (the resolved config, the results'
 ``checkpoint`` entries, the training log, the logits' metadata, the small weights' config). Before
 a record is moved into ``results/`` every such path is rewritten to a placeholder:
@@ -10,7 +10,7 @@ a record is moved into ``results/`` every such path is rewritten to a placeholde
 - ``WORK_DIR``: the folder training ran in (``--work_dir``);
 - a path inside the repository becomes relative to it (``results/...``, ``configs/...``).
 
-    python bench/portable_record.py results/*/
+    python bench/records/portable_record.py results/*/
 
 lists every machine path left in the records named (exit 1 if there is one). A folder that is
 missing, or a file of it that cannot be read (a torn or pickled ``.npz``, a corrupt ``model.pth``,
@@ -24,9 +24,8 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
+from bench.common import ROOT
 
 from utils.cli import ArgumentParser
 from utils.errors import UserError, cli_entry
@@ -156,7 +155,7 @@ def files_of(folder):
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"record folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
-                        "expected a folder bench/record.py wrote (results/NAME)")
+                        "expected a folder bench/records/record.py wrote (results/NAME)")
     return sorted(folder.iterdir())
 
 
