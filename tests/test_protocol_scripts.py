@@ -51,7 +51,8 @@ def test_test_train_py_runs_the_safe_default_and_marks_the_oracle(ckpt, tmp_path
     for row in payload["distributions"].values():
         assert len(row["prior"]) == 10 and sum(row["prior"]) == pytest.approx(1, abs=1e-4)
         assert isinstance(row["shift_detected"], bool) and 0 <= row["top1_average"] <= 1
-        assert row["calibrated_on"] == "validation" and row["selection"]["simulated_sets"] == 40
+        assert row["calibrated_on"] == "validation" and row["selection"]["strength"] == "null"
+        assert not row["shift_detected"] or (0 <= row["strength"] <= 1 and row["null_shift_size"] > 0)
     # a test-time config may size the validation split it calibrates on
     sized = json.loads((ROOT / "configs" / "test_time_digits_prior.json").read_text())
     sized["test_time"]["validation"] = {"per_class": 5}

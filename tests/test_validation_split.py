@@ -195,7 +195,7 @@ def test_safe_prior_strength_comes_from_the_validation_split():
     from trainer.test_time import SafePrior
     c = 4
     val, yv = _gaussian_logits(800, np.full(c, 0.25), seed=1)
-    method = SafePrior(simulation_size=400)
+    method = SafePrior(strength="auto", min_divergence="auto", simulation_size=400)  # the per-model rule
     test, _ = _gaussian_logits(600, np.array([0.7, 0.2, 0.07, 0.03]), seed=2)
     out = method.adapt(test, _context(val, yv, c))
     sel = out["selection"]
@@ -218,7 +218,7 @@ def test_safe_prior_falls_back_to_the_plain_average_when_no_setting_holds(monkey
     c = 4
     val, yv = _gaussian_logits(800, np.full(c, 0.25), seed=1)
     test, _ = _gaussian_logits(600, np.array([0.7, 0.2, 0.07, 0.03]), seed=2)
-    out = SafePrior(simulation_size=400).adapt(test, _context(val, yv, c))
+    out = SafePrior(strength="auto", min_divergence="auto", simulation_size=400).adapt(test, _context(val, yv, c))
     assert out["selection"]["strength"] == 0 and "no setting held" in out["selection"]["chosen_by"]
     assert not out["shift_detected"] and torch.equal(out["scores"], test.mean(1))
     assert all(e["worst_margin"] < 0 for e in out["selection"]["evidence"].values())
