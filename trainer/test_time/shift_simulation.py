@@ -146,8 +146,9 @@ HALVINGS = 8
 
 
 def split_halves(method, reference, ctx, halvings=HALVINGS):
-    """``halvings`` cross-fitted pairs (calibration of one half per class, mean logits and targets of
-    the other half) of the validation split ``reference`` = (mean logits, targets); seeded."""
+    """``halvings`` cross-fitted pairs (calibration of one half per class, the other half's mean
+    logits and targets, as views of the split's rows) of the validation split ``reference`` = (mean
+    logits, targets); seeded."""
     z_all, y_all = reference
     y_np = y_all.numpy()
     rng = np.random.RandomState(SEED)
@@ -156,7 +157,7 @@ def split_halves(method, reference, ctx, halvings=HALVINGS):
         fit_idx, other = halves(y_np, rng)
         fit_t = torch.as_tensor(fit_idx)
         cal = method.fit((z_all[fit_t], y_all[fit_t]), ctx)
-        pairs.append((cal, z_all[torch.as_tensor(other)], y_np[other]))
+        pairs.append((cal, (z_all, other), y_np[other]))  # rows, not a copy: 8 halves of a large split
     return pairs
 
 
@@ -173,10 +174,10 @@ def null_shift_sizes(method, pairs, n):
     rng = np.random.RandomState(SEED + n)
     tol = max(method.tol, SIMULATION_TOL)
     sizes = []
-    for cal, z_other, y_other in pairs:
+    for cal, (z_all, other), y_other in pairs:
         c = cal["source_prior"].numel()
-        idx = torch.as_tensor(draw(y_other, np.full(c, 1.0 / c), n, rng))
-        log_q = torch.log_softmax(method._calibrate(z_other[idx], cal), 1)
+        rows = torch.as_tensor(other[draw(y_other, np.full(c, 1.0 / c), n, rng)])
+        log_q = torch.log_softmax(method._calibrate(z_all[rows], cal), 1)
         pi, _, _ = method.map_estimate(log_q, cal, tol=tol)
         sizes.append(shift_size(pi, cal["anchor"]))
     return np.asarray(sizes)
