@@ -451,19 +451,21 @@ class SafePrior(MAPPrior):
         facts.update(iterations=it, converged=conv)
         if self.strength == "null":
             from trainer.test_time.shift_simulation import null_strength
-            strength, evidence = null_strength(self, cal["halves"], pi, cal["anchor"], log_q.shape[0])
+            strength, evidence = null_strength(self, cal, pi, log_q.shape[0])
             facts.update(strength=strength, **evidence)
             pi = self.applied(pi, cal, log_q.shape[0], strength)
         return pi, facts
 
     def applied(self, prior, cal, n, strength=None):
         """The prior applied to ``n`` images: with strength "null", pi_0 (pi / pi_0)^s normalised, s
-        from the split's null at this size (the plain average when s is 0); else ``prior`` itself."""
+        from the split's null at this size (the plain average when s is 0); else ``prior`` itself.
+        Without ``strength`` (a stream: a new size every batch) the null is taken at the nearest
+        power of two of ``n``, so a stream computes it for a logarithmic number of sizes."""
         if self.strength != "null":
             return prior
         if strength is None:
             from trainer.test_time.shift_simulation import null_strength
-            strength, _ = null_strength(self, cal["halves"], prior, cal["anchor"], n)
+            strength, _ = null_strength(self, cal, prior, 2 ** round(math.log2(max(n, 1))))
         anchor = _log(cal["anchor"])
         return _normalise(torch.exp(anchor + strength * (_log(prior) - anchor)))
 

@@ -183,9 +183,13 @@ def null_shift_sizes(method, pairs, n):
     return np.asarray(sizes)
 
 
-def null_strength(method, pairs, prior, anchor, n):
-    """James-Stein strength max(0, 1 - E_null ||u||^2 / ||u||^2) and its evidence."""
-    observed = shift_size(prior, anchor)
-    null = null_shift_sizes(method, pairs, n)
+def null_strength(method, cal, prior, n):
+    """James-Stein strength max(0, 1 - E_null ||u||^2 / ||u||^2) and its evidence; the null of each
+    size is computed once per calibration (kept in ``cal["null_sizes"]``)."""
+    observed = shift_size(prior, cal["anchor"])
+    cache = cal.setdefault("null_sizes", {})
+    if n not in cache:
+        cache[n] = null_shift_sizes(method, cal["halves"], n)
+    null = cache[n]
     strength = max(0.0, 1.0 - float(null.mean()) / observed) if observed > 0 else 0.0
     return strength, {"shift_size": observed, "null_shift_size": float(null.mean()), "null_sets": len(null)}
