@@ -21,6 +21,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
 from bench.common import ROOT
 
+from bench.records.methods import AGGREGATION, DEFAULT_PRIOR, groups_over_seeds, method_name
 from utils.errors import UserError, one_line, shown
 from utils.safe_write import check_target, write_text
 
@@ -341,29 +342,7 @@ def jpeg_table(rec):
     return table(["test images", "uniform top-1", "change", "mean of 11"], rows)
 
 
-METHODS = OrderedDict([("CrossEntropyLoss", "Softmax"), ("BalancedSoftmaxLoss", "Balanced Softmax"),
-                       ("RIDELoss", "RIDE"), ("DiverseExpertLoss", "TADE"), ("LogitAdjustedLoss", "BalPoE"),
-                       ("DirMixELoss", "DirMixE")])
-AGGREGATION = "self-supervised aggregation (TADE)"
-DEFAULT_PRIOR = "SafePrior (default)"
 TOLERANCE = 0.005  # "never below the plain average" allows this much (0.5 points)
-
-
-def method_name(record):
-    loss = record["record"].get("loss")
-    return METHODS.get(loss, loss or "?")
-
-
-def groups_over_seeds(records):
-    """{(dataset, loss, epochs): [records differing only in the seed]}, in METHODS order."""
-    groups = OrderedDict()
-    order = list(METHODS)
-    for r in sorted(records, key=lambda r: (r["record"]["dataset"], order.index(r["record"].get("loss"))
-                                           if r["record"].get("loss") in order else len(order),
-                                           r["record"]["epochs"], r["record"]["seed"])):
-        rec = r["record"]
-        groups.setdefault((rec["dataset"], rec.get("loss"), rec["epochs"]), []).append(r)
-    return groups
 
 
 def mean_std(values, scale=100.0, digits=1):
@@ -428,7 +407,7 @@ def seeds_table(records):
         cells = [mean_std([m["last"]["distributions"][n]["top1"] for m in members]) for n in names]
         spread = np.mean([np.std([m["last"]["distributions"][n]["top1"] for m in members], ddof=1) for n in names])
         seeds = ", ".join(str(m["record"]["seed"]) for m in members)
-        rows.append([f"{dataset} {METHODS.get(loss, loss)} {epochs} ep (seeds {seeds})", *cells, pct(spread)])
+        rows.append([f"{dataset} {method_name(loss)} {epochs} ep (seeds {seeds})", *cells, pct(spread)])
     return table(["runs", *[short(n) for n in names], "mean std"], rows) if rows else None
 
 
@@ -438,7 +417,7 @@ def side_by_side_table(records):
     names = list(records[0]["last"]["distributions"])
     rows = []
     for (dataset, loss, epochs), members in groups_over_seeds(records).items():
-        method = METHODS.get(loss, loss)
+        method = method_name(loss)
         seeds = ",".join(str(m["record"]["seed"]) for m in members)
         variants = [(method, lambda m: m["last"]["distributions"])]
         for label, suffix in ((AGGREGATION, " + self-supervised aggregation"), (DEFAULT_PRIOR, " + SafePrior")):
@@ -523,7 +502,7 @@ def claims(records):
         for (dataset, loss, epochs), members in spreads:
             stds = [np.std([m["last"]["distributions"][n]["top1"] for m in members], ddof=1)
                     for n in members[0]["last"]["distributions"]]
-            lines.append(f"- **Seed spread** of {METHODS.get(loss, loss)} ({epochs} epochs, {len(members)} seeds): "
+            lines.append(f"- **Seed spread** of {method_name(loss)} ({epochs} epochs, {len(members)} seeds): "
                          f"std {100 * np.mean(stds):.2f} points on average over the eleven, at most "
                          f"{100 * np.max(stds):.2f}.")
         if pairs_:
