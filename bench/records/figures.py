@@ -22,8 +22,8 @@ import io
 import json
 import math
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
