@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from base.base_model import average_experts
-from model.calibration import bins_as_data, distribution_calibration, plot_reliability
+from model.calibration import bins_as_data, distribution_calibration
 from trainer.adaptation import shared_views
 from trainer.build import load_trained
 from trainer.evaluation import distribution_metrics
@@ -33,6 +33,7 @@ from trainer.validation_cache import validation_logits
 from utils.cli import ArgumentParser, add_evaluation_args, nonnegative_int, positive_int
 from utils.errors import cli_entry
 from utils.macs import macs_per_image
+from utils.reliability_diagram import plot_reliability
 from utils.result_path import check_result_path
 from utils.results import format_table, write_results
 from utils.safe_write import json_text

@@ -1,4 +1,5 @@
-"""Calibration metrics (docs/methods.md#calibration) and the reliability diagram.
+"""Calibration metrics (docs/methods.md#calibration) and the statistics of the reliability diagram
+(drawn by utils/reliability_diagram.py).
 
 Pure functions of scores [N, C] and integer targets [N]. Scores are probabilities, or logits with
 ``from_logits=True`` (then p = softmax(logits), and the NLL uses log_softmax, exact for any
@@ -20,6 +21,7 @@ import math
 import torch
 
 from base.base_model import average_experts
+from utils.reliability_diagram import ece_mce
 
 N_BINS = 15
 PROB_FLOOR = 1e-12
@@ -69,22 +71,14 @@ def bins_as_data(bins):
     return {**bins, **{k: [value(v, c) for v, c in zip(bins[k], bins["count"])] for k in ("accuracy", "confidence")}}
 
 
-def _ece_mce(bins):
-    n = sum(bins["count"])
-    gaps = [(c, abs(a - f)) for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"]) if c > 0]
-    if not n:
-        return math.nan, math.nan
-    return sum(c / n * g for c, g in gaps), max(g for _, g in gaps)
-
-
 def expected_calibration_error(scores, targets, n_bins=N_BINS, from_logits=False):
     """ECE = sum_b (n_b / n) |acc_b - conf_b| over ``n_bins`` equal-width confidence bins."""
-    return _ece_mce(reliability_bins(scores, targets, n_bins, from_logits))[0]
+    return ece_mce(reliability_bins(scores, targets, n_bins, from_logits))[0]
 
 
 def maximum_calibration_error(scores, targets, n_bins=N_BINS, from_logits=False):
     """MCE = max_b |acc_b - conf_b| over the non-empty bins."""
-    return _ece_mce(reliability_bins(scores, targets, n_bins, from_logits))[1]
+    return ece_mce(reliability_bins(scores, targets, n_bins, from_logits))[1]
 
 
 def negative_log_likelihood(scores, targets, from_logits=False):
@@ -119,7 +113,7 @@ def calibration_metrics(scores, targets, n_bins=N_BINS, from_logits=False, true_
     probs, log_probs = _probs_and_log_probs(scores, from_logits)
     targets = _targets(targets, probs.shape[0]).to(probs.device)
     bins = reliability_bins(probs, targets, n_bins)
-    ece, mce = _ece_mce(bins)
+    ece, mce = ece_mce(bins)
     gap = class_distribution_gap(probs, targets, true_distribution=true_distribution)
     return {"ece": ece, "mce": mce, "nll": float(-log_probs.gather(1, targets[:, None]).mean()),
             "top1": float((probs.argmax(1) == targets).double().mean()) if len(targets) else math.nan,
@@ -137,42 +131,3 @@ def distribution_calibration(expert_logits, targets, distributions, n_bins=N_BIN
         idx = torch.as_tensor(indices, dtype=torch.long, device=ensemble.device)
         out[name] = calibration_metrics(ensemble[idx], targets.to(ensemble.device)[idx], n_bins, from_logits=True)
     return out
-
-
-def plot_reliability(bins, path, title=None):
-    """A reliability diagram (PNG): accuracy per confidence bin against the diagonal, the gap
-    shaded, and the share of samples per bin below. ``bins`` is ``reliability_bins``'s dict (or
-    ``calibration_metrics``'s). Uses matplotlib's Agg canvas without pyplot (no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    bins = bins.get("bins", bins)
-    edges, counts = bins["edges"], bins["count"]
-    n = max(sum(counts), 1)
-    width = edges[1] - edges[0]
-    lefts = edges[:-1]
-    acc = [0.0 if c == 0 else a for a, c in zip(bins["accuracy"], counts)]
-    conf = [left + width / 2 if c == 0 else f for left, f, c in zip(lefts, bins["confidence"], counts)]
-    ece, mce = _ece_mce(bins)
-    fig = Figure(figsize=(5, 6))
-    FigureCanvasAgg(fig)
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.bar(lefts, acc, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
-    top.bar(lefts, [f - a if c else 0.0 for f, a, c in zip(conf, acc, counts)], bottom=acc, width=width,
-            align="edge", edgecolor="tab:red", color="tab:red", alpha=0.3, label="gap to confidence")
-    top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("accuracy")
-    top.legend(loc="upper left", fontsize=8)
-    top.set_title(title or "Reliability diagram")
-    top.text(0.03, 0.70, f"ECE {100 * ece:.2f}%\nMCE {100 * mce:.2f}%", ha="left", va="top",
-             transform=top.transAxes, fontsize=9, bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})
-    bottom.bar(lefts, [c / n for c in counts], width=width, align="edge", edgecolor="black", color="tab:gray")
-    bottom.set_xlabel("confidence (top-class probability)")
-    bottom.set_ylabel("share")
-    fig.tight_layout()
-    from utils.safe_write import atomic_file
-    with atomic_file(path) as f:
-        fig.savefig(f, dpi=120, format="png")
-    return path

@@ -1,5 +1,5 @@
 """Calibration metrics (docs/methods.md#calibration): ECE/MCE on 15 equal-width bins, NLL, the mean predicted class
-distribution against the true one, and the reliability diagram."""
+distribution against the true one, and the reliability diagram (utils/reliability_diagram.py)."""
 import math
 
 import pytest
@@ -7,7 +7,8 @@ import torch
 
 from model.calibration import (calibration_metrics, class_distribution_gap, distribution_calibration,
                                expected_calibration_error, maximum_calibration_error, negative_log_likelihood,
-                               plot_reliability, reliability_bins)
+                               reliability_bins)
+from utils.reliability_diagram import plot_reliability
 
 
 def top_probs(conf, top, num_classes):

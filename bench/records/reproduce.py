@@ -22,11 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
 from bench.common import ROOT
 
+from bench.records.distributions import short
 from bench.records.steps import command, run_step, train_or_resume, training_stats
 from utils.parse_config import read_json
 from utils.safe_write import write_text
-
-ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
 
 # docs/methods.md#published-results (top-1 %); missing entries are not published.
 PUBLISHED = {
@@ -131,13 +130,6 @@ def evaluate(args, method, run_dir, log):
     return results, macs_file.read_text().strip()
 
 
-def column_label(name):
-    for word, short in ABBREV.items():
-        if name.startswith(word):
-            return short + name[len(word):]
-    return name
-
-
 def cell(per_seed, name):
     """One distribution's top-1: the value, or mean +- std over the seeds."""
     values = [100 * d[name]["top1"] for d in per_seed if name in d]
@@ -149,7 +141,7 @@ def cell(per_seed, name):
 
 
 def markdown_table(args, rows, names):
-    head = ["method", *[column_label(n) for n in names], "GMACs", "train time", "images/s"]
+    head = ["method", *[short(n) for n in names], "GMACs", "train time", "images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     published = PUBLISHED.get(longest_prefix(args.dataset, PUBLISHED), {})
     seeds = f", {len(args.seeds)} seeds" if args.seeds and len(args.seeds) > 1 else ""
