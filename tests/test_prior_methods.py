@@ -338,6 +338,7 @@ def test_methods_are_found_by_class_name():
     (SafePrior, {"significance": 1.5}, r"significance 1.5: must be a number in \(0, 1\)"),
     (SafePrior, {"strength": 0}, r"strength 0: must be a number in \(0, 1\]"),
     (SafePrior, {"min_divergence": -0.1}, "min_divergence -0.1: must be a number >= 0"),
+    (SafePrior, {"null_target": "balanced"}, "null_target 'balanced': expected one of 'certified', 'plain'"),
     (EMPrior, {"source_prior": "uniform", "calibration": "training"}, "bias true with source_prior 'uniform'"),
     (EMPrior, {"calibration": "test"}, "calibration 'test': expected one of"),
     (SafePrior, {"calibration": "training"}, "auto.* are chosen on the validation split"),
@@ -429,6 +430,39 @@ def test_null_strength_damps_the_applied_prior_toward_the_anchor_and_streams():
     online = method.online(ctx)
     for batch in experts(z, np.full(C, 1.0 / C)).split(200):
         assert torch.isfinite(online.step(batch)).all()
+
+
+def head_biased_split_context(model, per_class, seed):
+    """A balanced validation split of a model whose expert average still favours the head classes
+    (its mean logit is the posterior under the training prior)."""
+    zv, yv = model.sample(np.full(C, 1.0 / C), per_class * C * 3, seed=seed)
+    keep = torch.cat([torch.where(yv == c)[0][:per_class] for c in range(C)])
+    return Context(num_experts=3, num_classes=C, train_prior=torch.tensor(TRAIN_PRIOR),
+                   validation_logits=lambda: (experts(zv[keep], TRAIN_PRIOR), yv[keep]))
+
+
+def test_null_target_keeps_the_balanced_move_the_split_certifies():
+    from trainer.test_time.shift_simulation import target_prior
+    model = Gaussians()
+    large, small = head_biased_split_context(model, 300, seed=5), head_biased_split_context(model, 4, seed=5)
+    certified, plain_target = SafePrior(), SafePrior(null_target="plain")
+    cal = certified.calibration(large)
+    share = cal["balanced_share"]
+    assert share > 0.8 and cal["selection"]["halves_disagreement"] < 0.2 * cal["selection"]["balanced_move"]
+    assert plain_target.calibration(large)["balanced_share"] == 0.0
+    assert SafePrior().calibration(small)["balanced_share"] < share
+    # the target sits between the plain average's prior and the balanced reading, by the share
+    target = target_prior(cal, share)
+    assert torch.allclose(certified.applied(torch.as_tensor(PRIORS["forward50"]), cal, 500, strength=0.0), target)
+    lo, hi = torch.log(cal["anchor"]), torch.log(cal["source_prior"])
+    assert torch.allclose(torch.log(target) - torch.log(target).mean(),
+                          (lo + share * (hi - lo)) - (lo + share * (hi - lo)).mean(), atol=1e-9)
+    # on a balanced test set the certified move corrects the head bias the plain average keeps
+    z, y = model.sample(np.full(C, 1.0 / C), 4000, seed=6)
+    logits = experts(z, TRAIN_PRIOR)
+    plain = accuracy(logits.mean(1), y)
+    assert accuracy(certified.adapt(logits, large)["scores"], y) > plain + 0.02
+    assert abs(accuracy(plain_target.adapt(logits, large)["scores"], y) - plain) < 0.01
 
 
 def test_null_strength_needs_two_images_of_every_class_and_names_the_option():

@@ -80,6 +80,8 @@ ESTIMATORS = {
     "SafePrior auto": lambda bias: methods.SafePrior(**COMMON, bias=bias),
     "SafePrior gate": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength=1.0, min_divergence=0.0),
     "SafePrior null": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null"),
+    "SafePrior null plain": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null",
+                                                            null_target="plain"),
     "SafePrior old": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="auto", min_divergence="auto"),
 }
 # (estimator, family) rows by default: every family under SafePrior's own selection, and the full
@@ -108,7 +110,7 @@ def candidates(dataset, rows):
 def settings_of(method):
     """The arguments that decide a label-shift method's output (to spot a row equal to the shipped one)."""
     keys = ("calibration_data", "source_prior", "temperature", "bias", "strength", "min_divergence", "significance",
-            "pseudo_count", "toward", "simulation_size", "tol", "max_iter")
+            "pseudo_count", "toward", "simulation_size", "null_target", "tol", "max_iter")
     return {k: getattr(method, k) for k in keys if hasattr(method, k)}
 
 

@@ -58,6 +58,7 @@ CALIBRATION_DATA = ("validation", "training")  # which labelled images calibrate
 DEFAULT = "default"  # source_prior not given: "uniform" on validation images, "reference" on training images
 TOWARD = ("source", "uniform", "plain")
 STRENGTH_RULES = ("null", "auto")  # SafePrior's strength chosen per test set (null) or per model (auto)
+NULL_TARGETS = ("certified", "plain")  # what strength "null" measures a shift from (SafePrior)
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -361,11 +362,17 @@ class SafePrior(MAPPrior):
        ``strength`` 0 would be the plain average, 1 the full Bayes adjustment.
 
     ``strength`` "null" (the default) is chosen per test set from the validation split alone
-    (trainer/test_time/shift_simulation.py): the split is halved per class 8 times; each half
-    calibrates while the other is resampled into a balanced set of the test set's size, on which
-    the whole estimate runs; the mean size ||log pi - log pi_0||^2 (centred) of those unshifted
-    estimates is the noise, and the strength is max(0, 1 - noise / the test set's own size). It is
-    written in every result (``strength``, ``shift_size``, ``null_shift_size``).
+    (trainer/test_time/shift_simulation.py). The split is halved per class 8 times.
+    a. The target: with ``null_target`` "certified" (default) both halves of each halving calibrate,
+       and the move from pi_0 to the calibration's reading of a balanced set (p_s) is kept in the
+       share the halves agree on: s_b = max(0, 1 - mean ||t_A - t_B||^2 / ||t||^2), t the centred
+       log ratio log p_s - log pi_0 (t_A, t_B: each half's own). The target is pi_b = pi_0 (p_s /
+       pi_0)^s_b; "plain" keeps pi_0 (s_b = 0).
+    b. The strength: one half calibrates while the other is resampled into a balanced set of the
+       test set's size, on which the whole estimate runs; the mean size ||log pi - log pi_b||^2
+       (centred) of those unshifted estimates is the noise, and the strength is max(0, 1 - noise /
+       the test set's own size), applied as pi_b (pi_map / pi_b)^strength. Every result holds
+       ``strength``, ``shift_size``, ``null_shift_size`` and ``balanced_share``.
 
     ``strength`` and ``min_divergence`` "auto" choose one setting per model instead: each half
     calibrates while the other is resampled into simulated test sets of ``simulation_size`` images
@@ -374,7 +381,8 @@ class SafePrior(MAPPrior):
     means the plain average. The choice and its evidence are written in every result (``selection``).
 
     Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats, 0; or "auto"),
-    ``strength`` ("null", in (0, 1] or "auto"), ``simulation_size`` (images per simulated set of
+    ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified" or "plain"; strength
+    "null" only), ``simulation_size`` (images per simulated set of
     "auto"; 2000),
     ``pseudo_count`` (> 0; 1), ``toward`` ("plain"), ``calibration``, ``source_prior``,
     ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test
@@ -382,8 +390,9 @@ class SafePrior(MAPPrior):
     """
 
     def __init__(self, significance=0.001, strength: float | str = "null", min_divergence: float | str = 0.0,
-                 pseudo_count=1.0, toward="plain", simulation_size=2000, **kwargs):
+                 pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="certified", **kwargs):
         super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
+        self.null_target = check_choice("null_target", null_target, NULL_TARGETS)
         self.significance = check_fraction("significance", significance)
         if min_divergence != "auto" and (not _is_number(min_divergence) or min_divergence < 0):
             raise ValueError(f"min_divergence {min_divergence!r}: must be a number >= 0 (nats) or \"auto\"")
@@ -404,10 +413,13 @@ class SafePrior(MAPPrior):
         if self._calibration is None:
             cal = super().calibration(ctx)
             if self.strength == "null":
-                from trainer.test_time.shift_simulation import split_halves
+                from trainer.test_time.shift_simulation import balanced_share, split_halves
                 cal["halves"] = split_halves(self, self.calibration_logits(ctx), ctx)
+                share, evidence = balanced_share(cal["halves"], cal) if self.null_target == "certified" else (0.0, {})
+                cal["balanced_share"] = share
                 gate = 0.0 if self.min_divergence == "auto" else self.min_divergence
-                cal["selection"] = {"strength": "null", "min_divergence": gate,
+                cal["selection"] = {"strength": "null", "min_divergence": gate, "null_target": self.null_target,
+                                    "balanced_share": share, **evidence,
                                     "chosen_by": "validation split, per test set: its shift size against an unshifted "
                                     "set of its size seen through cross-fitted halves of the split"}
             elif self.auto:
@@ -457,8 +469,8 @@ class SafePrior(MAPPrior):
         return pi, facts
 
     def applied(self, prior, cal, n, strength=None):
-        """The prior applied to ``n`` images: with strength "null", pi_0 (pi / pi_0)^s normalised, s
-        from the split's null at this size (the plain average when s is 0); else ``prior`` itself.
+        """The prior applied to ``n`` images: with strength "null", pi_b (pi / pi_b)^s normalised, pi_b
+        the target and s from the split's null at this size (the target when s is 0); else ``prior``.
         Without ``strength`` (a stream: a new size every batch) the null is taken at the nearest
         power of two of ``n``, so a stream computes it for a logarithmic number of sizes."""
         if self.strength != "null":
@@ -466,8 +478,8 @@ class SafePrior(MAPPrior):
         if strength is None:
             from trainer.test_time.shift_simulation import null_strength
             strength, _ = null_strength(self, cal, prior, 2 ** round(math.log2(max(n, 1))))
-        anchor = _log(cal["anchor"])
-        return _normalise(torch.exp(anchor + strength * (_log(prior) - anchor)))
+        from trainer.test_time.shift_simulation import target_prior, toward
+        return toward(target_prior(cal, cal["balanced_share"]), prior, strength)
 
     def map_estimate(self, log_q, cal, tol=None):
         return em_prior(log_q, cal["source_prior"], extra_counts=self.extra_counts(cal), tol=tol or self.tol,

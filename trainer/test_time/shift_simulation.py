@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-from trainer.test_time.prior_math import _log, chi2_sf, em_prior, kl_divergence, log_likelihood_ratio
+from trainer.test_time.prior_math import _log, _normalise, chi2_sf, em_prior, kl_divergence, log_likelihood_ratio
 
 STRENGTHS = (1.0, 0.75, 0.5, 0.25)
 MIN_DIVERGENCES = (0.0, 0.05)
@@ -142,54 +142,95 @@ def select_settings(method, reference, ctx):
 # ------------------------------------------------------------------------------------------------
 # strength "null": a strength per test set, from how far its estimated shift stands above what the
 # split's own noise produces on an unshifted set of the same size (docs/methods.md#prior-estimation).
+# The shift is measured from a target: the plain average's prior moved toward the calibration's
+# reading of a balanced set by the share of that move the split certifies (``null_target``
+# "certified"), or the plain average's prior itself ("plain").
 HALVINGS = 8
 
 
 def split_halves(method, reference, ctx, halvings=HALVINGS):
-    """``halvings`` cross-fitted pairs (calibration of one half per class, the other half's mean
-    logits and targets, as views of the split's rows) of the validation split ``reference`` = (mean
-    logits, targets); seeded."""
+    """``halvings`` cross-fitted pairs of the validation split ``reference`` = (mean logits,
+    targets), halved per class (seeded): (calibration of one half, calibration of the other half or
+    None, (the split's mean logits, the other half's rows), the other half's targets). The other
+    half is fitted only where the target needs it (``null_target`` "certified")."""
     z_all, y_all = reference
     y_np = y_all.numpy()
     rng = np.random.RandomState(SEED)
+    both = getattr(method, "null_target", "plain") == "certified"
     pairs = []
     for _ in range(halvings):
         fit_idx, other = halves(y_np, rng)
-        fit_t = torch.as_tensor(fit_idx)
+        fit_t, other_t = torch.as_tensor(fit_idx), torch.as_tensor(other)
         cal = method.fit((z_all[fit_t], y_all[fit_t]), ctx)
-        pairs.append((cal, (z_all, other), y_np[other]))  # rows, not a copy: 8 halves of a large split
+        cal_other = method.fit((z_all[other_t], y_all[other_t]), ctx) if both else None
+        pairs.append((cal, cal_other, (z_all, other), y_np[other]))  # rows, not copies: 8 halves of a large split
     return pairs
 
 
-def shift_size(prior, anchor):
-    """||u||^2 of the centred log ratio u = log prior - log anchor (what the adjustment adds per class)."""
-    u = _log(prior) - _log(anchor)
-    u = u - u.mean()
+def centred_log_ratio(prior, reference):
+    """u = log prior - log reference, centred over the classes (what an adjustment adds per class)."""
+    u = _log(prior) - _log(reference)
+    return u - u.mean()
+
+
+def shift_size(prior, reference):
+    """||u||^2 of the centred log ratio u = log prior - log reference."""
+    u = centred_log_ratio(prior, reference)
     return float((u * u).sum())
 
 
-def null_shift_sizes(method, pairs, n):
-    """The shift size the whole estimate (calibration on one half, MAP-EM on ``n`` images) reports on
-    balanced resamples of the other half: an unshifted test set of this size, seen through the split's noise."""
+def toward(reference, prior, share):
+    """reference (prior / reference)^share, normalised: geometric interpolation in log space."""
+    return _normalise(torch.exp(_log(reference) + share * (_log(prior) - _log(reference))))
+
+
+def balanced_share(pairs, cal):
+    """The share of the move from the plain average's prior (the anchor) to the calibration's reading
+    of a balanced set (the source prior) that the split certifies: James-Stein max(0, 1 - d / ||t||^2),
+    t the centred log ratio of that move with the whole split, d the mean squared distance between
+    the moves two disjoint halves read (the halves disagree by more than the whole split errs, so d is
+    cautious). Returns (share, evidence)."""
+    t = shift_size(cal["source_prior"], cal["anchor"])
+    moves = [(centred_log_ratio(a["source_prior"], a["anchor"]), centred_log_ratio(b["source_prior"], b["anchor"]))
+             for a, b, _, _ in pairs if b is not None]
+    if not moves or t <= 0:
+        return 0.0, {"balanced_move": t, "halves_disagreement": None}
+    d = float(np.mean([float(((ta - tb) ** 2).sum()) for ta, tb in moves]))
+    return max(0.0, 1.0 - d / t), {"balanced_move": t, "halves_disagreement": d}
+
+
+def target_prior(cal, share):
+    """The prior a test set's shift is measured from: the anchor moved ``share`` of the way to the
+    source prior (the anchor itself at share 0)."""
+    return toward(cal["anchor"], cal["source_prior"], share)
+
+
+def null_shift_sizes(method, pairs, n, share):
+    """The shift size the whole estimate (calibration on one half, MAP-EM on ``n`` images) reports,
+    from that half's target, on balanced resamples of the other half: an unshifted test set of this
+    size, seen through the split's noise."""
     rng = np.random.RandomState(SEED + n)
     tol = max(method.tol, SIMULATION_TOL)
     sizes = []
-    for cal, (z_all, other), y_other in pairs:
+    for cal, _, (z_all, other), y_other in pairs:
         c = cal["source_prior"].numel()
         rows = torch.as_tensor(other[draw(y_other, np.full(c, 1.0 / c), n, rng)])
         log_q = torch.log_softmax(method._calibrate(z_all[rows], cal), 1)
         pi, _, _ = method.map_estimate(log_q, cal, tol=tol)
-        sizes.append(shift_size(pi, cal["anchor"]))
+        sizes.append(shift_size(pi, target_prior(cal, share)))
     return np.asarray(sizes)
 
 
 def null_strength(method, cal, prior, n):
-    """James-Stein strength max(0, 1 - E_null ||u||^2 / ||u||^2) and its evidence; the null of each
-    size is computed once per calibration (kept in ``cal["null_sizes"]``)."""
-    observed = shift_size(prior, cal["anchor"])
+    """James-Stein strength max(0, 1 - E_null ||u||^2 / ||u||^2) of the shift u of ``prior`` from
+    the target (:func:`target_prior`), and its evidence; the null of each size is computed once per
+    calibration (kept in ``cal["null_sizes"]``)."""
+    share = cal["balanced_share"]
+    observed = shift_size(prior, target_prior(cal, share))
     cache = cal.setdefault("null_sizes", {})
     if n not in cache:
-        cache[n] = null_shift_sizes(method, cal["halves"], n)
+        cache[n] = null_shift_sizes(method, cal["halves"], n, share)
     null = cache[n]
     strength = max(0.0, 1.0 - float(null.mean()) / observed) if observed > 0 else 0.0
-    return strength, {"shift_size": observed, "null_shift_size": float(null.mean()), "null_sets": len(null)}
+    return strength, {"shift_size": observed, "null_shift_size": float(null.mean()), "null_sets": len(null),
+                      "balanced_share": share}
