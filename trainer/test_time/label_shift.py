@@ -363,11 +363,11 @@ class SafePrior(MAPPrior):
 
     ``strength`` "null" (the default) is chosen per test set from the validation split alone
     (trainer/test_time/shift_simulation.py). The split is halved per class 8 times.
-    a. The target: with ``null_target`` "certified" (default) both halves of each halving calibrate,
-       and the move from pi_0 to the calibration's reading of a balanced set (p_s) is kept in the
-       share the halves agree on: s_b = max(0, 1 - mean ||t_A - t_B||^2 / ||t||^2), t the centred
-       log ratio log p_s - log pi_0 (t_A, t_B: each half's own). The target is pi_b = pi_0 (p_s /
-       pi_0)^s_b; "plain" keeps pi_0 (s_b = 0).
+    a. The target: with ``null_target`` "certified" (default) the move from pi_0 to the
+       calibration's reading of a balanced set (p_s) is kept in the share the halves agree on:
+       s_b = max(0, 1 - d / ||t||^2), t the centred log ratio log p_s - log pi_0 and d the squared
+       distance between two disjoint halves' own t (twice the mean over pairs of halvings). The
+       target is pi_b = pi_0 (p_s / pi_0)^s_b; "plain" keeps pi_0 (s_b = 0).
     b. The strength: one half calibrates while the other is resampled into a balanced set of the
        test set's size, on which the whole estimate runs; the mean size ||log pi - log pi_b||^2
        (centred) of those unshifted estimates is the noise, and the strength is max(0, 1 - noise /

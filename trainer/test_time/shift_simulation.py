@@ -14,6 +14,7 @@ choice of a setting does not need the last digits of each simulated prior). The 
 (highest strength, then smallest gate) is chosen; none qualifying means the plain average
 (strength 0). The result holds the choice and the evidence (each candidate's worst difference).
 """
+import itertools
 import math
 
 import numpy as np
@@ -149,21 +150,18 @@ HALVINGS = 8
 
 
 def split_halves(method, reference, ctx, halvings=HALVINGS):
-    """``halvings`` cross-fitted pairs of the validation split ``reference`` = (mean logits,
-    targets), halved per class (seeded): (calibration of one half, calibration of the other half or
-    None, (the split's mean logits, the other half's rows), the other half's targets). The other
-    half is fitted only where the target needs it (``null_target`` "certified")."""
+    """``halvings`` cross-fitted pairs (calibration of one half per class, the other half's mean
+    logits and targets, as views of the split's rows) of the validation split ``reference`` = (mean
+    logits, targets); seeded."""
     z_all, y_all = reference
     y_np = y_all.numpy()
     rng = np.random.RandomState(SEED)
-    both = getattr(method, "null_target", "plain") == "certified"
     pairs = []
     for _ in range(halvings):
         fit_idx, other = halves(y_np, rng)
-        fit_t, other_t = torch.as_tensor(fit_idx), torch.as_tensor(other)
+        fit_t = torch.as_tensor(fit_idx)
         cal = method.fit((z_all[fit_t], y_all[fit_t]), ctx)
-        cal_other = method.fit((z_all[other_t], y_all[other_t]), ctx) if both else None
-        pairs.append((cal, cal_other, (z_all, other), y_np[other]))  # rows, not copies: 8 halves of a large split
+        pairs.append((cal, (z_all, other), y_np[other]))  # rows, not a copy: 8 halves of a large split
     return pairs
 
 
@@ -187,15 +185,16 @@ def toward(reference, prior, share):
 def balanced_share(pairs, cal):
     """The share of the move from the plain average's prior (the anchor) to the calibration's reading
     of a balanced set (the source prior) that the split certifies: James-Stein max(0, 1 - d / ||t||^2),
-    t the centred log ratio of that move with the whole split, d the mean squared distance between
-    the moves two disjoint halves read (the halves disagree by more than the whole split errs, so d is
-    cautious). Returns (share, evidence)."""
+    t the centred log ratio of that move with the whole split and d how far two disjoint halves'
+    moves lie apart (mean squared distance). Two halves of different halvings share a quarter of the
+    split on average, which halves their expected squared distance, so d is twice the mean over the
+    pairs of halvings: no fit beyond the halvings'. The halves disagree by more than the whole split
+    errs, so the share is cautious. Returns (share, evidence)."""
     t = shift_size(cal["source_prior"], cal["anchor"])
-    moves = [(centred_log_ratio(a["source_prior"], a["anchor"]), centred_log_ratio(b["source_prior"], b["anchor"]))
-             for a, b, _, _ in pairs if b is not None]
-    if not moves or t <= 0:
+    moves = [centred_log_ratio(half["source_prior"], half["anchor"]) for half, _, _ in pairs]
+    if len(moves) < 2 or t <= 0:
         return 0.0, {"balanced_move": t, "halves_disagreement": None}
-    d = float(np.mean([float(((ta - tb) ** 2).sum()) for ta, tb in moves]))
+    d = 2.0 * float(np.mean([float(((a - b) ** 2).sum()) for a, b in itertools.combinations(moves, 2)]))
     return max(0.0, 1.0 - d / t), {"balanced_move": t, "halves_disagreement": d}
 
 
@@ -212,7 +211,7 @@ def null_shift_sizes(method, pairs, n, share):
     rng = np.random.RandomState(SEED + n)
     tol = max(method.tol, SIMULATION_TOL)
     sizes = []
-    for cal, _, (z_all, other), y_other in pairs:
+    for cal, (z_all, other), y_other in pairs:
         c = cal["source_prior"].numel()
         rows = torch.as_tensor(other[draw(y_other, np.full(c, 1.0 / c), n, rng)])
         log_q = torch.log_softmax(method._calibrate(z_all[rows], cal), 1)
