@@ -140,7 +140,8 @@ class Record:
                          ("data_loader.args.validation", {"per_class": "all"}, "calibration_study.py")]
             trained = load_trained(ckpt, None, overrides, "cpu")
             logits, targets = validation_logits(trained, "cpu")
-            return (logits.mean(1), targets), f"whole left-over split ({len(targets)} images, cached beside {ckpt})"
+            shown = ckpt.resolve().relative_to(ROOT) if ckpt.resolve().is_relative_to(ROOT) else ckpt.name
+            return (logits.mean(1), targets), f"whole left-over split ({len(targets)} images, cached beside {shown})"
         logits, targets = self.saved.splits["validation"]
         return (logits.mean(1), targets), f"the validation split saved in logits.npz ({len(targets)} images)"
 
