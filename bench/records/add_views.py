@@ -139,9 +139,11 @@ def main(argv=None):
     from trainer.saved_logits import load_logits, save_views
     from utils.checkpoint import config_from_checkpoint, load_checkpoint
     from utils.npz_reader import open_npz
+    from utils.runtime import parse_device
     args = parse_args(argv)
     started = time.time()
     folder = Path(args.record)
+    device = str(parse_device(args.device)[0])  # what test.py will run on (an unknown device: one line, now)
     rec, logits, labels = check_record(folder)
     config = config_from_checkpoint(load_checkpoint(folder / "model.pth"))
     if config is None:
@@ -203,7 +205,7 @@ def main(argv=None):
             "rows_command": ["python", "bench/studies/test_time_methods.py", "--logits", f"{in_record}/logits.npz",
                              "--views", f"{in_record}/{VIEWS}", "--stream_batch", "16,128", "--out", "OUT.json"],
             "commit": commit, "uncommitted_changes": dirty, "machine": machine(), "precision": precision,
-            "device": args.device, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": device, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seconds": time.time() - started,
         }
         write_json(stage / ADDENDUM, portable(addendum, pairs), indent=1)
