@@ -10,6 +10,8 @@ a test that writes beside a checkpoint copies it into its own ``tmp_path`` first
   images per class), for evaluation and test-time aggregation.
 - ``digits_checkpoint``: 2 epochs of the shipped Digits-LT TADE config, for the test protocols and
   the prior methods.
+- ``digits_record``: ``bench/records/record.py --skip_views`` on 2 epochs of that config (results
+  folder, work folder, record folder), for the records' tools; a test that adds to a record copies it.
 """
 from types import SimpleNamespace
 
@@ -59,6 +61,17 @@ def small_run(tmp_path_factory):
     cfg = write_config(root / "c.json", small_cifar_config(data_dir, root / "saved", epochs=1))
     _train(["-c", cfg, "--run_id", "r", "--seed", "2"])
     return root, data_dir, root / "saved" / "small" / "r" / "last.pth"
+
+
+@pytest.fixture(scope="session")
+def digits_record(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rec")
+    results, work = base / "results", base / "work"
+    proc = run_script("bench/records/record.py", "-c", ROOT / "configs" / "config_digits_lt_tade.json", "--epochs", "2",
+                      "--seed", "3", "--skip_views", "--set", "trainer.tensorboard=false", "--work_dir", work,
+                      "--results_dir", results, "--name", "digits_e2_s3")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return results, work, results / "digits_e2_s3"
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,10 @@ from tests.helpers import ROOT, run_script
 DIGITS = ROOT / "configs" / "config_digits_lt_tade.json"
 
 
-@pytest.fixture(scope="module")
-def record(tmp_path_factory):
-    base = tmp_path_factory.mktemp("rec")
-    results, work = base / "results", base / "work"
-    proc = run_script("bench/records/record.py", "-c", DIGITS, "--epochs", "2", "--seed", "3", "--skip_views",
-                      "--set", "trainer.tensorboard=false", "--work_dir", work, "--results_dir", results,
-                      "--name", "digits_e2_s3")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return results, work, results / "digits_e2_s3"
+@pytest.fixture
+def record(digits_record):
+    """The session's record (tests/conftest.py): 2 epochs of the Digits-LT TADE config, --skip_views."""
+    return digits_record
 
 
 def test_a_record_holds_the_evidence(record):

@@ -14,6 +14,10 @@ run from it without the network or the data.
   trainer/view_logits.py), and ``views_meta``, a JSON string saying how they were made
   (augmentation and its arguments, pipeline, seed, epochs).
 
+A *views file* (``views.npz`` of a record's addendum, bench/records/add_views.py) holds only
+``view_logits``, ``views_meta``, the ``test_targets`` they go with and a ``meta`` JSON string:
+``load_logits(FILE, views=VIEWS)`` reads it beside a file of clean logits that has no views.
+
 Logits are stored as float16 or float32 (``dtype``); they are read back as float32.
 """
 import json
@@ -32,6 +36,7 @@ from utils.safe_write import atomic_file
 
 SPLITS = ("test", "validation", "training")
 DTYPES = ("float16", "float32")
+VIEW_KEYS = ("view_logits", "views_meta", "test_targets")  # a views file's arrays (and ``meta``)
 
 
 def save_logits(path, splits, cls_num_list, distributions, meta, dtype="float32", views=None):
@@ -49,6 +54,16 @@ def save_logits(path, splits, cls_num_list, distributions, meta, dtype="float32"
         arrays[f"{name}_targets"] = torch.as_tensor(targets).numpy().astype(np.int64)
     for name, idx in distributions.items():
         arrays[f"distribution_{name}"] = np.asarray(idx, dtype=np.int64)
+    return _write(path, arrays)
+
+
+def save_views(path, arrays, meta):
+    """A views file: :data:`VIEW_KEYS` of ``arrays`` (a saved-logits file's, as stored) and ``meta``
+    (a dict: what made them)."""
+    return _write(path, {**{k: arrays[k] for k in VIEW_KEYS}, "meta": np.array(json.dumps(meta))})
+
+
+def _write(path, arrays):
     path = Path(path)
     with atomic_file(path) as f:  # a unique temporary name: two runs at once never share one
         np.savez_compressed(f, **arrays)
@@ -97,11 +112,16 @@ class SavedLogits:
         return lambda: value
 
 
-def load_logits(path):
-    """Read a saved-logits file; a missing or malformed one is a one-line error naming the key."""
+def load_logits(path, views=None):
+    """Read a saved-logits file (and the views file ``views`` beside it); a missing or malformed one
+    is a one-line error naming the file and the key."""
     path = Path(path)
     with open_npz(path, "logits file") as f:  # a torn, pickled or special file is one line (utils/npz_reader.py)
         arrays = {k: f.read(k) for k in f.files}
+    views_path = path
+    if views is not None:
+        views_path = Path(views)
+        arrays.update(_views_file(path, views_path, arrays))
     for key in ("test_logits", "test_targets", "cls_num_list", "meta", "distribution_names"):
         if key not in arrays:
             raise UserError(f"logits file {path}: missing key {key!r} (write it with test.py --save_logits)")
@@ -142,12 +162,31 @@ def load_logits(path):
     for n, idx in distributions.items():
         if idx.ndim != 1 or idx.dtype.kind not in "iu" or (idx < 0).any() or (idx >= n_test).any():
             raise UserError(f"logits file {path}: distribution_{n} must be indices into the {n_test} test images")
-    views = _views(path, arrays, splits["test"][0].shape)
+    views = _views(views_path, arrays, splits["test"][0].shape)
     data = OfflineData(num_classes=len(counts), cls_num_list=counts.tolist(),
                        test_targets=splits["test"][1].numpy(), distributions=distributions,
                        validation_info=meta.get("validation_info"), has_validation="validation" in splits,
                        type_name=meta.get("data_loader", ""))
     return SavedLogits(str(path), splits, data, OfflineNet(int(splits["test"][0].shape[1])), meta, views)
+
+
+def _views_file(path, views, arrays):
+    """The view logits of the views file ``views``, checked to be of the test images of the logits file
+    ``path`` (the same targets in the same order), which must hold none of its own."""
+    if "view_logits" in arrays:
+        raise UserError(f"logits file {path} holds view logits of its own; expected a views file only beside a file "
+                        "without them")
+    with open_npz(views, "views file") as f:
+        found = {k: f.read(k) for k in VIEW_KEYS if k in f.files}
+    missing = [k for k in VIEW_KEYS if k not in found]
+    if missing:
+        raise UserError(f"views file {views}: missing key {missing[0]!r} (expected {', '.join(VIEW_KEYS)}: "
+                        "bench/records/add_views.py writes them)")
+    targets = found.pop("test_targets")
+    if "test_targets" in arrays and not np.array_equal(targets, arrays["test_targets"]):
+        raise UserError(f"views file {views}: its test_targets differ from those of logits file {path}; expected the "
+                        "views of the same test images in the same order")
+    return found
 
 
 def _views(path, arrays, test_shape):

@@ -4,8 +4,9 @@ records, logs, checkpoints):
 1. **Checked before the work** (:func:`check_target`, :func:`check_beside`): the target is not a
    link, not a folder, not inside a recorded result (``results/NAME/``, or any folder holding a
    ``record.json``: read-only to every tool; ``bench/records/record.py`` assembles a new record in a
-   ``.NAME.partial`` folder, which is no record yet), its folder is writable, and if it exists it
-   is a file this project wrote *for the same purpose*:
+   ``.NAME.partial`` folder, which is no record yet, and ``bench/records/add_views.py`` gives a
+   record new files, never replacing one, with :func:`add_files`), its folder is writable, and if
+   it exists it is a file this project wrote *for the same purpose*:
 
    - a JSON result says so itself: ``"written_by": WRITER`` (:func:`owned_json`; ``legacy``
      recognises files written before that key);
@@ -330,3 +331,28 @@ def is_temp_name(name):
     returns the pid or None."""
     m = TEMP_NAME.match(name)
     return int(m.group(1)) if m else None
+
+
+def add_files(folder, files):
+    """Give ``folder`` the new files ``files`` (paths in a staging folder on the same file system),
+    in order, under their names, each as a hard link: a name that exists (a file, a link, anything)
+    is refused and never replaced, and a failure or Ctrl-C part way removes the links this call
+    made, so the folder gains all of them or none."""
+    made = []
+    try:
+        for src in map(Path, files):
+            target = Path(folder) / src.name
+            try:
+                os.link(src, target, follow_symlinks=False)
+            except FileExistsError:
+                raise WriteRefused(f"{target} exists; refusing to replace it (a record's files are never "
+                                   "overwritten)") from None
+            except OSError as e:
+                raise UserError(f"cannot add {target}: {write_reason(e)}") from None
+            made.append(target)
+    except BaseException:
+        for target in reversed(made):
+            os.unlink(target)
+        raise
+    fsync_folder(folder)
+    return made

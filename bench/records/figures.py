@@ -5,7 +5,8 @@
   only in the seed): the mean over its seeds, shaded from the lowest to the highest seed;
 - ``test_time_vs_plain.png``: one panel per record, top-1 of SafePrior (default), EM, the
   self-supervised aggregation (where the record has it) and the oracle prior, each minus the plain
-  expert average, per distribution (test_time_methods.json);
+  expert average, per distribution (test_time_methods.json, and the rows an addendum added later,
+  marked so in the legend: bench/records/addendum.py);
 - ``reliability.png``: the records' reliability diagrams side by side (the plain average on the
   uniform test set, last epoch: ``reliability_bins`` of eval_last.json).
 
@@ -27,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from bench.records.addendum import LATER, added
 from bench.records.distributions import in_order, short
 from bench.records.methods import AGGREGATION, DEFAULT_PRIOR, EM, ORACLE, PLAIN, groups_over_seeds, method_name
 from utils.reliability_diagram import draw_reliability
@@ -92,7 +94,8 @@ def against_plain_series(records):
         rows = r["methods"]["protocols"]["distributions"]
         plain = rows[PLAIN]["results"]
         names = in_order(plain)
-        lines = [{"label": legend, "method": label, "style": style,
+        lines = [{"label": legend + (LATER if added(r, "distributions", label) else ""), "method": label,
+                  "style": style,
                   "difference": [100 * (rows[label]["results"][n]["top1"] - plain[n]["top1"]) for n in names]}
                  for label, legend, style in AGAINST_PLAIN if label in rows]
         if lines:
@@ -241,7 +244,11 @@ def figures(records):
             "Top-1 of each test-time method minus the plain expert average, in points, per test distribution "
             "(`test_time_methods.json`, last epoch): SafePrior (default; solid, on top), EM (dashed), TADE's "
             "self-supervised aggregation (dash-dot) where the record has it, and the oracle prior (grey, dotted), "
-            "which uses the test labels: a ceiling, not a method."), against, _draw_against_plain, (5.0, 4.0)))
+            "which uses the test labels: a ceiling, not a method."
+            + (" A line marked *added later* was computed from view logits added to its record afterwards (its "
+               "`addendum.json`; the tables below name the commit)."
+               if any(line["label"].endswith(LATER) for panel in against for line in panel["lines"]) else "")),
+            against, _draw_against_plain, (5.0, 4.0)))
     reliability = reliability_series(records)
     if reliability:
         sets = sorted({p["distribution"] for p in reliability})

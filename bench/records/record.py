@@ -53,14 +53,21 @@ DEFAULT_WORK_DIR = Path.home() / ".cache" / "tade-records"
 VIEW_EPOCHS = 5  # epochs of saved views: the shipped test-time configs' (configs/test_time_*_tade.json)
 
 
-def git_commit():
+def git_state():
+    """(the commit checked out, whether tracked files have uncommitted changes); ("unknown", None)
+    where git cannot say."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True, timeout=30).stdout.strip()
-        return out.stdout.strip() + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return "unknown", None
+    return (out.stdout.strip() or "unknown"), bool(dirty)
+
+
+def git_commit():
+    commit, dirty = git_state()
+    return commit + ("+uncommitted changes" if dirty else "")
 
 
 def machine():

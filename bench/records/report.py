@@ -10,6 +10,10 @@ code is left as it is). ``--check`` writes nothing and exits 1 when the page dif
 records say, or a figure it links is missing or was drawn from other numbers or code (a test runs
 it, so no number is copied by hand). A record with a missing or malformed file is a one-line error
 naming the file (exit 2).
+
+Rows a record gained later (bench/records/add_views.py: its ``addendum.json``, whose files must
+have the SHA-256 it lists) stand in its tables and figures beside its own, marked *added later*,
+with a note naming the commit that made them (bench/records/addendum.py).
 """
 import argparse
 import json
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
 from bench.common import ROOT
 
 from bench.records import figures
+from bench.records.addendum import LATER, ROWS, added, merge, note, read_addendum
 from bench.records.distributions import short
 from bench.records.methods import AGGREGATION, DEFAULT_PRIOR, groups_over_seeds, method_name
 from utils.errors import UserError, one_line, shown
@@ -147,6 +152,21 @@ def load_record(folder):
     protocols = rec["methods"]["protocols"]
     if not isinstance(protocols, dict) or "distributions" not in protocols:
         raise ReportError(f"{folder / 'test_time_methods.json'}: missing protocol 'distributions'")
+    check_rows(folder / "test_time_methods.json", protocols)
+    addendum = read_addendum(folder)  # rows added later (bench/records/add_views.py)
+    if addendum is not None:
+        check_rows(folder / ROWS, addendum["rows"])
+        merge(rec["methods"], addendum, folder)
+        rec["addendum"] = addendum
+    for column in ("loss", "accuracy"):
+        values = pd.to_numeric(rec["curve"][column], errors="coerce")
+        if not np.isfinite(values.to_numpy(dtype=float)).all():
+            raise ReportError(f"{folder / 'epochs.csv'}: column {column!r} holds a value that is not a finite number")
+    return rec
+
+
+def check_rows(path, protocols):
+    """Every row of a test_time_methods.json's ``protocols`` has a finite top1 per test set."""
     for protocol, entries in protocols.items():
         for label, entry in (entries.items() if isinstance(entries, dict) else ()):
             if label == "table":
@@ -154,13 +174,7 @@ def load_record(folder):
             results = entry.get("results") if isinstance(entry, dict) else None
             if not isinstance(results, dict) or not _is_number(entry.get("seconds", 0)) or not all(
                     isinstance(r, dict) and _is_number(r.get("top1")) for r in results.values()):
-                raise ReportError(f"{folder / 'test_time_methods.json'}: {protocol} / {label!r} has no finite top1 "
-                                  "for every test set")
-    for column in ("loss", "accuracy"):
-        values = pd.to_numeric(rec["curve"][column], errors="coerce")
-        if not np.isfinite(values.to_numpy(dtype=float)).all():
-            raise ReportError(f"{folder / 'epochs.csv'}: column {column!r} holds a value that is not a finite number")
-    return rec
+                raise ReportError(f"{path}: {protocol} / {label!r} has no finite top1 for every test set")
 
 
 def load_records(results_dir):
@@ -277,8 +291,8 @@ def methods_table(rec):
         res = entry["results"]
         acc = [res[n]["top1"] for n in names]
         worst = min(res[n]["top1"] - plain[n]["top1"] for n in names)
-        rows.append([label, *[pct(a) for a in acc], f"{100 * np.mean(acc):.2f}", f"{100 * worst:+.2f}",
-                     f"{entry['seconds']:.1f}"])
+        rows.append([label + (LATER if added(rec, "distributions", label) else ""), *[pct(a) for a in acc],
+                     f"{100 * np.mean(acc):.2f}", f"{100 * worst:+.2f}", f"{entry['seconds']:.1f}"])
     return table(["method", *[short(n) for n in names], "mean", "worst vs plain", "seconds"], rows)
 
 
@@ -420,7 +434,8 @@ def side_by_side_table(records):
         variants = [(method, lambda m: m["last"]["distributions"])]
         for label, suffix in ((AGGREGATION, " + self-supervised aggregation"), (DEFAULT_PRIOR, " + SafePrior")):
             if all(label in m["methods"]["protocols"]["distributions"] for m in members):
-                variants.append((method + suffix, lambda m, label=label:
+                later = LATER if any(added(m, "distributions", label) for m in members) else ""
+                variants.append((method + suffix + later, lambda m, label=label:
                                  m["methods"]["protocols"]["distributions"][label]["results"]))
         for label, get in variants:
             cells = [mean_std([get(m)[n]["top1"] for m in members]) for n in names]
@@ -457,8 +472,9 @@ def test_time_summary_table(records):
             if got is None:
                 continue
             mean, worst, worst_draw = got
-            rows.append([f"`{r['record']['name']}`", label, f"{100 * plain:.2f}", f"{100 * mean:.2f}",
-                         f"{100 * worst:+.2f}", "" if worst_draw is None else f"{100 * worst_draw:+.2f}"])
+            rows.append([f"`{r['record']['name']}`", label + (LATER if added(r, "distributions", label) else ""),
+                         f"{100 * plain:.2f}", f"{100 * mean:.2f}", f"{100 * worst:+.2f}",
+                         "" if worst_draw is None else f"{100 * worst_draw:+.2f}"])
     return table(["record", "method", "plain mean of 11", "method mean of 11", "worst of 11 vs plain",
                   "worst Dirichlet draw vs plain"], rows) if rows else None
 
@@ -514,6 +530,11 @@ def claims(records):
     return "\n".join(lines)
 
 
+def noted(text, records):
+    """``text`` (a table), then, where it marks rows as added later, the note naming their addenda."""
+    return [text, note(records)] if LATER in text else [text]
+
+
 def render(records):
     if not records:
         return "(No recorded runs yet.)\n"
@@ -528,7 +549,7 @@ def render(records):
              "### ECE and NLL per distribution (last epoch)", per_distribution_calibration(records)]
     parts += ["### Claims checked against the records", claims(records),
               "### Methods side by side (top-1 %, last epoch; mean +- std over seeds where there are several)",
-              side_by_side_table(records)]
+              *noted(side_by_side_table(records), records)]
     seeds = seeds_table(records)
     if seeds:
         parts += ["### Mean +- std over seeds (top-1 %, last epoch)", seeds]
@@ -541,9 +562,10 @@ def render(records):
     summary = test_time_summary_table(records)
     if summary:
         parts += ["### The label-shift default and the self-supervised aggregation against the plain average "
-                  "(top-1 %, differences in points)", summary]
+                  "(top-1 %, differences in points)", *noted(summary, records)]
     for r in records:
-        parts += [f"### Test-time methods on `{r['record']['name']}` (last epoch, top-1 %)", methods_table(r)]
+        parts += [f"### Test-time methods on `{r['record']['name']}` (last epoch, top-1 %)",
+                  *noted(methods_table(r), [r])]
         d = dirichlet_table(r)
         if d:
             parts += [f"Dirichlet label shift on `{r['record']['name']}` (top-1 %)", d]

@@ -4,12 +4,13 @@ worst difference from the plain expert average, and seconds per method.
 
     python bench/studies/test_time_methods.py CHECKPOINT [-d DEVICE] [--data_dir PATH] [--skip_views]
         [--draws 10] [--size 2000] [--stream_batch 1,16,128] [--out RESULTS.json]
-    python bench/studies/test_time_methods.py --logits SAVED_LOGITS.npz [--out RESULTS.json]
+    python bench/studies/test_time_methods.py --logits SAVED_LOGITS.npz [--views VIEWS.npz] [--out RESULTS.json]
 
 ``--logits``: every method from a file of ``test.py --save_logits`` (or a recorded run's
 ``logits.npz``), in seconds, with no network and no data; self-supervised aggregation runs from
-the view logits ``--save_views`` stored (its shared views, docs/methods.md#shared-views) and is
-left out, with a note naming that option, from a file without them.
+the view logits ``--save_views`` stored (its shared views, docs/methods.md#shared-views), or those
+of ``--views`` (a record's ``views.npz``, added by bench/records/add_views.py), and is left out,
+with a note naming that option, from a file without them.
 
 Methods: the plain expert average, each single expert, self-supervised aggregation (TADE's; with a
 checkpoint the network runs on augmented views, shared by the eleven distributions; ``--skip_views``
@@ -123,6 +124,7 @@ def main(argv=None):
     p.add_argument("checkpoint", nargs="?")
     p.add_argument("--logits",
                    help="saved logits (test.py --save_logits, results/*/logits.npz) instead of a checkpoint")
+    p.add_argument("--views", help="with --logits: the view logits beside them (a record's views.npz)")
     p.add_argument("-d", "--device", default="cpu")
     p.add_argument("--data_dir")
     p.add_argument("--skip_views", action="store_true", help="leave out self-supervised aggregation (slow)")
@@ -132,10 +134,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if (args.checkpoint is None) == (args.logits is None):
         p.error("give a CHECKPOINT or --logits FILE (one of them)")
+    if args.views and not args.logits:
+        p.error("--views FILE goes with --logits FILE (the clean logits the views belong to)")
     sizes = stream_batch_sizes(args)  # checked before any work
     out = output_path(args.out, args.checkpoint or args.logits, "test_time_methods.json", WRITER, _legacy)
     if args.logits:
-        trained = load_logits(args.logits)  # .data and .net: what the methods read
+        trained = load_logits(args.logits, args.views)  # .data and .net: what the methods read
         if trained.views is None and not args.skip_views:
             print(f"note: {args.logits} holds no view logits: self-supervised aggregation is left out (add them with "
                   "test.py --save_logits --save_views)", flush=True)
@@ -143,7 +147,7 @@ def main(argv=None):
                                   skip_views=args.skip_views or trained.views is None)
         clean, targets = trained.splits["test"]
         reference, validation = trained.source("training"), trained.source("validation")
-        source = {"logits": args.logits}
+        source = {"logits": args.logits, **({"views": args.views} if args.views else {})}
     else:
         overrides = [("data_loader.args.data_dir", args.data_dir, "--data_dir")]
         dataset = resolve_config(None, args.checkpoint)[0]["data_loader"]["type"]
