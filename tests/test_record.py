@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, run_script
+from tests.helpers import ROOT, run_entry, run_script
 
 DIGITS = ROOT / "configs" / "config_digits_lt_tade.json"
 
@@ -100,27 +100,30 @@ def test_the_docs_tables_match_the_records():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_validation_size_sweep_runs_on_a_recorded_model(record, tmp_path):
+def test_calibration_study_sweeps_the_split_and_the_training_images_of_a_recorded_model(record, tmp_path, capfd):
     _, _, folder = record
-    copy = tmp_path / "results" / folder.name
+    out = tmp_path / "calibration_study.json"
+    code, stdout, err = run_entry("bench/studies/calibration_study.py", [
+        folder, "--sizes", "5", "--draws", "1", "--rows", "EM:free", "--training_images", "--out", out], capfd)
+    assert code == 0, stdout[-2000:] + err[-3000:]
+    study = json.loads(out.read_text())[folder.name]
+    assert list(study["sizes"]) == ["5"] and set(study["sizes"]["5"]) == {"shipped config", "EM, free"}
+    assert set(study["training_images"]) == {"EM, training images", "SafePrior, training images"}
+    with np.load(folder / "logits.npz") as f:
+        training_counts = np.bincount(f["training_targets"], minlength=10).tolist()
+    for draw in study["sizes"]["5"]["EM, free"]["draws"]:
+        assert draw["calibrated_on"] == "validation" and max(draw["images_per_class"]) == 5
+    for entry in study["training_images"].values():
+        assert len(entry["draws"]) == 1 and entry["draws"][0]["calibrated_on"] == "training"
+        assert entry["draws"][0]["images_per_class"] == training_counts
+    copy = tmp_path / "results" / folder.name  # a record assembled by hand, holding the study
     shutil.copytree(folder, copy)
-    refused = run_script("bench/studies/validation_size.py", folder / "model.pth", "--out",
-                         copy / "validation_size.json")
-    assert refused.returncode == 2 and "read-only" in refused.stderr  # no tool writes into a record
-    out = tmp_path / "validation_size.json"
-    proc = run_script("bench/studies/validation_size.py", folder / "model.pth", "--sizes", "5,all", "--draws", "2",
-                      "--size", "100", "--out", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    shutil.copyfile(out, copy / "validation_size.json")  # a record assembled by hand, as bench/records/record.py would
-    rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {f"{m}, {c}" for m in ("SafePrior (shipped)", "EM")
-                         for c in ("validation, 5 per class", "validation, all per class", "training images")}
-    five = rows["EM, validation, 5 per class"]["eleven"]["uniform"]
-    assert five["calibrated_on"] == "validation" and max(five["calibration_images_per_class"]) == 5
-    assert rows["EM, training images"]["eleven"]["uniform"]["calibrated_on"] == "training"
-    doc = tmp_path / "r.md"
-    assert run_script("bench/records/report.py", "--results", copy.parent, "--doc", doc).returncode == 0
-    assert "against the validation split's size" in doc.read_text()
+    (copy / "calibration_study.json").write_text(json.dumps(study))
+    code, _, err = run_entry("bench/records/report.py", ["--results", copy.parent, "--doc", tmp_path / "r.md"], capfd)
+    assert code == 0, err
+    text = (tmp_path / "r.md").read_text()
+    assert "Calibration families against the validation split's size" in text
+    assert "| training images | SafePrior, training images |" in text
 
 
 def test_jpeg_sensitivity_on_a_recorded_model(record, tmp_path):
