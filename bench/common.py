@@ -10,12 +10,16 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_DATA = ROOT / ".cache" / "cifar"
 
-# Where each tool went when bench/ was laid out by job (records/, studies/, speed/, drills/): a
-# record's ``command`` names the path of its day, and results/ is never rewritten.
+# Where each tool went when bench/ was laid out by job (records/, studies/, speed/, drills/) and
+# when tools were merged: a record's ``command`` names the path of its day, and results/ is never
+# rewritten. The validation-size sweep is calibration_study.py's --training_images study, which
+# takes record folders (RECORD_DIR) where the sweep took a checkpoint.
 MOVED = {
     **{f"bench/{n}.py": f"bench/records/{n}.py" for n in ("record", "report", "portable_record", "reproduce")},
-    **{f"bench/{n}.py": f"bench/studies/{n}.py" for n in ("calibration_study", "validation_size", "test_time_methods",
+    **{f"bench/{n}.py": f"bench/studies/{n}.py" for n in ("calibration_study", "test_time_methods",
                                                           "jpeg_sensitivity", "dirmixe_formula", "own_data_demo")},
+    **dict.fromkeys(("bench/validation_size.py", "bench/studies/validation_size.py"),
+                    "bench/studies/calibration_study.py --training_images"),
     "bench/fault_drill.py": "bench/drills/fault_drill.py",
     "bench/speed.py": "bench/speed/speed.py",
     "bench/label_shift_speed.py": "bench/speed/speed.py label-shift",

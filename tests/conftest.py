@@ -8,10 +8,10 @@ a test that writes beside a checkpoint copies it into its own ``tmp_path`` first
   uninterrupted run every interrupted-and-resumed run must equal bit for bit.
 - ``small_run``: 1 epoch of the small CIFAR-100 recipe (10 images at the head class, 4 test
   images per class), for evaluation and test-time aggregation.
-- ``digits_checkpoint``: 2 epochs of the shipped Digits-LT TADE config, for the test protocols and
-  the prior methods.
-- ``digits_record``: ``bench/records/record.py --skip_views`` on 2 epochs of that config (results
-  folder, work folder, record folder), for the records' tools; a test that adds to a record copies it.
+- ``digits_record``: (results folder, work folder, record folder) of ``bench/records/record.py`` on 2
+  epochs of the shipped Digits-LT TADE config at seed 3 (``--skip_views``), its steps (train.py,
+  test.py, bench/studies/test_time_methods.py) run as processes, as a user's are.
+- ``digits_checkpoint``: the last.pth that record trained, for the test protocols.
 """
 from types import SimpleNamespace
 
@@ -21,6 +21,7 @@ from tests.helpers import (ROOT, call_entry, run_script, small_cifar_config, tin
                            write_config)
 
 REFERENCE_SEED = "5"
+DIGITS_RECORD = "digits_e2_s3"
 
 
 def _train(argv):
@@ -65,18 +66,17 @@ def small_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_record(tmp_path_factory):
-    base = tmp_path_factory.mktemp("rec")
+    base = tmp_path_factory.mktemp("digits_record")
     results, work = base / "results", base / "work"
-    proc = run_script("bench/records/record.py", "-c", ROOT / "configs" / "config_digits_lt_tade.json", "--epochs", "2",
-                      "--seed", "3", "--skip_views", "--set", "trainer.tensorboard=false", "--work_dir", work,
-                      "--results_dir", results, "--name", "digits_e2_s3")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return results, work, results / "digits_e2_s3"
+    code = call_entry("bench/records/record.py", [
+        "-c", ROOT / "configs" / "config_digits_lt_tade.json", "--epochs", "2", "--seed", "3", "--skip_views",
+        "--set", "trainer.tensorboard=false", "--work_dir", work, "--results_dir", results, "--name", DIGITS_RECORD])
+    log = work / DIGITS_RECORD / "record.log"
+    assert code == 0, log.read_text()[-5000:] if log.is_file() else code
+    return results, work, results / DIGITS_RECORD
 
 
 @pytest.fixture(scope="session")
-def digits_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits_run")
-    _train(["-c", ROOT / "configs" / "config_digits_lt_tade.json", "--epochs", "2", "--save_dir", root, "--run_id", "r",
-            "--set", "trainer.tensorboard=false"])
-    return next(root.glob("*/r/last.pth"))
+def digits_checkpoint(digits_record):
+    _, work, _ = digits_record
+    return work / DIGITS_RECORD / "train" / "last.pth"

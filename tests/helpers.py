@@ -155,6 +155,18 @@ def call_entry(script, argv):
                 logger.removeHandler(handler)
 
 
+def launch_in_process(cmd, stderr):
+    """``bench.records.steps.launch`` with the entry point of ``cmd`` (``python SCRIPT ARGS...``) run by
+    ``call_entry`` in this process: its stdout returned, its stderr into ``stderr``. A test that patches
+    it in checks what a tool does with its steps; tests/test_record.py runs the steps as processes."""
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(stderr):
+        code = call_entry(str(cmd[1]), cmd[2:])
+    return code, out.getvalue()
+
+
 def run_entry(script, argv, capfd):
     """``call_entry`` with its output captured (much faster than a fresh interpreter); returns
     (exit code, stdout, stderr)."""

@@ -1,12 +1,12 @@
 """bench/studies/calibration_study.py on a small saved-logits record (synthetic logits in the saved format),
-and its table in bench/records/report.py."""
+and its table in bench/records/report.py (on a recorded model: tests/test_record.py)."""
 import json
 
 import numpy as np
 import pytest
 
 from bench.records import report
-from tests.helpers import run_script
+from tests.helpers import one_line_error, run_entry
 from trainer.saved_logits import save_logits
 
 C = 10
@@ -40,11 +40,15 @@ def record(tmp_path_factory):
     return folder
 
 
-def test_the_study_scores_every_row_at_every_size(record, tmp_path):
+STUDY = "bench/studies/calibration_study.py"
+
+
+def test_the_study_scores_every_row_at_every_size(record, tmp_path, capfd):
     out = tmp_path / "study.json"
-    proc = run_script("bench/studies/calibration_study.py", record, "--sizes", "5,all", "--draws", "2",
-                      "--rows", "SafePrior auto:free,SafePrior auto:prior,EM:shrunk_prior", "--out", out)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = "SafePrior auto:free,SafePrior auto:prior,EM:shrunk_prior"
+    code, stdout, err = run_entry(STUDY, [record, "--sizes", "5,all", "--draws", "2", "--rows", rows, "--out", out],
+                                  capfd)
+    assert code == 0, stdout[-2000:] + err[-3000:]
     written = json.loads(out.read_text())
     assert written["written_by"] == "bench/studies/calibration_study.py"
     study = written[record.name]
@@ -72,16 +76,21 @@ def test_the_study_scores_every_row_at_every_size(record, tmp_path):
     assert "| 5 | SafePrior auto, prior |" in text and "| all | EM, shrunk_prior |" in text
 
 
-def test_a_recorded_result_is_never_written_into(record):
+def test_a_recorded_result_is_never_written_into(record, capfd):
     (record / "record.json").write_text("{}")  # the folder is now a record: read-only
     try:
-        proc = run_script("bench/studies/calibration_study.py", record, "--out", record / "calibration_study.json")
+        code, _, err = run_entry(STUDY, [record, "--out", record / "calibration_study.json"], capfd)
     finally:
         (record / "record.json").unlink()
-    assert proc.returncode != 0 and "read-only" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    one_line_error(code, err, "read-only")
     assert not (record / "calibration_study.json").exists()
 
 
-def test_unknown_rows_are_named(record):
-    proc = run_script("bench/studies/calibration_study.py", record, "--rows", "SafePrior auto:ridge")
-    assert proc.returncode != 0 and "ridge" in proc.stderr
+@pytest.mark.parametrize("args, fragments", [
+    (["--rows", "SafePrior auto:ridge"], ["--rows 'SafePrior auto:ridge'", "FAMILY one of"]),
+    (["--training_images"], ["--training_images", "no training logits"]),
+])
+def test_bad_rows_and_a_record_without_training_logits_are_named(record, tmp_path, args, fragments, capfd):
+    code, _, err = run_entry(STUDY, [record, *args, "--out", tmp_path / "study.json"], capfd)
+    one_line_error(code, err, *fragments)
+    assert not (tmp_path / "study.json").exists()

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from base.base_data_module import LTDataModule
-from tests.helpers import ROOT, one_line_error, run_script, small_cifar_config, write_cifar100, write_config
+from tests.helpers import ROOT, one_line_error, run_entry, small_cifar_config, write_cifar100, write_config
 from utils.errors import UserError
 
 TIMEOUT = 240  # generous: a hang shows up as a timeout, never as a slow pass
 # One thread per process, as torchrun sets by default: two-thread OpenMP regions crawl when the
-# cores are busy, and the one-process reference then computes with the same kernels.
+# cores are busy, and the one-process reference (called in this process, on one thread) then computes
+# with the same kernels.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
@@ -156,14 +157,13 @@ def test_batch_must_divide_by_world_size():
     assert IndexData(24, batch_size=12).rank_batch_size(4) == 3
 
 
-def test_two_processes_equal_one_process(cifar_dir, tmp_path):
+def test_two_processes_equal_one_process(cifar_dir, tmp_path, capfd):
     save = tmp_path / "saved"
     cfg = write_config(tmp_path / "c.json", ddp_config(cifar_dir, save))
-    cwd_one, cwd_two = tmp_path / "cwd_one", tmp_path / "cwd_two"
-    cwd_one.mkdir()
+    cwd_two = tmp_path / "cwd_two"
     cwd_two.mkdir()
-    one = run_script("train.py", "-c", cfg, "--run_id", "one", cwd=cwd_one, timeout=TIMEOUT, env=ONE_THREAD)
-    assert one.returncode == 0, one.stderr[-3000:]
+    code, _, err = run_entry("train.py", ["-c", cfg, "--run_id", "one"], capfd)  # one thread, as call_entry runs it
+    assert code == 0, err[-3000:]
     two = torchrun("-c", cfg, "--run_id", "two", cwd=cwd_two)
     assert two.returncode == 0, (two.stdout[-3000:], two.stderr[-3000:])
     run_one, run_two = save / "small" / "one", save / "small" / "two"
@@ -197,16 +197,15 @@ def test_two_processes_equal_one_process(cifar_dir, tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     (resumed / "last.pth").write_bytes((run_two / "checkpoint-epoch1.pth").read_bytes())
-    proc = run_script("train.py", "-r", resumed / "last.pth", timeout=TIMEOUT, env=ONE_THREAD)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("train.py", ["-r", resumed / "last.pth"], capfd)  # one thread, as call_entry runs it
+    assert code == 0, err[-3000:]
     assert torch.load(resumed / "last.pth", weights_only=True)["epoch"] == 2
     assert_same_weights(state(run_one / "checkpoint-epoch2.pth"), state(resumed / "last.pth"), 2e-4)
 
     # ... and evaluates with test.py in one process.
     out = tmp_path / "eval.json"
-    proc = run_script("test.py", "-r", run_two / "last.pth", "--distributions", "uniform", "--out", out,
-                      timeout=TIMEOUT, env=ONE_THREAD)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("test.py", ["-r", run_two / "last.pth", "--distributions", "uniform", "--out", out], capfd)
+    assert code == 0, err[-3000:]
     assert json.loads(out.read_text())["distributions"]["uniform"]["num_images"] == 100
 
 

@@ -112,6 +112,7 @@ def test_one_pass_equals_separate_subsets(trained):
 
 
 def test_test_py_writes_json_csv_and_logits(trained, tmp_path):
+    """test.py run as a user runs it, in its own process (the other tests call its main here)."""
     _, _, ckpt = trained
     out = tmp_path / "res" / "eval.json"
     proc = run_script("test.py", "-r", ckpt, "--out", out, "--save_logits", "--macs")
@@ -148,14 +149,14 @@ def test_test_py_writes_json_csv_and_logits(trained, tmp_path):
 def test_distribution_selection_and_unknown_name(trained, tmp_path, capfd):
     _, _, ckpt = trained
     out = tmp_path / "sel.json"
-    proc = run_script("test.py", "-r", ckpt, "--out", out, "--distributions", "backward50,uniform")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("test.py", ["-r", ckpt, "--out", out, "--distributions", "backward50,uniform"], capfd)
+    assert code == 0, err[-3000:]
     assert list(json.loads(out.read_text())["distributions"]) == ["uniform", "backward50"]
     code, _, err = run_entry("test.py", ["-r", ckpt, "--distributions", "sideways7"], capfd)
     one_line_error(code, err, "sideways7")
 
 
-def test_dataparallel_checkpoint_evaluates_the_same(trained, tmp_path):
+def test_dataparallel_checkpoint_evaluates_the_same(trained, tmp_path, capfd):
     _, _, ckpt = trained
     state = torch.load(ckpt, weights_only=True)
     wrapped = torch.nn.DataParallel(ResNet32Model(num_classes=100, num_experts=3, reduce_dimension=True))
@@ -164,9 +165,9 @@ def test_dataparallel_checkpoint_evaluates_the_same(trained, tmp_path):
     dp = dict({k: v for k, v in state.items() if k != "checksum"}, state_dict=wrapped.state_dict())
     assert all(k.startswith("module.") for k in dp["state_dict"])
     torch.save(dp, tmp_path / "dp.pth")
-    a = run_script("test.py", "-r", ckpt, "--out", tmp_path / "a.json")
-    b = run_script("test.py", "-r", tmp_path / "dp.pth", "--out", tmp_path / "b.json")
-    assert a.returncode == 0 and b.returncode == 0, b.stderr[-2000:]
+    assert run_entry("test.py", ["-r", ckpt, "--out", tmp_path / "a.json"], capfd)[0] == 0
+    code, _, err = run_entry("test.py", ["-r", tmp_path / "dp.pth", "--out", tmp_path / "b.json"], capfd)
+    assert code == 0, err[-2000:]
     assert (json.loads((tmp_path / "a.json").read_text())["distributions"]
             == json.loads((tmp_path / "b.json").read_text())["distributions"])
 
@@ -194,7 +195,7 @@ def _release_checkpoint(path, net, config):
         del sys.modules["parse_config"]
 
 
-def test_release_checkpoint_loads_and_gives_the_release_logits(trained, tmp_path):
+def test_release_checkpoint_loads_and_gives_the_release_logits(trained, tmp_path, capfd):
     from tests.release_reference import ResNet32Model as ReleaseModel
     from trainer.build import load_trained
     root, data_dir, _ = trained
@@ -221,8 +222,8 @@ def test_release_checkpoint_loads_and_gives_the_release_logits(trained, tmp_path
     with torch.no_grad():
         assert torch.allclose(net(x)["logits"], release(x), atol=1e-5)
     out = tmp_path / "rel.json"
-    proc = run_script("test.py", "-r", path, "--out", out, "--distributions", "uniform")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = run_entry("test.py", ["-r", path, "--out", out, "--distributions", "uniform"], capfd)
+    assert code == 0, err[-2000:]
 
 
 def test_bad_checkpoints_and_data(trained, tmp_path, capfd):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from utils.long_tail import img_num_per_cls
-from tests.helpers import ROOT, example_config, one_line_error, run_entry, run_script, write_config, write_npz
+from tests.helpers import ROOT, call_entry, example_config, one_line_error, run_entry, write_config, write_npz
 
 EXAMPLES = ROOT / "tests" / "extending"
 
@@ -17,8 +17,7 @@ EXAMPLES = ROOT / "tests" / "extending"
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("extending")
     cfg = write_config(root / "c.json", example_config(write_npz(root / "data.npz"), root / "saved"))
-    proc = run_script("train.py", "-c", cfg, "--run_id", "r")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert call_entry("train.py", ["-c", cfg, "--run_id", "r"]) == 0
     return root, root / "saved" / "extending" / "r"
 
 
@@ -32,10 +31,10 @@ def test_dataset_loss_and_backbone_train_through_train_py(run):
     assert f"| {expected} training images, 10 classes" in log
 
 
-def test_test_py_evaluates_the_example_model_on_every_distribution(run):
+def test_test_py_evaluates_the_example_model_on_every_distribution(run, capfd):
     _, folder = run
-    proc = run_script("test.py", "-r", folder / "last.pth")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("test.py", ["-r", folder / "last.pth"], capfd)
+    assert code == 0, err[-3000:]
     result = json.loads((folder / "eval_last.json").read_text())["distributions"]
     assert "uniform" in result and all(0 <= r["top1"] <= 1 for r in result.values())
 
@@ -45,8 +44,8 @@ def test_test_time_method_example_runs_through_test_train_py(run, capfd):
     tt = write_config(root / "tt.json", {"test_time": {
         "type": "tests.extending.most_confident_expert.MostConfidentExpert", "args": {"temperature": 1.0}}})
     out = root / "mce.json"
-    proc = run_script("test_train.py", "-c", tt, "-r", folder / "last.pth", "--out", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("test_train.py", ["-c", tt, "-r", folder / "last.pth", "--out", out], capfd)
+    assert code == 0, err[-3000:]
     rows = json.loads(out.read_text())["distributions"]
     for row in rows.values():
         assert sum(row["expert_share"]) == pytest.approx(1, abs=1e-3) and len(row["expert_share"]) == 3

@@ -1,13 +1,13 @@
 """train.py -> test.py end to end on generated list data (32-px JPEGs, 2 persistent workers, the
-test-distribution lists written by the tool): a run stopped and resumed (in-process) equal to an
-uninterrupted one, evaluation of every list, test-time aggregation on every list, and an unreadable
-image as a one-line error.
+test-distribution lists written by the tool), the scripts' main() called in this process: a run stopped and
+resumed equal to an uninterrupted one, evaluation of every list, test-time aggregation on every list, and an
+unreadable image in a worker as a one-line error.
 """
 import json
 import re
 
 from data_txt.make_test_distributions import main as tool_main
-from tests.helpers import ROOT, assert_same_state, run_entry, run_script, write_config
+from tests.helpers import ROOT, assert_same_state, run_entry, write_config
 from tests.list_data import small_list_config, write_list_dataset
 
 def message_lines(stderr):
@@ -38,9 +38,9 @@ def test_train_resume_and_evaluate_on_the_distribution_lists(tmp_path, capfd):
     assert_same_state(run / "last.pth", tmp_path / "saved" / "small_list" / "half" / "last.pth")
 
     out = tmp_path / "eval.json"
-    proc = run_script("test.py", "-r", run / "last.pth", "--out", out, "--macs", "-d", "cpu")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "MACs per image (ResNet32Model, 3 expert(s), 32 px)" in proc.stdout
+    code, stdout, err = run_entry("test.py", ["-r", run / "last.pth", "--out", out, "--macs", "-d", "cpu"], capfd)
+    assert code == 0, err[-3000:]
+    assert "MACs per image (ResNet32Model, 3 expert(s), 32 px)" in stdout
     results = json.loads(out.read_text())["distributions"]
     assert list(results) == ["forward5", "forward2", "uniform", "backward2", "backward5"]
     sizes = {name: len((tmp_path / "dist" / f"test_{name}.txt").read_text().splitlines()) for name in results}
@@ -51,8 +51,8 @@ def test_train_resume_and_evaluate_on_the_distribution_lists(tmp_path, capfd):
     tt_config["test_time"]["args"].update(num_workers=0, batch_size=8, epochs=2)
     tt = write_config(tmp_path / "tt.json", tt_config)
     tt_out = tmp_path / "tt_out.json"
-    proc = run_script("test_train.py", "-c", tt, "-r", run / "last.pth", "--out", tt_out, "-d", "cpu")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("test_train.py", ["-c", tt, "-r", run / "last.pth", "--out", tt_out, "-d", "cpu"], capfd)
+    assert code == 0, err[-3000:]
     adapted = json.loads(tt_out.read_text())["distributions"]
     assert list(adapted) == list(results)
     for name, m in adapted.items():
@@ -60,15 +60,15 @@ def test_train_resume_and_evaluate_on_the_distribution_lists(tmp_path, capfd):
         assert m["top1_average"] == results[name]["top1"]  # the plain average is test.py's figure
 
 
-def test_unreadable_image_in_a_worker_is_one_line(tmp_path):
+def test_unreadable_image_in_a_worker_is_one_line(tmp_path, capfd):
     lists = write_list_dataset(tmp_path / "data")
     first = lists["train_txt"].read_text().split()[0]
     (lists["data_dir"] / first).write_bytes(b"\xff\xd8 truncated")
     cfg = write_config(tmp_path / "c.json", small_list_config(lists, tmp_path / "saved", num_workers=2))
-    proc = run_script("train.py", "-c", cfg, "--run_id", "x", "-d", "cpu")
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    lines = message_lines(proc.stderr)
+    code, _, err = run_entry("train.py", ["-c", cfg, "--run_id", "x", "-d", "cpu"], capfd)
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err
+    lines = message_lines(err)
     assert len(lines) == 1, lines
     for fragment in ("error: cannot read image", str(lists["data_dir"] / first), f"{lists['train_txt']}, line 1"):
         assert fragment in lines[0], lines[0]

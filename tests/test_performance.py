@@ -12,7 +12,7 @@ from model.model import ResNet32Model
 from model.resnet_cifar import ExpertResNetCifar
 from trainer import Trainer
 from utils.errors import UserError
-from tests.helpers import run_script
+from tests.helpers import run_entry
 from utils.parse_config import ConfigParser
 from utils.performance import Performance
 from utils.runtime import Runtime
@@ -83,10 +83,10 @@ def test_missing_keys_mean_plain_fp32():
     assert perf.grad_scaler("cpu") is None and perf.amp_dtype("cpu") is None
 
 
-def test_compute_ceiling_bench_reports_flops_steps_and_matmul_rates():
-    proc = run_script("bench/speed/speed.py", "ceiling", "--steps", "1", "--batch", "8", "--matmul", "256")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+def test_compute_ceiling_bench_reports_flops_steps_and_matmul_rates(capfd):
+    code, out, err = run_entry("bench/speed/speed.py", ["ceiling", "--steps", "1", "--batch", "8", "--matmul", "256"],
+                               capfd)
+    assert code == 0, err[-2000:]
     flops = float(re.search(r"([0-9.]+) GFLOP per training image", out).group(1))
     assert 0.9 < flops < 1.0  # ResNet-32, 3 experts, 32 px: 0.950 GFLOP forward + backward
     steps = re.findall(r"bare training step, (.+?): ([0-9]+) images/s .*convolutions take ([0-9]+) %", out)

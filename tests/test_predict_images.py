@@ -18,7 +18,7 @@ from trainer.adaptation import run_method
 from trainer.build import build_test_time_method, load_trained
 from trainer.forward import collect_expert_logits
 from utils.checkpoint import load_checkpoint
-from tests.helpers import ROOT, code_and_stderr, one_line_error, run_script, write_config
+from tests.helpers import ROOT, call_entry, one_line_error, run_entry, write_config
 from tests.image_folders import CLASSES, folder_config, write_folder
 
 # SafePrior with its settings given (a 1-epoch model on noise images has nothing to calibrate on).
@@ -32,8 +32,7 @@ def run(tmp_path_factory):
     root = write_folder(base / "data", (30, 12, 6), nested=True)
     write_folder(root, (5, 5, 5), split="test", seed=1)
     config = write_config(base / "config.json", folder_config(root, base / "runs"))
-    proc = run_script("train.py", "-c", config, "--run_id", "r")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert call_entry("train.py", ["-c", config, "--run_id", "r"]) == 0
     tt = json.loads((ROOT / "configs" / "test_time_folder_prior.json").read_text())
     tt["test_time"]["args"].update(PRIOR)
     tt_path = write_config(base / "test_time.json", tt)
@@ -53,16 +52,16 @@ def main(argv):
     return 0
 
 
-def test_trained_from_the_folder_predicts_unlabeled_images(run, tmp_path):
+def test_trained_from_the_folder_predicts_unlabeled_images(run, tmp_path, capfd):
     ckpt = load_checkpoint(checkpoint(run))
     assert ckpt["class_names"] == sorted(CLASSES)
     # the shipped folder config names no class count: the model took the three class folders' (saved)
     assert json.loads((run["run"] / "config.json").read_text())["arch"]["args"]["num_classes"] == 3
     assert (run["run"] / "validation_split.txt").read_text().count("\n") == 4  # 3 cat + 1 dog held out
     out = tmp_path / "pred"
-    proc = run_script("test_train.py", "-c", run["tt"], "-r", checkpoint(run), "--images", run["root"] / "test",
-                      "--out", out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = run_entry("test_train.py", ["-c", run["tt"], "-r", checkpoint(run), "--images", run["root"] / "test",
+                                               "--out", out], capfd)
+    assert code == 0, err[-2000:]
     table = pd.read_csv(out / "predictions.csv")
     assert len(table) == 15 and set(table["prediction"]) <= set(CLASSES)
     assert list(table.columns[:5]) == ["path", "prediction", "probability", "top1", "top1_probability"]
@@ -181,6 +180,7 @@ def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_end_to_end_errors_exit_2(run, tmp_path):
-    proc = run_script("test_train.py", "-c", run["tt"], "-r", checkpoint(run), "--images", tmp_path / "none")
-    one_line_error(*code_and_stderr(proc), "none does not exist")
+def test_end_to_end_errors_exit_2(run, tmp_path, capfd):
+    code, _, err = run_entry("test_train.py", ["-c", run["tt"], "-r", checkpoint(run), "--images", tmp_path / "none"],
+                             capfd)
+    one_line_error(code, err, "none does not exist")

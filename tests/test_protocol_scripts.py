@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, one_line_error, run_entry, run_script, write_config
+from tests.helpers import ROOT, one_line_error, run_entry, write_config
+
+PRIOR = ROOT / "configs" / "test_time_digits_prior.json"
 
 
 @pytest.fixture
@@ -13,11 +15,11 @@ def ckpt(digits_checkpoint):
     return digits_checkpoint
 
 
-def test_test_py_dirichlet_and_missing_protocols(ckpt, tmp_path):
+def test_test_py_dirichlet_and_missing_protocols(ckpt, tmp_path, capfd):
     out = tmp_path / "dir.json"
-    proc = run_script("test.py", "-r", ckpt, "--protocol", "dirichlet", "--alpha", "1,10", "--draws", "3",
-                      "--size", "60", "--out", out, "--save_logits")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("test.py", ["-r", ckpt, "--protocol", "dirichlet", "--alpha", "1,10", "--draws", "3",
+                                         "--size", "60", "--out", out, "--save_logits"], capfd)
+    assert code == 0, err[-3000:]
     payload = json.loads(out.read_text())
     assert payload["protocol"] == "dirichlet"
     assert list(payload["distributions"]) == [f"dirichlet{a}_{k}" for a in (1, 10) for k in range(3)]
@@ -32,20 +34,20 @@ def test_test_py_dirichlet_and_missing_protocols(ckpt, tmp_path):
     idx = saved.data.distributions["dirichlet1_0"]
     assert len(set(idx.tolist())) == 60 and int(idx.max()) < len(saved.data.test_targets)  # inside the test set
     out = tmp_path / "miss.json"
-    proc = run_script("test.py", "-r", ckpt, "--protocol", "missing", "--missing_fraction", "0.3", "--draws", "2",
-                      "--out", out, "--save_logits")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("test.py", ["-r", ckpt, "--protocol", "missing", "--missing_fraction", "0.3", "--draws",
+                                         "2", "--out", out, "--save_logits"], capfd)
+    assert code == 0, err[-3000:]
     saved = load_logits(out.with_name("miss_logits.npz"))
     for k in range(2):
         present = torch.unique(saved.splits["test"][1][saved.data.distributions[f"missing0.3_{k}"]])
         assert len(present) == 7  # 3 of the 10 classes have no image
 
 
-def test_test_train_py_runs_the_safe_default_and_marks_the_oracle(ckpt, tmp_path):
+def test_test_train_py_runs_the_safe_default_and_marks_the_oracle(ckpt, tmp_path, capfd):
     out = tmp_path / "safe.json"
-    proc = run_script("test_train.py", "-c", "configs/test_time_digits_prior.json", "-r", ckpt, "--out", out,
-                      "--distributions", "forward50,uniform,backward50")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("test_train.py", ["-c", PRIOR, "-r", ckpt, "--out", out,
+                                               "--distributions", "forward50,uniform,backward50"], capfd)
+    assert code == 0, err[-3000:]
     payload = json.loads(out.read_text())
     assert payload["method"] == "SafePrior"
     for row in payload["distributions"].values():
@@ -56,17 +58,18 @@ def test_test_train_py_runs_the_safe_default_and_marks_the_oracle(ckpt, tmp_path
     # a test-time config may size the validation split it calibrates on
     sized = json.loads((ROOT / "configs" / "test_time_digits_prior.json").read_text())
     sized["test_time"]["validation"] = {"per_class": 5}
-    proc = run_script("test_train.py", "-c", write_config(tmp_path / "sized.json", sized), "-r", ckpt,
-                      "--out", tmp_path / "sized_out.json", "--distributions", "uniform")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sized_config = write_config(tmp_path / "sized.json", sized)
+    code, _, err = run_entry("test_train.py", ["-c", sized_config, "-r", ckpt, "--out", tmp_path / "sized_out.json",
+                                               "--distributions", "uniform"], capfd)
+    assert code == 0, err[-3000:]
     row = json.loads((tmp_path / "sized_out.json").read_text())["distributions"]["uniform"]
     assert row["calibration_images_per_class"] == [5] * 10
     oracle = write_config(tmp_path / "oracle.json", {"test_time": {"type": "OraclePrior", "args": {}}})
-    proc = run_script("test_train.py", "-c", oracle, "-r", ckpt, "--out", tmp_path / "o.json",
-                      "--distributions", "backward50")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, out, err = run_entry("test_train.py", ["-c", oracle, "-r", ckpt, "--out", tmp_path / "o.json",
+                                                 "--distributions", "backward50"], capfd)
+    assert code == 0, err[-3000:]
     assert "oracle" in json.loads((tmp_path / "o.json").read_text())["method"].lower()
-    assert "reads the test labels" in proc.stdout
+    assert "reads the test labels" in out
 
 
 def test_no_shipped_config_selects_the_oracle():
@@ -76,9 +79,9 @@ def test_no_shipped_config_selects_the_oracle():
 
 def test_streaming_protocol_and_what_cannot_stream(ckpt, tmp_path, capfd):
     out = tmp_path / "stream.json"
-    proc = run_script("test_train.py", "-c", "configs/test_time_digits_prior.json", "-r", ckpt, "--out", out,
-                      "--protocol", "streaming", "--stream_batch", "1,64")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_entry("test_train.py", ["-c", PRIOR, "-r", ckpt, "--out", out, "--protocol", "streaming",
+                                               "--stream_batch", "1,64"], capfd)
+    assert code == 0, err[-3000:]
     rows = json.loads(out.read_text())["distributions"]
     assert list(rows) == ["stream_b1", "stream_b64"]
     assert all(r["num_images"] == 500 and r["images_seen"] == 500 for r in rows.values())
@@ -111,14 +114,13 @@ def test_bad_test_time_config_values_are_one_line_errors(ckpt, tmp_path, capfd):
         one_line_error(code, err, "bad.json", *fragments)
 
 
-def test_methods_benchmark_runs_every_method_on_every_protocol(ckpt, tmp_path):
-    out = tmp_path / "bench.json"
-    proc = run_script("bench/studies/test_time_methods.py", ckpt, "--skip_views", "--draws", "2", "--size", "50",
-                      "--alpha", "1", "--stream_batch", "32", "--out", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())["protocols"]
+def test_methods_benchmark_runs_every_method_on_every_protocol(digits_record):
+    """bench/studies/test_time_methods.py on the checkpoint, as bench/records/record.py ran it for the record."""
+    _, _, folder = digits_record
+    report = json.loads((folder / "test_time_methods.json").read_text())["protocols"]
     assert set(report) == {"distributions", "dirichlet", "missing", "streaming", "dirmixe"}
     methods = set(report["distributions"]) - {"table"}
     assert {"expert average", "EM", "MAP", "SafePrior (default)", "oracle prior (uses test labels)"} <= methods
     assert len(report["distributions"]["EM"]["results"]) == 11
     assert "| SafePrior (default) |" in report["dirichlet"]["table"]
+    assert set(report["streaming"]["EM"]["results"]) == {"stream_b16", "stream_b128"}

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import ROOT, code_and_stderr, one_line_error, run_script, write_config
+from tests.helpers import ROOT, code_and_stderr, one_line_error, run_entry, run_script, write_config
+from trainer.build import ALLOW_IMPORT
 from utils.errors import UserError
 from utils.parse_config import ConfigParser
 from utils.registry import is_project_module
@@ -82,13 +83,17 @@ def test_project_modules_are_told_apart_without_importing():
 
 
 @pytest.fixture
-def outside_module(tmp_path):
-    """A module outside the project that leaves a file behind when imported, and the env to find it."""
+def outside_module(tmp_path, monkeypatch):
+    """A module outside the project that leaves a file behind when imported, on ``sys.path`` (where
+    PYTHONPATH would put it) for the scripts this test runs in its process; the marker file."""
     site = tmp_path / "site"
     site.mkdir()
     marker = tmp_path / "imported.txt"
     (site / "tade_side_effect.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n")
-    return {"PYTHONPATH": str(site)}, marker
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv(ALLOW_IMPORT, raising=False)
+    yield marker
+    sys.modules.pop("tade_side_effect", None)  # the next test's import runs the module again
 
 
 def checkpoint_naming(tmp_path, key, type_name):
@@ -103,42 +108,45 @@ def checkpoint_naming(tmp_path, key, type_name):
 
 
 @pytest.mark.parametrize("key", ["data_loader.type", "arch.type", "optimizer.type"])
-def test_a_checkpoint_naming_an_outside_module_imports_nothing(tmp_path, outside_module, key):
-    env, marker = outside_module
+def test_a_checkpoint_naming_an_outside_module_imports_nothing(tmp_path, outside_module, key, capfd):
     ckpt, _ = checkpoint_naming(tmp_path, key, "tade_side_effect.Anything")
     for script in ("test.py", "train.py"):
-        line = one_line_error(*code_and_stderr(run_script(script, "-r", ckpt, env=env)), str(ckpt), key,
-                              "tade_side_effect.Anything", "outside this project", "-c")
-        assert not marker.exists(), (script, line)
+        code, _, err = run_entry(script, ["-r", ckpt], capfd)
+        line = one_line_error(code, err, str(ckpt), key, "tade_side_effect.Anything", "outside this project", "-c")
+        assert not outside_module.exists(), (script, line)
 
 
-def test_an_outside_module_from_a_config_given_with_c_is_imported_and_named(tmp_path, outside_module):
-    env, marker = outside_module
+def test_an_outside_module_from_a_config_given_with_c_is_imported_and_named(tmp_path, outside_module, capfd):
     ckpt, config = checkpoint_naming(tmp_path, "data_loader.type", "tade_side_effect.Anything")
     cfg = write_config(tmp_path / "mine.json", config)
-    proc = run_script("test.py", "-r", ckpt, "-c", cfg, env=env)
-    assert marker.exists()  # the user's own config: allowed, and said so
-    assert "data_loader.type 'tade_side_effect.Anything' is imported from outside this project" in proc.stdout
-    assert proc.returncode == 2 and "has no class Anything" in proc.stderr.strip().splitlines()[-1]
+    code, out, err = run_entry("test.py", ["-r", ckpt, "-c", cfg], capfd)
+    assert outside_module.exists()  # the user's own config: allowed, and said so
+    assert "data_loader.type 'tade_side_effect.Anything' is imported from outside this project" in out
+    assert code == 2 and "has no class Anything" in err.strip().splitlines()[-1]
 
 
-def test_a_set_override_replaces_the_checkpoints_outside_type(tmp_path, outside_module):
-    env, marker = outside_module
+def test_a_set_override_replaces_the_checkpoints_outside_type(tmp_path, outside_module, capfd):
     ckpt, _ = checkpoint_naming(tmp_path, "data_loader.type", "tade_side_effect.Anything")
-    proc = run_script("train.py", "-r", ckpt, "--set", "data_loader.type=DigitsLTDataModule", env=env)
-    assert not marker.exists() and "outside this project" not in proc.stdout + proc.stderr
+    _, out, err = run_entry("train.py", ["-r", ckpt, "--set", "data_loader.type=DigitsLTDataModule"], capfd)
+    assert not outside_module.exists() and "outside this project" not in out + err
 
 
-def test_an_outside_package_is_imported_from_a_checkpoint_only_when_named_by_the_user(tmp_path, outside_module):
-    env, marker = outside_module
+def test_an_outside_package_is_imported_from_a_checkpoint_only_when_named_by_the_user(tmp_path, outside_module,
+                                                                                      monkeypatch, capfd):
     ckpt, _ = checkpoint_naming(tmp_path, "data_loader.type", "tade_side_effect.Anything")
     tt = write_config(tmp_path / "tt.json", {"test_time": {"type": "ExpertAverage", "args": {}}})
-    one_line_error(*code_and_stderr(run_script("test_train.py", "-c", tt, "-r", ckpt, env=env)),
-                   "outside this project", "TADE_ALLOW_IMPORT=tade_side_effect")
-    assert not marker.exists()
-    proc = run_script("test_train.py", "-c", tt, "-r", ckpt, env={**env, "TADE_ALLOW_IMPORT": "something_else"})
-    one_line_error(*code_and_stderr(proc), "outside this project")
-    assert not marker.exists()
-    proc = run_script("test_train.py", "-c", tt, "-r", ckpt, env={**env, "TADE_ALLOW_IMPORT": "tade_side_effect"})
-    assert marker.exists() and "'tade_side_effect.Anything' is imported from outside this project" in proc.stdout
-    assert proc.returncode == 2 and "has no class Anything" in proc.stderr
+
+    def run(allow):
+        if allow is not None:
+            monkeypatch.setenv(ALLOW_IMPORT, allow)
+        return run_entry("test_train.py", ["-c", tt, "-r", ckpt], capfd)
+
+    code, _, err = run(None)
+    one_line_error(code, err, "outside this project", "TADE_ALLOW_IMPORT=tade_side_effect")
+    assert not outside_module.exists()
+    code, _, err = run("something_else")
+    one_line_error(code, err, "outside this project")
+    assert not outside_module.exists()
+    code, out, err = run("tade_side_effect")
+    assert outside_module.exists() and "'tade_side_effect.Anything' is imported from outside this project" in out
+    assert code == 2 and "has no class Anything" in err

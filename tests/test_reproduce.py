@@ -1,18 +1,26 @@
-"""bench/records/reproduce.py on a tiny generated CIFAR-100 with a 1-epoch budget."""
-import subprocess
-import sys
+"""bench/records/reproduce.py on a tiny generated CIFAR-100 with a 1-epoch budget, its steps (train.py,
+test.py, test_train.py) run in this process."""
+import pytest
 
-from tests.helpers import ROOT, small_data_sets, write_cifar100
+from bench.records import steps
+from tests.helpers import launch_in_process, run_entry, small_data_sets, write_cifar100
+
+REPRODUCE = "bench/records/reproduce.py"
 
 
-def test_reproduce_table_and_reuse(tmp_path):
+@pytest.fixture
+def steps_in_process(monkeypatch):
+    monkeypatch.setattr(steps, "launch", launch_in_process)
+
+
+def test_reproduce_table_and_reuse(tmp_path, steps_in_process, capfd):
     data_dir = write_cifar100(tmp_path / "data", train_per_class=10, test_per_class=2)
-    cmd = [sys.executable, str(ROOT / "bench" / "records" / "reproduce.py"), "--dataset", "cifar100_ir100", "--methods",
-           "softmax,ride,tade", "--epochs", "1", "--out_dir", str(tmp_path / "runs"), "-d", "cpu"]
+    argv = ["--dataset", "cifar100_ir100", "--methods", "softmax,ride,tade", "--epochs", "1",
+            "--out_dir", tmp_path / "runs", "-d", "cpu"]
     for s in small_data_sets(data_dir):
-        cmd += ["--set", s]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stderr[-3000:]
+        argv += ["--set", s]
+    code, _, err = run_entry(REPRODUCE, argv, capfd)
+    assert code == 0, err[-3000:]
     table = (tmp_path / "runs" / "cifar100_ir100" / "results_e1.md").read_text()
     header = table.splitlines()[0]
     for col in ("F50", "F25", "F10", "F5", "F2", "Uni", "B2", "B5", "B10", "B25", "B50", "GMACs", "images/s"):
@@ -25,9 +33,9 @@ def test_reproduce_table_and_reuse(tmp_path):
     log = tmp_path / "runs" / "cifar100_ir100" / "reproduce.log"
     steps = log.read_text().count("$ ")
     assert steps == 3 + 3 + 1  # three trainings, three evaluations, one test-time aggregation
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("already trained") == 3
+    code, out, err = run_entry(REPRODUCE, argv, capfd)
+    assert code == 0, err[-3000:]
+    assert out.count("already trained") == 3
     assert log.read_text().count("$ ") == steps  # nothing re-run
     assert (tmp_path / "runs" / "cifar100_ir100" / "results_e1.md").read_text() == table
 
@@ -42,14 +50,14 @@ def test_schedule_scaling_to_budget():
     assert scaled_overrides(config, 200) == []
 
 
-def test_seeds_give_mean_and_std_per_distribution(tmp_path):
+def test_seeds_give_mean_and_std_per_distribution(tmp_path, steps_in_process, capfd):
     data_dir = write_cifar100(tmp_path / "data", train_per_class=10, test_per_class=2)
-    cmd = [sys.executable, str(ROOT / "bench" / "records" / "reproduce.py"), "--dataset", "cifar100_ir100", "--methods",
-           "softmax", "--epochs", "1", "--seeds", "1", "2", "--out_dir", str(tmp_path / "runs"), "-d", "cpu"]
+    argv = ["--dataset", "cifar100_ir100", "--methods", "softmax", "--epochs", "1", "--seeds", "1", "2",
+            "--out_dir", tmp_path / "runs", "-d", "cpu"]
     for s in small_data_sets(data_dir):
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        argv += ["--set", s]
+    code, _, err = run_entry(REPRODUCE, argv, capfd)
+    assert code == 0, err[-3000:]
     runs = tmp_path / "runs" / "cifar100_ir100" / "softmax"
     assert (runs / "e1_s1" / "last.pth").is_file() and (runs / "e1_s2" / "last.pth").is_file()
     import json

@@ -90,12 +90,13 @@ def default_name(config_path, epochs, seed):
     return f"{stem[len('config_'):] if stem.startswith('config_') else stem}_e{epochs}_s{seed}"
 
 
-def train(args, run_dir, log):
-    """Train (or resume) into ``run_dir``; the commit and command that started training are kept beside it."""
+def train(args, run_dir, log, command_line):
+    """Train (or resume) into ``run_dir``; the commit and the command line (``command_line``: the
+    tool and its arguments) that started training are kept beside it."""
     def note_start():
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         write_text(run_dir.parent / "train_commit.txt", git_commit() + "\n")
-        write_text(run_dir.parent / "train_command.json", json.dumps(sys.argv) + "\n")
+        write_text(run_dir.parent / "train_command.json", json.dumps(command_line) + "\n")
 
     start = ["-c", args.config, "--epochs", args.epochs, "--seed", args.seed, "--save_dir", run_dir.parent.parent,
              "--name", run_dir.parent.name, "--run_id", run_dir.name]
@@ -136,6 +137,8 @@ def main(argv=None):
     p.add_argument("--skip_views", action="store_true",
                    help="leave out self-supervised aggregation and the saved view logits (slow on a CPU)")
     p.add_argument("--train_only", action="store_true", help="stop after training (record later with the same command)")
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command_line = [WRITER, *argv]  # run from the repository root
     args = p.parse_args(argv)
     name = check_folder_name(args.name or default_name(args.config, args.epochs, args.seed),
                              "record: --name" if args.name else "record: the default name (give --name)")
@@ -151,7 +154,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     log = work / "record.log"
     started = time.time()
-    trained = train(args, run_dir, log)
+    trained = train(args, run_dir, log, command_line)
     print(f"{name}: {'trained' if trained else 'already trained'} ({run_dir})", flush=True)
     if args.train_only:
         return
@@ -191,7 +194,7 @@ def main(argv=None):
         "name": name, "config": portable(str(args.config), pairs), "dataset": config["data_loader"]["type"],
         "loss": config.get("loss", {}).get("type"), "epochs": args.epochs, "seed": args.seed,
         "overrides": args.set, "data": data_fingerprint(args.data_dir, config["data_loader"]["type"]),
-        "command": portable_argv([Path(sys.executable).name, *sys.argv]),
+        "command": portable_argv([Path(sys.executable).name, *command_line]),
         "train_command": portable_argv(train_command),
         "commit_trained": train_commit, "commit_evaluated": git_commit(),
         "machine": machine(), "precision": precision.group(1) if precision else None,

@@ -129,13 +129,13 @@ def load_record(folder):
            "methods": read_json(folder / "test_time_methods.json", ("protocols",))}
     if (folder / "eval_best.json").is_file():
         rec["best"] = read_json(folder / "eval_best.json", ("distributions",))
-    # analyses of a record's model (bench/studies/validation_size.py, bench/studies/jpeg_sensitivity.py), kept in
-    # it when present
+    # analyses of a record's model kept in it when present: a sweep of nested validation splits
+    # (validation_size.json), bench/studies/jpeg_sensitivity.py, bench/studies/calibration_study.py
     if (folder / "validation_size.json").is_file():
         rec["sizes"] = read_json(folder / "validation_size.json", ("rows",))
     if (folder / "jpeg_sensitivity.json").is_file():
         rec["jpeg"] = read_json(folder / "jpeg_sensitivity.json", ("qualities",))
-    if (folder / "calibration_study.json").is_file():  # bench/studies/calibration_study.py
+    if (folder / "calibration_study.json").is_file():
         rec["study"] = read_json(folder / "calibration_study.json", ("sizes", "references", "pool", "draws"))
     try:
         rec["curve"] = pd.read_csv(folder / "epochs.csv")
@@ -328,7 +328,8 @@ def sizes_table(rec):
 
 def calibration_study_table(rec):
     """The size table of bench/studies/calibration_study.py: every row (calibration family x estimator, the
-    shipped config, the old rule) at every validation size, over the seeded draws of the split."""
+    shipped config, the old rule) at every validation size, over the seeded draws of the split, then the
+    rows calibrated on the training images where the study has them."""
     study = rec["study"]
     refs = ", ".join(f"{k} {v:.2f}" for k, v in study["references"].items())
     note = (f"Validation pool: {study['pool']}; {study['draws']} seeded draws per size (all: one). "
@@ -336,10 +337,13 @@ def calibration_study_table(rec):
             f"-{study.get('margin', 0.5)} points against the plain average on every draw and its mean is at least the "
             "aggregation's.")
     sizes = sorted(study["sizes"], key=lambda k: (k == "all", int(k) if k != "all" else 0))
+    entries = [(size, study["sizes"][size]) for size in sizes]
+    if "training_images" in study:  # calibrated on the training images instead (--training_images)
+        entries.append(("training images", study["training_images"]))
     rows = [[size, label + (f" (= {e['same_as']})" if e.get("same_as") else ""), f"{e['mean']:.2f}",
              f"{e['lowest_mean']:.2f}", f"{e['worst']:+.2f}", f"{e['worst_dirichlet']:+.2f}",
              "yes" if e["holds"] else "no"]
-            for size in sizes for label, e in study["sizes"][size].items()]
+            for size, by_label in entries for label, e in by_label.items()]
     return note + "\n\n" + table(["per class", "row", "mean of 11 (over draws)", "lowest mean", "worst of 11 vs plain",
                                    "worst Dirichlet draw vs plain", "holds"], rows)
 
@@ -571,7 +575,8 @@ def render(records):
             parts += [f"Dirichlet label shift on `{r['record']['name']}` (top-1 %)", d]
         if "sizes" in r:
             parts += [f"Label-shift methods against the validation split's size on `{r['record']['name']}` "
-                      "(`bench/studies/validation_size.py`; top-1 %, differences in points)", sizes_table(r)]
+                      "(`validation_size.json` of the record: one nested split per size; top-1 %, differences in "
+                      "points)", sizes_table(r)]
         if "study" in r:
             parts += [f"Calibration families against the validation split's size on `{r['record']['name']}` "
                       "(`bench/studies/calibration_study.py`; top-1 %, differences in points)",

@@ -157,7 +157,7 @@ def markdown_table(args, rows, names):
     return "\n".join(lines) + "\n"
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True,
                    help="configs/config_<dataset>_<method>.json, e.g. cifar100_ir100, imagenet_lt_resnext50")
@@ -168,7 +168,7 @@ def main():
     p.add_argument("-d", "--device")
     p.add_argument("--set", action="append", default=[], help="extra train.py --set overrides")
     p.add_argument("--seeds", type=int, nargs="+", help="one run per seed; the table gives mean +- std")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     out_dir = Path(args.out_dir).resolve() / args.dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "reproduce.log"

@@ -20,17 +20,24 @@ def command(script, *args, device=None, data_dir=None):
             *(["--data_dir", data_dir] if data_dir else [])]
 
 
+def launch(cmd, stderr):
+    """Run ``cmd`` from the repository root in a fresh process, its stderr into the open file
+    ``stderr``; returns (exit code, stdout)."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    return proc.returncode, proc.stdout
+
+
 def run_step(cmd, log, tool):
-    """Run ``cmd`` from the repository root; the command line, its stderr and its stdout are appended
-    to ``log``. Returns stdout; a failure exits with one line (``tool``: the script's name)."""
+    """Run ``cmd`` (:func:`launch`); the command line, its stderr and its stdout are appended to
+    ``log``. Returns stdout; a failure exits with one line (``tool``: the script's name)."""
     with open_append(log) as f:
         f.write(f"\n$ {' '.join(map(str, cmd))}\n")
         f.flush()
-        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
-        f.write(proc.stdout)
-    if proc.returncode:
-        sys.exit(f"{tool}: step failed (exit {proc.returncode}), see {log}: {' '.join(map(str, cmd[1:4]))} ...")
-    return proc.stdout
+        code, stdout = launch(cmd, f)
+        f.write(stdout)
+    if code:
+        sys.exit(f"{tool}: step failed (exit {code}), see {log}: {' '.join(map(str, cmd[1:4]))} ...")
+    return stdout
 
 
 def checkpoint_epoch(path):

@@ -3,7 +3,7 @@
 parameters than a free per-class bias, each with EM and with SafePrior's two selection rules.
 
     python bench/studies/calibration_study.py [RECORD_DIR ...] [--sizes 10,20,50,100,all] [--draws 5]
-        [--data_dir PATH] [--families ...] [--out FILE]
+        [--rows ESTIMATOR:FAMILY,...] [--training_images] [--data_dir PATH] [--out FILE]
 
 RECORD_DIR: a folder of ``results/`` holding ``logits.npz`` (default: every one). The test logits
 and the eleven distributions come from that file; the validation pool is the record's whole
@@ -20,7 +20,10 @@ Rows (``family``: how the calibration's class bias is fitted; docs/methods.md#sm
 each with EM (the full Bayes adjustment), ``SafePrior auto`` (strength and gate chosen by the
 simulation on the split, the old rule when the family is ``free``) and ``SafePrior gate``
 (strength 1, the shift test alone decides). Beside them the shipped prior config
-(``configs/test_time_<family>_prior.json``) as it is now.
+(``configs/test_time_<family>_prior.json``) as it is now. ``--training_images`` adds, once per
+record (not per size), EM and SafePrior calibrated on the training images instead of a validation
+split (the record's training logits; the settings of bench/studies/test_time_methods.py's
+training-image rows), shown under "training images".
 
 Scores: the mean over the eleven distributions, the worst of the eleven against the plain average,
 the worst Dirichlet draw against it (alpha 0.1, 1, 10; 10 draws each, 2000 images); over the draws
@@ -35,8 +38,9 @@ are read-only, so the study is never written into ``results/NAME/``.
 
 A row *holds* at a size when its worst of the eleven and its worst Dirichlet draw are >= -0.5
 points against the plain average over every draw of the split, and its mean over the draws is at
-least the aggregation's mean. Writes ``calibration_study.json`` into each record folder (rendered
-by ``bench/records/report.py``) unless ``--out`` names one file for all.
+least the aggregation's mean. Each draw keeps what the method calibrated on (``calibrated_on``) and
+its images per class. The table is bench/records/report.py's, which renders the study files of
+``docs/studies/`` (and a ``calibration_study.json`` kept in a record folder).
 
 Timing of the label-shift methods with a warm cache (the 1.2x-one-test-pass target) is measured by
 ``bench/speed/speed.py label-shift --checkpoint CHECKPOINT``, not here.
@@ -55,19 +59,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
 from bench.common import ROOT
 
 import trainer.test_time as methods
-from bench.studies.test_time_methods import family_config
+from bench.records.report import calibration_study_table
+from bench.studies.test_time_methods import family_config, training_calibrated
 from trainer.adaptation import context_for
 from trainer.protocols import test_sets
 from trainer.saved_logits import load_logits
 from trainer.test_time.prior_calibration import BIAS_FAMILIES
+from utils.cli import ArgumentParser
+from utils.errors import UserError, cli_entry
 from utils.parse_config import ConfigParser
-from utils.safe_write import WriteRefused, check_target, write_json
+from utils.safe_write import check_target, write_json
 
 WRITER = "bench/studies/calibration_study.py"
 
 MARGIN = 0.5  # points: "never below the plain average - 0.5"
 AGGREGATION = "self-supervised aggregation (TADE)"
 SHIPPED = "shipped config"
+TRAINING = "training images"  # the split of the --training_images rows: the record's training logits
 COMMON = {"calibration": "validation", "source_prior": "uniform", "temperature": "fit"}
 
 
@@ -98,13 +106,19 @@ def candidates(dataset, rows):
     for spec in rows.split(","):
         estimator, _, fam = spec.partition(":")
         if estimator not in ESTIMATORS or fam not in BIAS_FAMILIES:
-            raise SystemExit(f"--rows {spec!r}: expected ESTIMATOR:FAMILY with ESTIMATOR one of "
+            raise UserError(f"--rows {spec!r}: expected ESTIMATOR:FAMILY with ESTIMATOR one of "
                              f"{', '.join(ESTIMATORS)} and FAMILY one of {', '.join(BIAS_FAMILIES)}")
         make = functools.partial(ESTIMATORS[estimator], family_bias(fam))
         probe = make()
         out.append((f"{estimator}, {fam}" + (" (the old rule)" if spec == "SafePrior auto:free" else ""), make,
                     (type(probe).__name__, settings_of(probe))))
     return out, cfg["test_time"]
+
+
+def training_rows():
+    """(label, factory, settings) rows of the label-shift methods calibrated on the training images."""
+    return [(f"{name}, {TRAINING}", make, (type(make()).__name__, settings_of(make())))
+            for name, make in training_calibrated()]
 
 
 def settings_of(method):
@@ -129,6 +143,7 @@ class Record:
         args.protocol = "dirichlet"
         self.dirichlet = test_sets(args, self.data)
         self.pool, self.pool_source = self._pool(data_dir)
+        self.training = self.saved.source("training")  # () -> (logits, targets), or None
         self.references = self._references()
 
     def _pool(self, data_dir):
@@ -163,8 +178,11 @@ class Record:
         return refs
 
     def split(self, per_class, draw):
-        """(mean logits, targets) of a split of ``per_class`` images per class (seeded by ``draw``)."""
+        """(mean logits, targets) of a split of ``per_class`` images per class (seeded by ``draw``);
+        None for the training images (the methods read them as their reference)."""
         z, y = self.pool
+        if per_class == TRAINING:
+            return None
         if per_class == "all":
             return z, y
         rng = np.random.RandomState(draw)
@@ -176,25 +194,28 @@ class Record:
         return z[keep], y[keep]
 
     def run(self, method, validation, sets):
-        """{"top1": {set: top-1}, "diff": {set: top-1 - plain}} of ``method`` calibrated on ``validation``."""
+        """{"top1": {set: top-1}, "diff": {set: top-1 - plain}, "calibrated_on", "images_per_class"} of
+        ``method`` calibrated on ``validation`` (the training images are its reference)."""
         source = None if validation is None else (lambda: validation)
         info = dict(self.data.validation_info or {}, option="--sizes")
         out = {"top1": {}, "diff": {}}
         for d, (name, indices) in enumerate(sets.items()):
-            ctx = context_for(method, self.saved, "cpu", name, indices, 1000 + d, self.targets, None, source)
+            ctx = context_for(method, self.saved, "cpu", name, indices, 1000 + d, self.targets, self.training, source)
             ctx.validation_info = info
             res = method.adapt(self.clean[ctx.indices], ctx)
             acc = self.top1(res["scores"], ctx.indices)
             out["top1"][name] = acc
             out["diff"][name] = acc - float((self.plain[ctx.indices] == self.targets[ctx.indices]).double().mean())
+            out["calibrated_on"] = res.get("calibrated_on")
+            out["images_per_class"] = res.get("calibration_images_per_class")
         return out
 
 
 def evaluate(record, rows, size, draws):
-    """{row: summary over the draws of a split of ``size`` per class}; a row with the shipped
-    config's settings is computed once and shown under both names."""
+    """{row: summary over the draws of a split of ``size`` per class (``TRAINING``: the training
+    images)}; a row with the shipped config's settings is computed once and shown under both names."""
     out = {}
-    n_draws = 1 if size == "all" else draws
+    n_draws = 1 if size in ("all", TRAINING) else draws
     done = {}
     for label, make, settings in rows:
         key = json.dumps(settings, sort_keys=True, default=str)
@@ -216,6 +237,7 @@ def evaluate(record, rows, size, draws):
                              "dirichlet_mean": 100 * np.mean(list(dirichlet["top1"].values())),
                              "strength": sel.get("strength"), "min_divergence": sel.get("min_divergence"),
                              "temperature": cal.get("temperature"), "shrinkage": cal.get("kappa"),
+                             "calibrated_on": eleven["calibrated_on"], "images_per_class": eleven["images_per_class"],
                              "eleven": eleven["top1"]})
         means = [p["mean"] for p in per_draw]
         entry = {"mean": float(np.mean(means)), "lowest_mean": float(min(means)),
@@ -228,57 +250,48 @@ def evaluate(record, rows, size, draws):
         out[label] = entry
         done[key] = label
         strengths = sorted({p["strength"] for p in per_draw if p["strength"] is not None})
-        print(f"  {size:>4} per class | {label:<36} | mean {entry['mean']:.2f} (lowest {entry['lowest_mean']:.2f})"
+        where = size if size == TRAINING else f"{size:>4} per class"
+        print(f"  {where} | {label:<36} | mean {entry['mean']:.2f} (lowest {entry['lowest_mean']:.2f})"
               f" | worst {entry['worst']:+.2f} | worst Dirichlet {entry['worst_dirichlet']:+.2f}"
               f" | strengths {strengths} | {'holds' if entry['holds'] else 'fails'}", flush=True)
     return out
 
 
-def markdown(study):
-    """The size table of one record (also rendered by bench/records/report.py)."""
-    refs = study["references"]
-    lines = [f"Validation pool: {study['pool']}; {study['draws']} seeded draws per size ('all': one). References: "
-             + ", ".join(f"{k} {v:.2f}" for k, v in refs.items()) + ".",
-             "",
-             "| per class | row | mean of 11 (over draws) | lowest mean | worst of 11 vs plain | worst Dirichlet draw "
-             "vs plain | holds |", "|---|---|---|---|---|---|---|"]
-    for size in sorted(study["sizes"], key=lambda k: (k == "all", int(k) if k != "all" else 0)):
-        for label, e in study["sizes"][size].items():
-            lines.append(f"| {size} | {label} | {e['mean']:.2f} | {e['lowest_mean']:.2f} | {e['worst']:+.2f} | "
-                         f"{e['worst_dirichlet']:+.2f} | {'yes' if e['holds'] else 'no'} |")
-    return "\n".join(lines)
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@cli_entry
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", nargs="*", help="record folders (default: every results/*/ with logits.npz)")
     p.add_argument("--sizes", default="10,20,50,100,all")
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--rows", default=DEFAULT_ROWS, help="ESTIMATOR:FAMILY,... (estimators: "
                    + ", ".join(ESTIMATORS) + "; families: " + ", ".join(BIAS_FAMILIES) + ")")
+    p.add_argument("--training_images", action="store_true",
+                   help="also EM and SafePrior calibrated on the training images (once per record)")
     p.add_argument("--data_dir", help="the records' data (for the whole left-over split; cached after one pass)")
     p.add_argument("--out", default="calibration_study.json",
                    help="one JSON for all records (recorded results are read-only: never inside results/NAME/)")
-    args = p.parse_args()
-    target = Path(args.out)
-    try:
-        check_target(target, WRITER)  # before any work: not a link, not in a record, ours if it exists
-    except WriteRefused as e:
-        sys.exit(f"error: {e}")
+    args = p.parse_args(argv)
+    target = check_target(Path(args.out), WRITER)  # before any work: not a link, not in a record, ours if it exists
     folders = [Path(r) for r in args.records] or sorted(f.parent for f in (ROOT / "results").glob("*/logits.npz"))
     sizes = [s if s == "all" else int(s) for s in args.sizes.split(",")]
     everything = {}
     for folder in folders:
         record = Record(folder, args.data_dir)
         rows, shipped = candidates(record.data.type_name, args.rows)
+        if args.training_images and record.training is None:
+            raise UserError(f"--training_images: {folder / 'logits.npz'} holds no training logits (test.py "
+                            "--save_logits saves them)")
         print(f"{folder.name}: pool {record.pool_source}; references "
               + ", ".join(f"{k} {v:.2f}" for k, v in record.references.items()), flush=True)
         study = {"record": folder.name, "pool": record.pool_source, "draws": args.draws,
                  "references": record.references, "shipped_config": shipped, "margin": MARGIN, "sizes": {}}
         everything[folder.name] = study
-        for size in sizes:  # written after each size: a long run keeps what it finished
-            study["sizes"][str(size)] = evaluate(record, rows, size, args.draws)
-            study["table"] = markdown(study)
+        steps = [(str(size), study["sizes"], size, rows) for size in sizes]
+        if args.training_images:
+            steps.append(("training_images", study, TRAINING, training_rows()))
+        for key, into, size, step_rows in steps:  # written after each step: a long run keeps what it finished
+            into[key] = evaluate(record, step_rows, size, args.draws)
+            study["table"] = calibration_study_table({"study": study})
             write_json(target, {"written_by": WRITER, **everything}, indent=1, default=float)
         print(f"wrote {target}", flush=True)
 

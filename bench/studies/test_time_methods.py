@@ -56,6 +56,13 @@ def family_config(kind, dataset_type):
 TRAINING_CALIBRATION = {"calibration": "training", "source_prior": "reference", "temperature": "fit", "bias": True}
 
 
+def training_calibrated():
+    """(name, factory) of the label-shift methods calibrated on the training images instead of a
+    validation split: EM, and SafePrior at a fixed strength and gate."""
+    return [("EM", lambda: methods.EMPrior(**TRAINING_CALIBRATION)),
+            ("SafePrior", lambda: methods.SafePrior(**TRAINING_CALIBRATION, strength=0.75, min_divergence=0.05))]
+
+
 def method_list(dataset, num_experts, skip_views):
     """(label, method) rows: the plain average, each expert, the aggregation (unless skipped), the
     label-shift methods calibrated on the validation split (the shipped prior config's settings)
@@ -69,9 +76,7 @@ def method_list(dataset, num_experts, skip_views):
         out.append(("self-supervised aggregation (TADE)", build_test_time_method(family_config("tade", dataset))[0]))
     out += [("EM", methods.EMPrior(**shared)), ("MAP", methods.MAPPrior(**shared)),
             ("SafePrior (default)", prior_cfg.init_obj("test_time", methods)),
-            ("EM, training-image calibration", methods.EMPrior(**TRAINING_CALIBRATION)),
-            ("SafePrior, training-image calibration", methods.SafePrior(**TRAINING_CALIBRATION, strength=0.75,
-                                                                       min_divergence=0.05)),
+            *[(f"{name}, training-image calibration", make()) for name, make in training_calibrated()],
             ("oracle prior (uses test labels)", methods.OraclePrior()),
             ("oracle prior, calibrated (uses test labels)", methods.OraclePrior(**shared))]
     return out
