@@ -9,16 +9,18 @@ a test that writes beside a checkpoint copies it into its own ``tmp_path`` first
 - ``small_run``: 1 epoch of the small CIFAR-100 recipe (10 images at the head class, 4 test
   images per class), for evaluation and test-time aggregation.
 - ``digits_record``: (results folder, work folder, record folder) of ``bench/records/record.py`` on 2
-  epochs of the shipped Digits-LT TADE config at seed 3 (``--skip_views``), its steps (train.py,
-  test.py, bench/studies/test_time_methods.py) run as processes, as a user's are.
+  epochs of the shipped Digits-LT TADE config at seed 3 (``--skip_views``), with its steps (train.py,
+  test.py, bench/studies/test_time_methods.py) called in this process (tests/test_bench_tools.py runs
+  a step as a process).
 - ``digits_checkpoint``: the last.pth that record trained, for the test protocols.
 """
 from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import (ROOT, call_entry, run_script, small_cifar_config, tiny_cifar_config, write_cifar100,
-                           write_config)
+from bench.records import steps
+from tests.helpers import (ROOT, call_entry, launch_in_process, run_script, small_cifar_config, tiny_cifar_config,
+                           write_cifar100, write_config)
 
 REFERENCE_SEED = "5"
 DIGITS_RECORD = "digits_e2_s3"
@@ -68,9 +70,12 @@ def small_run(tmp_path_factory):
 def digits_record(tmp_path_factory):
     base = tmp_path_factory.mktemp("digits_record")
     results, work = base / "results", base / "work"
-    code = call_entry("bench/records/record.py", [
-        "-c", ROOT / "configs" / "config_digits_lt_tade.json", "--epochs", "2", "--seed", "3", "--skip_views",
-        "--set", "trainer.tensorboard=false", "--work_dir", work, "--results_dir", results, "--name", DIGITS_RECORD])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(steps, "launch", launch_in_process)
+        code = call_entry("bench/records/record.py", [
+            "-c", ROOT / "configs" / "config_digits_lt_tade.json", "--epochs", "2", "--seed", "3", "--skip_views",
+            "--set", "trainer.tensorboard=false", "--work_dir", work, "--results_dir", results,
+            "--name", DIGITS_RECORD])
     log = work / DIGITS_RECORD / "record.log"
     assert code == 0, log.read_text()[-5000:] if log.is_file() else code
     return results, work, results / DIGITS_RECORD

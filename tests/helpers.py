@@ -158,7 +158,7 @@ def call_entry(script, argv):
 def launch_in_process(cmd, stderr):
     """``bench.records.steps.launch`` with the entry point of ``cmd`` (``python SCRIPT ARGS...``) run by
     ``call_entry`` in this process: its stdout returned, its stderr into ``stderr``. A test that patches
-    it in checks what a tool does with its steps; tests/test_record.py runs the steps as processes."""
+    it in checks what a tool does with its steps (tests/test_bench_tools.py runs a step as a process)."""
     import contextlib
     import io
     out = io.StringIO()

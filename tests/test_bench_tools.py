@@ -1,11 +1,15 @@
 """bench/ laid out by job: every tool lies in a job folder and answers ``--help`` when run by its path
-(each speed subcommand too), and a record's command, which names the path of its day, maps to a
-tool that exists."""
+(each speed subcommand too), a record's command, which names the path of its day, maps to a tool
+that exists, and the steps of record.py and reproduce.py run as processes (their tests call the
+steps in their own process)."""
 import json
 import subprocess
 import sys
 
+import pytest
+
 from bench.common import MOVED, current_command
+from bench.records.steps import run_step
 from tests.helpers import ROOT
 
 JOBS = ("records", "studies", "speed", "drills")
@@ -62,3 +66,16 @@ def test_a_records_command_maps_to_a_tool_of_this_tree():
         for key, at in (("command", 1), ("train_command", 0)):
             if rec.get(key):
                 assert (ROOT / current_command(rec[key])[at]).is_file(), (record, key)
+
+
+def test_a_step_runs_as_a_process_from_the_root_and_a_failed_one_ends_the_tool_in_one_line(tmp_path):
+    log = tmp_path / "tool.log"
+    out = run_step([sys.executable, "-c", "import os, sys; print(os.getcwd()); print('to stderr', file=sys.stderr)"],
+                   log, "tool")
+    assert out == f"{ROOT}\n"
+    text = log.read_text()
+    assert text.startswith(f"\n$ {sys.executable} -c ") and text.endswith(f"to stderr\n{ROOT}\n")
+    with pytest.raises(SystemExit) as failed:
+        run_step([sys.executable, "-c", "import sys; sys.exit(3)"], log, "tool")
+    assert failed.value.code.startswith(f"tool: step failed (exit 3), see {log}: -c import sys;")
+    assert log.read_text().count("\n$ ") == 2

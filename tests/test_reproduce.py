@@ -1,5 +1,5 @@
 """bench/records/reproduce.py on a tiny generated CIFAR-100 with a 1-epoch budget, its steps (train.py,
-test.py, test_train.py) run in this process."""
+test.py, test_train.py) called in this process."""
 import pytest
 
 from bench.records import steps

@@ -33,8 +33,9 @@ prior (``z + log pi_test``: it reads the test labels, a ceiling, never a method)
 choose nothing here: every setting is fitted or chosen on the validation split.
 
 Output: one JSON of every record's study (``--out``, default ``calibration_study.json`` in the
-current folder, rewritten after each size so a long run keeps what it finished). Recorded results
-are read-only, so the study is never written into ``results/NAME/``.
+current folder, rewritten after each size and after the training-image rows, so a long run keeps
+what it finished). Recorded results are read-only, so the study is never written into
+``results/NAME/``.
 
 A row *holds* at a size when its worst of the eleven and its worst Dirichlet draw are >= -0.5
 points against the plain average over every draw of the split, and its mean over the draws is at
@@ -107,7 +108,7 @@ def candidates(dataset, rows):
         estimator, _, fam = spec.partition(":")
         if estimator not in ESTIMATORS or fam not in BIAS_FAMILIES:
             raise UserError(f"--rows {spec!r}: expected ESTIMATOR:FAMILY with ESTIMATOR one of "
-                             f"{', '.join(ESTIMATORS)} and FAMILY one of {', '.join(BIAS_FAMILIES)}")
+                            f"{', '.join(ESTIMATORS)} and FAMILY one of {', '.join(BIAS_FAMILIES)}")
         make = functools.partial(ESTIMATORS[estimator], family_bias(fam))
         probe = make()
         out.append((f"{estimator}, {fam}" + (" (the old rule)" if spec == "SafePrior auto:free" else ""), make,
