@@ -60,6 +60,8 @@ def test_every_tool_and_speed_subcommand_answers_help_run_by_its_path(tmp_path):
 def test_a_records_command_maps_to_a_tool_of_this_tree():
     assert current_command(["python", "bench/record.py", "-c", "x"]) == ["python", "bench/records/record.py", "-c", "x"]
     assert current_command(["bench/label_shift_speed.py", "C"]) == ["bench/speed/speed.py", "label-shift", "C"]
+    assert current_command(["python", "bench/studies/validation_size.py", "R"]) == [
+        "python", "bench/studies/calibration_study.py", "--training_images", "R"]
     assert all((ROOT / new.split()[0]).is_file() for new in MOVED.values())
     for record in sorted((ROOT / "results").glob("*/record.json")):
         rec = json.loads(record.read_text())
