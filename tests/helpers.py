@@ -119,7 +119,7 @@ def snapshot(folder):
 _ENTRY_MODULES = {}
 
 
-def _entry_module(script):
+def entry_module(script):
     """Load an entry point by its file (``test.py`` must not resolve to the standard library's
     ``test`` package)."""
     import importlib.util
@@ -138,7 +138,7 @@ def call_entry(script, argv):
     import logging
 
     import torch
-    module = _entry_module(script)
+    module = entry_module(script)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

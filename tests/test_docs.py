@@ -136,8 +136,8 @@ def usage_mismatch(parser, usage):
 def test_readme_usage_lists_exactly_the_options_of_the_scripts_help(script, heading):
     """The usage block of each entry point's README section names every option its --help lists
     (the parser's options, by one of their spellings) and no option the script does not take."""
-    from tests.helpers import _entry_module
-    parser = _entry_module(script).build_parser()
+    from tests.helpers import entry_module
+    parser = entry_module(script).build_parser()
     section = README.read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
     usage = next(block for block in re.findall(r"```\n(.*?)```", section, re.DOTALL) if f"python {script}" in block)
     missing, unknown = usage_mismatch(parser, usage.split(script, 1)[1])

@@ -30,12 +30,12 @@ def tiny_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        from tests.helpers import _entry_module
+        from tests.helpers import entry_module
         for script, argv in (("train.py", ["-c", cfg, "--run_id", "one", "-d", "cpu"]),
                              ("test.py", ["-r", root / "saved" / "small" / "one" / "last.pth", "-d", "cpu",
                                           "--save_logits", "--out", root / "eval.json"])):
             try:
-                _entry_module(script).main([str(a) for a in argv])
+                entry_module(script).main([str(a) for a in argv])
             finally:
                 for name in ("train", "test"):
                     for handler in list(logging.getLogger(name).handlers):

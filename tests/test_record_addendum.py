@@ -12,7 +12,7 @@ import pytest
 
 from bench.records.addendum import ADDENDUM, ROWS, VIEWS
 from bench.records.methods import AGGREGATION
-from tests.helpers import ROOT, one_line_error, run_entry, run_script, snapshot
+from tests.helpers import ROOT, entry_module, one_line_error, run_entry, run_script, snapshot
 from utils.errors import UserError
 
 TOOL = "bench/records/add_views.py"
@@ -90,17 +90,29 @@ def test_the_addendum_names_the_files_the_commit_and_the_machine(added):
     assert check["images"] == len(np.load(folder / "logits.npz")["test_targets"]) and check["same_top1"] == 1.0
 
 
-def test_the_rows_are_what_the_record_files_give(added, tmp_path):
-    """The addendum's rows_command, run on the record's logits.npz and views.npz, gives the rows again."""
+def test_the_rows_are_what_the_record_files_give(added, tmp_path, capfd):
+    """The addendum's rows_command, run on the record's logits.npz and views.npz, gives the rows again
+    (and only those rows, beside the plain average)."""
     folder, _, _ = added
     command = json.loads((folder / ADDENDUM).read_text())["rows_command"]
     argv = [str(folder.parent / a[len("RESULTS_DIR/"):]) if a.startswith("RESULTS_DIR/") else a for a in command[2:]]
     argv[argv.index("OUT.json")] = str(tmp_path / "again.json")
-    proc = run_script(command[1], *argv)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    again = json.loads((tmp_path / "again.json").read_text())["protocols"]["distributions"][AGGREGATION]["results"]
+    code, _, err = run_entry(command[1], argv, capfd)
+    assert code == 0, err[-3000:]
+    protocols = json.loads((tmp_path / "again.json").read_text())["protocols"]
+    assert list(protocols) == ["distributions"]
+    assert set(protocols["distributions"]) == {"expert average", AGGREGATION, "table"}
+    again = protocols["distributions"][AGGREGATION]["results"]
     rows = json.loads((folder / ROWS).read_text())["protocols"]["distributions"][AGGREGATION]["results"]
     assert {n: r["top1"] for n, r in again.items()} == {n: r["top1"] for n, r in rows.items()}
+
+
+def test_views_only_without_views_is_refused(added, tmp_path, capfd):
+    folder, _, _ = added
+    code, _, err = run_entry("bench/studies/test_time_methods.py", ["--logits", folder / "logits.npz", "--views_only",
+                                                                   "--out", tmp_path / "o.json"], capfd)
+    one_line_error(code, err, "--views_only", "--views FILE")
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_the_record_still_holds_no_machine_paths(added, capfd):
@@ -178,7 +190,9 @@ def test_a_record_that_cannot_gain_views_is_refused_before_any_work(digits_recor
     nothing_changed(folder, before, tmp_path / "work")
 
 
-def test_a_record_whose_logits_another_model_made_is_refused_and_left_as_it_was(digits_record, tmp_path, capfd):
+def test_a_record_whose_logits_another_model_made_is_refused_and_left_as_it_was(digits_record, tmp_path, capfd,
+                                                                                monkeypatch):
+    monkeypatch.setattr(entry_module(TOOL), "VIEW_EPOCHS", 1)  # the refusal does not depend on the views made
     folder = copy_record(digits_record, tmp_path)
     with np.load(folder / "logits.npz") as f:
         arrays = dict(f)

@@ -10,8 +10,8 @@ which stay as they are (bench/records/addendum.py).
 2. the clean test logits it computes must be the record's ``logits.npz`` ones within rounding
    (:data:`ULPS` steps of float16, or of bf16 for a record evaluated in bf16, of max(|logit|, 1)):
    otherwise the model or the data differ, and nothing is added;
-3. ``bench/studies/test_time_methods.py --logits RECORD/logits.npz --views views.npz``: the rows of
-   the methods that need views, on the record's own clean logits;
+3. ``bench/studies/test_time_methods.py --logits RECORD/logits.npz --views views.npz --views_only``:
+   the rows of the methods that need views, on the record's own clean logits;
 4. the record gains ``views.npz`` (the view logits), ``test_time_methods_views.json`` (those
    rows) and ``addendum.json`` (the files with their SHA-256; the command with ``DATA`` and
    ``WORK_DIR`` placeholders, as record.json; the commit that made them and whether the tree had
@@ -177,8 +177,7 @@ def main(argv=None):
                 "data_loader": logits.data.type_name, "num_experts": logits.net.num_experts, "precision": precision}
         save_views(stage / VIEWS, arrays, meta)
         run_step(command("bench/studies/test_time_methods.py", "--logits", folder / "logits.npz", "--views",
-                         stage / VIEWS, "--stream_batch", "16,128", "--out", work / "test_time_methods.json"),
-                 log, "add_views")
+                         stage / VIEWS, "--views_only", "--out", work / "test_time_methods.json"), log, "add_views")
         run = json.loads((work / "test_time_methods.json").read_text())
         rows = new_rows(run, labels)
         if not rows:
@@ -203,7 +202,7 @@ def main(argv=None):
             "command": portable([Path(sys.executable).name, WRITER, *(sys.argv[1:] if argv is None else argv)],
                                 pairs),
             "rows_command": ["python", "bench/studies/test_time_methods.py", "--logits", f"{in_record}/logits.npz",
-                             "--views", f"{in_record}/{VIEWS}", "--stream_batch", "16,128", "--out", "OUT.json"],
+                             "--views", f"{in_record}/{VIEWS}", "--views_only", "--out", "OUT.json"],
             "commit": commit, "uncommitted_changes": dirty, "machine": machine(), "precision": precision,
             "device": device, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seconds": time.time() - started,

@@ -4,13 +4,16 @@ worst difference from the plain expert average, and seconds per method.
 
     python bench/studies/test_time_methods.py CHECKPOINT [-d DEVICE] [--data_dir PATH] [--skip_views]
         [--draws 10] [--size 2000] [--stream_batch 1,16,128] [--out RESULTS.json]
-    python bench/studies/test_time_methods.py --logits SAVED_LOGITS.npz [--views VIEWS.npz] [--out RESULTS.json]
+    python bench/studies/test_time_methods.py --logits SAVED_LOGITS.npz [--views VIEWS.npz [--views_only]]
+        [--out RESULTS.json]
 
 ``--logits``: every method from a file of ``test.py --save_logits`` (or a recorded run's
 ``logits.npz``), in seconds, with no network and no data; self-supervised aggregation runs from
 the view logits ``--save_views`` stored (its shared views, docs/methods.md#shared-views), or those
 of ``--views`` (a record's ``views.npz``, added by bench/records/add_views.py), and is left out,
-with a note naming that option, from a file without them.
+with a note naming that option, from a file without them. ``--views_only``: only the methods that
+need views, beside the plain average, on the eleven distributions (the rows bench/records/add_views.py
+adds to a record).
 
 Methods: the plain expert average, each single expert, self-supervised aggregation (TADE's; with a
 checkpoint the network runs on augmented views, shared by the eleven distributions; ``--skip_views``
@@ -133,6 +136,8 @@ def main(argv=None):
     p.add_argument("-d", "--device", default="cpu")
     p.add_argument("--data_dir")
     p.add_argument("--skip_views", action="store_true", help="leave out self-supervised aggregation (slow)")
+    p.add_argument("--views_only", action="store_true",
+                   help="only the methods that need views (and the plain average), on the eleven distributions")
     p.add_argument("--out")
     add_protocol_args(p)
     p.set_defaults(distributions="all")
@@ -141,6 +146,9 @@ def main(argv=None):
         p.error("give a CHECKPOINT or --logits FILE (one of them)")
     if args.views and not args.logits:
         p.error("--views FILE goes with --logits FILE (the clean logits the views belong to)")
+    if args.views_only and (args.skip_views or (args.logits and not args.views)):
+        p.error("--views_only runs the methods that need views: give a CHECKPOINT, or --logits FILE with --views "
+                "FILE, and no --skip_views")
     sizes = stream_batch_sizes(args)  # checked before any work
     out = output_path(args.out, args.checkpoint or args.logits, "test_time_methods.json", WRITER, _legacy)
     if args.logits:
@@ -169,8 +177,13 @@ def main(argv=None):
         reference = ReferenceLogits(trained, args.device)  # the training images' logits, computed once
         validation = validation_source(trained, args.device)
         source = {"checkpoint": args.checkpoint}
+    if args.views_only:
+        all_methods = [(label, method) for label, method in all_methods
+                       if method.needs_views or isinstance(method, methods.ExpertAverage)]
     report = {**source, "validation_info": trained.data.validation_info, "protocols": {}}
-    for protocol in ("distributions", "dirichlet", "missing", "streaming", "dirmixe"):
+    protocols = ("distributions",) if args.views_only else ("distributions", "dirichlet", "missing", "streaming",
+                                                            "dirmixe")
+    for protocol in protocols:
         args.protocol = protocol
         rows = {}
         for label, method in all_methods:
