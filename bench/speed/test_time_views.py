@@ -8,7 +8,9 @@ views per distribution and the mean of the distributions, with the seed spread o
 
 Every script runs as its own process (the real entry points), in a temporary folder; the pass is
 also timed in this process, the two variants alternated ``--repeats`` times (the fastest kept).
-``--epochs`` and ``--distributions`` make a short check (the lead's timing run leaves them).
+``--epochs`` and ``--distributions`` make a short check (the lead's timing run leaves them). The
+report is written after each stage (``"measured"`` names the last, ``"complete"`` says whether all
+ran): the timings are complete after the first seed, each further seed adds to the top-1 table.
 """
 import functools
 import json
@@ -81,6 +83,8 @@ def top1_table(runs):
 def run(args):
     if not args.checkpoint:
         sys.exit(f"{WRITER}: --checkpoint is needed (a trained TADE record, e.g. results/NAME/model.pth)")
+    if args.seeds < 1:
+        sys.exit(f"{WRITER}: --seeds {args.seeds}: expected at least 1 (the seeds of the accuracy comparison)")
     out = output_path(args.out, args.checkpoint, "test_time_views.json", WRITER)
     dataset = resolve_config(None, args.checkpoint)[0]["data_loader"]["type"]
     data_dir = ensure_cifar10(args.data_dir) if dataset.startswith("CIFAR10") else args.data_dir
@@ -91,12 +95,18 @@ def run(args):
     report = {"checkpoint": args.checkpoint, "test_time_config": str(Path(tt_config).relative_to(ROOT)),
               "epochs": epochs, "distributions": args.distributions, "device": args.device}
 
+    def save(stage):  # the report so far, after every stage: a stopped run keeps what it measured
+        report["complete"] = stage == "complete"
+        report["measured"] = stage
+        write_report(out, report, WRITER)
+
     passes, diff, precision = pass_seconds(args.checkpoint, data_dir, args.device, args.repeats)
     report["pass_in_process"] = {"seconds": passes, "speedup": passes["as trained"] / passes["folded"],
                                  "max_logit_difference": diff, "precision": precision}
     print(f"one pass over the test set ({precision}): folded {passes['folded']:.2f} s, as trained "
           f"{passes['as trained']:.2f} s, {passes['as trained'] / passes['folded']:.2f}x; logits differ by at most "
           f"{diff:.2g}", flush=True)
+    save("the in-process pass")
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         t_fold, _ = script("test.py", "-r", args.checkpoint, "--out", work / "fold.json", **where)
@@ -107,6 +117,7 @@ def run(args):
         report["test_py_seconds"] = {"folded": t_fold, "as trained": t_plain, "save_logits_and_views": t_views}
         print(f"test.py: folded {t_fold:.1f} s, as trained {t_plain:.1f} s ({t_plain / t_fold:.2f}x); with "
               f"--save_logits --save_views ({epochs} epochs, float16) {t_views:.1f} s", flush=True)
+        save("test.py runs")
         runs, seconds = {"shared": [], "per_set": []}, {}
         for seed in range(1, args.seeds + 1):
             for views in runs:
@@ -115,29 +126,32 @@ def run(args):
                 runs[views].append(rows)
                 seconds.setdefault(views, t)  # the first seed's call is the one timed
                 print(f"  seed {seed}, {views} views: {t:.1f} s", flush=True)
-        t_file, from_file = aggregation(args.checkpoint, tt_config, work / "file.json", common,
-                                        logits=work / "views_logits.npz", seed=1, device=args.device)
-        seconds["from saved views"] = t_file
-        size = (work / "views_logits.npz").stat().st_size
-    report["test_train_seconds"] = seconds
-    report["test_train_in_test_py_passes"] = {k: v / t_fold for k, v in seconds.items()}
-    report["saved_logits_with_views_bytes"] = size
-    shared = runs["shared"][0]
-    report["float16_views"] = {
-        "max_weight_difference": max(max(abs(a - b) for a, b in zip(shared[n]["weights"], from_file[n]["weights"]))
-                                     for n in shared),
-        "max_top1_difference": max(abs(shared[n]["top1"] - from_file[n]["top1"]) for n in shared)}
-    report["top1"] = top1_table(runs)
-    print(f"test_train.py, self-supervised aggregation: shared views {seconds['shared']:.1f} s, per-set views "
-          f"{seconds['per_set']:.1f} s, from saved views {t_file:.1f} s (test.py passes: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in report["test_train_in_test_py_passes"].items()) + ")")
-    print(f"saved logits with {epochs} epochs of views: {size / 1e6:.1f} MB; weights from float16 views differ from "
-          f"float32 ones by at most {report['float16_views']['max_weight_difference']:.4f} (top-1 by "
-          f"{100 * report['float16_views']['max_top1_difference']:.2f} points)")
+            if seed == 1:  # the timings are complete with the first seed
+                t_file, from_file = aggregation(args.checkpoint, tt_config, work / "file.json", common,
+                                                logits=work / "views_logits.npz", seed=1, device=args.device)
+                seconds["from saved views"] = t_file
+                size = (work / "views_logits.npz").stat().st_size
+                report["test_train_seconds"] = seconds
+                report["test_train_in_test_py_passes"] = {k: v / t_fold for k, v in seconds.items()}
+                report["saved_logits_with_views_bytes"] = size
+                shared = runs["shared"][0]
+                report["float16_views"] = {
+                    "max_weight_difference": max(max(abs(a - b) for a, b in zip(shared[n]["weights"],
+                                                                                  from_file[n]["weights"]))
+                                                 for n in shared),
+                    "max_top1_difference": max(abs(shared[n]["top1"] - from_file[n]["top1"]) for n in shared)}
+                print(f"test_train.py, self-supervised aggregation: shared views {seconds['shared']:.1f} s, per-set "
+                      f"views {seconds['per_set']:.1f} s, from saved views {t_file:.1f} s (test.py passes: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in report["test_train_in_test_py_passes"].items()) + ")")
+                print(f"saved logits with {epochs} epochs of views: {size / 1e6:.1f} MB; weights from float16 views "
+                      f"differ from float32 ones by at most {report['float16_views']['max_weight_difference']:.4f} "
+                      f"(top-1 by {100 * report['float16_views']['max_top1_difference']:.2f} points)", flush=True)
+            report["top1"] = top1_table(runs)
+            report["seeds_done"] = seed
+            save("complete" if seed == args.seeds else f"seeds 1..{seed}")
     print(f"top-1 over seeds 1..{args.seeds} (mean +- std), shared against per-set views:")
     for name in report["top1"]["shared"]:
         s, p = report["top1"]["shared"][name], report["top1"]["per_set"][name]
         print(f"  {name}: {s['mean']:.2f} +- {s['std']:.2f} vs {p['mean']:.2f} +- {p['std']:.2f} "
               f"(difference {s['mean'] - p['mean']:+.2f})")
-    write_report(out, report, WRITER)
     print(f"wrote {out}")
