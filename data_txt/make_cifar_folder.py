@@ -1,6 +1,6 @@
 """Write CIFAR-10 (the standard python pickles) as an image-folder tree for ImageFolderLTDataModule.
 
-    python -m data_txt.make_cifar_folder --cifar DIR/cifar-10-batches-py --out ROOT [--imbalance 100]
+    python data_txt/make_cifar_folder.py --cifar DIR/cifar-10-batches-py --out ROOT [--imbalance 100]
                                          [--val_per_class 20] [--no_val]
 
 ROOT/train/<class>/NNNNN.png: the long-tailed training set (IR ``--imbalance`` by the seed-0 rule
@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+if __package__ in (None, ""):  # run as a script (python data_txt/make_cifar_folder.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_loader.cifar_lt import read_cifar_batch
 from data_loader.validation_split import held_out_split

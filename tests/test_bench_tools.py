@@ -1,5 +1,5 @@
 """bench/ laid out by job: every tool lies in a job folder and answers ``--help`` when run by its path
-(each speed subcommand too), a record's command, which names the path of its day, maps to a tool
+(each speed subcommand and data_txt/ script too), a record's command, which names the path of its day, maps to a tool
 that exists, and the steps of record.py and reproduce.py run as processes (their tests call the
 steps in their own process)."""
 import json
@@ -15,6 +15,8 @@ from tests.helpers import ROOT
 JOBS = ("records", "studies", "speed", "drills")
 TOOLS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "bench").rglob("*.py")
                if 'if __name__ == "__main__":' in p.read_text())
+DATA_TOOLS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "data_txt").glob("*.py")
+                    if 'if __name__ == "__main__":' in p.read_text())
 
 # One fresh interpreter runs every tool as ``python TOOL --help`` would: sys.path holds the tool's folder
 # and the interpreter's own paths (not the project root), and the project's modules are forgotten
@@ -46,9 +48,10 @@ def test_every_tool_lies_in_a_job_folder():
     assert {t.split("/")[1] for t in TOOLS} == set(JOBS), TOOLS
 
 
-def test_every_tool_and_speed_subcommand_answers_help_run_by_its_path(tmp_path):
+def test_every_tool_data_txt_script_and_speed_subcommand_answers_help_run_by_its_path(tmp_path):
     from bench.speed.speed import SUBCOMMANDS
-    commands = TOOLS + [f"bench/speed/speed.py {name}" for name in SUBCOMMANDS]
+    assert DATA_TOOLS == ["data_txt/make_cifar_folder.py", "data_txt/make_test_distributions.py"], DATA_TOOLS
+    commands = TOOLS + DATA_TOOLS + [f"bench/speed/speed.py {name}" for name in SUBCOMMANDS]
     proc = subprocess.run([sys.executable, "-c", RUN_AS_SCRIPT, str(ROOT), *commands], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     results = [line.split(" ", 1)[1] for line in proc.stderr.splitlines() if line.startswith("RESULT ")]
