@@ -164,3 +164,23 @@ def test_study_files_are_rendered_and_a_malformed_one_is_named(tmp_path):
     (tmp_path / "default.json").write_text(json.dumps({"written_by": STUDY_WRITER, "rec_a": study}))
     with pytest.raises(ReportError, match="record 'rec_a' is malformed"):
         render_studies(load_studies(tmp_path))
+
+
+@pytest.mark.parametrize("experts, shown", [(1, False), (3, True)])
+def test_a_one_expert_record_shows_no_aggregation_row(record, tmp_path, experts, shown):
+    """A Softmax record has nothing to aggregate: test_time_methods.py runs no aggregation on it, and
+    report.py leaves out such a row (the plain average by construction) where a record holds one."""
+    from bench.records.methods import AGGREGATION
+    from bench.records.report import load_record
+    from bench.studies.test_time_methods import method_list
+    assert (AGGREGATION in dict(method_list("DigitsLTDataModule", experts, skip_views=False))) == shown
+    _, _, folder = record
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["arch"]["args"]["num_experts"] = experts
+    (copy / "config.json").write_text(json.dumps(config))
+    methods = json.loads((copy / "test_time_methods.json").read_text())
+    methods["protocols"]["distributions"][AGGREGATION] = methods["protocols"]["distributions"]["expert average"]
+    (copy / "test_time_methods.json").write_text(json.dumps(methods))
+    assert (AGGREGATION in load_record(copy)["methods"]["protocols"]["distributions"]) == shown

@@ -121,7 +121,7 @@ def check_record_fields(path, rec):
 
 def load_record(folder):
     folder = Path(folder)
-    read_json(folder / "config.json")  # the resolved config: present and valid, though no table shows it
+    config = read_json(folder / "config.json")  # the resolved config: present and valid
     rec = {"folder": folder.name,
            "record": check_record_fields(folder / "record.json", read_json(
                folder / "record.json", ("name", "dataset", "epochs", "seed", "machine"), strict=True)),
@@ -158,11 +158,22 @@ def load_record(folder):
         check_rows(folder / ROWS, addendum["rows"])
         merge(rec["methods"], addendum, folder)
         rec["addendum"] = addendum
+    if single_expert(config):  # nothing to aggregate: its aggregation row is the plain average by construction
+        for entries in protocols.values():
+            if isinstance(entries, dict):
+                entries.pop(AGGREGATION, None)
     for column in ("loss", "accuracy"):
         values = pd.to_numeric(rec["curve"][column], errors="coerce")
         if not np.isfinite(values.to_numpy(dtype=float)).all():
             raise ReportError(f"{folder / 'epochs.csv'}: column {column!r} holds a value that is not a finite number")
     return rec
+
+
+def single_expert(config):
+    """Whether a record's resolved config builds a network of one expert (Softmax's; the backbones'
+    default is three)."""
+    args = (config.get("arch") or {}).get("args") or {}
+    return args.get("num_experts", 3) == 1
 
 
 def check_rows(path, protocols):

@@ -67,7 +67,7 @@ def training_calibrated():
 
 
 def method_list(dataset, num_experts, skip_views):
-    """(label, method) rows: the plain average, each expert, the aggregation (unless skipped), the
+    """(label, method) rows: the plain average, each expert, the aggregation (unless skipped, or of one expert), the
     label-shift methods calibrated on the validation split (the shipped prior config's settings)
     and, beside them, on the training images; the oracle rows last."""
     prior_cfg = ConfigParser(json.loads(family_config("prior", dataset).read_text()), "prior config")
@@ -75,7 +75,7 @@ def method_list(dataset, num_experts, skip_views):
               if k in ("calibration", "source_prior", "temperature", "bias", "tol", "max_iter")}
     out = [("expert average", methods.ExpertAverage())]
     out += [(f"expert {k + 1} alone", methods.SingleExpert(k)) for k in range(num_experts)]
-    if not skip_views:
+    if not skip_views and num_experts > 1:  # one expert: nothing to aggregate
         out.append(("self-supervised aggregation (TADE)", build_test_time_method(family_config("tade", dataset))[0]))
     out += [("EM", methods.EMPrior(**shared)), ("MAP", methods.MAPPrior(**shared)),
             ("SafePrior (default)", prior_cfg.init_obj("test_time", methods)),
