@@ -82,3 +82,17 @@ def test_evaluation_folds_by_default_and_checkpoints_do_not_change(small_run):
     with torch.no_grad():
         a, b = plain.net(plain.perf.prepare_input(x, "cpu")), folded.net(folded.perf.prepare_input(x, "cpu"))
     assert (a["logits"] - b["logits"]).abs().max() < FP32_TOLERANCE  # called outside autocast: fp32
+
+
+def test_the_ceiling_bench_reads_batch_norm_share_from_the_as_trained_pass():
+    """speed.py ceiling's inference rows: batch norm has a share of the as-trained pass's operator
+    time (what bounds folding's gain) and none of the folded one, where all 71 are folded."""
+    from bench.speed.ceiling import eval_rate
+    from trainer.build import resolve_config
+    from utils.performance import Performance
+    cfg, _ = resolve_config("configs/config_cifar10_ir100_tade.json", sections=("arch", "loss"))
+    cfg["arch"]["args"]["num_classes"] = 10
+    rate, share, folded = eval_rate(cfg, torch.device("cpu"), Performance(), batch=4, steps=1, fold=False)
+    assert rate > 0 and 0 < share < 1 and folded == 0
+    rate, share, folded = eval_rate(cfg, torch.device("cpu"), Performance(), batch=4, steps=1, fold=True)
+    assert rate > 0 and share == 0 and folded == 71

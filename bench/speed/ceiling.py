@@ -1,7 +1,11 @@
 """How close a training step is to this machine's arithmetic limit: the training FLOPs per image of
 a config's network (``torch.utils.flop_counter``, forward + backward), the bare training step
 (random batch, no data pipeline, no logging) in plain fp32 NCHW and in the configured precision
-and layout, and the machine's large-matrix-product rate in fp32 and in the autocast dtype.
+and layout, and the machine's large-matrix-product rate in fp32 and in the autocast dtype; then the
+bare inference pass (no gradients, eval mode, the configured precision and layout) as trained and
+with batch norm folded into the convolutions (model/fold_batchnorm.py), with batch norm's share of
+the as-trained pass's operator time on the CPU (torch.profiler). Folding removes batch norm and
+nothing else, so 1 / (1 - that share) bounds its speedup.
 
 A step whose FLOP rate is near the matrix-product rate cannot get much faster by precision,
 layout or fusion: only less arithmetic would help.
@@ -12,6 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import model.loss as losses
+from model.fold_batchnorm import folded_copy
 from trainer.build import build_model, build_performance, resolve_config
 from utils.performance import Performance
 
@@ -64,6 +69,48 @@ def step_rate(cfg, device, perf, batch, steps, size=32):
     return rate, conv_share
 
 
+BATCH_NORM_OPS = ("aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training", "aten::batch_norm",
+                  "aten::_batch_norm_impl_index", "aten::_native_batch_norm_legit")
+
+
+def eval_rate(cfg, device, perf, batch, steps, fold, size=32):
+    """(images per second of bare inference passes, batch norm's share of their self operator time on
+    the CPU or None, number of folded batch norms)."""
+    torch.manual_seed(0)
+    net = perf.apply_layout(build_model(cfg).to(device)).eval()
+    with torch.no_grad():  # running statistics other than the initial ones, as a trained network has
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    folded = 0
+    if fold:
+        net, folded = folded_copy(net, perf.prepare_input(torch.randn(2, 3, size, size), device))
+        net = perf.apply_layout(net)
+    x = perf.prepare_input(torch.randn(batch, 3, size, size), device)
+
+    def run():
+        with torch.no_grad(), perf.autocast_context(device):
+            net(x)
+
+    for _ in range(2):
+        run()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    sync(device)
+    rate = batch * steps / (time.perf_counter() - start)
+    share = None
+    if device.type == "cpu":
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                run()
+        times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+        share = sum(t for k, t in times.items() if k in BATCH_NORM_OPS) / sum(times.values())
+    return rate, share, folded
+
+
 def train_flops_per_image(cfg, size=32):
     net = build_model(cfg).train()
     with FlopCounterMode(display=False) as counter:
@@ -103,6 +150,16 @@ def run(args):
                      f"{rate * flops / conv_share / 1e9:.0f} GFLOP/s, the rest (batch norm, ReLU, additions, "
                      f"optimiser) is memory-bound")
         print(line)
+    rates = {}
+    for fold in (False, True):
+        rates[fold], share, folded = eval_rate(cfg, device, fast, args.batch, args.steps, fold)
+        name = f"folded ({folded} batch norms)" if fold else "as trained"
+        line = f"  bare inference pass, {fast.precision(device)}, {name}: {rates[fold]:.0f} images/s"
+        if share is not None and not fold:
+            line += (f"; batch norm takes {100 * share:.0f} % of the operator time, so folding it can make the "
+                     f"pass at most {1 / (1 - share):.2f}x faster")
+        print(line)
+    print(f"  folded against as trained: {rates[True] / rates[False]:.2f}x")
     for dtype in (torch.float32, fast.amp_dtype(device)):
         if dtype is not None:
             print(f"  {device.type} matrix product {args.matmul}^3, {str(dtype).replace('torch.', '')}: "

@@ -35,8 +35,9 @@ bench/speed/ named for it):
 - ``predict`` (predict.py): ``test_train.py --images`` with SafePrior against a plain test.py pass
   over the same images.
 - ``loader`` (loader.py): images/s of the list datasets' JPEG training pipeline on generated images.
-- ``ceiling`` (ceiling.py): training FLOPs per image, the bare training step and the machine's
-  matrix-product rate.
+- ``ceiling`` (ceiling.py): training FLOPs per image, the bare training step, the bare inference
+  pass as trained and with batch norm folded (batch norm's share of the pass bounds what folding
+  gains), and the machine's matrix-product rate.
 
 ``--data_dir`` (default ``.cache/cifar``; for ``label-shift``, the checkpoint's own) must hold
 CIFAR-10 (``cifar-10-batches-py``); it is written on demand (``bench/common.py:ensure_cifar10``)
