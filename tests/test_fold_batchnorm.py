@@ -86,7 +86,7 @@ def test_evaluation_folds_by_default_and_checkpoints_do_not_change(small_run):
 
 def test_the_ceiling_bench_reads_batch_norm_share_from_the_as_trained_pass():
     """speed.py ceiling's inference rows: batch norm has a share of the as-trained pass's operator
-    time (what bounds folding's gain) and none of the folded one, where all 71 are folded."""
+    time and none of the folded one, where all 71 are folded."""
     from bench.speed.ceiling import eval_rate
     from trainer.build import resolve_config
     from utils.performance import Performance

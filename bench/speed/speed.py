@@ -36,8 +36,8 @@ bench/speed/ named for it):
   over the same images.
 - ``loader`` (loader.py): images/s of the list datasets' JPEG training pipeline on generated images.
 - ``ceiling`` (ceiling.py): training FLOPs per image, the bare training step, the bare inference
-  pass as trained and with batch norm folded (batch norm's share of the pass bounds what folding
-  gains), and the machine's matrix-product rate.
+  pass as trained and with batch norm folded (with batch norm's share of the as-trained pass), and
+  the machine's matrix-product rate.
 
 ``--data_dir`` (default ``.cache/cifar``; for ``label-shift``, the checkpoint's own) must hold
 CIFAR-10 (``cifar-10-batches-py``); it is written on demand (``bench/common.py:ensure_cifar10``)
