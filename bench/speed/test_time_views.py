@@ -32,7 +32,9 @@ WRITER = "bench/speed/speed.py test-time-views"
 def add_arguments(p):
     p.add_argument("--epochs", type=int, help="test-time epochs (default: the test-time config's)")
     p.add_argument("--distributions", default="all", help="all, or names like forward50,uniform")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the accuracy comparison (1..N)")
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds the accuracy comparison runs")
+    p.add_argument("--first_seed", type=int, default=1,
+                   help="the first of them (seeds FIRST..FIRST+N-1; another range adds seeds to a comparison)")
     p.add_argument("--repeats", type=int, default=3, help="alternated repeats of the in-process pass timing")
     p.add_argument("--out", help="JSON report (default: test_time_views.json beside the checkpoint)")
 
@@ -119,16 +121,18 @@ def run(args):
               f"--save_logits --save_views ({epochs} epochs, float16) {t_views:.1f} s", flush=True)
         save("test.py runs")
         runs, seconds = {"shared": [], "per_set": []}, {}
-        for seed in range(1, args.seeds + 1):
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        report["seeds"] = seeds
+        for seed in seeds:
             for views in runs:
                 t, rows = aggregation(args.checkpoint, tt_config, work / f"{views}{seed}.json", common, views,
                                       seed=seed, **where)
                 runs[views].append(rows)
                 seconds.setdefault(views, t)  # the first seed's call is the one timed
                 print(f"  seed {seed}, {views} views: {t:.1f} s", flush=True)
-            if seed == 1:  # the timings are complete with the first seed
+            if seed == seeds[0]:  # the timings are complete with the first seed
                 t_file, from_file = aggregation(args.checkpoint, tt_config, work / "file.json", common,
-                                                logits=work / "views_logits.npz", seed=1, device=args.device)
+                                                logits=work / "views_logits.npz", seed=seed, device=args.device)
                 seconds["from saved views"] = t_file
                 size = (work / "views_logits.npz").stat().st_size
                 report["test_train_seconds"] = seconds
@@ -147,9 +151,9 @@ def run(args):
                       f"differ from float32 ones by at most {report['float16_views']['max_weight_difference']:.4f} "
                       f"(top-1 by {100 * report['float16_views']['max_top1_difference']:.2f} points)", flush=True)
             report["top1"] = top1_table(runs)
-            report["seeds_done"] = seed
-            save("complete" if seed == args.seeds else f"seeds 1..{seed}")
-    print(f"top-1 over seeds 1..{args.seeds} (mean +- std), shared against per-set views:")
+            report["seeds_done"] = seeds[: seeds.index(seed) + 1]
+            save("complete" if seed == seeds[-1] else f"seeds {seeds[0]}..{seed}")
+    print(f"top-1 over seeds {seeds[0]}..{seeds[-1]} (mean +- std), shared against per-set views:")
     for name in report["top1"]["shared"]:
         s, p = report["top1"]["shared"][name], report["top1"]["per_set"][name]
         print(f"  {name}: {s['mean']:.2f} +- {s['std']:.2f} vs {p['mean']:.2f} +- {p['std']:.2f} "
