@@ -157,3 +157,16 @@ def test_speed_tool_usage_lists_exactly_the_options_of_each_subcommand():
     for name, sub in subparsers.items():
         missing, unknown = usage_mismatch(sub, usage[name])
         assert not missing and not unknown, f"bench/speed/speed.py {name}: usage lacks {missing}, unknown {unknown}"
+
+
+PROSE = [README, *DOCS, ROOT / "results" / "README.md", ROOT / "data_txt" / "README.md"]
+CODE_PATH = re.compile(r"(?<![\w/.])((?:bench|data_txt|trainer|utils|model|data_loader|base|configs|tests)/[\w/]+"
+                       r"\.(?:py|json|sh))\b")
+
+
+@pytest.mark.parametrize("doc", PROSE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_code_path_a_document_names_exists(doc):
+    """A document that names a script, module or config by its path names one of this tree (a path
+    of an earlier layout sends a reader to a file that is not there)."""
+    missing = sorted({p for p in CODE_PATH.findall(doc.read_text()) if not (ROOT / p).exists()})
+    assert not missing, missing
