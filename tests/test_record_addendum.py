@@ -172,8 +172,16 @@ def _with_row(folder, views_from):
     path.write_text(json.dumps(methods))
 
 
+def _one_expert(folder):
+    """logits.npz of a one-expert model (Softmax's), as a record of one would hold."""
+    with np.load(folder / "logits.npz") as f:
+        arrays = {k: (v[:, :1] if k.endswith("_logits") else v) for k, v in f.items()}
+    np.savez_compressed(folder / "logits.npz", **arrays)
+
+
 @pytest.mark.parametrize("prepare, fragment", [
     (lambda f, a: _with_views(f, a), "holds view logits already"),
+    (lambda f, a: _one_expert(f), "nothing to aggregate"),
     (lambda f, a: shutil.copyfile(a / ADDENDUM, f / ADDENDUM), f"{ADDENDUM} exists"),
     (lambda f, a: (f / VIEWS).write_text("a file of the user's\n"), f"{VIEWS} exists"),
     (lambda f, a: _with_row(f, a), "has the rows views make possible already"),

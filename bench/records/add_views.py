@@ -83,6 +83,9 @@ def check_record(folder):
                             "nothing to add")
     logits = load_logits(folder / "logits.npz")
     labels = view_labels(logits)
+    if not labels:
+        raise UserError(f"{folder}: a model of {logits.net.num_experts} expert has no self-supervised aggregation "
+                        "to add (nothing to aggregate); nothing to add")
     protocols = read_json(folder / "test_time_methods.json").get("protocols")
     have = protocols.get("distributions") if isinstance(protocols, dict) else None
     if not isinstance(have, dict):
