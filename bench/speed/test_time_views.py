@@ -102,6 +102,7 @@ def run(args):
         report["measured"] = stage
         write_report(out, report, WRITER)
 
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))  # the first also draws the saved views
     passes, diff, precision = pass_seconds(args.checkpoint, data_dir, args.device, args.repeats)
     report["pass_in_process"] = {"seconds": passes, "speedup": passes["as trained"] / passes["folded"],
                                  "max_logit_difference": diff, "precision": precision}
@@ -115,13 +116,13 @@ def run(args):
         t_plain, _ = script("test.py", "-r", args.checkpoint, "--out", work / "plain.json", "--no_fold_batchnorm",
                             **where)
         t_views, _ = script("test.py", "-r", args.checkpoint, "--out", work / "views.json", "--save_logits",
-                            "--logits_dtype", "float16", "--save_views", "--view_epochs", epochs, **where)
+                            "--logits_dtype", "float16", "--save_views", "--view_epochs", epochs, "--view_seed",
+                            seeds[0], **where)
         report["test_py_seconds"] = {"folded": t_fold, "as trained": t_plain, "save_logits_and_views": t_views}
         print(f"test.py: folded {t_fold:.1f} s, as trained {t_plain:.1f} s ({t_plain / t_fold:.2f}x); with "
               f"--save_logits --save_views ({epochs} epochs, float16) {t_views:.1f} s", flush=True)
         save("test.py runs")
         runs, seconds = {"shared": [], "per_set": []}, {}
-        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         report["seeds"] = seeds
         for seed in seeds:
             for views in runs:
