@@ -4,8 +4,9 @@ a config's network (``torch.utils.flop_counter``, forward + backward), the bare 
 and layout, and the machine's large-matrix-product rate in fp32 and in the autocast dtype; then the
 bare inference pass (no gradients, eval mode, the configured precision and layout) as trained and
 with batch norm folded into the convolutions (model/fold_batchnorm.py), with the share of the
-as-trained pass's operator time spent in batch norm's own operators on the CPU (torch.profiler;
-under autocast, folding also removes the casts around them, so it can gain more than that share).
+as-trained pass's operator time spent in batch norm's own operators on the CPU (torch.profiler).
+The bare rates come from a few batches and vary between runs; the pass over real test images
+(``speed.py test-time-views``) is the figure to quote for folding.
 
 A step whose FLOP rate is near the matrix-product rate cannot get much faster by precision,
 layout or fusion: only less arithmetic would help.
