@@ -36,6 +36,27 @@ def build(cfg, device, perf):
     return net, criterion, optimizer, classes
 
 
+def rate_and_share(run, device, batch, steps, ops):
+    """Images per second of ``steps`` calls of ``run`` on a batch of ``batch`` (after two warm-up
+    calls), and on the CPU the share of two more calls' self operator time spent in ``ops``
+    (torch.profiler; None elsewhere)."""
+    for _ in range(2):  # warm-up
+        run()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    sync(device)
+    rate = batch * steps / (time.perf_counter() - start)
+    if device.type != "cpu":
+        return rate, None
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            run()
+    times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    return rate, sum(t for k, t in times.items() if k in ops) / sum(times.values())
+
+
 def step_rate(cfg, device, perf, batch, steps, size=32):
     """Images per second of bare training steps (after two warm-up steps), and on the CPU the share
     of the step's operator time spent in convolutions (forward and backward, torch.profiler)."""
@@ -51,23 +72,7 @@ def step_rate(cfg, device, perf, batch, steps, size=32):
         loss.backward()
         optimizer.step()
 
-    for _ in range(2):  # warm-up
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    rate = batch * steps / (time.perf_counter() - start)
-    conv_share = None
-    if device.type == "cpu":
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for _ in range(2):
-                step()
-        times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
-        conv = sum(t for k, t in times.items() if k in ("aten::mkldnn_convolution", "aten::convolution_backward"))
-        conv_share = conv / sum(times.values())
-    return rate, conv_share
+    return rate_and_share(step, device, batch, steps, ("aten::mkldnn_convolution", "aten::convolution_backward"))
 
 
 BATCH_NORM_OPS = ("aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training", "aten::batch_norm",
@@ -94,21 +99,7 @@ def eval_rate(cfg, device, perf, batch, steps, fold, size=32):
         with torch.no_grad(), perf.autocast_context(device):
             net(x)
 
-    for _ in range(2):
-        run()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        run()
-    sync(device)
-    rate = batch * steps / (time.perf_counter() - start)
-    share = None
-    if device.type == "cpu":
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for _ in range(2):
-                run()
-        times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
-        share = sum(t for k, t in times.items() if k in BATCH_NORM_OPS) / sum(times.values())
+    rate, share = rate_and_share(run, device, batch, steps, BATCH_NORM_OPS)
     return rate, share, folded
 
 
