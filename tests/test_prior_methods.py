@@ -249,6 +249,41 @@ def test_bias_corrected_calibration_recovers_a_class_bias():
     assert torch.allclose(bias - bias.mean(), b - b.mean(), atol=0.15)
 
 
+@pytest.mark.parametrize("fit_temperature,fit_bias", [(True, True), (True, False), (False, True)])
+def test_newton_fit_finds_the_optimum_lbfgs_finds(monkeypatch, fit_temperature, fit_bias):
+    import trainer.test_time.prior_calibration as calibration
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(3000, C, generator=g, dtype=torch.float64) * 2
+    b = torch.tensor([0.5, -0.5, 1.0, 0.0, -1.0], dtype=torch.float64)
+    y = torch.multinomial(torch.softmax(z * 0.7 + b, 1), 1, generator=g).squeeze(1)
+    weights = torch.linspace(0.5, 2.0, C, dtype=torch.float64)
+    kwargs = dict(fit_temperature=fit_temperature, fit_bias=fit_bias, class_weights=weights)
+    newton = fit_calibration(z, y, **kwargs)
+    started = fit_calibration(z[:1500], y[:1500], start=newton, **kwargs)  # a half, from the whole set's fit
+    monkeypatch.setattr(calibration, "NEWTON_MAX_CLASSES", 0)  # L-BFGS only
+    lbfgs = fit_calibration(z, y, **kwargs)
+    half = fit_calibration(z[:1500], y[:1500], **kwargs)
+    for (t1, b1), (t2, b2) in ((newton, lbfgs), (started, half)):
+        assert t1 == pytest.approx(t2, abs=1e-5)
+        assert (b1 is None) == (b2 is None) == (not fit_bias)
+        if fit_bias:
+            assert torch.allclose(b1, b2, atol=1e-4) and abs(float(b1.sum())) < 1e-9
+    own = (started[0], newton[0]) if fit_temperature else (float(started[1][0]), float(newton[1][0]))
+    assert own[0] != pytest.approx(own[1], abs=1e-4)  # the half has its own optimum, not its start
+
+
+def test_newton_fit_that_cannot_step_falls_back_to_lbfgs(monkeypatch):
+    import trainer.test_time.prior_calibration as calibration
+    lbfgs, calls = torch.optim.LBFGS, []
+    monkeypatch.setattr(calibration.torch.optim, "LBFGS", lambda *a, **k: calls.append(1) or lbfgs(*a, **k))
+    y = torch.arange(C).repeat(4)
+    t, _ = fit_calibration(5.0 * torch.nn.functional.one_hot(y, C).double(), y, fit_bias=True)
+    assert not calls and 0 < t < 0.2  # separated: a tiny temperature, where the gradient vanishes
+    with pytest.raises(Exception, match="fitted inverse temperature .* is not positive"):
+        fit_calibration(-5.0 * torch.nn.functional.one_hot(y, C).double(), y)  # Newton cannot cross 1/T = 0
+    assert calls
+
+
 def test_reference_source_needs_reference_logits():
     ctx = Context(num_experts=3, num_classes=C, train_prior=torch.tensor(TRAIN_PRIOR))
     with pytest.raises(ValueError, match="reference_logits"):

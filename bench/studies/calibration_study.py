@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
 from bench.common import ROOT
 
 import trainer.test_time as methods
+from bench.records.addendum import read_addendum
 from bench.records.report import calibration_study_table
 from bench.studies.test_time_methods import family_config, training_calibrated
 from trainer.adaptation import context_for
@@ -170,12 +171,16 @@ class Record:
         oracle = self.run(methods.OraclePrior(), None, self.eleven)
         refs = {"plain mean": 100 * np.mean(list(plain.values())), "oracle prior mean (uses test labels)":
                 100 * np.mean(list(oracle["top1"].values()))}
+        rows = {}
         tt = self.folder / "test_time_methods.json"
         if tt.exists():
-            rows = json.loads(tt.read_text())["protocols"]["distributions"]
-            if AGGREGATION in rows:
-                res = rows[AGGREGATION]["results"]
-                refs["aggregation mean"] = 100 * np.mean([r["top1"] for r in res.values()])
+            rows = dict(json.loads(tt.read_text())["protocols"]["distributions"])
+        addendum = read_addendum(self.folder)  # the aggregation of a record made without it (add_views.py)
+        if addendum is not None:
+            rows.update(addendum["rows"].get("distributions", {}))
+        if AGGREGATION in rows:
+            res = rows[AGGREGATION]["results"]
+            refs["aggregation mean"] = 100 * np.mean([r["top1"] for r in res.values()])
         return refs
 
     def split(self, per_class, draw):

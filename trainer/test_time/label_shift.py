@@ -215,8 +215,10 @@ class LabelShiftMethod(TestTimeMethod):
             self._calibration = self.fit(reference, ctx)
         return self._calibration
 
-    def fit(self, reference, ctx):
-        """The calibration from ``reference`` = (mean logits, targets) (or None when nothing is fitted)."""
+    def fit(self, reference, ctx, start=None):
+        """The calibration from ``reference`` = (mean logits, targets) (or None when nothing is fitted);
+        ``start``: the calibration of a larger set holding these images (the whole split's, for one of
+        its halves), where the fit starts (the optimum does not depend on it)."""
         c = ctx.num_classes
         weights = None if reference is None else self.class_weights(reference[1], ctx)
         temperature, bias = (self.temperature if self.temperature != "fit" else 1.0), None
@@ -231,7 +233,8 @@ class LabelShiftMethod(TestTimeMethod):
                                            kappa if kappa is not None else 0.0)
         elif self.temperature == "fit" or self.bias:
             temperature, bias = fit_calibration(reference[0], reference[1], fit_temperature=self.temperature == "fit",
-                                                fit_bias=self.bias, temperature=temperature, class_weights=weights)
+                                                fit_bias=self.bias, temperature=temperature, class_weights=weights,
+                                                start=None if start is None else (start["temperature"], start["bias"]))
         cal = {"temperature": float(temperature), "bias": bias, "bias_family": self.bias_family,
                "kappa": kappa if kappa is None or math.isfinite(kappa) else "inf"}
         if self.source_prior == "uniform":
@@ -414,7 +417,7 @@ class SafePrior(MAPPrior):
             cal = super().calibration(ctx)
             if self.strength == "null":
                 from trainer.test_time.shift_simulation import balanced_share, split_halves
-                cal["halves"] = split_halves(self, self.calibration_logits(ctx), ctx)
+                cal["halves"] = split_halves(self, self.calibration_logits(ctx), ctx, start=cal)
                 share, evidence = balanced_share(cal["halves"], cal) if self.null_target == "certified" else (0.0, {})
                 cal["balanced_share"] = share
                 gate = 0.0 if self.min_divergence == "auto" else self.min_divergence

@@ -18,13 +18,85 @@ def _fitted_inverse_temperature(beta, hint=""):
                         f"logits predict their labels at all?); expected a fitted temperature > 0{hint}")
     return b
 
+NEWTON_MAX_CLASSES = 128  # up to this many classes the fit takes Newton steps (a (C+1)^2 Hessian)
+NEWTON_MAX_STEPS = 50
+GRADIENT_TOLERANCE = 1e-10  # largest gradient entry of the mean NLL at the optimum
+ROUNDING_GRADIENT = 1e-7  # where a Newton step no longer lowers the loss, a gradient this small is the optimum
+
+
+def _newton_fit(z, y, w, beta, bias, fit_temperature, fit_bias):
+    """Newton's method on the (weighted) mean NLL of softmax(beta z + b), from (beta, bias), to a
+    gradient of :data:`GRADIENT_TOLERANCE`, with a backtracking line search; (beta, bias) or None when
+    it does not get there in :data:`NEWTON_MAX_STEPS` (the caller then runs L-BFGS). The bias is
+    defined up to a constant; the step keeps its sum where it starts."""
+    n, c = z.shape
+    a = (torch.ones(n, dtype=torch.float64) if w is None else w) / (n if w is None else w.sum())
+    onehot = torch.nn.functional.one_hot(y, c).double()
+
+    def evaluate(beta_, bias_):
+        """(mean NLL, softmax) at (beta_, bias_), from one exponential of the scores."""
+        scores = z * beta_ + bias_
+        lse = torch.logsumexp(scores, 1, keepdim=True)
+        nll = float((a * (lse[:, 0] - scores.gather(1, y[:, None])[:, 0])).sum())
+        return nll, torch.exp(scores - lse)
+
+    current, prob = evaluate(beta, bias)
+    for _ in range(NEWTON_MAX_STEPS):
+        r = a[:, None] * (prob - onehot)
+        pz = (prob * z).sum(1)
+        grads, rows = [], []
+        if fit_temperature:
+            grads.append((r * z).sum().reshape(1))
+        if fit_bias:
+            grads.append(r.sum(0))
+        g = torch.cat(grads)
+        if float(g.abs().max()) < GRADIENT_TOLERANCE:
+            return beta, bias
+        ap = a[:, None] * prob
+        h_bb = torch.diag(ap.sum(0)) - ap.T @ prob + 1.0 / c  # + 11^T / c: the bias's constant direction
+        h_tb = (ap * z).sum(0) - (ap * pz[:, None]).sum(0)
+        h_tt = (a * ((prob * z * z).sum(1) - pz * pz)).sum().reshape(1, 1)
+        if fit_temperature and fit_bias:
+            rows = [torch.cat([h_tt, h_tb[None]], 1), torch.cat([h_tb[:, None], h_bb], 1)]
+            hessian = torch.cat(rows, 0)
+        else:
+            hessian = h_tt if fit_temperature else h_bb
+        try:
+            step = -torch.linalg.solve(hessian, g)
+        except RuntimeError:  # singular: saturated probabilities leave a direction without curvature
+            return None
+        if not bool(torch.isfinite(step).all()):
+            return None
+        d_beta = step[0] if fit_temperature else 0.0
+        d_bias = step[int(fit_temperature):] if fit_bias else 0.0
+        t, slope = 1.0, float(g @ step)
+        while t > 1e-10:
+            new_beta, new_bias = beta + t * d_beta, bias + t * d_bias
+            if float(new_beta) > 0:
+                new, new_prob = evaluate(new_beta, new_bias)
+                if math.isfinite(new) and new <= current + 1e-4 * t * slope:
+                    break
+            t /= 2
+        else:  # no decrease left to find: converged to rounding, or not converging at all
+            return (beta, bias) if float(g.abs().max()) < ROUNDING_GRADIENT else None
+        stalled = current - new <= 1e-15 * max(1.0, abs(current))  # the loss no longer moves beyond rounding
+        beta, bias, current, prob = new_beta, new_bias, new, new_prob
+        if stalled and float(g.abs().max()) < ROUNDING_GRADIENT:
+            return beta, bias
+    return None
+
+
 def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperature=1.0, max_iter=200,
-                    max_elements=1 << 25, class_weights=None):
+                    max_elements=1 << 25, class_weights=None, start=None):
     """Fit 1/T (and a per-class bias b) by the NLL of ``targets`` under softmax(z / T + b).
 
     ``class_weights`` [C]: each image of class y counts ``class_weights[y]`` in the NLL (None: every
     image counts 1), so the fit is the one for a set with class frequencies proportional to
-    counts x weights. The NLL is convex in (1/T, b), so L-BFGS finds the optimum. Sets larger than
+    counts x weights. The NLL is convex in (1/T, b): up to :data:`NEWTON_MAX_CLASSES` classes
+    Newton's method finds the optimum (a gradient below :data:`GRADIENT_TOLERANCE`), and L-BFGS does
+    with more classes or where Newton's steps do not converge (a split the model separates
+    perfectly has no finite optimum). ``start`` = (T, b): a nearby fit to start from (the whole
+    split's, for one of its halves); the optimum does not depend on it. Sets larger than
     ``max_elements`` numbers are fitted on a fixed random subset of rows (seed 0). Returns (T, b
     [C] float64 or None).
     """
@@ -39,13 +111,22 @@ def fit_calibration(z, targets, fit_temperature=True, fit_bias=False, temperatur
     if z.shape[0] == 0:
         raise ValueError("calibration: the reference set is empty")
     c = z.shape[1]
+    if not (fit_temperature or fit_bias):
+        return float(temperature), None
+    first_t, first_b = (temperature, None) if start is None else start
+    beta0 = torch.tensor([1.0 / float(first_t if fit_temperature else temperature)], dtype=torch.float64)
+    bias0 = torch.zeros(c, dtype=torch.float64) if first_b is None or not fit_bias else \
+        torch.as_tensor(first_b, dtype=torch.float64).detach().clone()
+    if c <= NEWTON_MAX_CLASSES:
+        fitted = _newton_fit(z, y, w, beta0, bias0, fit_temperature, fit_bias)
+        if fitted is not None:
+            b = _fitted_inverse_temperature(fitted[0], ", or set test_time.args.temperature to a number")
+            return 1.0 / b, (fitted[1].clone() if fit_bias else None)
     beta = torch.tensor([1.0 / float(temperature)], dtype=torch.float64, requires_grad=fit_temperature)
     bias = torch.zeros(c, dtype=torch.float64, requires_grad=fit_bias)
     params = [p for p in (beta, bias) if p.requires_grad]
-    if not params:
-        return float(temperature), None
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=GRADIENT_TOLERANCE,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()

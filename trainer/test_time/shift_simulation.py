@@ -149,10 +149,10 @@ def select_settings(method, reference, ctx):
 HALVINGS = 8
 
 
-def split_halves(method, reference, ctx, halvings=HALVINGS):
+def split_halves(method, reference, ctx, halvings=HALVINGS, start=None):
     """``halvings`` cross-fitted pairs (calibration of one half per class, the other half's mean
     logits and targets, as views of the split's rows) of the validation split ``reference`` = (mean
-    logits, targets); seeded."""
+    logits, targets); seeded. ``start``: the whole split's calibration, where each half's fit starts."""
     z_all, y_all = reference
     y_np = y_all.numpy()
     rng = np.random.RandomState(SEED)
@@ -160,7 +160,7 @@ def split_halves(method, reference, ctx, halvings=HALVINGS):
     for _ in range(halvings):
         fit_idx, other = halves(y_np, rng)
         fit_t = torch.as_tensor(fit_idx)
-        cal = method.fit((z_all[fit_t], y_all[fit_t]), ctx)
+        cal = method.fit((z_all[fit_t], y_all[fit_t]), ctx, start=start)
         pairs.append((cal, (z_all, other), y_np[other]))  # rows, not a copy: 8 halves of a large split
     return pairs
 
