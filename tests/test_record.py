@@ -184,3 +184,26 @@ def test_a_one_expert_record_shows_no_aggregation_row(record, tmp_path, experts,
     methods["protocols"]["distributions"][AGGREGATION] = methods["protocols"]["distributions"]["expert average"]
     (copy / "test_time_methods.json").write_text(json.dumps(methods))
     assert (AGGREGATION in load_record(copy)["methods"]["protocols"]["distributions"]) == shown
+
+
+def _summary_record(name, loss, default_diffs, draw_diff):
+    """A record reduced to what the default's claim reads: the eleven (as two sets) and one Dirichlet draw."""
+    from bench.records.report import DEFAULT_PRIOR
+    plain = {"F50": {"top1": 0.7}, "B50": {"top1": 0.7}}
+    default = {n: {"top1": 0.7 + d} for n, d in zip(plain, default_diffs)}
+    return {"record": {"name": name, "dataset": "D", "epochs": 1, "seed": 1, "loss": loss},
+            "methods": {"protocols": {
+                "distributions": {"expert average": {"results": plain}, DEFAULT_PRIOR: {"results": default}},
+                "dirichlet": {"expert average": {"results": {"d0": {"top1": 0.7}}},
+                              DEFAULT_PRIOR: {"results": {"d0": {"top1": 0.7 + draw_diff}}}}}}}
+
+
+def test_the_default_claim_names_the_records_it_fails_on():
+    from bench.records.report import claims
+    good = _summary_record("good", "CrossEntropyLoss", (0.01, 0.0), 0.0)
+    bad = _summary_record("bad", "RIDELoss", (0.0, 0.0), -0.006)
+    line = next(x for x in claims([good, bad]).splitlines() if "never below the plain average" in x)
+    assert line.endswith("**does not hold** on 1 of 2 records (`bad`).")
+    assert "`bad` +0.00 (eleven), -0.60 (worst Dirichlet draw)" in line
+    line = next(x for x in claims([good]).splitlines() if "never below the plain average" in x)
+    assert line.endswith("**holds** on 1 of 1 records.")

@@ -523,9 +523,10 @@ def claims(records):
         bad = [w for w in worst if w[1] < -TOLERANCE or (w[2] is not None and w[2] < -TOLERANCE)]
         detail = "; ".join(f"`{n}` {100 * w:+.2f} (eleven), " + ("n/a" if d is None else f"{100 * d:+.2f}") +
                            " (worst Dirichlet draw)" for n, w, d in worst)
+        verdict = (f"**does not hold** on {len(bad)} of {len(worst)} records (" + ", ".join(f"`{w[0]}`" for w in bad)
+                   + ")" if bad else f"**holds** on {len(worst)} of {len(worst)} records")
         lines.append(f"- **The label-shift default (`{DEFAULT_PRIOR}`) is never below the plain average - "
-                     f"{100 * TOLERANCE:.1f}**: {detail}: **{'does not hold' if bad else 'holds'}** on "
-                     f"{len(worst) - len(bad)} of {len(worst)} records.")
+                     f"{100 * TOLERANCE:.1f}**: {detail}: {verdict}.")
     spreads = [(key, members) for key, members in groups_over_seeds(records).items() if len(members) > 1]
     if spreads:
         for (dataset, loss, epochs), members in spreads:
