@@ -374,6 +374,7 @@ def test_methods_are_found_by_class_name():
     (SafePrior, {"strength": 0}, r"strength 0: must be a number in \(0, 1\]"),
     (SafePrior, {"min_divergence": -0.1}, "min_divergence -0.1: must be a number >= 0"),
     (SafePrior, {"null_target": "balanced"}, "null_target 'balanced': expected one of 'certified', 'plain'"),
+    (SafePrior, {"noise": "bootstrap"}, "noise 'bootstrap': expected one of 'target', 'spread'"),
     (EMPrior, {"source_prior": "uniform", "calibration": "training"}, "bias true with source_prior 'uniform'"),
     (EMPrior, {"calibration": "test"}, "calibration 'test': expected one of"),
     (SafePrior, {"calibration": "training"}, "auto.* are chosen on the validation split"),
@@ -507,3 +508,23 @@ def test_null_strength_needs_two_images_of_every_class_and_names_the_option():
     with pytest.raises(Exception, match="class 0 has 1 validation image.*data_loader.args.validation.per_class"):
         SafePrior(strength="null").adapt(experts(*model.sample(PRIORS["forward50"], 100, seed=1)[:1],
                                                  np.full(C, 1.0 / C)), ctx)
+
+
+def test_spread_noise_reads_the_plain_averages_lean_as_signal():
+    """noise "spread": the null is how far the halves' unshifted estimates lie from each other, so the
+    lean every half reads alike (a head-biased plain average) is corrected on a balanced test set, which
+    the null measured from the target (noise "target") takes for noise."""
+    model = Gaussians()
+    ctx = head_biased_split_context(model, 300, seed=5)
+    spread, target = SafePrior(null_target="plain", noise="spread"), SafePrior(null_target="plain")
+    z, y = model.sample(np.full(C, 1.0 / C), 4000, seed=6)
+    logits = experts(z, TRAIN_PRIOR)
+    plain = accuracy(logits.mean(1), y)
+    by_spread, by_target = spread.adapt(logits, ctx), target.adapt(logits, ctx)
+    assert by_spread["null_shift_size"] < 0.5 * by_target["null_shift_size"]
+    assert by_spread["strength"] > 0.5 and accuracy(by_spread["scores"], y) > plain + 0.02
+    assert abs(accuracy(by_target["scores"], y) - plain) < 0.01
+    assert spread.calibration(ctx)["selection"]["noise"] == "spread"
+    z, y = model.sample(TRAIN_PRIOR, 4000, seed=7)  # a set that leans like the training set: left alone
+    logits = experts(z, TRAIN_PRIOR)
+    assert accuracy(spread.adapt(logits, ctx)["scores"], y) >= accuracy(logits.mean(1), y) - 0.005

@@ -92,6 +92,8 @@ ESTIMATORS = {
     "SafePrior null": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null"),
     "SafePrior null plain": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null",
                                                             null_target="plain"),
+    "SafePrior null spread": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null",
+                                                             null_target="plain", noise="spread"),
     "SafePrior old": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="auto", min_divergence="auto"),
 }
 # (estimator, family) rows by default: every family under SafePrior's own selection, and the full
@@ -126,7 +128,7 @@ def training_rows():
 def settings_of(method):
     """The arguments that decide a label-shift method's output (to spot a row equal to the shipped one)."""
     keys = ("calibration_data", "source_prior", "temperature", "bias", "strength", "min_divergence", "significance",
-            "pseudo_count", "toward", "simulation_size", "null_target", "tol", "max_iter")
+            "pseudo_count", "toward", "simulation_size", "null_target", "noise", "tol", "max_iter")
     return {k: getattr(method, k) for k in keys if hasattr(method, k)}
 
 

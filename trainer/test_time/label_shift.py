@@ -59,6 +59,7 @@ DEFAULT = "default"  # source_prior not given: "uniform" on validation images, "
 TOWARD = ("source", "uniform", "plain")
 STRENGTH_RULES = ("null", "auto")  # SafePrior's strength chosen per test set (null) or per model (auto)
 NULL_TARGETS = ("certified", "plain")  # what strength "null" measures a shift from (SafePrior)
+NULL_NOISES = ("target", "spread")  # what strength "null" takes as the noise of an unshifted set (SafePrior)
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -374,7 +375,10 @@ class SafePrior(MAPPrior):
     b. The strength: one half calibrates while the other is resampled into a balanced set of the
        test set's size, on which the whole estimate runs; the mean size ||log pi - log pi_b||^2
        (centred) of those unshifted estimates is the noise, and the strength is max(0, 1 - noise /
-       the test set's own size), applied as pi_b (pi_map / pi_b)^strength. Every result holds
+       the test set's own size), applied as pi_b (pi_map / pi_b)^strength. With ``noise`` "spread"
+       the noise is instead how far the halves' unshifted estimates lie from each other (the mean
+       squared distance of every pair), which leaves out what they share: a lean of the plain
+       average that every half reads alike counts as signal, not noise. Every result holds
        ``strength``, ``shift_size``, ``null_shift_size`` and ``balanced_share``.
 
     ``strength`` and ``min_divergence`` "auto" choose one setting per model instead: each half
@@ -385,17 +389,19 @@ class SafePrior(MAPPrior):
 
     Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats, 0; or "auto"),
     ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified" or "plain"; strength
-    "null" only), ``simulation_size`` (images per simulated set of
-    "auto"; 2000),
+    "null" only), ``noise`` ("target" or "spread"; strength "null" only), ``simulation_size``
+    (images per simulated set of "auto"; 2000),
     ``pseudo_count`` (> 0; 1), ``toward`` ("plain"), ``calibration``, ``source_prior``,
     ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test
     is made on the images seen so far; a batch is always scored before it is learnt from.
     """
 
     def __init__(self, significance=0.001, strength: float | str = "null", min_divergence: float | str = 0.0,
-                 pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="certified", **kwargs):
+                 pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="certified", noise="target",
+                 **kwargs):
         super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
         self.null_target = check_choice("null_target", null_target, NULL_TARGETS)
+        self.noise = check_choice("noise", noise, NULL_NOISES)
         self.significance = check_fraction("significance", significance)
         if min_divergence != "auto" and (not _is_number(min_divergence) or min_divergence < 0):
             raise ValueError(f"min_divergence {min_divergence!r}: must be a number >= 0 (nats) or \"auto\"")
@@ -422,6 +428,7 @@ class SafePrior(MAPPrior):
                 cal["balanced_share"] = share
                 gate = 0.0 if self.min_divergence == "auto" else self.min_divergence
                 cal["selection"] = {"strength": "null", "min_divergence": gate, "null_target": self.null_target,
+                                    "noise": self.noise,
                                     "balanced_share": share, **evidence,
                                     "chosen_by": "validation split, per test set: its shift size against an unshifted "
                                     "set of its size seen through cross-fitted halves of the split"}

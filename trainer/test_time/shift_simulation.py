@@ -204,20 +204,25 @@ def target_prior(cal, share):
     return toward(cal["anchor"], cal["source_prior"], share)
 
 
-def null_shift_sizes(method, pairs, n, share):
-    """The shift size the whole estimate (calibration on one half, MAP-EM on ``n`` images) reports,
-    from that half's target, on balanced resamples of the other half: an unshifted test set of this
-    size, seen through the split's noise."""
+def null_shift_sizes(method, pairs, n, share, noise="target"):
+    """The null of a test set of ``n`` images, from the whole estimate (calibration on one half,
+    MAP-EM on ``n`` images) on balanced resamples of the other half. ``noise`` "target": the shift
+    size each such estimate reports from its half's target (an unshifted test set of this size, seen
+    through the split's noise). "spread": how far the halves' estimates (their centred log ratio to
+    their own targets) lie from each other, the squared distance of every pair: their noise alone,
+    without the part they share (a lean of the plain average that every half reads alike)."""
     rng = np.random.RandomState(SEED + n)
     tol = max(method.tol, SIMULATION_TOL)
-    sizes = []
+    moves = []
     for cal, (z_all, other), y_other in pairs:
         c = cal["source_prior"].numel()
         rows = torch.as_tensor(other[draw(y_other, np.full(c, 1.0 / c), n, rng)])
         log_q = torch.log_softmax(method._calibrate(z_all[rows], cal), 1)
         pi, _, _ = method.map_estimate(log_q, cal, tol=tol)
-        sizes.append(shift_size(pi, target_prior(cal, share)))
-    return np.asarray(sizes)
+        moves.append(centred_log_ratio(pi, target_prior(cal, share)))
+    if noise == "spread":
+        return np.asarray([float(((a - b) ** 2).sum()) for a, b in itertools.combinations(moves, 2)])
+    return np.asarray([float((u * u).sum()) for u in moves])
 
 
 def null_strength(method, cal, prior, n):
@@ -228,8 +233,8 @@ def null_strength(method, cal, prior, n):
     observed = shift_size(prior, target_prior(cal, share))
     cache = cal.setdefault("null_sizes", {})
     if n not in cache:
-        cache[n] = null_shift_sizes(method, cal["halves"], n, share)
+        cache[n] = null_shift_sizes(method, cal["halves"], n, share, getattr(method, "noise", "target"))
     null = cache[n]
     strength = max(0.0, 1.0 - float(null.mean()) / observed) if observed > 0 else 0.0
-    return strength, {"shift_size": observed, "null_shift_size": float(null.mean()), "null_sets": len(null),
+    return strength, {"shift_size": observed, "null_shift_size": float(null.mean()), "null_sets": len(cal["halves"]),
                       "balanced_share": share}
