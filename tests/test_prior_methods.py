@@ -440,7 +440,7 @@ def small_split_context(model, per_class, seed):
 def test_null_strength_follows_the_shift_against_the_splits_own_noise():
     model = Gaussians()
     ctx = small_split_context(model, 20, seed=5)
-    method = SafePrior(strength="null")
+    method = SafePrior(strength="null", noise="target")
     z, y = model.sample(np.full(C, 1.0 / C), 3000, seed=6)  # unshifted: the split's noise explains the estimate
     flat = method.adapt(experts(z, np.full(C, 1.0 / C)), ctx)
     z, y = model.sample(PRIORS["forward50"], 3000, seed=7)  # a strong shift stands far above that noise
@@ -481,12 +481,12 @@ def test_null_target_keeps_the_balanced_move_the_split_certifies():
     from trainer.test_time.shift_simulation import target_prior
     model = Gaussians()
     large, small = head_biased_split_context(model, 300, seed=5), head_biased_split_context(model, 4, seed=5)
-    certified, plain_target = SafePrior(), SafePrior(null_target="plain")
+    certified, plain_target = SafePrior(null_target="certified", noise="target"), SafePrior(noise="target")
     cal = certified.calibration(large)
     share = cal["balanced_share"]
     assert share > 0.8 and cal["selection"]["halves_disagreement"] < 0.2 * cal["selection"]["balanced_move"]
     assert plain_target.calibration(large)["balanced_share"] == 0.0
-    assert SafePrior().calibration(small)["balanced_share"] < share
+    assert SafePrior(null_target="certified", noise="target").calibration(small)["balanced_share"] < share
     # the target sits between the plain average's prior and the balanced reading, by the share
     target = target_prior(cal, share)
     assert torch.allclose(certified.applied(torch.as_tensor(PRIORS["forward50"]), cal, 500, strength=0.0), target)
@@ -516,7 +516,7 @@ def test_spread_noise_reads_the_plain_averages_lean_as_signal():
     the null measured from the target (noise "target") takes for noise."""
     model = Gaussians()
     ctx = head_biased_split_context(model, 300, seed=5)
-    spread, target = SafePrior(null_target="plain", noise="spread"), SafePrior(null_target="plain")
+    spread, target = SafePrior(), SafePrior(noise="target")  # the default: the plain target, noise "spread"
     z, y = model.sample(np.full(C, 1.0 / C), 4000, seed=6)
     logits = experts(z, TRAIN_PRIOR)
     plain = accuracy(logits.mean(1), y)

@@ -89,9 +89,12 @@ ESTIMATORS = {
     "EM": lambda bias: methods.EMPrior(**COMMON, bias=bias),
     "SafePrior auto": lambda bias: methods.SafePrior(**COMMON, bias=bias),
     "SafePrior gate": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength=1.0, min_divergence=0.0),
-    "SafePrior null": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null"),
+    # the per-test-set rule with the null measured from its target (certified or plain target), and the
+    # class default: the plain target with the halves' spread as the noise
+    "SafePrior null": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="certified",
+                                                      noise="target"),
     "SafePrior null plain": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null",
-                                                            null_target="plain"),
+                                                            null_target="plain", noise="target"),
     "SafePrior null spread": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null",
                                                              null_target="plain", noise="spread"),
     "SafePrior old": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="auto", min_divergence="auto"),

@@ -367,18 +367,19 @@ class SafePrior(MAPPrior):
 
     ``strength`` "null" (the default) is chosen per test set from the validation split alone
     (trainer/test_time/shift_simulation.py). The split is halved per class 8 times.
-    a. The target: with ``null_target`` "certified" (default) the move from pi_0 to the
+    a. The target: with ``null_target`` "certified" the move from pi_0 to the
        calibration's reading of a balanced set (p_s) is kept in the share the halves agree on:
        s_b = max(0, 1 - d / ||t||^2), t the centred log ratio log p_s - log pi_0 and d the squared
        distance between two disjoint halves' own t (twice the mean over pairs of halvings). The
-       target is pi_b = pi_0 (p_s / pi_0)^s_b; "plain" keeps pi_0 (s_b = 0).
+       target is pi_b = pi_0 (p_s / pi_0)^s_b; "plain" (default) keeps pi_0 (s_b = 0).
     b. The strength: one half calibrates while the other is resampled into a balanced set of the
        test set's size, on which the whole estimate runs; the mean size ||log pi - log pi_b||^2
        (centred) of those unshifted estimates is the noise, and the strength is max(0, 1 - noise /
-       the test set's own size), applied as pi_b (pi_map / pi_b)^strength. With ``noise`` "spread"
-       the noise is instead how far the halves' unshifted estimates lie from each other (the mean
-       squared distance of every pair), which leaves out what they share: a lean of the plain
-       average that every half reads alike counts as signal, not noise. Every result holds
+       the test set's own size), applied as pi_b (pi_map / pi_b)^strength (``noise`` "target").
+       With ``noise`` "spread" (default) the noise is instead how far the halves' unshifted
+       estimates lie from each other (the mean squared distance of every pair), which leaves out
+       what they share: a lean of the plain average that every half reads alike counts as signal,
+       not noise. Every result holds
        ``strength``, ``shift_size``, ``null_shift_size`` and ``balanced_share``.
 
     ``strength`` and ``min_divergence`` "auto" choose one setting per model instead: each half
@@ -397,7 +398,7 @@ class SafePrior(MAPPrior):
     """
 
     def __init__(self, significance=0.001, strength: float | str = "null", min_divergence: float | str = 0.0,
-                 pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="certified", noise="target",
+                 pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="plain", noise="spread",
                  **kwargs):
         super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
         self.null_target = check_choice("null_target", null_target, NULL_TARGETS)
