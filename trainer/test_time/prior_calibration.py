@@ -44,7 +44,7 @@ def _newton_fit(z, y, w, beta, bias, fit_temperature, fit_bias):
     for _ in range(NEWTON_MAX_STEPS):
         r = a[:, None] * (prob - onehot)
         pz = (prob * z).sum(1)
-        grads, rows = [], []
+        grads = []
         if fit_temperature:
             grads.append((r * z).sum().reshape(1))
         if fit_bias:
@@ -53,14 +53,15 @@ def _newton_fit(z, y, w, beta, bias, fit_temperature, fit_bias):
         if float(g.abs().max()) < GRADIENT_TOLERANCE:
             return beta, bias
         ap = a[:, None] * prob
-        h_bb = torch.diag(ap.sum(0)) - ap.T @ prob + 1.0 / c  # + 11^T / c: the bias's constant direction
-        h_tb = (ap * z).sum(0) - (ap * pz[:, None]).sum(0)
-        h_tt = (a * ((prob * z * z).sum(1) - pz * pz)).sum().reshape(1, 1)
-        if fit_temperature and fit_bias:
-            rows = [torch.cat([h_tt, h_tb[None]], 1), torch.cat([h_tb[:, None], h_bb], 1)]
-            hessian = torch.cat(rows, 0)
-        else:
-            hessian = h_tt if fit_temperature else h_bb
+        if fit_bias:
+            hessian = torch.diag(ap.sum(0)) - ap.T @ prob + 1.0 / c  # + 11^T / c: the bias's constant direction
+        if fit_temperature:
+            h_tt = (a * ((prob * z * z).sum(1) - pz * pz)).sum().reshape(1, 1)
+            if fit_bias:
+                h_tb = (ap * z).sum(0) - (ap * pz[:, None]).sum(0)
+                hessian = torch.cat([torch.cat([h_tt, h_tb[None]], 1), torch.cat([h_tb[:, None], hessian], 1)], 0)
+            else:
+                hessian = h_tt
         try:
             step = -torch.linalg.solve(hessian, g)
         except RuntimeError:  # singular: saturated probabilities leave a direction without curvature
