@@ -45,7 +45,7 @@ STUDY = "bench/studies/calibration_study.py"
 
 def test_the_study_scores_every_row_at_every_size(record, tmp_path, capfd):
     out = tmp_path / "study.json"
-    rows = "SafePrior auto:free,SafePrior auto:prior,EM:shrunk_prior"
+    rows = "SafePrior default:free,SafePrior default:prior,EM:shrunk_prior"
     code, stdout, err = run_entry(STUDY, [record, "--sizes", "5,all", "--draws", "2", "--rows", rows, "--out", out],
                                   capfd)
     assert code == 0, stdout[-2000:] + err[-3000:]
@@ -56,24 +56,24 @@ def test_the_study_scores_every_row_at_every_size(record, tmp_path, capfd):
     assert study["references"]["aggregation mean"] == pytest.approx(50.0)
     assert "oracle prior mean (uses test labels)" in study["references"]
     five = study["sizes"]["5"]
-    assert set(five) == {"shipped config", "SafePrior auto, free (the old rule)", "SafePrior auto, prior",
+    assert set(five) == {"shipped config", "SafePrior default, free", "SafePrior default, prior",
                          "EM, shrunk_prior"}
-    assert len(five["SafePrior auto, prior"]["draws"]) == 2 and len(study["sizes"]["all"]["EM, shrunk_prior"][
+    assert len(five["SafePrior default, prior"]["draws"]) == 2 and len(study["sizes"]["all"]["EM, shrunk_prior"][
         "draws"]) == 1
     # the shipped digits config is the row with its settings, computed once
     shipped = study["shipped_config"]["args"]
-    same = {True: "SafePrior auto, free (the old rule)", "prior": "SafePrior auto, prior"}.get(shipped["bias"])
+    same = {True: "SafePrior default, free", "prior": "SafePrior default, prior"}.get(shipped["bias"])
     if same:
         assert five["shipped config"].get("same_as") == same or five[same].get("same_as") == "shipped config"
     for entry in five.values():
         assert entry["worst"] <= entry["mean"] and entry["holds"] == (
             entry["worst"] >= -0.5 and entry["worst_dirichlet"] >= -0.5 and entry["mean"] >= 50.0)
     # the draws differ (seeded subsets of the pool), the whole pool is one draw
-    draws = five["SafePrior auto, prior"]["draws"]
+    draws = five["SafePrior default, prior"]["draws"]
     assert draws[0]["temperature"] != draws[1]["temperature"]
     rec = {"record": {"name": record.name}, "study": study}
     text = report.calibration_study_table(rec)
-    assert "| 5 | SafePrior auto, prior |" in text and "| all | EM, shrunk_prior |" in text
+    assert "| 5 | SafePrior default, prior |" in text and "| all | EM, shrunk_prior |" in text
 
 
 def test_a_recorded_result_is_never_written_into(record, capfd):
@@ -87,7 +87,7 @@ def test_a_recorded_result_is_never_written_into(record, capfd):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--rows", "SafePrior auto:ridge"], ["--rows 'SafePrior auto:ridge'", "FAMILY one of"]),
+    (["--rows", "SafePrior default:ridge"], ["--rows 'SafePrior default:ridge'", "FAMILY one of"]),
     (["--training_images"], ["--training_images", "no training logits"]),
 ])
 def test_bad_rows_and_a_record_without_training_logits_are_named(record, tmp_path, args, fragments, capfd):

@@ -17,9 +17,11 @@ Rows (``family``: how the calibration's class bias is fitted; docs/methods.md#sm
 - ``none``: temperature only; ``prior``: z / T + g log p_train (two parameters);
 - ``shrunk`` / ``shrunk_prior``: a free bias shrunk toward 0 / toward g log p_train by a ridge
   whose weight is chosen by 5-fold cross-fitting on the split;
-each with EM (the full Bayes adjustment), ``SafePrior auto`` (strength and gate chosen by the
-simulation on the split, the old rule when the family is ``free``) and ``SafePrior gate``
-(strength 1, the shift test alone decides). Beside them the shipped prior config
+each with EM (the full Bayes adjustment), ``SafePrior default`` (SafePrior's own defaults: the
+per-test-set strength from the plain target, noise "spread"), ``SafePrior old`` (one strength and
+gate per model, chosen by the simulation on the split) and ``SafePrior gate`` (strength 1, the
+shift test alone decides); ``SafePrior null`` / ``SafePrior null plain`` / ``SafePrior null
+spread`` name the per-test-set variants by their target and noise. Beside them the shipped prior config
 (``configs/test_time_<family>_prior.json``) as it is now. ``--training_images`` adds, once per
 record (not per size), EM and SafePrior calibrated on the training images instead of a validation
 split (the record's training logits; the settings of bench/studies/test_time_methods.py's
@@ -87,7 +89,7 @@ def family_bias(family):
 
 ESTIMATORS = {
     "EM": lambda bias: methods.EMPrior(**COMMON, bias=bias),
-    "SafePrior auto": lambda bias: methods.SafePrior(**COMMON, bias=bias),
+    "SafePrior default": lambda bias: methods.SafePrior(**COMMON, bias=bias),
     "SafePrior gate": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength=1.0, min_divergence=0.0),
     # the per-test-set rule with the null measured from its target (certified or plain target), and the
     # class default: the plain target with the halves' spread as the noise
@@ -101,8 +103,8 @@ ESTIMATORS = {
 }
 # (estimator, family) rows by default: every family under SafePrior's own selection, and the full
 # Bayes adjustment (EM) and the gate alone for the old (free) and the two-parameter calibration.
-DEFAULT_ROWS = ("SafePrior auto:free,SafePrior auto:none,SafePrior auto:prior,SafePrior auto:shrunk,"
-                "SafePrior auto:shrunk_prior,SafePrior gate:prior,EM:free,EM:prior")
+DEFAULT_ROWS = ("SafePrior default:free,SafePrior default:none,SafePrior default:prior,SafePrior default:shrunk,"
+                "SafePrior default:shrunk_prior,SafePrior gate:prior,EM:free,EM:prior")
 
 
 def candidates(dataset, rows):
@@ -117,8 +119,7 @@ def candidates(dataset, rows):
                             f"{', '.join(ESTIMATORS)} and FAMILY one of {', '.join(BIAS_FAMILIES)}")
         make = functools.partial(ESTIMATORS[estimator], family_bias(fam))
         probe = make()
-        out.append((f"{estimator}, {fam}" + (" (the old rule)" if spec == "SafePrior auto:free" else ""), make,
-                    (type(probe).__name__, settings_of(probe))))
+        out.append((f"{estimator}, {fam}", make, (type(probe).__name__, settings_of(probe))))
     return out, cfg["test_time"]
 
 
