@@ -184,3 +184,30 @@ def test_end_to_end_errors_exit_2(run, tmp_path, capfd):
     code, _, err = run_entry("test_train.py", ["-c", run["tt"], "-r", checkpoint(run), "--images", tmp_path / "none"],
                              capfd)
     one_line_error(code, err, "none does not exist")
+
+
+def test_own_data_demo_scores_both_methods_on_withheld_labels_and_report_renders_it(run, tmp_path, capfd):
+    """bench/studies/own_data_demo.py end to end on the folder model: anonymous copies, two predictions
+    per set (the default and the compared config), scored only against the withheld labels, and the
+    table bench/records/report.py renders from its JSON."""
+    from bench.records.report import load_own_data, load_studies, render_own_data
+    tt = json.loads((ROOT / "configs" / "test_time_folder_tade.json").read_text())
+    tt["test_time"]["args"].update(epochs=1, batch_size=8, num_workers=0)
+    tade = write_config(tmp_path / "tade.json", tt)
+    studies = tmp_path / "studies"
+    out = studies / "demo.json"
+    code, _, err = run_entry("bench/studies/own_data_demo.py", ["-r", checkpoint(run), "-c", run["tt"], "--compare",
+                                                                tade, "--work", tmp_path / "work", "--distributions",
+                                                                "uniform", "--out", out], capfd)
+    assert code == 0, err
+    demo = json.loads(out.read_text())
+    row = demo["distributions"]["uniform"]
+    assert row["images"] == 15 and demo["methods"] == {"config": "SafePrior", "compare": "SelfSupervisedAggregation"}
+    assert sorted(p.name for p in (tmp_path / "work" / "unlabeled" / "uniform").iterdir())[0] == "000000.png"
+    labels = pd.read_csv(tmp_path / "work" / "withheld" / "uniform.csv").set_index("path")["label"]
+    for folder, key in (("predictions", "accuracy"), ("compare", "compare_accuracy")):
+        table = pd.read_csv(tmp_path / "work" / folder / "uniform" / "predictions.csv")
+        assert row[key] == pytest.approx(float((table["prediction"] == labels.reindex(table["path"]).values).mean()))
+    assert load_studies(studies) == {}  # not a calibration study
+    text = render_own_data(load_own_data(studies))
+    assert "| Uni | 15 | " + f"{100 * row['accuracy']:.2f} | {100 * row['compare_accuracy']:.2f} |" in text

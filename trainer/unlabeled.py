@@ -239,11 +239,11 @@ def named(values, names):
 
 def describe_estimate(facts, names):
     """What the method estimated, in the summary's words: the class prior (by class name) with the
-    shift test's verdict, or the expert weights."""
+    shift test's verdict (and SafePrior's strength when a shift was applied), or the expert weights."""
     out = {}
     if "prior" in facts:
         out["class_prior"] = named(facts["prior"], names)
-        for key in ("shift_detected", "p_value", "log_likelihood_ratio", "divergence"):
+        for key in ("shift_detected", "p_value", "log_likelihood_ratio", "divergence", "strength"):
             if key in facts:
                 out[key] = facts[key]
     if "weights" in facts:

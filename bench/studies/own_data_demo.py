@@ -2,17 +2,21 @@
 labels that were withheld from them.
 
     python bench/studies/own_data_demo.py -r RUN/model_best.pth --work DIR [-c configs/test_time_folder_prior.json]
-                                  [--distributions forward50,backward50] [-d DEVICE]
+        [--compare configs/test_time_folder_tade.json] [--distributions forward50,uniform,backward50]
+        [--out FILE] [-d DEVICE]
 
 For each named test distribution of the checkpoint's image folder (data_loader/image_folder.py,
 built from ``test/``), its images are copied into DIR/unlabeled/NAME/ under anonymous names
 (``000000.png`` ...; the class folder, the only place a label lives, is dropped) and their labels
 into DIR/withheld/NAME.csv. ``test_train.py --images DIR/unlabeled/NAME`` then predicts them as a
-user would, writing DIR/predictions/NAME/{predictions.csv,summary.json}; only afterwards are the
-withheld labels read, to report: the accuracy of predictions.csv, the plain expert average's
-accuracy on the same images (its column in predictions.csv), and the total variation distance
-between the estimated class prior (summary.json) and the set's true class frequencies, beside
-that of the training prior. The table is written to DIR/own_data_demo.json.
+user would, once with ``-c`` (the shipped default, SafePrior) into DIR/predictions/NAME/ and once
+with ``--compare`` (TADE's self-supervised aggregation) into DIR/compare/NAME/, each writing
+predictions.csv and summary.json; only afterwards are the withheld labels read, to report: the
+accuracy of each predictions.csv, the plain expert average's accuracy on the same images (its
+column in predictions.csv), and the total variation distance between the estimated class prior
+(summary.json) and the set's true class frequencies, beside that of the training prior. The table
+is written to ``--out`` (default DIR/own_data_demo.json; ``docs/studies/own_data_demo.json`` is the
+one bench/records/report.py renders into docs/own_data.md and docs/results.md).
 
 Every file goes through the write rule (utils/safe_write.py), checked before the work: a copy
 folder DIR/unlabeled/NAME of an earlier demo (anonymous image names only) is replaced, any other
@@ -75,6 +79,7 @@ def total_variation(p, q):
 
 
 def score(folder, labels, names, train_prior):
+    """What one prediction folder scores against the withheld labels."""
     table = pd.read_csv(folder / "predictions.csv")
     summary = json.loads((folder / "summary.json").read_text())
     truth = labels.set_index("path")["label"].reindex(table["path"])
@@ -84,6 +89,8 @@ def score(folder, labels, names, train_prior):
            "accuracy": float((table["prediction"].to_numpy() == truth.to_numpy()).mean()),
            "average_accuracy": float((table["average_prediction"].to_numpy() == truth.to_numpy()).mean()),
            "shift_detected": summary["estimate"].get("shift_detected"),
+           "p_value": summary["estimate"].get("p_value"),
+           "strength": summary["estimate"].get("strength"),
            "true_prior": dict(zip(names, map(float, true_prior))),
            "tv_training_prior": total_variation(train_prior, true_prior),
            "seconds": summary["seconds"]}
@@ -93,18 +100,41 @@ def score(folder, labels, names, train_prior):
     return row
 
 
+def predict(args, config, folder, out):
+    """``test_train.py -c config --images folder --out out``, as a user runs it."""
+    cmd = [sys.executable, str(ROOT / "test_train.py"), "-c", str(config), "-r", args.resume, "--images",
+           str(folder), "--out", str(out), "-d", args.device]
+    print("$ " + " ".join(cmd[1:]), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode:
+        raise UserError(f"test_train.py -c {config} --images {folder} failed (exit {proc.returncode})")
+
+
+def shown_path(path):
+    """A path as the JSON keeps it: relative to the project when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 @cli_entry
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-r", "--resume", required=True, help="checkpoint trained on an image folder with test/")
     p.add_argument("-c", "--config", default=str(ROOT / "configs" / "test_time_folder_prior.json"))
+    p.add_argument("--compare", default=str(ROOT / "configs" / "test_time_folder_tade.json"),
+                   help="a second test-time config run on the same images (default: TADE's step)")
     p.add_argument("--work", required=True, help="folder for the unlabeled copies, withheld labels and predictions")
-    p.add_argument("--distributions", default="forward50,backward50")
+    p.add_argument("--out", help="the table (JSON; default WORK/own_data_demo.json)")
+    p.add_argument("--distributions", default="forward50,uniform,backward50")
     p.add_argument("-d", "--device", default="cpu")
     args = p.parse_args(argv)
     work = Path(args.work)
-    check_target(work / "own_data_demo.json", WRITER, option="--work",
-                 legacy=lambda payload: {"checkpoint", "distributions"} <= set(payload))  # written before the key
+    out_json = check_target(Path(args.out) if args.out else work / "own_data_demo.json", WRITER,
+                            option="--out" if args.out else "--work",
+                            legacy=lambda payload: {"checkpoint", "distributions"} <= set(payload))
+    for option, config in (("-c", args.config), ("--compare", args.compare)):
+        if not Path(config).is_file():
+            raise UserError(f"{option} {config}: no such config file")
     trained = load_trained(args.resume)
     data = trained.data
     if not hasattr(data, "class_names") or not hasattr(data.test_set, "path"):
@@ -112,7 +142,10 @@ def main(argv=None):
     dists = data.test_distributions()
     names = list(data.class_names)
     counts = np.asarray(data.cls_num_list, float)
-    results = {"checkpoint": str(args.resume), "config": args.config, "validation": data.validation_info,
+    methods = {"config": json.loads(Path(args.config).read_text())["test_time"]["type"],
+               "compare": json.loads(Path(args.compare).read_text())["test_time"]["type"]}
+    results = {"checkpoint": shown_path(args.resume), "config": shown_path(args.config),
+               "compare": shown_path(args.compare), "methods": methods, "validation": data.validation_info,
                "distributions": {}}
     wanted = [n.strip() for n in args.distributions.split(",") if n.strip()]
     for name in wanted:
@@ -121,21 +154,19 @@ def main(argv=None):
         check_copy_folder(work / "unlabeled" / name)
     for name in wanted:
         folder, labels = withhold(data, name, dists[name], work)
-        out = work / "predictions" / name
-        cmd = [sys.executable, str(ROOT / "test_train.py"), "-c", args.config, "-r", args.resume, "--images",
-               str(folder), "--out", str(out), "-d", args.device]
-        print("$ " + " ".join(cmd[1:]), flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT)
-        if proc.returncode:
-            raise UserError(f"test_train.py --images {folder} failed (exit {proc.returncode})")
-        row = score(out, labels, names, counts / counts.sum())
+        predict(args, args.config, folder, work / "predictions" / name)
+        predict(args, args.compare, folder, work / "compare" / name)
+        row = score(work / "predictions" / name, labels, names, counts / counts.sum())
+        other = score(work / "compare" / name, labels, names, counts / counts.sum())
+        row.update(compare_accuracy=other["accuracy"], compare_seconds=other["seconds"])
         results["distributions"][name] = row
         tv = f"{row['tv_estimate']:.3f}" if "tv_estimate" in row else "-"
-        print(f"{name}: {row['images']} images; predictions.csv {100 * row['accuracy']:.2f}% | plain average "
+        print(f"{name}: {row['images']} images; {methods['config']} {100 * row['accuracy']:.2f}% | "
+              f"{methods['compare']} {100 * row['compare_accuracy']:.2f}% | plain average "
               f"{100 * row['average_accuracy']:.2f}% | shift detected {row['shift_detected']} | prior TV estimate "
               f"{tv} (training prior {row['tv_training_prior']:.3f})", flush=True)
-    write_json(work / "own_data_demo.json", {"written_by": WRITER, **results})
-    print(f"wrote {work / 'own_data_demo.json'}")
+        write_json(out_json, {"written_by": WRITER, **results})  # after each set: a stopped run keeps them
+    print(f"wrote {out_json}")
 
 
 if __name__ == "__main__":
