@@ -516,7 +516,7 @@ def test_spread_noise_reads_the_plain_averages_lean_as_signal():
     the null measured from the target (noise "target") takes for noise."""
     model = Gaussians()
     ctx = head_biased_split_context(model, 300, seed=5)
-    spread, target = SafePrior(), SafePrior(noise="target")  # the default: the plain target, noise "spread"
+    spread, target = SafePrior(noise="spread"), SafePrior(noise="target")
     z, y = model.sample(np.full(C, 1.0 / C), 4000, seed=6)
     logits = experts(z, TRAIN_PRIOR)
     plain = accuracy(logits.mean(1), y)
@@ -528,3 +528,34 @@ def test_spread_noise_reads_the_plain_averages_lean_as_signal():
     z, y = model.sample(TRAIN_PRIOR, 4000, seed=7)  # a set that leans like the training set: left alone
     logits = experts(z, TRAIN_PRIOR)
     assert accuracy(spread.adapt(logits, ctx)["scores"], y) >= accuracy(logits.mean(1), y) - 0.005
+
+
+def test_both_noise_takes_the_larger_of_the_splits_spread_and_the_test_sets_own():
+    """noise "both" (the default): the strength is 1 - max(the split's spread, the test set's own
+    noise) / shift size, so it never exceeds the spread rule's; the test set's own noise (the halves'
+    calibrations on bootstrap resamples of the test set) falls as the split grows."""
+    from trainer.test_time.shift_simulation import UPPER, chi2_quantile
+    model = Gaussians()
+    z, y = model.sample(PRIORS["forward50"], 3000, seed=7)
+    logits = experts(z, np.full(C, 1.0 / C))
+    own = {}
+    for per_class in (10, 100):
+        ctx = small_split_context(model, per_class, seed=5)
+        both, spread = SafePrior(), SafePrior(noise="spread")
+        assert both.calibration(ctx)["selection"]["noise"] == "both"
+        out, alone = both.adapt(logits, ctx), spread.adapt(logits, ctx)
+        noise = max(out["null_shift_size"], out["test_set_noise"])
+        assert out["strength"] == pytest.approx(max(0.0, 1 - noise / out["shift_size"]))
+        assert out["strength"] <= alone["strength"] and out["null_shift_size"] == alone["null_shift_size"]
+        own[per_class] = out["test_set_noise"]
+    assert own[10] > 2 * own[100] > 0
+    # halves of 2-3 images a class that the fit separates have no finite calibration: no strength, no number
+    tiny = SafePrior().adapt(logits, small_split_context(model, 5, seed=5))
+    assert tiny["strength"] == 0.0 and tiny["null_shift_size"] is None
+    assert accuracy(tiny["scores"], y) == pytest.approx(accuracy(logits.mean(1), y), abs=0.02)
+    # the upper 95 % bound of a variance from 8 estimates: (8 - 1) / the 5 % quantile of chi-squared(7)
+    assert chi2_quantile(1 - UPPER, 7) == pytest.approx(2.1673, abs=1e-4)
+    online = SafePrior().online(small_split_context(model, 20, seed=5))  # a stream reads the images seen so far
+    for batch in logits[:1200].split(200):
+        assert torch.isfinite(online.step(batch)).all()
+    assert set(online.noise_cache) <= {256, 512, 1024} and online.noise_cache

@@ -99,6 +99,8 @@ ESTIMATORS = {
                                                             null_target="plain", noise="target"),
     "SafePrior null spread": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null",
                                                              null_target="plain", noise="spread"),
+    "SafePrior null both": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null",
+                                                           null_target="plain", noise="both"),
     "SafePrior old": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="auto", min_divergence="auto"),
 }
 # (estimator, family) rows by default: every family under SafePrior's own selection, and the full

@@ -59,7 +59,7 @@ DEFAULT = "default"  # source_prior not given: "uniform" on validation images, "
 TOWARD = ("source", "uniform", "plain")
 STRENGTH_RULES = ("null", "auto")  # SafePrior's strength chosen per test set (null) or per model (auto)
 NULL_TARGETS = ("certified", "plain")  # what strength "null" measures a shift from (SafePrior)
-NULL_NOISES = ("target", "spread")  # what strength "null" takes as the noise of an unshifted set (SafePrior)
+NULL_NOISES = ("target", "spread", "both")  # what strength "null" takes as the noise of its estimate (SafePrior)
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -376,10 +376,13 @@ class SafePrior(MAPPrior):
        test set's size, on which the whole estimate runs; the mean size ||log pi - log pi_b||^2
        (centred) of those unshifted estimates is the noise, and the strength is max(0, 1 - noise /
        the test set's own size), applied as pi_b (pi_map / pi_b)^strength (``noise`` "target").
-       With ``noise`` "spread" (default) the noise is instead how far the halves' unshifted
-       estimates lie from each other (the mean squared distance of every pair), which leaves out
-       what they share: a lean of the plain average that every half reads alike counts as signal,
-       not noise. Every result holds
+       With ``noise`` "spread" the noise is instead how far the halves' unshifted estimates lie from
+       each other (the mean squared distance of every pair), which leaves out what they share: a
+       lean of the plain average that every half reads alike counts as signal, not noise. With
+       "both" (default) it is the larger of that spread and the test set's own noise: each half's
+       calibration runs the estimate on its own bootstrap resample of the test set, and the upper
+       95 % confidence bound of the variance of those 8 estimates is taken (it sees what a balanced
+       resample of the split cannot: how this test set's images move the estimate). Every result holds
        ``strength``, ``shift_size``, ``null_shift_size`` and ``balanced_share``.
 
     ``strength`` and ``min_divergence`` "auto" choose one setting per model instead: each half
@@ -390,7 +393,7 @@ class SafePrior(MAPPrior):
 
     Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats, 0; or "auto"),
     ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified" or "plain"; strength
-    "null" only), ``noise`` ("target" or "spread"; strength "null" only), ``simulation_size``
+    "null" only), ``noise`` ("target", "spread" or "both"; strength "null" only), ``simulation_size``
     (images per simulated set of "auto"; 2000),
     ``pseudo_count`` (> 0; 1), ``toward`` ("plain"), ``calibration``, ``source_prior``,
     ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test
@@ -398,7 +401,7 @@ class SafePrior(MAPPrior):
     """
 
     def __init__(self, significance=0.001, strength: float | str = "null", min_divergence: float | str = 0.0,
-                 pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="plain", noise="spread",
+                 pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="plain", noise="both",
                  **kwargs):
         super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
         self.null_target = check_choice("null_target", null_target, NULL_TARGETS)
@@ -474,21 +477,23 @@ class SafePrior(MAPPrior):
         facts.update(iterations=it, converged=conv)
         if self.strength == "null":
             from trainer.test_time.shift_simulation import null_strength
-            strength, evidence = null_strength(self, cal, pi, log_q.shape[0])
+            strength, evidence = null_strength(self, cal, pi, log_q.shape[0], log_q=log_q)
             facts.update(strength=strength, **evidence)
             pi = self.applied(pi, cal, log_q.shape[0], strength)
         return pi, facts
 
-    def applied(self, prior, cal, n, strength=None):
+    def applied(self, prior, cal, n, strength=None, log_q=None, cache=None):
         """The prior applied to ``n`` images: with strength "null", pi_b (pi / pi_b)^s normalised, pi_b
         the target and s from the split's null at this size (the target when s is 0); else ``prior``.
         Without ``strength`` (a stream: a new size every batch) the null is taken at the nearest
-        power of two of ``n``, so a stream computes it for a logarithmic number of sizes."""
+        power of two of ``n``, so a stream computes it for a logarithmic number of sizes; with noise
+        "both" the test set's own noise is read from ``log_q`` (the images seen so far) once per
+        such size (kept in the stream's ``cache``)."""
         if self.strength != "null":
             return prior
         if strength is None:
             from trainer.test_time.shift_simulation import null_strength
-            strength, _ = null_strength(self, cal, prior, 2 ** round(math.log2(max(n, 1))))
+            strength, _ = null_strength(self, cal, prior, 2 ** round(math.log2(max(n, 1))), log_q=log_q, cache=cache)
         from trainer.test_time.shift_simulation import target_prior, toward
         return toward(target_prior(cal, cal["balanced_share"]), prior, strength)
 

@@ -26,6 +26,7 @@ class OnlinePrior(OnlineAdapter):
         self.frozen = {"map": torch.zeros_like(self.ps), "mle": torch.zeros_like(self.ps), "n": 0, "ll": 0.0}
         self.prior = self.cal["anchor"].clone()
         self.applied = self.prior  # the prior scores use (SafePrior's strength "null" damps the estimate)
+        self.noise_cache = {}  # SafePrior's noise "both": the stream's own noise per size
         self.mle = self.cal["anchor"].clone()
         self.ll_anchor = 0.0
         self.use_test = shift_test
@@ -72,7 +73,8 @@ class OnlinePrior(OnlineAdapter):
         self.n += log_q.shape[0]
         self.batches += 1
         applied = getattr(self.method, "applied", None)  # SafePrior's strength "null": damped for the images seen
-        self.applied = self.prior if applied is None else applied(self.prior, self.cal, self.n)
+        self.applied = self.prior if applied is None else applied(self.prior, self.cal, self.n, log_q=self.buffer,
+                                                                  cache=self.noise_cache)
 
     def summary(self):
         out = {"prior": [float(v) for v in self.applied], "images_seen": self.n, "batches": self.batches,

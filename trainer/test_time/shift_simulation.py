@@ -225,16 +225,84 @@ def null_shift_sizes(method, pairs, n, share, noise="target"):
     return np.asarray([float((u * u).sum()) for u in moves])
 
 
-def null_strength(method, cal, prior, n):
-    """James-Stein strength max(0, 1 - E_null ||u||^2 / ||u||^2) of the shift u of ``prior`` from
-    the target (:func:`target_prior`), and its evidence; the null of each size is computed once per
-    calibration (kept in ``cal["null_sizes"]``)."""
+UPPER = 0.95  # the test set's own noise: the upper 95 % confidence bound of its variance over the halves
+
+
+def chi2_quantile(p, dof):
+    """x with P(X <= x) = p for X ~ chi-squared(dof) (bisection on :func:`chi2_sf`)."""
+    low, high = 0.0, max(1.0, 10.0 * dof)
+    while chi2_sf(high, dof) > 1 - p:
+        high *= 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if chi2_sf(mid, dof) > 1 - p else (low, mid)
+    return (low + high) / 2
+
+
+def test_set_noise(method, cal, log_q, prior, share, seed):
+    """The noise of the estimate on this test set itself: each half's calibration runs the MAP
+    estimate on its own bootstrap resample of the test set (``log_q``: the test set's log posteriors
+    under the whole split's calibration, from which each half's are recomputed); the sample variance
+    of the 8 moves (centred log ratio to each half's target) counts the calibration's and the test
+    set's sampling noise, and its upper :data:`UPPER` confidence bound (chi-squared, halves - 1 degrees
+    of freedom) is the noise. ``prior``: the whole split's estimate, where each run starts."""
+    base = log_q.double() - (0.0 if cal["bias"] is None else cal["bias"])  # z / T, up to a constant per image
+    n = base.shape[0]
+    rng = np.random.RandomState(seed)
+    tol = max(method.tol, SIMULATION_TOL)
+    moves = []
+    for half, _, _ in cal["halves"]:
+        rows = torch.as_tensor(rng.randint(0, n, n))
+        z_half = base[rows] * (cal["temperature"] / half["temperature"])
+        if half["bias"] is not None:
+            z_half = z_half + half["bias"]
+        pi, _, _ = em_prior(torch.log_softmax(z_half, 1), half["source_prior"], extra_counts=method.extra_counts(half),
+                            tol=tol, max_iter=method.max_iter, init=prior)
+        moves.append(centred_log_ratio(pi, target_prior(half, share)))
+    k = len(moves)
+    if k < 2:
+        return 0.0
+    mean = torch.stack(moves).mean(0)
+    variance = float(sum(float(((u - mean) ** 2).sum()) for u in moves)) / (k - 1)
+    return variance * (k - 1) / chi2_quantile(1 - UPPER, k - 1)
+
+
+def null_strength(method, cal, prior, n, log_q=None, cache=None):
+    """James-Stein strength max(0, 1 - noise / ||u||^2) of the shift u of ``prior`` from the target
+    (:func:`target_prior`), and its evidence. The noise (``method.noise``): of the split, the null of
+    an unshifted set of ``n`` images (:func:`null_shift_sizes`, computed once per size and kept in
+    ``cal["null_sizes"]``); with "both" the larger of that and the test set's own
+    (:func:`test_set_noise` on ``log_q``, the test set's calibrated log posteriors). ``cache`` (a
+    stream's dict) keeps the test set's noise per ``n``."""
     share = cal["balanced_share"]
     observed = shift_size(prior, target_prior(cal, share))
-    cache = cal.setdefault("null_sizes", {})
-    if n not in cache:
-        cache[n] = null_shift_sizes(method, cal["halves"], n, share, getattr(method, "noise", "target"))
-    null = cache[n]
-    strength = max(0.0, 1.0 - float(null.mean()) / observed) if observed > 0 else 0.0
-    return strength, {"shift_size": observed, "null_shift_size": float(null.mean()), "null_sets": len(cal["halves"]),
-                      "balanced_share": share}
+    noise_rule = getattr(method, "noise", "target")
+    sizes = cal.setdefault("null_sizes", {})
+    if n not in sizes:
+        sizes[n] = null_shift_sizes(method, cal["halves"], n, share, "target" if noise_rule == "target" else "spread")
+    split_noise = _unbounded(float(sizes[n].mean()))
+    evidence = {"shift_size": observed, "null_shift_size": _shown(split_noise), "null_sets": len(cal["halves"]),
+                "balanced_share": share}
+    noise = split_noise
+    if noise_rule == "both":
+        if cache is not None and n in cache:
+            own = cache[n]
+        else:
+            own = _unbounded(test_set_noise(method, cal, log_q, prior, share, SEED + n))
+            if cache is not None:
+                cache[n] = own
+        noise = max(split_noise, own)
+        evidence["test_set_noise"] = _shown(own)
+    strength = max(0.0, 1.0 - noise / observed) if observed > 0 and math.isfinite(noise) else 0.0
+    return strength, evidence
+
+
+def _unbounded(noise):
+    """A noise that is not a finite number (a half too small to calibrate: its fit has no finite
+    optimum, so its estimate is not a number) is infinite: the strength is then 0, the plain average."""
+    return noise if math.isfinite(noise) else math.inf
+
+
+def _shown(noise):
+    """The noise as a result reports it: None where it is infinite (JSON has no infinity)."""
+    return noise if math.isfinite(noise) else None
