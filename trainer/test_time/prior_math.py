@@ -36,9 +36,11 @@ def posterior_stats(log_q, log_w):
     for part in parts:
         for s in range(0, part.shape[0], step):
             a = part[s:s + step].double() + log_w
-            lse = torch.logsumexp(a, 1, keepdim=True)
-            total += torch.exp(a - lse).sum(0)
-            ll += float(lse.sum())
+            top = a.amax(1, keepdim=True)  # log-sum-exp by hand: torch's is slow over a short last axis
+            e = (a - top).exp_()
+            sums = e.sum(1, keepdim=True)
+            total += (e / sums).sum(0)
+            ll += float((top + sums.log()).sum())
     return total, ll
 
 

@@ -239,6 +239,29 @@ def chi2_quantile(p, dof):
     return (low + high) / 2
 
 
+BATCH_ELEMENTS = 1 << 24  # halves x images x classes of one batched E-step of :func:`test_set_noise` (float32)
+
+
+def _batched_map(log_q, log_ps, extra, init, tol, max_iter):
+    """MAP-EM (as :func:`em_prior` with ``extra_counts``) for k sets at once: ``log_q`` [k, n, C]
+    float32, log posteriors up to a constant per image; ``log_ps``, ``extra``, ``init`` [k, C]
+    float64. Returns the k priors [k, C] float64. The E-step runs in float32: the estimates only
+    enter a variance."""
+    pi = init.clone()
+    log_ps = log_ps.float()
+    for _ in range(max_iter):
+        w = (torch.log(pi.clamp_min(1e-12)).float() - log_ps)[:, None, :]
+        a = log_q + w
+        e = (a - a.amax(2, keepdim=True)).exp_()  # softmax by hand: torch's is slow over a short last axis
+        counts = (e / e.sum(2, keepdim=True)).sum(1).double() + extra
+        new = counts.clamp_min(0) / counts.clamp_min(0).sum(1, keepdim=True)
+        delta = float((new - pi).abs().max())
+        pi = new
+        if delta < tol:
+            break
+    return pi
+
+
 def test_set_noise(method, cal, log_q, prior, share, seed):
     """The noise of the estimate on this test set itself: each half's calibration runs the MAP
     estimate on its own bootstrap resample of the test set (``log_q``: the test set's log posteriors
@@ -247,23 +270,31 @@ def test_set_noise(method, cal, log_q, prior, share, seed):
     set's sampling noise, and its upper :data:`UPPER` confidence bound (chi-squared, halves - 1 degrees
     of freedom) is the noise. ``prior``: the whole split's estimate, where each run starts."""
     base = log_q.double() - (0.0 if cal["bias"] is None else cal["bias"])  # z / T, up to a constant per image
-    n = base.shape[0]
-    rng = np.random.RandomState(seed)
-    tol = max(method.tol, SIMULATION_TOL)
-    moves = []
-    for half, _, _ in cal["halves"]:
-        rows = torch.as_tensor(rng.randint(0, n, n))
-        z_half = base[rows] * (cal["temperature"] / half["temperature"])
-        if half["bias"] is not None:
-            z_half = z_half + half["bias"]
-        pi, _, _ = em_prior(torch.log_softmax(z_half, 1), half["source_prior"], extra_counts=method.extra_counts(half),
-                            tol=tol, max_iter=method.max_iter, init=prior)
-        moves.append(centred_log_ratio(pi, target_prior(half, share)))
-    k = len(moves)
+    n, c = base.shape
+    halves = [half for half, _, _ in cal["halves"]]
+    k = len(halves)
     if k < 2:
         return 0.0
-    mean = torch.stack(moves).mean(0)
-    variance = float(sum(float(((u - mean) ** 2).sum()) for u in moves)) / (k - 1)
+    rng = np.random.RandomState(seed)
+    rows = [torch.as_tensor(rng.randint(0, n, n)) for _ in halves]
+    tol = max(method.tol, SIMULATION_TOL)
+    group = max(1, BATCH_ELEMENTS // max(1, n * c))
+    priors = []
+    for start in range(0, k, group):
+        part = halves[start:start + group]
+        log_qs = []
+        for j, half in enumerate(part):
+            z_half = base[rows[start + j]] * (cal["temperature"] / half["temperature"])
+            if half["bias"] is not None:
+                z_half = z_half + half["bias"]
+            log_qs.append(z_half.float())  # the E-step's softmax ignores a constant per image: no log_softmax
+        priors.append(_batched_map(torch.stack(log_qs), torch.stack([_log(h["source_prior"]) for h in part]),
+                                   torch.stack([method.extra_counts(h) for h in part]),
+                                   torch.as_tensor(prior, dtype=torch.float64).expand(len(part), c), tol,
+                                   method.max_iter))
+    moves = torch.stack([centred_log_ratio(pi, target_prior(half, share))
+                         for pi, half in zip(torch.cat(priors), halves)])
+    variance = float(((moves - moves.mean(0)) ** 2).sum()) / (k - 1)
     return variance * (k - 1) / chi2_quantile(1 - UPPER, k - 1)
 
 
