@@ -3,7 +3,7 @@ labels that were withheld from them.
 
     python bench/studies/own_data_demo.py -r RUN/model_best.pth --work DIR [-c configs/test_time_folder_prior.json]
         [--compare configs/test_time_folder_tade.json] [--distributions forward50,uniform,backward50]
-        [--out FILE] [-d DEVICE]
+        [--out FILE] [--data_dir PATH] [-d DEVICE]
 
 For each named test distribution of the checkpoint's image folder (data_loader/image_folder.py,
 built from ``test/``), its images are copied into DIR/unlabeled/NAME/ under anonymous names
@@ -104,6 +104,8 @@ def predict(args, config, folder, out):
     """``test_train.py -c config --images folder --out out``, as a user runs it."""
     cmd = [sys.executable, str(ROOT / "test_train.py"), "-c", str(config), "-r", args.resume, "--images",
            str(folder), "--out", str(out), "-d", args.device]
+    if args.data_dir:
+        cmd += ["--data_dir", args.data_dir]
     print("$ " + " ".join(cmd[1:]), flush=True)
     proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode:
@@ -126,6 +128,8 @@ def main(argv=None):
     p.add_argument("--work", required=True, help="folder for the unlabeled copies, withheld labels and predictions")
     p.add_argument("--out", help="the table (JSON; default WORK/own_data_demo.json)")
     p.add_argument("--distributions", default="forward50,uniform,backward50")
+    p.add_argument("--data_dir", help="the image folder, where the checkpoint's config names another place (a "
+                   "recorded model)")
     p.add_argument("-d", "--device", default="cpu")
     args = p.parse_args(argv)
     work = Path(args.work)
@@ -135,7 +139,8 @@ def main(argv=None):
     for option, config in (("-c", args.config), ("--compare", args.compare)):
         if not Path(config).is_file():
             raise UserError(f"{option} {config}: no such config file")
-    trained = load_trained(args.resume)
+    overrides = [("data_loader.args.data_dir", args.data_dir, "--data_dir")] if args.data_dir else []
+    trained = load_trained(args.resume, None, overrides)
     data = trained.data
     if not hasattr(data, "class_names") or not hasattr(data.test_set, "path"):
         raise UserError(f"{args.resume}: expected a checkpoint trained on an image folder (ImageFolderLTDataModule)")
