@@ -84,3 +84,14 @@ def test_a_step_runs_as_a_process_from_the_root_and_a_failed_one_ends_the_tool_i
         run_step([sys.executable, "-c", "import sys; sys.exit(3)"], log, "tool")
     assert failed.value.code.startswith(f"tool: step failed (exit 3), see {log}: -c import sys;")
     assert log.read_text().count("\n$ ") == 2
+
+
+def test_test_time_config_family_of_each_data_module():
+    from bench.studies.test_time_methods import family_config
+    from utils.errors import UserError
+    assert family_config("prior", "ImageFolderLTDataModule").name == "test_time_folder_prior.json"
+    assert family_config("tade", "ImbalanceCIFAR100DataLoader").name == "test_time_cifar100_tade.json"
+    for kind in ("prior", "tade"):
+        assert family_config(kind, "ImageFolderLTDataModule").is_file()
+    with pytest.raises(UserError, match="no test-time config family for data_loader.type MyData"):
+        family_config("prior", "MyData")

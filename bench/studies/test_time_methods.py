@@ -46,13 +46,15 @@ ABBREV = {"forward": "F", "backward": "B", "uniform": "Uni"}
 
 
 def family_config(kind, dataset_type):
-    """configs/test_time_<family>_<kind>.json for a data module's type (ours, the earlier names, and
-    the reference release's ``Imbalance*`` names)."""
+    """configs/test_time_<family>_<kind>.json for a data module's type (ours, the earlier names, the
+    reference release's ``Imbalance*`` names, and ``folder`` for an image folder)."""
     name = dataset_type.lower()
     name = name[len("imbalance"):] if name.startswith("imbalance") else name
     for family in ("cifar100", "cifar10", "digits", "imagenet_lt", "places_lt", "inat"):
         if name.startswith(family.replace("_", "")) or (family == "inat" and name.startswith("inaturalist")):
             return ROOT / "configs" / f"test_time_{family}_{kind}.json"
+    if name.startswith("imagefolder"):  # a user's own image folder (ImageFolderLTDataModule)
+        return ROOT / "configs" / f"test_time_folder_{kind}.json"
     raise UserError(f"no test-time config family for data_loader.type {dataset_type}")
 
 
