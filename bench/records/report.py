@@ -675,7 +675,8 @@ def own_data_table(demo):
         shown_strength = "" if not row.get("shift_detected") else ("1" if strength is None else f"{strength:.2f}")
         p_value = row.get("p_value")
         rows.append([short(name), row["images"], f"{100 * row['accuracy']:.2f}", f"{100 * row['compare_accuracy']:.2f}",
-                     f"{100 * row['average_accuracy']:.2f}", "" if p_value is None else f"{p_value:.0e}",
+                     f"{100 * row['average_accuracy']:.2f}",
+                     "" if p_value is None else (f"{p_value:.0e}" if p_value >= 1e-300 else "< 1e-300"),
                      shown_strength or "0 (plain average)",
                      "" if row.get("tv_estimate") is None else f"{row['tv_estimate']:.3f}",
                      f"{row['tv_training_prior']:.3f}",

@@ -112,6 +112,13 @@ def predict(args, config, folder, out):
         raise UserError(f"test_train.py -c {config} --images {folder} failed (exit {proc.returncode})")
 
 
+def without_data_dir(info, data_dir):
+    """``info`` with the folder given as --data_dir written DATA (the JSON names no machine path)."""
+    if not data_dir:
+        return info
+    return json.loads(json.dumps(info).replace(str(Path(data_dir).resolve()), "DATA"))
+
+
 def shown_path(path):
     """A path as the JSON keeps it: relative to the project when inside it."""
     path = Path(path).resolve()
@@ -150,8 +157,8 @@ def main(argv=None):
     methods = {"config": json.loads(Path(args.config).read_text())["test_time"]["type"],
                "compare": json.loads(Path(args.compare).read_text())["test_time"]["type"]}
     results = {"checkpoint": shown_path(args.resume), "config": shown_path(args.config),
-               "compare": shown_path(args.compare), "methods": methods, "validation": data.validation_info,
-               "distributions": {}}
+               "compare": shown_path(args.compare), "methods": methods,
+               "validation": without_data_dir(data.validation_info, args.data_dir), "distributions": {}}
     wanted = [n.strip() for n in args.distributions.split(",") if n.strip()]
     for name in wanted:
         if name not in dists:
