@@ -383,7 +383,9 @@ class SafePrior(MAPPrior):
        calibration runs the estimate on its own bootstrap resample of the test set, and the upper
        95 % confidence bound of the variance of those 8 estimates is taken (it sees what a balanced
        resample of the split cannot: how this test set's images move the estimate). Every result holds
-       ``strength``, ``shift_size``, ``null_shift_size`` and ``balanced_share``.
+       ``strength``, ``shift_size``, ``null_shift_size``, ``test_set_noise`` (with "both") and
+       ``balanced_share``; a noise that is not a finite number (halves the fit separates perfectly)
+       is reported as None and gives strength 0.
 
     ``strength`` and ``min_divergence`` "auto" choose one setting per model instead: each half
     calibrates while the other is resampled into simulated test sets of ``simulation_size`` images
