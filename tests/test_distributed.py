@@ -58,6 +58,13 @@ def torchrun(*args, nproc=2, cwd=None):
     return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=TIMEOUT, env=env)
 
 
+def failure_lines(proc, limit=40):
+    """The lines of a torchrun's output that say why a rank stopped (they may be far from its end)."""
+    words = ("Error", "error", "Traceback", "terminate", "Abort", "abort", "signal", "Signal")
+    lines = (proc.stdout + "\n" + proc.stderr).splitlines()
+    return [line for line in lines if any(w in line for w in words)][:limit]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -165,7 +172,7 @@ def test_two_processes_equal_one_process(cifar_dir, tmp_path, capfd):
     code, _, err = run_entry("train.py", ["-c", cfg, "--run_id", "one"], capfd)  # one thread, as call_entry runs it
     assert code == 0, err[-3000:]
     two = torchrun("-c", cfg, "--run_id", "two", cwd=cwd_two)
-    assert two.returncode == 0, (two.stdout[-3000:], two.stderr[-3000:])
+    assert two.returncode == 0, (failure_lines(two), two.stdout[-3000:], two.stderr[-3000:])
     run_one, run_two = save / "small" / "one", save / "small" / "two"
 
     # Same files; rank 1 wrote none (no second TensorBoard file, no second log line, no stray folder).
