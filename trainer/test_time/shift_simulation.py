@@ -212,14 +212,15 @@ def null_shift_sizes(method, pairs, n, share, noise="target"):
     their own targets) lie from each other, the squared distance of every pair: their noise alone,
     without the part they share (a lean of the plain average that every half reads alike)."""
     rng = np.random.RandomState(SEED + n)
-    tol = max(method.tol, SIMULATION_TOL)
-    moves = []
+    halves, scores = [], []
     for cal, (z_all, other), y_other in pairs:
         c = cal["source_prior"].numel()
         rows = torch.as_tensor(other[draw(y_other, np.full(c, 1.0 / c), n, rng)])
-        log_q = torch.log_softmax(method._calibrate(z_all[rows], cal), 1)
-        pi, _, _ = method.map_estimate(log_q, cal, tol=tol)
-        moves.append(centred_log_ratio(pi, target_prior(cal, share)))
+        halves.append(cal)
+        scores.append(lambda cal=cal, z_all=z_all, rows=rows: method._calibrate(z_all[rows], cal))
+    priors = half_estimates(method, halves, scores, torch.stack([cal["anchor"] for cal in halves]),
+                            n * halves[0]["source_prior"].numel())
+    moves = [centred_log_ratio(pi, target_prior(cal, share)) for pi, cal in zip(priors, halves)]
     if noise == "spread":
         return np.asarray([float(((a - b) ** 2).sum()) for a, b in itertools.combinations(moves, 2)])
     return np.asarray([float((u * u).sum()) for u in moves])
@@ -262,6 +263,29 @@ def _batched_map(log_q, log_ps, extra, init, tol, max_iter):
     return pi
 
 
+def _extra(method, cal):
+    """The method's Dirichlet pseudo-counts under ``cal`` ([C]; zeros for the maximum likelihood)."""
+    extra = method.extra_counts(cal)
+    return torch.zeros_like(cal["source_prior"]) if extra is None else torch.as_tensor(extra, dtype=torch.float64)
+
+
+def half_estimates(method, halves, scores, init, numel):
+    """The MAP estimate of each half's calibration on its own set: ``scores[j]()`` gives that set's
+    calibrated logits (``numel`` numbers, [n, C], up to a constant per image), ``init`` [k, C] where
+    each run starts. The runs go through :func:`_batched_map` in groups of at most
+    :data:`BATCH_ELEMENTS` numbers. Returns [k, C] float64."""
+    tol = max(method.tol, SIMULATION_TOL)
+    group = max(1, BATCH_ELEMENTS // max(1, numel))
+    out = []
+    for start in range(0, len(halves), group):
+        part = range(start, min(start + group, len(halves)))
+        out.append(_batched_map(torch.stack([scores[j]().float() for j in part]),
+                                torch.stack([_log(halves[j]["source_prior"]) for j in part]),
+                                torch.stack([_extra(method, halves[j]) for j in part]),
+                                init[start:start + len(part)], tol, method.max_iter))
+    return torch.cat(out)
+
+
 def test_set_noise(method, cal, log_q, prior, share, seed):
     """The noise of the estimate on this test set itself: each half's calibration runs the MAP
     estimate on its own bootstrap resample of the test set (``log_q``: the test set's log posteriors
@@ -276,24 +300,15 @@ def test_set_noise(method, cal, log_q, prior, share, seed):
     if k < 2:
         return 0.0
     rng = np.random.RandomState(seed)
-    rows = [torch.as_tensor(rng.randint(0, n, n)) for _ in halves]
-    tol = max(method.tol, SIMULATION_TOL)
-    group = max(1, BATCH_ELEMENTS // max(1, n * c))
-    priors = []
-    for start in range(0, k, group):
-        part = halves[start:start + group]
-        log_qs = []
-        for j, half in enumerate(part):
-            z_half = base[rows[start + j]] * (cal["temperature"] / half["temperature"])
-            if half["bias"] is not None:
-                z_half = z_half + half["bias"]
-            log_qs.append(z_half.float())  # the E-step's softmax ignores a constant per image: no log_softmax
-        priors.append(_batched_map(torch.stack(log_qs), torch.stack([_log(h["source_prior"]) for h in part]),
-                                   torch.stack([method.extra_counts(h) for h in part]),
-                                   torch.as_tensor(prior, dtype=torch.float64).expand(len(part), c), tol,
-                                   method.max_iter))
-    moves = torch.stack([centred_log_ratio(pi, target_prior(half, share))
-                         for pi, half in zip(torch.cat(priors), halves)])
+    scale = [cal["temperature"] / half["temperature"] for half in halves]
+    scores = []
+    for half, factor in zip(halves, scale):
+        rows = torch.as_tensor(rng.randint(0, n, n))
+        bias = 0.0 if half["bias"] is None else half["bias"]
+        scores.append(lambda rows=rows, factor=factor, bias=bias: base[rows] * factor + bias)
+    priors = half_estimates(method, halves, scores, torch.as_tensor(prior, dtype=torch.float64).expand(k, c).clone(),
+                            n * c)
+    moves = torch.stack([centred_log_ratio(pi, target_prior(half, share)) for pi, half in zip(priors, halves)])
     variance = float(((moves - moves.mean(0)) ** 2).sum()) / (k - 1)
     return variance * (k - 1) / chi2_quantile(1 - UPPER, k - 1)
 
