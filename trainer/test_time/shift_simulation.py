@@ -206,7 +206,8 @@ def target_prior(cal, share):
 
 def null_shift_sizes(method, pairs, n, share, noise="target"):
     """The null of a test set of ``n`` images, from the whole estimate (calibration on one half,
-    MAP-EM on ``n`` images) on balanced resamples of the other half. ``noise`` "target": the shift
+    MAP-EM on ``n`` images, the 8 runs batched: :func:`half_estimates`) on balanced resamples of the
+    other half. ``noise`` "target": the shift
     size each such estimate reports from its half's target (an unshifted test set of this size, seen
     through the split's noise). "spread": how far the halves' estimates (their centred log ratio to
     their own targets) lie from each other, the squared distance of every pair: their noise alone,
@@ -247,7 +248,7 @@ def _batched_map(log_q, log_ps, extra, init, tol, max_iter):
     """MAP-EM (as :func:`em_prior` with ``extra_counts``) for k sets at once: ``log_q`` [k, n, C]
     float32, log posteriors up to a constant per image; ``log_ps``, ``extra``, ``init`` [k, C]
     float64. Returns the k priors [k, C] float64. The E-step runs in float32: the estimates only
-    enter a variance."""
+    measure a noise (the split's spread, the test set's own)."""
     pi = init.clone()
     log_ps = log_ps.float()
     for _ in range(max_iter):
