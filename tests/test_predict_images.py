@@ -211,3 +211,11 @@ def test_own_data_demo_scores_both_methods_on_withheld_labels_and_report_renders
     assert load_studies(studies) == {}  # not a calibration study
     text = render_own_data(load_own_data(studies))
     assert "| Uni | 15 | " + f"{100 * row['accuracy']:.2f} | {100 * row['compare_accuracy']:.2f} |" in text
+
+
+def test_own_data_demo_refuses_a_bad_test_time_config_before_any_work(tmp_path, capfd):
+    bad = write_config(tmp_path / "bad.json", {"test_time": {"type": "NoSuchMethod"}})
+    code, _, err = run_entry("bench/studies/own_data_demo.py", ["-r", tmp_path / "none.pth", "--compare", bad,
+                                                                "--work", tmp_path / "work"], capfd)
+    one_line_error(code, err, "NoSuchMethod", "not a known test_time type")
+    assert not (tmp_path / "work").exists()

@@ -36,7 +36,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
 from bench.common import ROOT
-from trainer.build import load_trained
+from trainer.build import build_test_time_method, load_trained
 from utils.errors import UserError, cli_entry
 from utils.safe_write import check_target, write_json, write_text
 
@@ -143,9 +143,12 @@ def main(argv=None):
     out_json = check_target(Path(args.out) if args.out else work / "own_data_demo.json", WRITER,
                             option="--out" if args.out else "--work",
                             legacy=lambda payload: {"checkpoint", "distributions"} <= set(payload))
-    for option, config in (("-c", args.config), ("--compare", args.compare)):
-        if not Path(config).is_file():
-            raise UserError(f"{option} {config}: no such config file")
+    methods = {}  # each test-time config built before any work: a bad one is its one-line error
+    for key, config in (("config", args.config), ("compare", args.compare)):
+        try:
+            methods[key] = type(build_test_time_method(config)[0]).__name__
+        except ValueError as e:
+            raise UserError(f"test-time config {config}: {e}") from None
     overrides = [("data_loader.args.data_dir", args.data_dir, "--data_dir")] if args.data_dir else []
     trained = load_trained(args.resume, None, overrides)
     data = trained.data
@@ -154,8 +157,6 @@ def main(argv=None):
     dists = data.test_distributions()
     names = list(data.class_names)
     counts = np.asarray(data.cls_num_list, float)
-    methods = {"config": json.loads(Path(args.config).read_text())["test_time"]["type"],
-               "compare": json.loads(Path(args.compare).read_text())["test_time"]["type"]}
     results = {"checkpoint": shown_path(args.resume), "config": shown_path(args.config),
                "compare": shown_path(args.compare), "methods": methods,
                "validation": without_data_dir(data.validation_info, args.data_dir), "distributions": {}}

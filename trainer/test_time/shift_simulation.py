@@ -14,6 +14,7 @@ choice of a setting does not need the last digits of each simulated prior). The 
 (highest strength, then smallest gate) is chosen; none qualifying means the plain average
 (strength 0). The result holds the choice and the evidence (each candidate's worst difference).
 """
+import functools
 import itertools
 import math
 
@@ -230,6 +231,7 @@ def null_shift_sizes(method, pairs, n, share, noise="target"):
 UPPER = 0.95  # the test set's own noise: the upper 95 % confidence bound of its variance over the halves
 
 
+@functools.lru_cache(maxsize=None)
 def chi2_quantile(p, dof):
     """x with P(X <= x) = p for X ~ chi-squared(dof) (bisection on :func:`chi2_sf`)."""
     low, high = 0.0, max(1.0, 10.0 * dof)
