@@ -1,7 +1,9 @@
 """Your own long-tailed data as an image folder (docs/own_data.md).
 
 ``data_dir`` holds ``train/<class>/<image>`` (the usual ImageFolder layout; JPEG, PNG, BMP or
-WebP, any size, any depth below the class folder), optionally ``val/<class>/...`` and
+WebP by name, any case, size or mode, read by data_loader/image_file.py; any depth below the class
+folder; other files left out with one counted log line; a name that is no readable regular file is
+refused when the folder is read), optionally ``val/<class>/...`` and
 ``test/<class>/...``. The class names are the folder names of ``train/``, sorted; class ``k`` is
 the k-th name. ``val/`` and ``test/`` may hold only classes ``train/`` has.
 
@@ -37,6 +39,7 @@ from data_loader.test_distributions import CIFAR_RATIOS, generated_distributions
 from data_loader.validation_split import describe
 from utils.errors import UserError, shown
 from utils.long_tail import img_num_per_cls, select_per_class
+from utils.safe_write import not_regular
 
 logger = logging.getLogger("train")
 
@@ -50,17 +53,42 @@ def is_image(name):
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def images_below(folder):
+def images_below(folder, skipped=None):
     """Every image file below ``folder`` (recursively, hidden entries skipped), sorted, as paths
-    relative to ``folder``."""
+    relative to ``folder``. Links to files are listed (and followed when read); links to folders are
+    not followed, so a link loop cannot hang the walk. ``skipped`` (a list), when given, receives the
+    other entries left out: files not named as images and links to folders."""
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel_root = os.path.relpath(root, folder)
+
+        def rel(name):
+            return name if rel_root == "." else os.path.join(rel_root, name)
+
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if skipped is not None:
+            skipped += [rel(d) for d in dirs if os.path.islink(os.path.join(root, d))]
         for name in sorted(files):
-            if is_image(name) and not name.startswith("."):
-                found.append(name if rel_root == "." else os.path.join(rel_root, name))
+            if name.startswith("."):
+                continue
+            if is_image(name):
+                found.append(rel(name))
+            elif skipped is not None:
+                skipped.append(rel(name))
     return found
+
+
+def others(skipped):
+    """``; N other file(s) there, e.g. NAME`` for a message that found no image, or ""."""
+    return f"; {len(skipped)} other file(s) there, e.g. {shown(skipped[0], 200)}" if skipped else ""
+
+
+def skipped_note(where, skipped):
+    """One line for the entries :func:`images_below` left out of ``where`` (None when there are none)."""
+    if not skipped:
+        return None
+    return (f"{where}: left out {len(skipped)} file(s) not named as images ({', '.join(IMAGE_EXTENSIONS)}, any case) "
+            f"or links to folders (not followed), e.g. {shown(skipped[0], 200)}")
 
 
 def class_folders(split_dir):
@@ -83,19 +111,28 @@ def scan_split(data_dir, split, class_names=None):
     if unknown:
         raise UserError(f"{os.path.join(split_dir, unknown[0])}: class {unknown[0]!r} is not a class of train/ "
                         f"(expected one of: {', '.join(class_names)})")
-    images, labels = [], []
+    images, labels, skipped = [], [], []
     for name in names:
-        found = images_below(os.path.join(split_dir, name))
+        left_out = []
+        found = images_below(os.path.join(split_dir, name), left_out)
         if not found:
             raise UserError(f"{os.path.join(split_dir, name)}: class folder holds no image (expected files ending "
-                            f"in {', '.join(IMAGE_EXTENSIONS)})")
+                            f"in {', '.join(IMAGE_EXTENSIONS)}, any case){others(left_out)}")
         images += [os.path.join(split, name, rel) for rel in found]
         labels += [index[name]] * len(found)
+        skipped += [os.path.join(name, rel) for rel in left_out]
     for path in images:
         problem = unlistable(path)
         if problem:
             raise UserError(f"{split_dir}: the name {shown(path, 200)} {problem}; the list files of a run "
                             f"({SPLIT_FILE}, test lists) hold one path a line in UTF-8: rename it")
+        full = os.path.join(data_dir, path)
+        problem = not_regular(full) or (None if os.access(full, os.R_OK) else "is not readable (permissions)")
+        if problem:
+            raise UserError(f"{full} {problem}; expected an image file ({split}/<class>/<image>)")
+    note = skipped_note(split_dir, skipped)
+    if note:
+        logger.info("note: %s", note)
     lines = np.arange(1, len(images) + 1, dtype=np.int64)  # position in the scan (for messages)
     return ListFile(split_dir, images, np.asarray(labels, dtype=np.int64), lines), class_names
 

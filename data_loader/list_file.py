@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.errors import UserError
-from utils.safe_write import open_readable
+from utils.safe_write import not_regular, open_readable
 
 
 @dataclass
@@ -70,13 +70,16 @@ def unlistable(path):
 
 
 def check_images_exist(listing, data_dir):
-    """Stat every listed image; report the first missing one (file and line) and how many are missing."""
+    """Stat every listed image; report the first one that is no regular file (file and line; missing,
+    a link to nothing, a folder, a FIFO...) and how many are missing."""
     missing = [i for i, rel in enumerate(listing.images) if not os.path.isfile(os.path.join(data_dir, rel))]
     if missing:
         i = missing[0]
-        raise UserError(f"{listing.path}, line {listing.lines[i]}: image {os.path.join(data_dir, listing.images[i])} "
-                        f"does not exist ({len(missing)} of {len(listing)} listed images missing under data_dir "
-                        f"{data_dir})")
+        image = os.path.join(data_dir, listing.images[i])
+        what = not_regular(image) or "does not exist"
+        raise UserError(f"{listing.path}, line {listing.lines[i]}: image {image} {what} "
+                        f"({len(missing)} of {len(listing)} listed images missing under data_dir {data_dir}); "
+                        "expected an image file")
 
 
 def frequency_order(labels, num_classes):

@@ -19,17 +19,16 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from base.base_data_module import LTDataModule
 from data_loader import transforms as tf
+from data_loader.image_file import RULE, read_rgb, unreadable_reason
 from data_loader.list_file import check_images_exist, frequency_order, frequency_rank, read_list
 from data_loader.test_distributions import distribution_names, generated_distributions
 from data_loader.validation_split import describe
 from utils.errors import UserError
-from utils.safe_write import open_readable
 from utils.seed import epoch_seed
 
 logger = logging.getLogger("train")
@@ -61,12 +60,14 @@ def _seeded(seed):
 
 
 class ListImageDataset(Dataset):
-    """Images ``data_dir/relative_path`` (PIL, RGB) with integer targets.
+    """Images ``data_dir/relative_path`` (PIL, RGB by data_loader/image_file.py) with integer targets.
 
     An index may be an ``(index, seed)`` pair: the image's augmentation is then seeded by it (see
     ``SeededSampler``). Paths are kept as one bytes array, which worker processes share without
     copying (a list of Python strings would be copied page by page as reference counts change).
     """
+
+    reader = RULE  # how a file becomes an image (data_loader/image_file.py); part of the validation cache key
 
     def __init__(self, data_dir, listing, targets, transform=None):
         self.data_dir = str(data_dir)
@@ -92,11 +93,10 @@ class ListImageDataset(Dataset):
     def _item(self, i):
         path = self.path(i)
         try:
-            with open_readable(path) as f, Image.open(f) as img:  # a FIFO is refused, not waited on
-                img = img.convert("RGB")
+            img = read_rgb(path)  # a FIFO is refused, not waited on
         except Exception as e:  # noqa: BLE001 - Pillow raises anything on a file that is not what it seems
             raise UnreadableImageError(f"cannot read image {path} ({self.list_path}, line {self.lines[i]}): "
-                                       f"{type(e).__name__}: {e}") from None
+                                       f"{unreadable_reason(path, e)}") from None
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.targets[i])

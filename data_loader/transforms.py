@@ -73,9 +73,36 @@ def large_image_train(size, mean, std, color_jitter=True):
     return T.Compose(ops)
 
 
+MAX_ASPECT = 16
+
+
+class CapAspect:
+    """Crop a PIL image's longer side around its centre to at most ``max_ratio`` times its shorter
+    side; an image within the ratio passes unchanged. Before Resize(shorter side) + CenterCrop, it
+    keeps what the crop keeps, but a 20000 x 1 image is no longer resized to 5,120,000 x 256 (3.9 GB)."""
+
+    def __init__(self, max_ratio=MAX_ASPECT):
+        self.max_ratio = max_ratio
+
+    def __call__(self, img):
+        w, h = img.size
+        cap = self.max_ratio * min(w, h)
+        if max(w, h) <= cap:
+            return img
+        if w > h:
+            left = (w - cap) // 2
+            return img.crop((left, 0, left + cap, h))
+        top = (h - cap) // 2
+        return img.crop((0, top, w, top + cap))
+
+    def __repr__(self):
+        return f"{type(self).__name__}(max_ratio={self.max_ratio})"
+
+
 def large_image_test(size, resize, mean, std):
-    """Resize(resize) (256 at 224 px) + CenterCrop(size), normalise."""
-    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), normalize(mean, std)])
+    """Resize(resize) (256 at 224 px) + CenterCrop(size), normalise; an image longer than 16 times
+    its width (or wider than 16 times its height) is first cropped to that around its centre (CapAspect)."""
+    return T.Compose([CapAspect(), T.Resize(resize), T.CenterCrop(size), T.ToTensor(), normalize(mean, std)])
 
 
 def large_image_two_view(size, mean, std, crop_scale=(0.2, 1.0), blur_p=0.5):

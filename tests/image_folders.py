@@ -61,3 +61,35 @@ def write_undecodable_tiff(path):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(bytes(data))
     return Path(path)
+
+
+def write_odd_images(folder, size=(12, 8)):
+    """Valid images of every odd kind, named like images (``{name: file}``): grey, grey with alpha,
+    16-bit grey, 32-bit integer grey (a TIFF named .png), palette with transparency, RGBA, CMYK JPEG,
+    1-bit, an EXIF-rotated JPEG (stored ``size``, shown turned by 90 degrees), a 2-frame GIF named .png
+    and 2-page TIFF named .png, 1 x 1, upper-case extensions, WebP, BMP, and names with a space, a
+    comma and non-ASCII letters."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    rgb = np.random.RandomState(0).randint(0, 256, (h, w, 3), np.uint8)
+    base = Image.fromarray(rgb)
+    ramp = np.linspace(0, 65535, w * h).reshape(h, w).astype(np.uint16)
+    rotated = Image.new("RGB", size, (255, 255, 255))  # stored: left half white, right half black
+    rotated.paste((0, 0, 0), (w // 2, 0, w, h))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": shown with the white half on top
+    frames = [Image.new("RGB", size, c) for c in ((200, 10, 10), (10, 200, 10))]
+    files = {"L": ("grey.png", base.convert("L"), {}), "LA": ("grey_alpha.png", base.convert("LA"), {}),
+             "I;16": ("sixteen.png", Image.fromarray(ramp), {}),
+             "I": ("int32.png", Image.fromarray(ramp.astype(np.int32)), {"format": "TIFF"}),
+             "P": ("palette.png", base.convert("P"), {"transparency": 0}),
+             "RGBA": ("rgba.PNG", base.convert("RGBA"), {}), "CMYK": ("cmyk.jpg", base.convert("CMYK"), {}),
+             "1": ("one_bit.png", base.convert("1"), {}), "EXIF": ("rotated.JPG", rotated, {"exif": exif}),
+             "GIF": ("animated.png", frames[0], {"format": "GIF", "save_all": True, "append_images": frames[1:]}),
+             "TIFF": ("pages.png", frames[0], {"format": "TIFF", "save_all": True, "append_images": frames[1:]}),
+             "1x1": ("dot.bmp", Image.new("RGB", (1, 1), (1, 2, 3)), {}), "WEBP": ("x.webp", base, {}),
+             "names": ("café, a b.jpeg", base, {})}
+    for name, image, options in files.values():
+        image.save(folder / name, **options)
+    return {kind: folder / name for kind, (name, _, _) in files.items()}

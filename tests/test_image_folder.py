@@ -1,6 +1,7 @@
 """The image-folder data module (data_loader/image_folder.py): layout, class names, the held-out
 split, the optional long tail, imbalanced test folders, and layout errors, on generated JPEG/PNG
 folders."""
+import os
 import shutil
 
 import numpy as np
@@ -186,3 +187,108 @@ def test_the_folder_recipe_drops_a_tiny_last_batch(folder, tmp_path):
     raw["data_loader"]["args"]["batch_size"] = 64
     with pytest.raises(UserError, match="the 44 training images do not fill one batch of 64"):
         build_data(ConfigParser(raw, "c.json")).rank_batch_size(1)
+
+
+# -- odd image files (data_loader/image_file.py, the scan's checks) ----------------------------------------------------
+def test_odd_images_read_as_upright_8_bit_rgb(tmp_path, monkeypatch):
+    """Every valid odd kind is RGB, 8 bits: 16-bit grey scaled (not clipped to white), the EXIF
+    orientation applied, the first frame of a GIF or TIFF; a float image, a decompression bomb and
+    files that are no image are one line naming the file and why."""
+    from PIL import Image
+
+    from data_loader.image_file import read_rgb
+    from data_loader.list_file import ListFile
+    from data_loader.list_lt import ListImageDataset, UnreadableImageError
+    from tests.image_folders import write_odd_images
+    odd = write_odd_images(tmp_path / "odd")
+    for kind, path in odd.items():
+        img = read_rgb(path)
+        assert img.mode == "RGB", kind
+        assert img.size == {"EXIF": (8, 12), "1x1": (1, 1)}.get(kind, (12, 8)), kind
+    for kind in ("I;16", "I"):  # a ramp 0..65535: black to white, mid-grey in the middle
+        grey = np.asarray(read_rgb(odd[kind]))[..., 0].ravel()
+        assert grey[0] == 0 and grey[-1] == 255 and abs(int(grey[len(grey) // 2]) - 128) <= 2, kind
+    shown = np.asarray(read_rgb(odd["EXIF"]), dtype=float)
+    assert shown[:5].mean() > 200 and shown[-5:].mean() < 50  # the stored left half is on top
+    assert tuple(np.asarray(read_rgb(odd["GIF"]))[0, 0]) == (200, 10, 10)  # first frame
+    assert tuple(np.asarray(read_rgb(odd["TIFF"]))[0, 0]) == (200, 10, 10)
+
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "float.png", format="TIFF")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    Image.new("RGB", (40, 40)).save(tmp_path / "bomb.png")
+    names = ["float.png", "empty.jpg", "text.png", "bomb.png"]
+    listing = ListFile("l.txt", names, np.zeros(4, np.int64), np.arange(1, 5))
+    data = ListImageDataset(tmp_path, listing, listing.labels)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 40 // 3)  # 40 x 40 is over twice the limit
+    for i, why in enumerate(["mode F", "not an image file Pillow can identify", "not an image file Pillow can identify",
+                             "DecompressionBombError"]):
+        with pytest.raises(UnreadableImageError) as e:
+            data[i]
+        message = str(e.value)
+        assert f"cannot read image {tmp_path / names[i]} (l.txt, line {i + 1})" in message and why in message
+        assert "\n" not in message and "BufferedReader" not in message
+
+
+def test_odd_images_in_a_training_folder(tmp_path, caplog):
+    """Valid odd images train like any other; files not named as images (and links to folders) are
+    left out with one counted note, hidden files silently."""
+    import logging
+    from tests.image_folders import write_odd_images
+    root = write_folder(tmp_path / "data", (2, 3), classes=("cat", "dog"))
+    odd = write_odd_images(root / "train" / "cat" / "odd")
+    for name in ("README.txt", "scan.tif", "clip.gif", ".DS_Store", "._00.png"):
+        (root / "train" / "cat" / name).write_bytes(b"\0\1")
+    (root / "train" / "dog" / "linked").symlink_to(root / "train" / "dog")  # a loop: never walked
+    with caplog.at_level(logging.INFO, logger="train"):
+        data = module(root, validation=False)
+    assert data.cls_num_list == [2 + len(odd), 3]
+    notes = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(notes) == 1 and "left out 4 file(s) not named as images" in notes[0], notes
+    assert all(tuple(data.train_set[i][0].shape) == (3, 16, 16) for i in range(len(data.train_set)))
+
+
+@pytest.mark.parametrize("kind, fragment", [
+    ("link to nothing", "is a link to nothing"), ("link loop", "is a link loop"), ("fifo", "is a FIFO"),
+    ("only tif", "1 other file(s) there, e.g. 'a.tif'")])
+def test_files_that_are_no_image_stop_the_scan_in_one_line(tmp_path, kind, fragment):
+    """Refused when the folder is read (before any training), naming the file: nothing waits on a FIFO."""
+    root = write_folder(tmp_path / "data", (2, 2), classes=("cat", "dog"))
+    bad = root / "train" / "dog" / "bad.png"
+    if kind == "link to nothing":
+        bad.symlink_to(tmp_path / "nowhere.png")
+    elif kind == "link loop":
+        bad.symlink_to(bad)
+    elif kind == "fifo":
+        os.mkfifo(bad)
+    else:
+        (root / "train" / "emu").mkdir()
+        (root / "train" / "emu" / "a.tif").write_bytes(b"II*\0")
+    with pytest.raises(UserError) as e:
+        module(root)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+    if kind != "only tif":
+        assert str(e.value).startswith(f"{bad} ")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads a file of mode 000")
+def test_an_unreadable_file_stops_the_scan(tmp_path):
+    root = write_folder(tmp_path / "data", (2, 2), classes=("cat", "dog"))
+    (root / "train" / "dog" / "00.png").chmod(0)
+    with pytest.raises(UserError, match=r"dog/00.png is not readable \(permissions\)"):
+        module(root)
+
+
+def test_an_extreme_aspect_is_cropped_before_the_large_test_resize():
+    """Resize(256) of a 20000 x 1 image alone would be 5,120,000 x 256 pixels; CapAspect keeps the
+    centre, 16 times the short side, and leaves every other image as it is."""
+    from PIL import Image
+
+    from data_loader import transforms as tf
+    wide = Image.new("RGB", (20000, 1))
+    assert tf.CapAspect()(wide).size == (16, 1)
+    assert tf.CapAspect()(wide.transpose(Image.Transpose.ROTATE_90)).size == (1, 16)
+    photo = Image.new("RGB", (640, 40))
+    assert tf.CapAspect()(photo) is photo
+    test = tf.large_image_test(224, 256, tf.IMAGENET_MEAN, tf.IMAGENET_STD)
+    assert tuple(test(wide).shape) == (3, 224, 224)

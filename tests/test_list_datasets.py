@@ -8,6 +8,7 @@ from torchvision import transforms as T
 
 from data_loader import ImageNetLTDataLoader, INaturalistDataLoader, PlacesLTDataLoader
 from data_loader.list_lt import UnreadableImageError
+from data_loader.transforms import CapAspect
 from utils.long_tail import img_num_per_cls
 from tests.list_data import TRAIN_COUNTS, list_module_args, write_list_dataset
 from utils.errors import UserError
@@ -30,13 +31,14 @@ def test_loading_counts_and_transforms(lists):
     ops = [type(t) for t in data.train_set.transform.transforms]
     assert ops == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ColorJitter, T.ToTensor, T.Normalize]
     test_ops = data.test_set.transform.transforms
-    assert (test_ops[0].size, test_ops[1].size) == (37, (32, 32))  # Resize(256)+CenterCrop(224), scaled
+    assert (test_ops[1].size, test_ops[2].size) == (37, (32, 32))  # Resize(256)+CenterCrop(224), scaled
+    assert isinstance(test_ops[0], CapAspect) and test_ops[0].max_ratio == 16  # extreme aspects cropped first
 
 
 def test_published_resize_and_inat_transform(lists):
     data = INaturalistDataLoader(**list_module_args(lists, image_size=224, test_ratios=None))
     assert data.ratios == (3, 2)
-    assert data.test_set.transform.transforms[0].size == 256
+    assert data.test_set.transform.transforms[1].size == 256
     train_ops = data.train_set.transform.transforms
     assert T.ColorJitter not in [type(t) for t in train_ops]
     assert tuple(train_ops[-1].mean) == (0.466, 0.471, 0.380) and tuple(train_ops[-1].std) == (0.195, 0.194, 0.192)
@@ -123,6 +125,23 @@ def test_missing_images_reported_once_with_a_count(tmp_path, lists):
     first = sum(TRAIN_COUNTS) + 1
     assert f"{bad}, line {first}: image" in msg and "train/none/0.jpg" in msg
     assert f"2000 of {first + 1999} listed images missing" in msg and "train/none/1.jpg" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("entry, what", [("train/c0", "is a folder"), ("link.jpg", "is a link to nothing"),
+                                         ("fifo.jpg", "is a FIFO")])
+def test_a_listed_entry_that_is_no_file_says_what_it_is(tmp_path, lists, entry, what):
+    import os
+    data_dir = lists["data_dir"]
+    (data_dir / "link.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(data_dir / "fifo.jpg")
+    try:
+        bad = _bad_list(tmp_path, lists, f"{entry} 1")
+        with pytest.raises(UserError) as e:
+            ImageNetLTDataLoader(**list_module_args(lists, train_txt=str(bad)))
+        assert f"line 4: image {data_dir / entry} {what} (1 of" in str(e.value)
+    finally:
+        (data_dir / "link.jpg").unlink()
+        (data_dir / "fifo.jpg").unlink()
 
 
 def test_unreadable_image_named_when_loaded(tmp_path, lists):

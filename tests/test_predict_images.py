@@ -145,6 +145,28 @@ def test_unreadable_images_are_reported_and_skipped(run, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_odd_images_are_predicted_and_bad_files_say_why(run, tmp_path, capsys):
+    """Odd but valid images (16-bit, EXIF-rotated, palette, CMYK, 1 x 1, ...) are predicted; a FIFO, a
+    link to nothing and a cut PNG are one warning each saying why; other files are one counted note."""
+    import os
+    from tests.image_folders import write_odd_images
+    images = tmp_path / "incoming"
+    odd = write_odd_images(images / "nested" / "deeper")
+    os.mkfifo(images / "fifo.png")
+    (images / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (images / "cut.png").write_bytes((run["root"] / "test" / "dog" / "00.png").read_bytes()[:60])
+    for name in ("README.txt", "scan.tif", ".DS_Store"):
+        (images / name).write_text("x")
+    assert main(["-c", run["tt"], "-r", checkpoint(run), "--images", images, "--out", tmp_path / "p"]) == 0
+    err = capsys.readouterr().err
+    assert "left out 2 file(s) not named as images" in err
+    for name, why in (("fifo.png", "it is a FIFO"), ("gone.jpg", "it is a link to nothing"), ("cut.png", "OSError")):
+        assert f"warning: cannot read image {images / name} ({why}" in err, err
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["num_predicted"] == len(odd) and summary["num_unreadable"] == 3
+    assert set(pd.read_csv(tmp_path / "p" / "predictions.csv")["path"]) == {str(f) for f in odd.values()}
+
+
 def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):
     base = ["-c", run["tt"], "-r", checkpoint(run)]
 
@@ -162,6 +184,8 @@ def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):
     refused("--images", listing, fragment="names no image")
     listing.write_text(f"{run['root'] / 'test' / 'cat' / '00.png'}\nmissing.png\n")
     refused("--images", listing, fragment="line 2: image")
+    listing.write_text(f"{run['root'] / 'test' / 'cat'}\n")
+    refused("--images", listing, fragment="cat is a folder; expected an image file")
     # --out that would overwrite an input: the list file itself is OUT/predictions.csv
     out = tmp_path / "out"
     out.mkdir()

@@ -6,7 +6,8 @@ method that needs them, to augmented views of the same images: by default each e
 of every image drawn once, fixed by the seed and the image, as the test sets' shared views,
 trainer/view_logits.py) and its scores give each image's prediction. No label is read. An image
 that cannot be decoded is reported by path and left out (or, ``strict``, stops the run before
-anything is written).
+anything is written). Images are read by data_loader/image_file.py's rule (upright by their
+orientation tag, first frame, 16-bit grey scaled to 8 bits).
 """
 import os
 import sys
@@ -16,36 +17,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from base.base_test_time import TestTimeContext, TestTimeMethod, check_result
-from data_loader.image_folder import images_below, is_image
+from data_loader.image_file import read_rgb, unreadable_reason
+from data_loader.image_folder import IMAGE_EXTENSIONS, images_below, is_image, others, skipped_note
 from data_loader.list_lt import ListImageDataset
 from trainer.adaptation import train_prior, validation_source
 from trainer.forward import batch_outputs
 from trainer.view_logits import NetworkViews
 from utils.errors import UserError
 from utils.path_text import path_text
-from utils.safe_write import check_beside, check_target, digest, open_readable, write_json, write_text
+from utils.safe_write import check_beside, check_target, digest, not_regular, write_json, write_text
 from utils.two_view import SeededTwoViews, TwoViews
 
 TOP_K = 5
 
 
-def image_paths(spec):
-    """``--images DIR`` (every image below it, recursively, sorted) or ``--images LIST.txt`` (one
-    path a line; relative paths are relative to the list file's folder; blank lines and lines
-    starting with # are skipped)."""
+def image_paths(spec, warn=None):
+    """``--images DIR`` (every image below it, recursively, sorted; one ``warn`` line counts the
+    files left out for their names) or ``--images LIST.txt`` (one path a line; relative paths are
+    relative to the list file's folder; blank lines and lines starting with # are skipped)."""
     path = Path(spec)
     if not path.exists():
         raise UserError(f"--images {spec} does not exist; expected a folder of images or a text file of image paths")
     if path.is_dir():
-        paths = [str(path / rel) for rel in images_below(path)]
+        skipped = []
+        paths = [str(path / rel) for rel in images_below(path, skipped)]
+        note = skipped_note(path_text(str(path)), skipped)
+        if note and paths:
+            (warn or _warn)(note)
         if not paths:
-            raise UserError(f"--images {spec}: no image below this folder (expected files ending in .jpg, .jpeg, "
-                            ".png, .bmp or .webp)")
+            raise UserError(f"--images {spec}: no image below this folder (expected files ending in "
+                            f"{', '.join(IMAGE_EXTENSIONS)}, any case){others(skipped)}")
         return paths
     if not path.is_file():
         raise UserError(f"--images {spec} is neither a folder nor a regular file (a FIFO or a device); expected a "
@@ -63,8 +68,9 @@ def image_paths(spec):
             continue
         p = Path(entry)
         p = p if p.is_absolute() else path.parent / p
-        if not p.is_file():
-            raise UserError(f"{spec}, line {number}: image {p} does not exist")
+        what = not_regular(p)
+        if what:
+            raise UserError(f"{spec}, line {number}: image {p} {what}; expected an image file")
         paths.append(str(p))
     if not paths:
         raise UserError(f"--images {spec}: the list names no image (expected one image path a line)")
@@ -85,9 +91,7 @@ class UnlabeledImages(Dataset):
 
     def __getitem__(self, i):
         try:
-            with open_readable(self.paths[i]) as f, Image.open(f) as img:  # a FIFO named .png is not waited on
-                img = img.convert("RGB")
-            return self.transform(img), i
+            return self.transform(read_rgb(self.paths[i])), i  # a FIFO named .png is not waited on
         except Exception:  # noqa: BLE001 - Pillow raises anything on a file that is not what it seems (TypeError...)
             return torch.zeros(self.shape), -(i + 1)
 
@@ -115,8 +119,17 @@ class ImageLogits:
     seconds: float = 0.0
 
 
+def why_unreadable(path):
+    """Why the image at ``path`` gave no tensor (read again, in this process, for the message)."""
+    try:
+        read_rgb(path)
+    except Exception as e:  # noqa: BLE001 - as UnlabeledImages
+        return unreadable_reason(path, e)
+    return "decoded, but the test transform failed on it"
+
+
 def unreadable_message(path):
-    return f"cannot read image {path} (not a decodable image); left out"
+    return f"cannot read image {path_text(path)} ({why_unreadable(path)}); left out"
 
 
 def collect_image_logits(trained, paths, device, batch_size=None, strict=False, warn=None):
@@ -133,8 +146,8 @@ def collect_image_logits(trained, paths, device, batch_size=None, strict=False, 
         ok = index >= 0
         for j in (-index[~ok] - 1).tolist():
             if strict:
-                raise UserError(f"cannot read image {paths[j]} (not a decodable image); --strict stops at the first "
-                                "unreadable image, nothing was written")
+                raise UserError(f"cannot read image {path_text(paths[j])} ({why_unreadable(paths[j])}); --strict "
+                                "stops at the first unreadable image, nothing was written")
             warn(unreadable_message(paths[j]))
             bad.append(paths[j])
         logits.append(out["logits"].float().cpu()[ok])

@@ -19,7 +19,8 @@ used only when the key stored in it equals the key of this call, field for field
   (``trainer.fold_batchnorm``);
 - ``split``: the data module's type, the split's ``validation_info`` (source, per class, seed,
   counts, in-sample classes), the test transform, and a digest of the split's labels and images
-  (pixel bytes for in-memory images, relative paths for listed ones);
+  (pixel bytes for in-memory images, relative paths for listed ones; for these also the rule image
+  files are read by, ``data_loader.image_file.RULE``);
 - ``arrays``: a digest of the stored logits and targets (a file edited or torn inside is refused).
 
 A cache that is missing is computed and written by the write rule (utils/safe_write.py: a
@@ -84,8 +85,12 @@ def split_key(data):
         images = getattr(ds, "data", None)  # in-memory images: their pixels
     content = _digest(np.asarray(ds.targets, dtype=np.int64),
                       np.asarray(images) if images is not None else repr(getattr(data, "validation_indices", None)))
-    return {"data_module": type(data).__name__, "info": {k: info.get(k) for k in INFO_KEYS},
-            "transform": repr(getattr(ds, "transform", None)), "content": content}
+    key = {"data_module": type(data).__name__, "info": {k: info.get(k) for k in INFO_KEYS},
+           "transform": repr(getattr(ds, "transform", None)), "content": content}
+    reader = getattr(ds, "reader", None)  # how image files are read (data_loader/image_file.py)
+    if reader:
+        key["reader"] = reader
+    return key
 
 
 def cache_path(checkpoint_path, split):

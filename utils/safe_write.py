@@ -31,6 +31,7 @@ No file is opened that is not a regular one (:func:`open_regular`): a FIFO or a 
 this project writes or reads back (a cache, a log) is refused at once, never waited on.
 """
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -196,6 +197,14 @@ def write_reason(e):
     return "the write failed (is the disk full?)"
 
 
+def _kind(mode):
+    for test, name in ((stat.S_ISLNK, "a link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def special_file(path):
     """What ``path`` is when it is a link or exists and is not a regular file ("a link", "a FIFO",
     "a folder", ...); None for a regular file or nothing."""
@@ -205,13 +214,7 @@ def special_file(path):
         return None
     except OSError:
         return "not accessible"
-    if stat.S_ISREG(mode):
-        return None
-    for test, name in ((stat.S_ISLNK, "a link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
-        if test(mode):
-            return name
-    return "not a regular file"
+    return None if stat.S_ISREG(mode) else _kind(mode)
 
 
 def regular_fd(path, flags=os.O_RDONLY):
@@ -233,13 +236,27 @@ def regular_fd(path, flags=os.O_RDONLY):
     return fd
 
 
+def not_regular(path):
+    """Why ``path``, followed through links, is no regular file to read: "does not exist", "is a
+    link to nothing", "is a link loop", "is a folder", "is a FIFO", ...; None for a regular file.
+    One stat, nothing opened (a FIFO is never waited on)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "is a link to nothing" if os.path.islink(path) else "does not exist"
+    except OSError as e:
+        return "is a link loop" if e.errno == errno.ELOOP else f"cannot be reached ({e.strerror})"
+    return None if stat.S_ISREG(mode) else f"is {_kind(mode)}"
+
+
 def open_readable(path):
     """``path`` opened for reading (binary) if it is a regular file, through links (images are often
     linked into a data folder); a FIFO or device is refused without waiting on it (OSError)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(f"{path} is not a regular file (a FIFO, device or folder)")
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise IsADirectoryError(f"{path} is {_kind(mode)}; expected a regular file")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
