@@ -52,7 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
 from bench.common import ROOT
 
 from utils.checkpoint import load_checkpoint
-from utils.errors import UserError
+from utils.cli import ArgumentParser, nonnegative_int, positive_int
+from utils.errors import UserError, cli_entry
+from utils.parse_config import read_json
 from utils.safe_write import open_append
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -437,17 +439,24 @@ def same_state(a_path, b_path):
     return weights, optimizer, len(a["state_dict"]), a["epoch"], b["epoch"]
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@cli_entry
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "configs" / "config_digits_lt_tade.json"))
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--kills", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
-    p.add_argument("--train_seed", type=int, default=1)
+    p.add_argument("--epochs", type=positive_int, default=8)
+    p.add_argument("--kills", type=nonnegative_int, default=5)
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the kill moments")
+    p.add_argument("--train_seed", type=nonnegative_int, default=1)
     p.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     p.add_argument("--drill", default="kill", choices=("kill", "disk-full", "concurrent-resume", "overwrite", "tools"))
-    p.add_argument("--trials", type=int, default=5, help="overwrite drill: trials of two concurrent test.py")
-    args = p.parse_args()
+    p.add_argument("--trials", type=positive_int, default=5, help="overwrite drill: trials of two concurrent test.py")
+    args = p.parse_args(argv)
+    args.config = os.path.abspath(args.config)  # the runs start from the project root
+    read_json(args.config)  # missing or malformed: one line, before any run
+    if args.workdir is not None:
+        args.workdir = os.path.abspath(args.workdir)
+        if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+            raise UserError(f"--workdir {args.workdir} is not a folder; expected a folder to keep the runs in")
     rng = random.Random(args.seed)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fault_drill_"))
     work.mkdir(parents=True, exist_ok=True)
