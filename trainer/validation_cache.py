@@ -134,7 +134,8 @@ def read_cache(path, key, shape=None, expected_targets=None):
                 return None
             logits, targets = f.read("logits"), f.read("targets")
     except (UserError, ValueError, RecursionError) as e:
-        reason = "a torn or foreign file" if isinstance(e, UserError) else type(e).__name__
+        said = str(e).split(str(path), 1)[-1].strip(" :;") if isinstance(e, UserError) else ""
+        reason = (said or "a torn or foreign file") if isinstance(e, UserError) else type(e).__name__
         _notice(f"{path} is unreadable ({reason}); recomputing it")
         return None
     if stored.get("arrays") != _digest(logits, targets):

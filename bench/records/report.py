@@ -616,8 +616,6 @@ STUDIES = ROOT / "docs" / "studies"  # the study's --out files, rendered beside 
 def _study_files(folder):
     """[(path, payload)] of the JSON files in ``folder``, each written by one of the two study tools."""
     out = []
-    if not Path(folder).is_dir():
-        raise ReportError(f"--studies {folder} is not a folder; expected the folder of the study files (docs/studies/)")
     for path in sorted(Path(folder).glob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
@@ -752,6 +750,9 @@ def main(argv=None):
             for name in figures.NAMES:
                 check_target(folder / name, WRITER, option="--doc's figure",
                              recognise=lambda p: figures.stamp(p).get("Source") == WRITER)
+        if not Path(args.studies).is_dir():
+            raise ReportError(f"--studies {args.studies} is not a folder; expected the folder of the study files "
+                              "(docs/studies/)")
         records = load_records(args.results)
         own_data = render_own_data(load_own_data(args.studies))
         generated = render_checked(records) + render_studies(load_studies(args.studies)) + own_data
