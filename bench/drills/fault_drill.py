@@ -32,7 +32,11 @@ record): ``portable_record.py`` on a torn or pickled npz, a truncated ``model.pt
 that is not UTF-8 or is a FIFO, a missing folder; ``test_time_methods.py --logits`` a torn file or a
 FIFO; ``record.py --name ../escape`` and a 300-character name; ``report.py`` on records with
 ``epochs "thirty"``, ``Infinity``, ``-1e999``, a name with ``|``, no ``config.json``; ``test.py --bs 0``
-and ``--draws 0``. Each must exit 2 with one line, write nothing and wait on nothing (120 s).
+and ``--draws 0``; ``speed.py`` without a subcommand and ``loader --workers -1``;
+``calibration_study.py --sizes a,b``; ``dirmixe_formula.py`` on a malformed config; ``test_train.py
+--logits`` a text file; ``record.py --epochs 0``; ``reproduce.py --methods zzz``; ``report.py`` on an
+empty ``--results``; ``portable_record.py`` on an empty folder; ``fault_drill.py --trials 0``. Each
+must exit 2 with one line, write nothing and wait on nothing (120 s).
 """
 import argparse
 import json
@@ -421,11 +425,33 @@ def tools_drill(args, work, log):
     cases += [("test.py --bs 0", tool("test.py", "-r", work / "no.pth", "--bs", 0)),
               ("test.py --protocol dirmixe --draws 0", tool("test.py", "-r", work / "no.pth", "--protocol", "dirmixe",
                                                             "--draws", 0))]
+    empty = work / "empty"  # a folder that holds nothing: no record, no records
+    empty.mkdir()
+    (work / "text.npz").write_text("not an archive\n")
+    (work / "bad.json").write_text("{bad")
+    cases += [("speed.py without a subcommand", tool("bench/speed/speed.py")),
+              ("speed.py loader --workers -1", tool("bench/speed/speed.py", "loader", "--workers", -1)),
+              ("calibration_study.py --sizes a,b", tool("bench/studies/calibration_study.py", "--sizes", "a,b",
+                                                        "--out", out)),
+              ("dirmixe_formula.py -c a malformed config", tool("bench/studies/dirmixe_formula.py", "-c",
+                                                                work / "bad.json")),
+              ("test_train.py --logits a text file",
+               tool("test_train.py", "-c", ROOT / "configs" / "test_time_cifar10_prior.json", "--logits",
+                    work / "text.npz", "--out", out)),
+              ("record.py --epochs 0", tool("bench/records/record.py", "-c", args.config, "--epochs", 0, "--seed", 1,
+                                            "--work_dir", work / "record_work", "--results_dir",
+                                            work / "record_results")),
+              ("reproduce.py --methods zzz", tool("bench/records/reproduce.py", "--dataset", "digits_lt", "--methods",
+                                                  "zzz", "--epochs", 1, "--out_dir", work / "record_results")),
+              ("report.py on an empty --results", tool("bench/records/report.py", "--results", empty, "--doc",
+                                                       work / "report_empty" / "page.md")),
+              ("portable_record.py on an empty folder", tool("bench/records/portable_record.py", empty)),
+              ("fault_drill.py --trials 0", tool("bench/drills/fault_drill.py", "--drill", "overwrite", "--trials", 0))]
     ok = True
     for name, cmd in cases:
         ok &= overwrite_case(name, cmd, [damaged, odd, pickled], log=log, timeout=120,
                              check=lambda: not out.exists() and not any(work.glob("report_*/page.md"))
-                             and not (work / "record_results").exists())
+                             and not (work / "record_results").exists() and not any(empty.iterdir()))
     return ok
 
 
