@@ -670,6 +670,8 @@ def _tool_cases(tmp):
                                         tmp / "o"], ["config_digits_lt_zzz.json"]),
         ("bench/records/reproduce.py", ["--dataset", "digits_lt", "--methods", "tade", "--epochs", "1", "--out_dir",
                                         tmp / "a.txt"], ["--out_dir", "Not a directory"]),
+        ("bench/records/reproduce.py", ["--dataset", "digits_lt", "--methods", "tade", "--epochs", "1", "--out_dir",
+                                        tmp / "od"], ["results_e1.md exists and is not a result file"]),
         ("bench/drills/fault_drill.py", ["--epochs", "0"], ["--epochs", ">= 1"]),
         ("bench/drills/fault_drill.py", ["--drill", "overwrite", "--trials", "0"], ["--trials", ">= 1"]),
         ("bench/drills/fault_drill.py", ["--config", tmp / "nope.json"], ["nope.json does not exist"]),
@@ -686,6 +688,8 @@ def test_every_bench_tool_refuses_bad_arguments_in_one_line_and_writes_nothing(t
     (tmp_path / "a.txt").write_text("a file of the user's\n")
     (tmp_path / "bad.json").write_text("{bad")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "od" / "digits_lt").mkdir(parents=True)
+    (tmp_path / "od" / "digits_lt" / "results_e1.md").write_text("my notes\n")  # not reproduce.py's table
     before = snapshot(tmp_path)
     failed = []
     for script, argv, fragments in _tool_cases(tmp_path):

@@ -28,7 +28,7 @@ from bench.records.steps import command, run_step, train_or_resume, training_sta
 from utils.cli import ArgumentParser, nonnegative_int, positive_int
 from utils.errors import UserError, cli_entry
 from utils.parse_config import parse_set_expression, read_json
-from utils.safe_write import write_text
+from utils.safe_write import check_target, write_text
 
 # docs/methods.md#published-results (top-1 %); missing entries are not published.
 PUBLISHED = {
@@ -60,6 +60,8 @@ PUBLISHED = {
     },
 }
 LABEL = {"softmax": "Softmax", "ride": "RIDE", "tade": "TADE", "tade_no_tt": "TADE, no test-time step"}
+WRITER = "bench/records/reproduce.py"
+TABLE_HEAD = "| method |"  # how the table this tool writes starts: the one file it replaces in --out_dir
 SCALED_KEYS = ("step1", "step2", "warmup_epoch", "T_max", "step_size", "milestones")
 
 
@@ -194,6 +196,8 @@ def main(argv=None):
     except OSError as e:
         raise UserError(f"--out_dir {args.out_dir}: cannot create {out_dir} ({e.strerror}); expected a writable "
                         "folder") from None
+    table_path = check_target(out_dir / f"results_e{args.epochs}.md", WRITER, option="--out_dir",
+                              recognise=lambda path: path.read_text(errors="replace").startswith(TABLE_HEAD))
     log = out_dir / "reproduce.log"
     rows, names = {}, None
     for method in methods:
@@ -208,9 +212,9 @@ def main(argv=None):
                 rows[key] = (per_seed + [dists], macs, total + seconds, rate)
                 names = names or list(dists)
     table = markdown_table(args, rows, names)
-    write_text(out_dir / f"results_e{args.epochs}.md", table)
+    write_text(table_path, table)
     print(table)
-    print(f"wrote {out_dir / f'results_e{args.epochs}.md'}")
+    print(f"wrote {table_path}")
 
 
 if __name__ == "__main__":
