@@ -140,6 +140,9 @@ def main(argv=None):
                    "recorded model)")
     p.add_argument("-d", "--device", default="cpu")
     args = p.parse_args(argv)
+    for option in ("resume", "config", "compare", "work", "out", "data_dir"):  # test_train.py runs from the project
+        if getattr(args, option):                                               # root: relative means the caller's
+            setattr(args, option, os.path.abspath(getattr(args, option)))
     work = Path(args.work)
     out_json = check_target(Path(args.out) if args.out else work / "own_data_demo.json", WRITER,
                             option="--out" if args.out else "--work",
