@@ -585,6 +585,23 @@ def test_writers_at_once_leave_one_whole_cache_and_a_moved_checkpoint_takes_its_
     assert calls == [] and "note" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("edit, reason", [
+    (lambda key: key["checkpoint"].update(precision="bf16"), "another checkpoint (or architecture, precision"),
+    (lambda key: key.update(format="validation-logits-0"), "an older format"),
+    (lambda key: key.pop("split"), "another validation split"),
+], ids=["other-precision", "older-format", "no-split-key"])
+def test_a_cache_of_another_precision_or_layout_is_recomputed(tmp_path, capsys, edit, reason):
+    trained = fake_trained(tmp_path)
+    key = {"format": vc.FORMAT, "checkpoint": vc.checkpoint_key(trained), "split": vc.split_key(trained.data),
+           "arrays": vc._digest(LOGITS, TARGETS)}
+    edit(key)
+    np.savez(cache_of(trained), key=np.array(json.dumps(key)), logits=LOGITS, targets=TARGETS)
+    calls = []
+    vc.validation_logits(trained, compute=lambda: calls.append(1) or compute())
+    out = capsys.readouterr().out.strip().splitlines()
+    assert calls == [1] and len(out) == 1 and reason in out[0], out
+
+
 def _saved(tmp_path, **changes):
     """A small saved-logits file (test.py --save_logits' keys) with ``changes`` applied."""
     from trainer.saved_logits import save_logits

@@ -125,7 +125,8 @@ def read_cache(path, key, shape=None, expected_targets=None):
                 raise ValueError("its key is not a JSON object")
             for part in ("format", "checkpoint", "split"):
                 if stored.get(part) != key[part]:
-                    what = {"format": "an older format", "checkpoint": "another checkpoint",
+                    what = {"format": "an older format",
+                            "checkpoint": "another checkpoint (or architecture, precision, folding)",
                             "split": "another validation split"}[part]
                     _notice(f"{path} is of {what}; recomputing it")
                     return None
