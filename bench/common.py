@@ -44,12 +44,23 @@ def ensure_cifar10(data_dir):
     """``data_dir`` holding ``cifar-10-batches-py``: as it is, else written by the script named in
     ``$CIFAR10_MAKER`` (called with the folder, for offline machines), else downloaded by torchvision."""
     if not (Path(data_dir) / "cifar-10-batches-py").is_dir():
+        from utils.errors import UserError
+        if Path(data_dir).exists() and not Path(data_dir).is_dir():
+            raise UserError(f"--data_dir {data_dir} is not a folder; expected one holding cifar-10-batches-py/")
         maker = os.environ.get("CIFAR10_MAKER")
         if maker:
-            subprocess.run([sys.executable, maker, str(data_dir)], check=True)
+            code = subprocess.run([sys.executable, maker, str(data_dir)]).returncode
+            if code:
+                raise UserError(f"--data_dir {data_dir}: $CIFAR10_MAKER {maker} failed (exit {code}); expected it "
+                                "to write cifar-10-batches-py/ there")
         else:
             from torchvision.datasets import CIFAR10
-            CIFAR10(str(data_dir), train=True, download=True)
+            try:
+                CIFAR10(str(data_dir), train=True, download=True)
+            except Exception as e:  # noqa: BLE001 - offline (URLError), a full disk, a torn archive
+                raise UserError(f"--data_dir {data_dir} holds no cifar-10-batches-py/ and downloading it failed "
+                                f"({type(e).__name__}); put CIFAR-10 there, or set $CIFAR10_MAKER to a script that "
+                                "writes it") from None
     return Path(data_dir)
 
 
@@ -60,6 +71,9 @@ def load_model_and_data(checkpoint=None, config=ROOT / "configs" / "config_cifar
     from trainer.build import Trained, build_data, build_model, build_performance, load_trained, resolve_config
     from utils.parse_config import parse_set_expression
 
+    if checkpoint and not Path(checkpoint).is_file():  # before the data (which may be downloaded)
+        from utils.errors import UserError
+        raise UserError(f"--checkpoint {checkpoint} is not a file; expected a trained checkpoint")
     ensure_cifar10(data_dir)
     overrides = [("data_loader.args.data_dir", str(data_dir), "--data_dir")]
     overrides += [(*parse_set_expression(s), "--set") for s in sets]

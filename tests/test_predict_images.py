@@ -210,10 +210,13 @@ def test_end_to_end_errors_exit_2(run, tmp_path, capfd):
     one_line_error(code, err, "none does not exist")
 
 
-def test_own_data_demo_scores_both_methods_on_withheld_labels_and_report_renders_it(run, tmp_path, capfd):
+def test_own_data_demo_scores_both_methods_on_withheld_labels_and_report_renders_it(run, tmp_path, capfd,
+                                                                                     monkeypatch):
     """bench/studies/own_data_demo.py end to end on the folder model: anonymous copies, two predictions
     per set (the default and the compared config), scored only against the withheld labels, and the
-    table bench/records/report.py renders from its JSON."""
+    table bench/records/report.py renders from its JSON. ``--work`` is relative: the folder the command
+    is typed in, though test_train.py runs from the project root."""
+    monkeypatch.chdir(tmp_path)
     from bench.records.report import load_own_data, load_studies, render_own_data
     tt = json.loads((ROOT / "configs" / "test_time_folder_tade.json").read_text())
     tt["test_time"]["args"].update(epochs=1, batch_size=8, num_workers=0)
@@ -221,7 +224,7 @@ def test_own_data_demo_scores_both_methods_on_withheld_labels_and_report_renders
     studies = tmp_path / "studies"
     out = studies / "demo.json"
     code, _, err = run_entry("bench/studies/own_data_demo.py", ["-r", checkpoint(run), "-c", run["tt"], "--compare",
-                                                                tade, "--work", tmp_path / "work", "--distributions",
+                                                                tade, "--work", "work", "--distributions",
                                                                 "uniform", "--out", out], capfd)
     assert code == 0, err
     demo = json.loads(out.read_text())

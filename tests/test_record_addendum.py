@@ -255,3 +255,13 @@ def test_add_files_adds_all_or_none_and_never_replaces(tmp_path):
     assert (folder / "b.json").read_text() == "the record's own\n"
     add_files(folder, [stage / "a.npz"])
     assert (folder / "a.npz").read_text() == "a.npz"
+
+
+def test_a_work_dir_that_is_a_file_is_one_line_and_the_record_is_left_as_it_was(digits_record, tmp_path, capfd):
+    folder = copy_record(digits_record, tmp_path)
+    (tmp_path / "work").write_text("a file of the user's\n")
+    before = snapshot(folder)
+    code, _, err = add(folder, tmp_path / "work", capfd)
+    one_line_error(code, err, "--work_dir", "cannot make a work folder there")
+    assert snapshot(folder) == before and (tmp_path / "work").read_text() == "a file of the user's\n"
+    assert not [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]

@@ -4,6 +4,7 @@ case failed before and holds now. Fast and in-process (a tool's ``main(argv)``);
 interpreter only where the exit code of the script itself is the point."""
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -483,3 +484,253 @@ def test_a_config_list_or_images_argument_that_is_a_fifo_or_device_is_refused_no
             assert "regular file" in str(value.value) and "\n" not in str(value.value)
     finally:
         _release(tmp_path / "c.json")
+
+
+# -- the third round: caches and saved logits a careless or hostile user hands in --------------------------------
+def _crafted_cache(path, trained, logits, targets):
+    """A cache of this checkpoint and split whose digest was recomputed over edited arrays."""
+    key = {"format": vc.FORMAT, "checkpoint": vc.checkpoint_key(trained), "split": vc.split_key(trained.data),
+           "arrays": vc._digest(logits, targets)}
+    with open(path, "wb") as f:
+        np.savez(f, key=np.array(json.dumps(key)), logits=logits, targets=targets)
+
+
+def _with(array, index, value):
+    array = array.copy()
+    array[index] = value
+    return array
+
+
+LOGITS, TARGETS = compute()[0].numpy(), compute()[1].numpy().astype(np.int64)
+
+
+@pytest.mark.parametrize("logits, targets, reason", [
+    (LOGITS.astype(np.float64), TARGETS, "dtype float64"),
+    (LOGITS.astype(np.float16), TARGETS, "dtype float16"),
+    (LOGITS, TARGETS.astype(np.int32), "targets of dtype int32"),
+    (_with(LOGITS, (0, 0, 0), np.nan), TARGETS, "NaN or infinite"),
+    (_with(LOGITS, (1, 1, 1), np.inf), TARGETS, "NaN or infinite"),
+    (LOGITS, _with(TARGETS, 0, 99), "other than the split's labels"),
+    (LOGITS, TARGETS[::-1].copy(), "other than the split's labels"),
+], ids=["float64", "float16", "int32-targets", "nan", "inf", "target-99", "other-targets"])
+def test_a_cache_with_a_recomputed_digest_is_still_checked_and_recomputed(tmp_path, capsys, logits, targets, reason):
+    trained = fake_trained(tmp_path)
+    _crafted_cache(cache_of(trained), trained, logits, targets)
+    calls = []
+    value = vc.validation_logits(trained, compute=lambda: calls.append(1) or compute())
+    out = capsys.readouterr().out.strip().splitlines()
+    assert calls == [1] and len(out) == 1 and reason in out[0], out
+    assert torch.equal(value[0], compute()[0]) and value[0].dtype == torch.float32
+    assert torch.equal(vc.validation_logits(trained, compute=None)[0], compute()[0])  # rewritten: used now
+
+
+@pytest.mark.parametrize("content", [b"", b"hello\n", b"\x93NUMPY", b"\x80\x04K\x01."],
+                         ids=["zero-bytes", "text", "npy", "pickle"])
+def test_a_cache_that_is_no_zip_is_recomputed_without_unpickling(tmp_path, capsys, content):
+    trained = fake_trained(tmp_path)
+    cache_of(trained).write_bytes(content)
+    logits, _ = vc.validation_logits(trained, compute=compute)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "unreadable" in out[0] and torch.equal(logits, compute()[0])
+
+
+def test_the_cache_of_a_valid_file_is_used_and_a_full_disk_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+    from utils import safe_write
+    trained = fake_trained(tmp_path)
+    real = safe_write.os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safe_write.os, "fsync", full)
+    vc.validation_logits(trained, compute=compute)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "No space left on device" in out[0] and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(safe_write.os, "fsync", real)
+    vc.validation_logits(trained, compute=compute)
+    calls = []
+    vc.validation_logits(trained, compute=lambda: calls.append(1) or compute())
+    assert calls == [] and "note" not in capsys.readouterr().out
+
+
+def test_an_unreadable_cache_says_why_and_is_recomputed(tmp_path, capsys, monkeypatch):
+    from utils import npz_reader
+    trained = fake_trained(tmp_path)
+    vc.validation_logits(trained, compute=compute)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(npz_reader, "open_regular", refuse)
+    calls = []
+    vc.validation_logits(trained, compute=lambda: calls.append(1) or compute())
+    out = capsys.readouterr().out.strip().splitlines()
+    assert calls == [1] and len(out) == 1 and "unreadable (cannot be opened (Permission denied))" in out[0]
+
+
+def test_writers_at_once_leave_one_whole_cache_and_a_moved_checkpoint_takes_its_cache_along(tmp_path, capsys):
+    trained = fake_trained(tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    threads = [threading.Thread(target=vc.validation_logits, args=(fake_trained(tmp_path / "a"),),
+                                kwargs={"compute": compute}) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [cache_of(trained).name]  # no temporary file left
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the folder moved, checkpoint and cache with it
+    calls = []
+    vc.validation_logits(fake_trained(tmp_path / "b"), compute=lambda: calls.append(1) or compute())
+    assert calls == [] and "note" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda key: key["checkpoint"].update(precision="bf16"), "another checkpoint (or architecture, precision"),
+    (lambda key: key.update(format="validation-logits-0"), "an older format"),
+    (lambda key: key.pop("split"), "another validation split"),
+], ids=["other-precision", "older-format", "no-split-key"])
+def test_a_cache_of_another_precision_or_layout_is_recomputed(tmp_path, capsys, edit, reason):
+    trained = fake_trained(tmp_path)
+    key = {"format": vc.FORMAT, "checkpoint": vc.checkpoint_key(trained), "split": vc.split_key(trained.data),
+           "arrays": vc._digest(LOGITS, TARGETS)}
+    edit(key)
+    np.savez(cache_of(trained), key=np.array(json.dumps(key)), logits=LOGITS, targets=TARGETS)
+    calls = []
+    vc.validation_logits(trained, compute=lambda: calls.append(1) or compute())
+    out = capsys.readouterr().out.strip().splitlines()
+    assert calls == [1] and len(out) == 1 and reason in out[0], out
+
+
+def _saved(tmp_path, **changes):
+    """A small saved-logits file (test.py --save_logits' keys) with ``changes`` applied."""
+    from trainer.saved_logits import save_logits
+    path = save_logits(tmp_path / "l.npz", {"test": (torch.randn(6, 2, 3), torch.tensor([0, 1, 2, 0, 1, 2]))},
+                       [5, 3, 2], {"uniform": np.arange(6)}, {"data_loader": "X", "validation_info": None})
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update(changes)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"meta": np.array(json.dumps({"validation_info": "x"}))}, "meta's validation_info is 'x'"),
+    ({"meta": np.array(json.dumps({"validation_info": {"counts": "abc"}}))}, "counts list the split's images"),
+    ({"meta": np.array(json.dumps({"data_loader": 5}))}, "meta's data_loader is 5"),
+    ({"distribution_uniform": np.zeros(0, np.int64)}, "distribution_uniform must be at least one index"),
+], ids=["validation-info-str", "counts-str", "data-loader-int", "empty-distribution"])
+def test_saved_logits_a_method_would_crash_on_are_one_line(tmp_path, changes, fragment):
+    from trainer.saved_logits import load_logits
+    with pytest.raises(UserError, match=re.escape(fragment)) as e:
+        load_logits(_saved(tmp_path, **changes))
+    assert "l.npz" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content, kind", [(b"", "an empty file"), (b"hello\n", "not a zip"),
+                                           (b"\x80\x04K\x01.", "not a zip")], ids=["empty", "text", "pickle"])
+def test_a_logits_file_that_is_no_zip_is_one_line_that_never_advises_unpickling(tmp_path, capfd, content, kind):
+    path = tmp_path / "l.npz"
+    path.write_bytes(content)
+    code, _, err = run_entry("test_train.py", ["-c", ROOT / "configs" / "test_time_cifar10_prior.json", "--logits",
+                                               path, "--out", tmp_path / "o.json"], capfd)
+    line = one_line_error(code, err, "l.npz", f"is not an .npz ({kind})")
+    assert "allow_pickle" not in line and "pickle.load" not in line
+    assert [p.name for p in tmp_path.iterdir()] == ["l.npz"]
+
+
+# -- the third round: every bench tool with bad arguments --------------------------------------------------------
+SPEED = "bench/speed/speed.py"
+
+
+def _tool_cases(tmp):
+    """(script, argv, fragments) of bad input each tool must refuse before any work, in one line."""
+    digits = ROOT / "configs" / "config_digits_lt_tade.json"
+    record = ["-c", digits, "--epochs", "1", "--seed", "1", "--work_dir", tmp / "work", "--results_dir", tmp / "res"]
+    return [
+        (SPEED, [], ["the following arguments are required"]),
+        (SPEED, ["zzz"], ["invalid choice: 'zzz'"]),
+        (SPEED, ["train", "--repeats", "0"], ["--repeats", "integer >= 1"]),
+        (SPEED, ["train", "--data_dir", tmp / "a.txt"], ["a.txt is not a folder"]),
+        (SPEED, ["accuracy", "--variants", "zzz"], ["--variants", "invalid choice"]),
+        (SPEED, ["accuracy", "--epochs", "1"], ["--epochs 1", "at least 2"]),
+        (SPEED, ["eval", "--checkpoint", tmp / "nope.pth"], ["nope.pth is not a file"]),
+        (SPEED, ["test-time-views"], ["--checkpoint is needed"]),
+        (SPEED, ["test-time-views", "--checkpoint", tmp / "nope.pth"], ["nope.pth does not exist"]),
+        (SPEED, ["label-shift"], ["--checkpoint is needed"]),
+        (SPEED, ["predict", "--checkpoint", tmp / "a.txt", "--images", tmp / "nope"], ["--images", "does not exist"]),
+        (SPEED, ["loader", "--workers", "-1"], ["--workers", "integer >= 0"]),
+        (SPEED, ["ceiling", "-c", tmp / "nope.json"], ["nope.json does not exist"]),
+        (SPEED, ["ceiling", "-d", "tpu"], ["-d tpu"]),
+        ("bench/studies/calibration_study.py", ["--sizes", "a,b", "--out", tmp / "o.json"], ["--sizes", "'a,b'"]),
+        ("bench/studies/calibration_study.py", ["--sizes", "10,0", "--out", tmp / "o.json"], ["--sizes", "'10,0'"]),
+        ("bench/studies/calibration_study.py", ["--draws", "-1", "--out", tmp / "o.json"], ["--draws", ">= 1"]),
+        ("bench/studies/dirmixe_formula.py", ["-c", tmp / "bad.json"], ["bad.json", "malformed JSON"]),
+        ("bench/studies/dirmixe_formula.py", ["--seed", "a"], ["--seed", "'a'"]),
+        ("bench/studies/jpeg_sensitivity.py", [tmp / "nope.pth", "--qualities", "a"], ["--qualities", "'a'"]),
+        ("bench/studies/jpeg_sensitivity.py", [tmp / "nope.pth", "--qualities", "95,0"], ["--qualities", "'95,0'"]),
+        ("bench/studies/own_data_demo.py", ["--work", tmp / "w"], ["required: -r/--resume"]),
+        ("bench/records/portable_record.py", [tmp / "empty"], ["holds no record.json"]),
+        ("bench/records/report.py", ["--results", tmp / "empty", "--doc", tmp / "d.md"], ["holds no record folder"]),
+        ("bench/records/report.py", ["--results", tmp / "empty", "--doc", tmp / "d.md", "--studies", tmp / "nope"],
+         ["--studies", "is not a folder"]),
+        ("bench/records/report.py", ["--bogus"], ["unrecognized arguments: --bogus"]),
+        ("bench/records/record.py", [*record[:2], "--epochs", "0", *record[4:]], ["--epochs", ">= 1"]),
+        ("bench/records/record.py", [*record[:4], "--seed", "-1", *record[6:]], ["--seed", "'-1'"]),
+        ("bench/records/record.py", ["-c", tmp / "bad.json", *record[2:]], ["bad.json", "malformed JSON"]),
+        ("bench/records/record.py", [*record, "--set", "nokey"], ["--set 'nokey'"]),
+        ("bench/records/record.py", [*record, "--data_dir", tmp / "nope"], ["--data_dir", "is not a folder"]),
+        ("bench/records/record.py", [*record[:6], "--work_dir", tmp / "a.txt", *record[8:]], ["--work_dir",
+                                                                                             "Not a directory"]),
+        ("bench/records/reproduce.py", ["--dataset", "digits_lt", "--epochs", "0"], ["--epochs", ">= 1"]),
+        ("bench/records/reproduce.py", ["--dataset", "digits_lt", "--methods", "zzz", "--epochs", "1", "--out_dir",
+                                        tmp / "o"], ["config_digits_lt_zzz.json"]),
+        ("bench/records/reproduce.py", ["--dataset", "digits_lt", "--methods", "tade", "--epochs", "1", "--out_dir",
+                                        tmp / "a.txt"], ["--out_dir", "Not a directory"]),
+        ("bench/records/reproduce.py", ["--dataset", "digits_lt", "--methods", "tade", "--epochs", "1", "--out_dir",
+                                        tmp / "od"], ["results_e1.md exists and is not a result file"]),
+        ("bench/drills/fault_drill.py", ["--epochs", "0"], ["--epochs", ">= 1"]),
+        ("bench/drills/fault_drill.py", ["--drill", "overwrite", "--trials", "0"], ["--trials", ">= 1"]),
+        ("bench/drills/fault_drill.py", ["--config", tmp / "nope.json"], ["nope.json does not exist"]),
+        ("bench/drills/fault_drill.py", ["--workdir", tmp / "a.txt"], ["--workdir", "is not a folder"]),
+    ]
+
+
+def test_every_bench_tool_refuses_bad_arguments_in_one_line_and_writes_nothing(tmp_path, capfd, monkeypatch):
+    """Each case in this process (the tool's main(argv)); the CIFAR-10 download a data-less speed
+    subcommand would start is made to fail as it does offline."""
+    import torchvision.datasets
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("a file of the user's\n")
+    (tmp_path / "bad.json").write_text("{bad")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "od" / "digits_lt").mkdir(parents=True)
+    (tmp_path / "od" / "digits_lt" / "results_e1.md").write_text("my notes\n")  # not reproduce.py's table
+    before = snapshot(tmp_path)
+    failed = []
+    for script, argv, fragments in _tool_cases(tmp_path):
+        code, _, err = run_entry(script, argv, capfd)
+        lines = err.strip().splitlines()
+        if not (code == 2 and len(lines) == 1 and "Traceback" not in err and all(str(f) in lines[0]
+                                                                                  for f in fragments)):
+            failed.append((script, [str(a) for a in argv], code, err[-300:]))
+        if snapshot(tmp_path) != before:
+            failed.append((script, [str(a) for a in argv], "wrote", sorted(set(snapshot(tmp_path)) - set(before))))
+    assert not failed, failed
+
+
+def test_record_makes_relative_paths_absolute_before_the_steps_run_from_the_root(tmp_path, monkeypatch, capfd):
+    from tests.helpers import entry_module
+    seen = {}
+    monkeypatch.setattr(entry_module("bench/records/record.py"), "train",
+                        lambda args, run_dir, log, line: seen.update(vars(args)) or False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    shutil.copyfile(DIGITS, tmp_path / "c.json")
+    code, _, err = run_entry("bench/records/record.py", ["-c", "c.json", "--epochs", "1", "--seed", "1", "--data_dir",
+                                                         "data", "--results_dir", "res", "--work_dir", "work",
+                                                         "--train_only"], capfd)
+    assert code == 0, err
+    assert seen["config"] == str(tmp_path / "c.json") and seen["data_dir"] == str(tmp_path / "data")
+    assert seen["results_dir"] == str(tmp_path / "res")

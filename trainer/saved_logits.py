@@ -30,7 +30,7 @@ import torch
 
 from trainer.view_logits import SavedViews
 from utils.long_tail import shot_masks
-from utils.errors import UserError
+from utils.errors import UserError, shown
 from utils.npz_reader import open_npz
 from utils.safe_write import atomic_file
 
@@ -131,6 +131,7 @@ def load_logits(path, views=None):
         raise UserError(f"logits file {path}: key 'meta' is not JSON ({e})")
     if not isinstance(meta, dict):
         raise UserError(f"logits file {path}: key 'meta' is not a JSON object")
+    _check_meta(path, meta)
     counts = arrays["cls_num_list"]
     if counts.ndim != 1 or not len(counts) or counts.dtype.kind not in "iu" or (counts < 1).any():
         raise UserError(f"logits file {path}: cls_num_list must list each class's training count as an integer >= 1 "
@@ -160,14 +161,31 @@ def load_logits(path, views=None):
     distributions = {n: arrays[f"distribution_{n}"] for n in names}
     n_test = len(splits["test"][1])
     for n, idx in distributions.items():
-        if idx.ndim != 1 or idx.dtype.kind not in "iu" or (idx < 0).any() or (idx >= n_test).any():
-            raise UserError(f"logits file {path}: distribution_{n} must be indices into the {n_test} test images")
+        if idx.ndim != 1 or not len(idx) or idx.dtype.kind not in "iu" or (idx < 0).any() or (idx >= n_test).any():
+            raise UserError(f"logits file {path}: distribution_{n} must be at least one index into the {n_test} test "
+                            "images")
     views = _views(views_path, arrays, splits["test"][0].shape)
     data = OfflineData(num_classes=len(counts), cls_num_list=counts.tolist(),
                        test_targets=splits["test"][1].numpy(), distributions=distributions,
                        validation_info=meta.get("validation_info"), has_validation="validation" in splits,
                        type_name=meta.get("data_loader", ""))
     return SavedLogits(str(path), splits, data, OfflineNet(int(splits["test"][0].shape[1])), meta, views)
+
+
+def _check_meta(path, meta):
+    """The fields of ``meta`` the methods read: ``data_loader`` a name, ``validation_info`` an object
+    whose ``counts`` are per-class image counts (a hand-edited file is one line, not a crash later)."""
+    if not isinstance(meta.get("data_loader", ""), str):
+        raise UserError(f"logits file {path}: meta's data_loader is {shown(meta['data_loader'])}; expected the name "
+                        "of a data module")
+    info = meta.get("validation_info")
+    if info is None:
+        return
+    counts = info.get("counts", []) if isinstance(info, dict) else None
+    if not isinstance(counts, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                               for n in counts):
+        raise UserError(f"logits file {path}: meta's validation_info is {shown(info)}; expected an object whose "
+                        "counts list the split's images per class (integers >= 0)")
 
 
 def _views_file(path, views, arrays):

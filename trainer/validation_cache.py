@@ -23,6 +23,9 @@ used only when the key stored in it equals the key of this call, field for field
   files are read by, ``data_loader.image_file.RULE``);
 - ``arrays``: a digest of the stored logits and targets (a file edited or torn inside is refused).
 
+The arrays must also be what this module writes, whatever the digest says (whoever edits a file can
+recompute one): finite float32 logits, int64 targets equal to the split's labels.
+
 A cache that is missing is computed and written by the write rule (utils/safe_write.py: a
 temporary file of a random name, opened exclusively, then renamed; a folder that cannot be written
 only costs the cache, with a one-line notice). A cache that is truncated, unreadable, from another
@@ -112,10 +115,12 @@ def usable_place(path):
     return True
 
 
-def read_cache(path, key, shape=None):
+def read_cache(path, key, shape=None, expected_targets=None):
     """(logits, targets) from ``path`` if its key equals ``key``; else None, with a notice saying why.
     The key entry is read first; ``shape`` (N, E, C), when given, is what the logits' header must
-    declare before they are read."""
+    declare before they are read. The arrays must then be what :func:`write_cache` writes: finite
+    float32 logits and int64 targets, equal to ``expected_targets`` (the split's labels) when given, whatever
+    the digest stored beside them says (a digest can be recomputed by whoever edits the file)."""
     if not path.exists():
         return None
     try:
@@ -125,7 +130,8 @@ def read_cache(path, key, shape=None):
                 raise ValueError("its key is not a JSON object")
             for part in ("format", "checkpoint", "split"):
                 if stored.get(part) != key[part]:
-                    what = {"format": "an older format", "checkpoint": "another checkpoint",
+                    what = {"format": "an older format",
+                            "checkpoint": "another checkpoint (or architecture, precision, folding)",
                             "split": "another validation split"}[part]
                     _notice(f"{path} is of {what}; recomputing it")
                     return None
@@ -134,13 +140,29 @@ def read_cache(path, key, shape=None):
                 return None
             logits, targets = f.read("logits"), f.read("targets")
     except (UserError, ValueError, RecursionError) as e:
-        reason = "a torn or foreign file" if isinstance(e, UserError) else type(e).__name__
+        said = str(e).split(str(path), 1)[-1].strip(" :;") if isinstance(e, UserError) else ""
+        reason = (said or "a torn or foreign file") if isinstance(e, UserError) else type(e).__name__
         _notice(f"{path} is unreadable ({reason}); recomputing it")
         return None
     if stored.get("arrays") != _digest(logits, targets):
         _notice(f"{path} does not match the digest stored in it; recomputing it")
         return None
+    problem = _array_problem(logits, targets, expected_targets)
+    if problem is not None:
+        _notice(f"{path} holds {problem}; recomputing it")
+        return None
     return torch.from_numpy(logits), torch.from_numpy(targets)
+
+
+def _array_problem(logits, targets, expected_targets=None):
+    """What is wrong with cached arrays that :func:`write_cache` would not have written, or None."""
+    if logits.dtype != np.float32 or targets.dtype != np.int64:
+        return f"logits of dtype {logits.dtype} and targets of dtype {targets.dtype} (expected float32 and int64)"
+    if not np.isfinite(logits).all():
+        return "NaN or infinite logits"
+    if expected_targets is not None and not np.array_equal(targets, np.asarray(expected_targets, dtype=np.int64)):
+        return "targets other than the split's labels"
+    return None
 
 
 def write_cache(path, key, logits, targets):
@@ -176,7 +198,7 @@ def validation_logits(trained, device="cpu", compute=None):
     key = {"format": FORMAT, "checkpoint": checkpoint_key(trained, device), "split": split}
     path = cache_path(trained.path, split)
     usable = usable_place(path)
-    cached = read_cache(path, key, expected_shape(trained)) if usable else None
+    cached = read_cache(path, key, expected_shape(trained), trained.data.validation_set.targets) if usable else None
     if cached is not None:
         return cached
     logits, targets = compute()

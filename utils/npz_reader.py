@@ -6,6 +6,8 @@ record's ``logits.npz``):
 - an array's dtype and shape are read from its header alone (:meth:`Npz.header`), so a caller can
   check a small key entry before any array is decompressed, and an array that declares more than
   the memory available (a zip bomb) is refused before it is read;
+- a file that is not a zip (text, a pickle, a single ``.npy``) is refused by its first bytes, never
+  handed to ``np.load`` (which would try it as a pickle);
 - every failure (not a zip, a torn member, a CRC error, an object array) is one
   :class:`~utils.errors.UserError` naming the file and the array.
 
@@ -20,6 +22,8 @@ import numpy as np
 from utils.errors import UserError
 from utils.memory_budget import check_fits, gib
 from utils.safe_write import open_regular
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
 
 
 def _short(e, limit=160):
@@ -82,6 +86,11 @@ def open_npz(path, what="file"):
     except UserError as e:  # a link, FIFO or device
         raise UserError(f"{what} {e}") from None
     with handle:
+        magic = handle.read(4)
+        handle.seek(0)
+        if magic not in ZIP_MAGIC:  # np.load would try it as a pickle and advise loading it unsafely
+            kind = "an empty file" if not magic else "a single .npy array" if magic == b"\x93NUM" else "not a zip"
+            raise UserError(f"{what} {path} is not an .npz ({kind}); expected named arrays as np.savez writes them")
         try:
             npz = np.load(handle, allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - not a zip, not an array, a torn central directory

@@ -32,7 +32,11 @@ record): ``portable_record.py`` on a torn or pickled npz, a truncated ``model.pt
 that is not UTF-8 or is a FIFO, a missing folder; ``test_time_methods.py --logits`` a torn file or a
 FIFO; ``record.py --name ../escape`` and a 300-character name; ``report.py`` on records with
 ``epochs "thirty"``, ``Infinity``, ``-1e999``, a name with ``|``, no ``config.json``; ``test.py --bs 0``
-and ``--draws 0``. Each must exit 2 with one line, write nothing and wait on nothing (120 s).
+and ``--draws 0``; ``speed.py`` without a subcommand and ``loader --workers -1``;
+``calibration_study.py --sizes a,b``; ``dirmixe_formula.py`` on a malformed config; ``test_train.py
+--logits`` a text file; ``record.py --epochs 0``; ``reproduce.py --methods zzz``; ``report.py`` on an
+empty ``--results``; ``portable_record.py`` on an empty folder; ``fault_drill.py --trials 0``. Each
+must exit 2 with one line, write nothing and wait on nothing (120 s).
 """
 import argparse
 import json
@@ -52,7 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
 from bench.common import ROOT
 
 from utils.checkpoint import load_checkpoint
-from utils.errors import UserError
+from utils.cli import ArgumentParser, nonnegative_int, positive_int
+from utils.errors import UserError, cli_entry
+from utils.parse_config import read_json
 from utils.safe_write import open_append
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -419,11 +425,33 @@ def tools_drill(args, work, log):
     cases += [("test.py --bs 0", tool("test.py", "-r", work / "no.pth", "--bs", 0)),
               ("test.py --protocol dirmixe --draws 0", tool("test.py", "-r", work / "no.pth", "--protocol", "dirmixe",
                                                             "--draws", 0))]
+    empty = work / "empty"  # a folder that holds nothing: no record, no records
+    empty.mkdir()
+    (work / "text.npz").write_text("not an archive\n")
+    (work / "bad.json").write_text("{bad")
+    cases += [("speed.py without a subcommand", tool("bench/speed/speed.py")),
+              ("speed.py loader --workers -1", tool("bench/speed/speed.py", "loader", "--workers", -1)),
+              ("calibration_study.py --sizes a,b", tool("bench/studies/calibration_study.py", "--sizes", "a,b",
+                                                        "--out", out)),
+              ("dirmixe_formula.py -c a malformed config", tool("bench/studies/dirmixe_formula.py", "-c",
+                                                                work / "bad.json")),
+              ("test_train.py --logits a text file",
+               tool("test_train.py", "-c", ROOT / "configs" / "test_time_cifar10_prior.json", "--logits",
+                    work / "text.npz", "--out", out)),
+              ("record.py --epochs 0", tool("bench/records/record.py", "-c", args.config, "--epochs", 0, "--seed", 1,
+                                            "--work_dir", work / "record_work", "--results_dir",
+                                            work / "record_results")),
+              ("reproduce.py --methods zzz", tool("bench/records/reproduce.py", "--dataset", "digits_lt", "--methods",
+                                                  "zzz", "--epochs", 1, "--out_dir", work / "record_results")),
+              ("report.py on an empty --results", tool("bench/records/report.py", "--results", empty, "--doc",
+                                                       work / "report_empty" / "page.md")),
+              ("portable_record.py on an empty folder", tool("bench/records/portable_record.py", empty)),
+              ("fault_drill.py --trials 0", tool("bench/drills/fault_drill.py", "--drill", "overwrite", "--trials", 0))]
     ok = True
     for name, cmd in cases:
         ok &= overwrite_case(name, cmd, [damaged, odd, pickled], log=log, timeout=120,
                              check=lambda: not out.exists() and not any(work.glob("report_*/page.md"))
-                             and not (work / "record_results").exists())
+                             and not (work / "record_results").exists() and not any(empty.iterdir()))
     return ok
 
 
@@ -437,17 +465,24 @@ def same_state(a_path, b_path):
     return weights, optimizer, len(a["state_dict"]), a["epoch"], b["epoch"]
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@cli_entry
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "configs" / "config_digits_lt_tade.json"))
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--kills", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
-    p.add_argument("--train_seed", type=int, default=1)
+    p.add_argument("--epochs", type=positive_int, default=8)
+    p.add_argument("--kills", type=nonnegative_int, default=5)
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the kill moments")
+    p.add_argument("--train_seed", type=nonnegative_int, default=1)
     p.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     p.add_argument("--drill", default="kill", choices=("kill", "disk-full", "concurrent-resume", "overwrite", "tools"))
-    p.add_argument("--trials", type=int, default=5, help="overwrite drill: trials of two concurrent test.py")
-    args = p.parse_args()
+    p.add_argument("--trials", type=positive_int, default=5, help="overwrite drill: trials of two concurrent test.py")
+    args = p.parse_args(argv)
+    args.config = os.path.abspath(args.config)  # the runs start from the project root
+    read_json(args.config)  # missing or malformed: one line, before any run
+    if args.workdir is not None:
+        args.workdir = os.path.abspath(args.workdir)
+        if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+            raise UserError(f"--workdir {args.workdir} is not a folder; expected a folder to keep the runs in")
     rng = random.Random(args.seed)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fault_drill_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ files are assembled in a folder beside the record and linked into it together at
 import argparse
 import datetime
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -145,7 +146,9 @@ def main(argv=None):
     from utils.runtime import parse_device
     args = parse_args(argv)
     started = time.time()
-    folder = Path(args.record)
+    if args.data_dir:  # the steps run from the project root: a relative path means the caller's folder
+        args.data_dir = os.path.abspath(args.data_dir)
+    folder = Path(os.path.abspath(args.record))
     device = str(parse_device(args.device)[0])  # what test.py will run on (an unknown device: one line, now)
     rec, logits, labels = check_record(folder)
     config = config_from_checkpoint(load_checkpoint(folder / "model.pth"))
@@ -156,9 +159,13 @@ def main(argv=None):
     precision = rec.get("precision")
     if precision in AUTOCAST:  # the record's precision, whatever this machine's "auto" would choose
         config.setdefault("trainer", {})["autocast"] = AUTOCAST[precision]
-    work_dir = Path(args.work_dir).expanduser()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{folder.name}.add_views.", dir=work_dir))
+    work_dir = Path(os.path.abspath(Path(args.work_dir).expanduser()))
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{folder.name}.add_views.", dir=work_dir))
+    except OSError as e:
+        raise UserError(f"--work_dir {args.work_dir}: cannot make a work folder there ({e.strerror}); expected a "
+                        "writable folder") from None
     try:
         stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.addendum.", suffix=".partial", dir=folder.parent))
     except OSError as e:

@@ -223,6 +223,11 @@ def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", nargs="+", help="record folders (results/NAME)")
     args = p.parse_args(argv)
+    for folder in map(Path, args.records):  # a folder that is no record (empty, another folder) is not "clean"
+        files_of(folder)
+        if not (folder / "record.json").is_file():
+            raise UserError(f"record folder {folder} holds no record.json; expected a folder bench/records/record.py "
+                            "wrote (results/NAME)")
     left = [(folder, name, path) for folder in args.records for name, path in machine_paths(folder)]
     for folder, name, path in left:
         print(f"{Path(folder) / name}: machine path {path}", file=sys.stderr)

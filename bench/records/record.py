@@ -42,8 +42,9 @@ from bench.common import ROOT
 
 from bench.records.portable_record import apply, data_fingerprint, places, plan, portable
 from bench.records.steps import command, run_step, train_or_resume, training_stats
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, nonnegative_int, positive_int
 from utils.errors import UserError, cli_entry
+from utils.parse_config import parse_set_expression, read_json
 from utils.run_folder import check_folder_name
 from utils.safe_write import check_target, write_bytes, write_json, write_text
 
@@ -126,8 +127,8 @@ def small_weights(checkpoint, out):
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", required=True)
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--epochs", type=positive_int, required=True)
+    p.add_argument("--seed", type=nonnegative_int, required=True)
     p.add_argument("--data_dir")
     p.add_argument("--set", action="append", default=[], help="train.py --set overrides (the recipe at this budget)")
     p.add_argument("--name", help="record name (default: <config>_e<epochs>_s<seed>)")
@@ -140,6 +141,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     command_line = [WRITER, *argv]  # run from the repository root
     args = p.parse_args(argv)
+    for option in ("config", "data_dir", "results_dir"):  # the steps run from the project root, the user from anywhere
+        if getattr(args, option):
+            setattr(args, option, os.path.abspath(getattr(args, option)))
     name = check_folder_name(args.name or default_name(args.config, args.epochs, args.seed),
                              "record: --name" if args.name else "record: the default name (give --name)")
     final = Path(args.results_dir) / name
@@ -147,11 +151,20 @@ def main(argv=None):
         raise UserError(f"record: {final} is a recorded run and records are never overwritten; choose another --name")
     if not Path(args.config).is_file():
         raise UserError(f"record: -c {args.config} is not a file; expected a training config (configs/*.json)")
+    read_json(args.config)  # malformed: one line now, not a failed step after the work folder is made
+    for expression in args.set:
+        parse_set_expression(expression)
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise UserError(f"record: --data_dir {args.data_dir} is not a folder; expected the folder of the config's data")
     # before training (hours): the record can be assembled where it is asked for
     check_target(Path(args.results_dir) / f".{name}.partial" / "record.json", WRITER, option="--results_dir")
     work = Path(args.work_dir).expanduser().resolve() / name
     run_dir = work / "train"
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"record: --work_dir {args.work_dir}: cannot create {work} ({e.strerror}); expected a "
+                        "writable folder") from None
     log = work / "record.log"
     started = time.time()
     trained = train(args, run_dir, log, command_line)

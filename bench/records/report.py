@@ -38,7 +38,8 @@ from bench.records import figures
 from bench.records.addendum import LATER, ROWS, added, merge, note, read_addendum
 from bench.records.distributions import short
 from bench.records.methods import AGGREGATION, DEFAULT_PRIOR, groups_over_seeds, method_name
-from utils.errors import UserError, one_line, shown
+from utils.cli import ArgumentParser
+from utils.errors import UserError, cli_entry, one_line, shown
 from utils.safe_write import check_target, write_bytes, write_text
 
 WRITER = "bench/records/report.py"
@@ -201,6 +202,9 @@ def load_records(results_dir):
         raise ReportError(f"--results {results_dir} is one record; expected the folder that holds the records "
                           f"({results_dir.parent})")
     folders = sorted(p for p in results_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:  # a page without a table would replace the page of the records
+        raise ReportError(f"--results {results_dir} holds no record folder; expected the folder of the records "
+                          "(results/), each a folder bench/records/record.py wrote")
     return [load_record(f) for f in folders]
 
 
@@ -720,8 +724,9 @@ def stale_figures(drawn, folder):
     return [f for f in drawn if figures.stamp(folder / f.name).get("Description") != f.digest()]
 
 
+@cli_entry
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--check", action="store_true",
@@ -745,6 +750,9 @@ def main(argv=None):
             for name in figures.NAMES:
                 check_target(folder / name, WRITER, option="--doc's figure",
                              recognise=lambda p: figures.stamp(p).get("Source") == WRITER)
+        if not Path(args.studies).is_dir():
+            raise ReportError(f"--studies {args.studies} is not a folder; expected the folder of the study files "
+                              "(docs/studies/)")
         records = load_records(args.results)
         own_data = render_own_data(load_own_data(args.studies))
         generated = render_checked(records) + render_studies(load_studies(args.studies)) + own_data

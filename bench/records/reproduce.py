@@ -14,6 +14,7 @@ command again: finished steps are skipped, a partly trained run resumes from its
 """
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -24,8 +25,10 @@ from bench.common import ROOT
 
 from bench.records.distributions import short
 from bench.records.steps import command, run_step, train_or_resume, training_stats
-from utils.parse_config import read_json
-from utils.safe_write import write_text
+from utils.cli import ArgumentParser, nonnegative_int, positive_int
+from utils.errors import UserError, cli_entry
+from utils.parse_config import parse_set_expression, read_json
+from utils.safe_write import check_target, write_text
 
 # docs/methods.md#published-results (top-1 %); missing entries are not published.
 PUBLISHED = {
@@ -57,6 +60,8 @@ PUBLISHED = {
     },
 }
 LABEL = {"softmax": "Softmax", "ride": "RIDE", "tade": "TADE", "tade_no_tt": "TADE, no test-time step"}
+WRITER = "bench/records/reproduce.py"
+TABLE_HEAD = "| method |"  # how the table this tool writes starts: the one file it replaces in --out_dir
 SCALED_KEYS = ("step1", "step2", "warmup_epoch", "T_max", "step_size", "milestones")
 
 
@@ -91,7 +96,7 @@ def test_time_config(dataset):
     families = [p.name[len("test_time_"):-len("_tade.json")] for p in (ROOT / "configs").glob("test_time_*_tade.json")]
     family = longest_prefix(dataset, families)
     if family is None:
-        sys.exit(f"--dataset {dataset}: no configs/test_time_<family>_tade.json matches")
+        raise UserError(f"--dataset {dataset}: no configs/test_time_<family>_tade.json matches")
     return ROOT / "configs" / f"test_time_{family}_tade.json"
 
 
@@ -157,25 +162,45 @@ def markdown_table(args, rows, names):
     return "\n".join(lines) + "\n"
 
 
+@cli_entry
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True,
                    help="configs/config_<dataset>_<method>.json, e.g. cifar100_ir100, imagenet_lt_resnext50")
     p.add_argument("--methods", default="softmax,ride,tade")
-    p.add_argument("--epochs", type=int, required=True, help="epoch budget per method")
+    p.add_argument("--epochs", type=positive_int, required=True, help="epoch budget per method")
     p.add_argument("--data_dir")
     p.add_argument("--out_dir", default=str(ROOT / "runs" / "reproduce"))
     p.add_argument("-d", "--device")
     p.add_argument("--set", action="append", default=[], help="extra train.py --set overrides")
-    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed; the table gives mean +- std")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", help="one run per seed; the table gives mean +- std")
     args = p.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise UserError(f"--methods {args.methods!r}: expected method names like softmax,ride,tade")
+    for method in methods:  # every config before any work (and before the output folder is made)
+        config = ROOT / "configs" / f"config_{args.dataset}_{method}.json"
+        if not config.is_file():
+            raise UserError(f"--dataset {args.dataset} --methods {method}: no config configs/{config.name}; expected "
+                            "a dataset and methods of configs/config_<dataset>_<method>.json")
+        read_json(config)
+        if method == "tade":
+            test_time_config(args.dataset)
+    for expression in args.set:
+        parse_set_expression(expression)
+    if args.data_dir:  # the steps run from the project root
+        args.data_dir = os.path.abspath(args.data_dir)
     out_dir = Path(args.out_dir).resolve() / args.dataset
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out_dir {args.out_dir}: cannot create {out_dir} ({e.strerror}); expected a writable "
+                        "folder") from None
+    table_path = check_target(out_dir / f"results_e{args.epochs}.md", WRITER, option="--out_dir",
+                              recognise=lambda path: path.read_text(errors="replace").startswith(TABLE_HEAD))
     log = out_dir / "reproduce.log"
     rows, names = {}, None
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        if not (ROOT / "configs" / f"config_{args.dataset}_{method}.json").is_file():
-            sys.exit(f"--methods: no config configs/config_{args.dataset}_{method}.json")
+    for method in methods:
         for seed in args.seeds or [None]:
             run_dir, trained = train_method(args, method, out_dir, log, seed)
             print(f"{method}{'' if seed is None else f' seed {seed}'}: "
@@ -187,9 +212,9 @@ def main(argv=None):
                 rows[key] = (per_seed + [dists], macs, total + seconds, rate)
                 names = names or list(dists)
     table = markdown_table(args, rows, names)
-    write_text(out_dir / f"results_e{args.epochs}.md", table)
+    write_text(table_path, table)
     print(table)
-    print(f"wrote {out_dir / f'results_e{args.epochs}.md'}")
+    print(f"wrote {table_path}")
 
 
 if __name__ == "__main__":

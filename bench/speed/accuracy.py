@@ -25,6 +25,8 @@ from model.metric import accuracy_from_confusion, confusion_matrix
 from trainer.build import load_trained
 from trainer.forward import predict
 from utils.parse_config import parse_set_expression, set_by_path
+from utils.cli import nonnegative_int, positive_int
+from utils.errors import UserError
 from utils.performance import Performance
 from utils.safe_write import check_target, write_json, write_text
 
@@ -52,7 +54,8 @@ def train(variant, seed, epochs, data_dir, save_dir, extra=(), config_path=CONFI
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
-        sys.exit(f"train.py failed ({variant}, seed {seed}):\n{proc.stderr[-3000:]}")
+        last = proc.stderr.strip().splitlines()[-1:]
+        sys.exit(f"{WRITER}: train.py failed ({variant}, seed {seed}, exit {proc.returncode}): {last}")
     return Path(save_dir) / config["name"] / f"{variant}{seed}" / "last.pth", time.perf_counter() - start
 
 
@@ -72,15 +75,15 @@ def evaluate(checkpoint, perf):
 
 
 def add_arguments(p):
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--epochs", type=positive_int, default=4)
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[1])
     p.add_argument("--variants", nargs="+", default=["fast", "plain"], choices=list(VARIANTS))
     p.add_argument("--out", default=None, help="JSON file for the results (default: a temporary folder)")
 
 
 def run(args):
     if args.epochs < 2:
-        sys.exit("--epochs must be at least 2 (warmup 1 epoch, x0.1 for the last)")
+        raise UserError(f"--epochs {args.epochs}: expected at least 2 (warmup 1 epoch, x0.1 for the last)")
     out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "speed_accuracy.json"
     check_target(out, WRITER, legacy=lambda r: "accuracy" in r and "runs" in r)  # before the training runs
     rows, meta = {}, {}

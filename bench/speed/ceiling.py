@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import model.loss as losses
 from model.fold_batchnorm import folded_copy
 from trainer.build import build_model, build_performance, resolve_config
+from utils.cli import positive_int
 from utils.performance import Performance
 
 
@@ -122,9 +123,9 @@ def matmul_rate(device, dtype, n=4096, repeats=5):
 
 
 def add_arguments(p):
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--matmul", type=int, default=4096, help="size n of the n x n matrix product")
+    p.add_argument("--steps", type=positive_int, default=8)
+    p.add_argument("--batch", type=positive_int, default=128)
+    p.add_argument("--matmul", type=positive_int, default=4096, help="size n of the n x n matrix product")
 
 
 def run(args):

@@ -9,10 +9,11 @@ from base.base_model import average_experts
 from bench.common import load_model_and_data
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
+from utils.cli import positive_int
 
 
 def add_arguments(p):
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=2)
 
 
 def run(args):

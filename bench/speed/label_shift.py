@@ -12,7 +12,6 @@ pass with the cache warm" is about, and step 2 separately. The cache file is rem
 cold figure is a cold one (``--keep_cache`` keeps it).
 """
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from trainer.adaptation import run_method, validation_source
 from trainer.build import load_trained, resolve_config
 from trainer.forward import collect_expert_logits
 from trainer import validation_cache
+from utils.errors import UserError
 from utils.parse_config import ConfigParser
 
 
@@ -41,7 +41,7 @@ def add_arguments(p):
 
 def run(args):
     if not args.checkpoint:
-        sys.exit("bench/speed/speed.py label-shift: --checkpoint is needed (a trained model)")
+        raise UserError("bench/speed/speed.py label-shift: --checkpoint is needed (a trained model)")
     dataset = resolve_config(None, args.checkpoint)[0]["data_loader"]["type"]
     config_path = Path(args.test_time_config) if args.test_time_config else family_config("prior", dataset)
     raw = json.loads(config_path.read_text())

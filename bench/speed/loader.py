@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from data_loader import ImageNetLTDataLoader
+from utils.cli import nonnegative_int, positive_int
 
 
 def write_jpegs(root, n, size=(500, 375), classes=10, seed=0):
@@ -32,10 +33,10 @@ def write_jpegs(root, n, size=(500, 375), classes=10, seed=0):
 
 
 def add_arguments(p):
-    p.add_argument("--images", type=int, default=512)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--images", type=positive_int, default=512)
+    p.add_argument("--workers", type=nonnegative_int, default=2)
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=2)
 
 
 def run(args):

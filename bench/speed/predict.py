@@ -8,11 +8,12 @@ validation-logits cache beside the checkpoint and is not counted. Prints both me
 ratio (the target: at most 1.2). Time it on a quiet machine only.
 """
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 from bench.common import ROOT, timed_script
+from utils.cli import positive_int
+from utils.errors import UserError
 
 WRITER = "bench/speed/speed.py predict"
 
@@ -20,13 +21,20 @@ WRITER = "bench/speed/speed.py predict"
 def add_arguments(p):
     p.add_argument("--images", help="a folder of images (the checkpoint's test/ folder) or a list file")
     p.add_argument("--test_time_config", default=str(ROOT / "configs" / "test_time_folder_prior.json"))
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--work", help="folder for the outputs (default: a temporary folder)")
 
 
 def run(args):
     if not args.checkpoint or not args.images:
-        sys.exit(f"{WRITER}: --checkpoint and --images are needed (a folder-trained model and its test/ folder)")
+        raise UserError(f"{WRITER}: --checkpoint and --images are needed (a folder-trained model and its test/ "
+                        "folder)")
+    for option, path in (("--checkpoint", args.checkpoint), ("--images", args.images),
+                         ("--test_time_config", args.test_time_config)):
+        if not Path(path).exists():  # before the first timed run
+            raise UserError(f"{option} {path} does not exist")
+    if args.work is not None and Path(args.work).exists() and not Path(args.work).is_dir():
+        raise UserError(f"--work {args.work} is not a folder; expected a folder for the outputs")
     work = Path(args.work or tempfile.mkdtemp(prefix="predict_speed_"))
     plain = ["test.py", "-r", args.checkpoint, "--distributions", "uniform", "--out", work / "eval.json"]
     predict = ["test_train.py", "-c", args.test_time_config, "-r", args.checkpoint, "--images", args.images,

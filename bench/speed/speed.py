@@ -46,11 +46,15 @@ for the default config.
 """
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
 from bench.common import DEFAULT_DATA, ROOT
+
+from utils.cli import ArgumentParser
+from utils.errors import cli_entry
 
 DEFAULT_CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
 
@@ -66,6 +70,9 @@ SUBCOMMANDS = {
     "loader": ("loader", ()),
     "ceiling": ("ceiling", ("config", "device")),
 }
+
+
+PATHS = ("config", "checkpoint", "data_dir", "images", "test_time_config", "work", "out")  # made absolute
 
 
 def add_shared(p, names):
@@ -84,8 +91,9 @@ def add_shared(p, names):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="|".join(SUBCOMMANDS))
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(  # each subcommand's parser is an ArgumentParser too: usage errors are one line, exit 2
+        dest="command", required=True, metavar="|".join(SUBCOMMANDS))
     for name, (module, shared) in SUBCOMMANDS.items():
         part = importlib.import_module(f"bench.speed.{module}")
         sp = sub.add_parser(name, help=part.__doc__.splitlines()[0], description=part.__doc__,
@@ -96,8 +104,15 @@ def build_parser():
     return p
 
 
+@cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    for name in PATHS:  # the steps run from the project root: a relative path means the caller's folder
+        if getattr(args, name, None):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
+    if getattr(args, "device", None) is not None:
+        from utils.runtime import parse_device
+        parse_device(args.device)  # an unknown device: one line, before any work
     args.run(args)
 
 

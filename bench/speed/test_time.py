@@ -15,6 +15,7 @@ from bench.common import ROOT, load_model_and_data
 from trainer.adaptation import run_method
 from trainer.build import Trained, build_data, build_test_time_method
 from trainer.forward import collect_expert_logits
+from utils.cli import positive_int
 from utils.parse_config import ConfigParser
 from utils.performance import Performance
 
@@ -34,7 +35,7 @@ def aggregate(trained, clean, targets, idx, device, epochs, backprop, seed=0):
 
 def add_arguments(p):
     p.add_argument("--distribution", default="forward50")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=positive_int, default=1)
 
 
 def run(args):

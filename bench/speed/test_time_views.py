@@ -14,7 +14,6 @@ ran): the timings are complete after the first seed, each further seed adds to t
 """
 import functools
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,17 +24,19 @@ from bench.common import ROOT, ensure_cifar10, output_path, timed_script, write_
 from bench.studies.test_time_methods import family_config
 from trainer.build import load_trained, resolve_config
 from trainer.forward import collect_expert_logits
+from utils.cli import nonnegative_int, positive_int
+from utils.errors import UserError
 
 WRITER = "bench/speed/speed.py test-time-views"
 
 
 def add_arguments(p):
-    p.add_argument("--epochs", type=int, help="test-time epochs (default: the test-time config's)")
+    p.add_argument("--epochs", type=positive_int, help="test-time epochs (default: the test-time config's)")
     p.add_argument("--distributions", default="all", help="all, or names like forward50,uniform")
-    p.add_argument("--seeds", type=int, default=3, help="how many seeds the accuracy comparison runs")
-    p.add_argument("--first_seed", type=int, default=1,
+    p.add_argument("--seeds", type=positive_int, default=3, help="how many seeds the accuracy comparison runs")
+    p.add_argument("--first_seed", type=nonnegative_int, default=1,
                    help="the first of them (seeds FIRST..FIRST+N-1; another range adds seeds to a comparison)")
-    p.add_argument("--repeats", type=int, default=3, help="alternated repeats of the in-process pass timing")
+    p.add_argument("--repeats", type=positive_int, default=3, help="alternated repeats of the in-process pass timing")
     p.add_argument("--out", help="JSON report (default: test_time_views.json beside the checkpoint)")
 
 
@@ -84,9 +85,7 @@ def top1_table(runs):
 
 def run(args):
     if not args.checkpoint:
-        sys.exit(f"{WRITER}: --checkpoint is needed (a trained TADE record, e.g. results/NAME/model.pth)")
-    if args.seeds < 1:
-        sys.exit(f"{WRITER}: --seeds {args.seeds}: expected at least 1 (the seeds of the accuracy comparison)")
+        raise UserError(f"{WRITER}: --checkpoint is needed (a trained TADE record, e.g. results/NAME/model.pth)")
     out = output_path(args.out, args.checkpoint, "test_time_views.json", WRITER)
     dataset = resolve_config(None, args.checkpoint)[0]["data_loader"]["type"]
     data_dir = ensure_cifar10(args.data_dir) if dataset.startswith("CIFAR10") else args.data_dir

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import PLAIN, ROOT, ensure_cifar10
+from utils.cli import positive_int
 
 DEFAULT_CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
 
@@ -31,15 +32,16 @@ def measure(data_dir, epochs=1, extra=(), device="cpu", config=DEFAULT_CONFIG):
             cmd += ["--set", item]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode:
-            sys.exit(proc.stderr[-2000:])
+            last = proc.stderr.strip().splitlines()[-1:]
+            sys.exit(f"bench/speed/speed.py train: train.py failed (exit {proc.returncode}): {last}")
         rates = [float(v) for v in re.findall(r"images_per_s ([0-9.]+)", proc.stdout)]
         seconds = [float(v) for v in re.findall(r"epoch_time_s ([0-9.]+)", proc.stdout)]
         return rates, seconds
 
 
 def add_arguments(p):
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--epochs", type=positive_int, default=1)
+    p.add_argument("--repeats", type=positive_int, default=2)
     p.add_argument("--only", choices=["defaults", "plain"], help="measure one variant (no ratio)")
 
 

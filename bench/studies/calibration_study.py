@@ -69,8 +69,8 @@ from trainer.adaptation import context_for
 from trainer.protocols import test_sets
 from trainer.saved_logits import load_logits
 from trainer.test_time.prior_calibration import BIAS_FAMILIES
-from utils.cli import ArgumentParser
-from utils.errors import UserError, cli_entry
+from utils.cli import ArgumentParser, positive_int
+from utils.errors import UserError, cli_entry, shown
 from utils.parse_config import ConfigParser
 from utils.safe_write import check_target, write_json
 
@@ -271,12 +271,22 @@ def evaluate(record, rows, size, draws):
     return out
 
 
+def size_list(text):
+    """argparse type of ``--sizes``: comma-separated integers >= 1 or ``all`` (at least one)."""
+    sizes = [s.strip() for s in str(text).split(",")]
+    if not all(s == "all" or (s.isdigit() and int(s) >= 1) for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected images per class as integers >= 1 or all, like 10,20,all; got "
+                                         f"{shown(text)}")
+    return [s if s == "all" else int(s) for s in sizes]
+
+
 @cli_entry
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", nargs="*", help="record folders (default: every results/*/ with logits.npz)")
-    p.add_argument("--sizes", default="10,20,50,100,all")
-    p.add_argument("--draws", type=int, default=5)
+    p.add_argument("--sizes", default="10,20,50,100,all", type=size_list,
+                   help="validation images per class, comma-separated integers >= 1 or all")
+    p.add_argument("--draws", type=positive_int, default=5)
     p.add_argument("--rows", default=DEFAULT_ROWS, help="ESTIMATOR:FAMILY,... (estimators: "
                    + ", ".join(ESTIMATORS) + "; families: " + ", ".join(BIAS_FAMILIES) + ")")
     p.add_argument("--training_images", action="store_true",
@@ -287,7 +297,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     target = check_target(Path(args.out), WRITER)  # before any work: not a link, not in a record, ours if it exists
     folders = [Path(r) for r in args.records] or sorted(f.parent for f in (ROOT / "results").glob("*/logits.npz"))
-    sizes = [s if s == "all" else int(s) for s in args.sizes.split(",")]
+    sizes = args.sizes
     everything = {}
     for folder in folders:
         record = Record(folder, args.data_dir)

@@ -18,6 +18,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
 from bench.common import ROOT
 
+from utils.cli import ArgumentParser, nonnegative_int
+from utils.errors import cli_entry
+from utils.parse_config import read_json
+
 
 def authors_formula(logits, target, weights, experts, counts, power, lambda_var, penalty):
     """(per-draw losses [T], loss) for logits [B, 3, C], draws ``weights`` [T, C] with ``experts`` [T]."""
@@ -38,16 +42,18 @@ def authors_formula(logits, target, weights, experts, counts, power, lambda_var,
     return stacked, (mean + lambda_var * var if penalty else mean)
 
 
-def main():
+@cli_entry
+def main(argv=None):
     from bench.common import DEFAULT_DATA, ensure_cifar10
     from trainer.build import build_data, build_loss, build_model, resolve_config
     from utils.seed import seed_everything
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", default=str(ROOT / "configs" / "config_cifar10_ir100_dirmixe.json"))
     p.add_argument("--data_dir", default=str(DEFAULT_DATA))
-    p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args()
+    p.add_argument("--seed", type=nonnegative_int, default=1)
+    args = p.parse_args(argv)
+    read_json(args.config)  # a missing or malformed config: one line, before the data is written
     ensure_cifar10(args.data_dir)
     config, _ = resolve_config(args.config, None, [("data_loader.args.data_dir", args.data_dir, "--data_dir")])
     data = build_data(config)

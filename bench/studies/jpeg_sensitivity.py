@@ -10,6 +10,7 @@ images, and both the training and the test images went through it. Re-encoding t
 more, at the same and at harsher qualities, measures how far the model's accuracy moves with one
 more JPEG step: a bound on how much the copy can shift published comparisons.
 """
+import argparse
 import io
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from bench.common import checkpoint_parser, output_path, write_report
 from trainer.build import load_trained
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
-from utils.errors import UserError, cli_entry
+from utils.errors import UserError, cli_entry, shown
 
 WRITER = "bench/studies/jpeg_sensitivity.py"
 
@@ -40,10 +41,18 @@ def reencode(images, quality):
     return out
 
 
+def quality_list(text):
+    """argparse type of ``--qualities``: comma-separated JPEG qualities, integers from 1 to 100."""
+    parts = [q.strip() for q in str(text).split(",")]
+    if not all(q.isdigit() and 1 <= int(q) <= 100 for q in parts):
+        raise argparse.ArgumentTypeError(f"expected JPEG qualities from 1 to 100 like 95,75,50; got {shown(text)}")
+    return [int(q) for q in parts]
+
+
 @cli_entry
 def main(argv=None):
     p = checkpoint_parser(__doc__)
-    p.add_argument("--qualities", default="95,75,50,30")
+    p.add_argument("--qualities", default="95,75,50,30", type=quality_list)
     args = p.parse_args(argv)
     out = output_path(args.out, args.checkpoint, "jpeg_sensitivity.json", WRITER,
                       legacy=lambda r: isinstance(r.get("qualities"), dict) and "checkpoint" in r)
@@ -55,7 +64,7 @@ def main(argv=None):
     dists = data.test_distributions()
     original = data.test_set.data
     rows, report = [], {"checkpoint": args.checkpoint, "qualities": {}}
-    for quality in [None] + [int(q) for q in args.qualities.split(",")]:
+    for quality in [None] + args.qualities:
         data.test_set.data = original if quality is None else reencode(original, quality)
         data._device_sets.pop(("test", str(args.device)), None)  # the tensor pipeline's cached copy
         logits, targets = collect_expert_logits(trained.net, data.test_loader(device=args.device), args.device,
