@@ -1,5 +1,7 @@
 """Shared test helpers: small generated datasets in the real formats, and running the scripts."""
+import contextlib
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -216,3 +218,17 @@ def assert_same_state(a_path, b_path):
     momentum = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
     assert len(momentum) == len(b["optimizer"]["state"])
     assert all(torch.equal(x, s["momentum_buffer"]) for x, s in zip(momentum, b["optimizer"]["state"].values()))
+
+
+@contextlib.contextmanager
+def train_log(caplog):
+    """caplog capturing the "train" logger at INFO. utils/logger.py stops that logger's propagation
+    once a run has set it up, so caplog's own capture misses it after any training test in the session."""
+    logger = logging.getLogger("train")
+    with caplog.at_level(logging.INFO, logger="train"):
+        caplog.handler.setLevel(logging.INFO)
+        logger.addHandler(caplog.handler)
+        try:
+            yield caplog
+        finally:
+            logger.removeHandler(caplog.handler)

@@ -233,14 +233,14 @@ def test_odd_images_read_as_upright_8_bit_rgb(tmp_path, monkeypatch):
 def test_odd_images_in_a_training_folder(tmp_path, caplog):
     """Valid odd images train like any other; files not named as images (and links to folders) are
     left out with one counted note, hidden files silently."""
-    import logging
+    from tests.helpers import train_log
     from tests.image_folders import write_odd_images
     root = write_folder(tmp_path / "data", (2, 3), classes=("cat", "dog"))
     odd = write_odd_images(root / "train" / "cat" / "odd")
     for name in ("README.txt", "scan.tif", "clip.gif", ".DS_Store", "._00.png"):
         (root / "train" / "cat" / name).write_bytes(b"\0\1")
     (root / "train" / "dog" / "linked").symlink_to(root / "train" / "dog")  # a loop: never walked
-    with caplog.at_level(logging.INFO, logger="train"):
+    with train_log(caplog):
         data = module(root, validation=False)
     assert data.cls_num_list == [2 + len(odd), 3]
     notes = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]

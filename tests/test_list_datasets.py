@@ -1,5 +1,4 @@
 """List-based datasets (ImageNet-LT, Places-LT, iNat; docs/methods.md#list-datasets) on generated JPEGs and lists."""
-import logging
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from data_loader import ImageNetLTDataLoader, INaturalistDataLoader, PlacesLTDat
 from data_loader.list_lt import UnreadableImageError
 from data_loader.transforms import CapAspect
 from utils.long_tail import img_num_per_cls
+from tests.helpers import train_log
 from tests.list_data import TRAIN_COUNTS, list_module_args, write_list_dataset
 from utils.errors import UserError
 
@@ -46,13 +46,8 @@ def test_published_resize_and_inat_transform(lists):
 
 
 def test_places_relabels_by_training_frequency(lists, caplog):
-    with caplog.at_level(logging.INFO, logger="train"):
-        caplog.handler.setLevel(logging.INFO)
-        logging.getLogger("train").addHandler(caplog.handler)
-        try:
-            data = PlacesLTDataLoader(**list_module_args(lists))
-        finally:
-            logging.getLogger("train").removeHandler(caplog.handler)
+    with train_log(caplog):
+        data = PlacesLTDataLoader(**list_module_args(lists))
     order = np.argsort(-np.asarray(TRAIN_COUNTS), kind="stable")  # old labels, most frequent first
     assert data.cls_num_list == sorted(TRAIN_COUNTS, reverse=True)
     assert data.label_map[order].tolist() == list(range(len(TRAIN_COUNTS)))
