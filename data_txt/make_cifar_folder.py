@@ -24,14 +24,39 @@ if __package__ in (None, ""):  # run as a script (python data_txt/make_cifar_fol
 
 from data_loader.cifar_lt import read_cifar_batch
 from data_loader.validation_split import held_out_split
+from utils.cli import ArgumentParser, positive_int
 from utils.errors import UserError, cli_entry
 from utils.long_tail import img_num_per_cls, select_per_class
 from utils.safe_pickle import load_data_pickle
 
 
 def class_names(cifar_dir):
-    with open(Path(cifar_dir) / "batches.meta", "rb") as f:
-        return [str(n) for n in load_data_pickle(f, encoding="latin1")["label_names"]]
+    """CIFAR-10's class names from ``batches.meta``; a folder without a readable one is a one-line error."""
+    meta = Path(cifar_dir) / "batches.meta"
+    if not Path(cifar_dir).is_dir():
+        raise UserError(f"--cifar {cifar_dir} is not a folder; expected the cifar-10-batches-py folder")
+    try:
+        with open(meta, "rb") as f:
+            names = load_data_pickle(f, encoding="latin1")["label_names"]
+    except FileNotFoundError:
+        raise UserError(f"--cifar {cifar_dir} has no batches.meta; expected the cifar-10-batches-py folder") from None
+    except Exception as e:  # noqa: BLE001 - a torn or foreign pickle (load_data_pickle runs no code)
+        raise UserError(f"{meta} is not CIFAR-10's batches.meta ({type(e).__name__}); expected the standard "
+                        "python-version file") from None
+    if len(names) != 10:
+        raise UserError(f"{meta} names {len(names)} classes; expected CIFAR-10's 10")
+    return [str(n) for n in names]
+
+
+def imbalance_ratio(text):
+    """argparse type of ``--imbalance``: a finite number >= 1 (head / tail count)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 (head / tail count), got {text!r}")
+    return value
 
 
 def write_split(root, split, images, labels, indices, names):
@@ -44,16 +69,19 @@ def write_split(root, split, images, labels, indices, names):
 
 @cli_entry
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar", required=True, help="the cifar-10-batches-py folder")
     p.add_argument("--out", required=True, help="the folder tree to create (must not exist)")
-    p.add_argument("--imbalance", type=float, default=100.0, help="head / tail training count (default 100)")
-    p.add_argument("--val_per_class", type=int, default=20)
+    p.add_argument("--imbalance", type=imbalance_ratio, default=100.0, help="head / tail training count (default 100)")
+    p.add_argument("--val_per_class", type=positive_int, default=20, help="images per class in val/ (default 20)")
     p.add_argument("--no_val", action="store_true", help="write no val/ (the data module then carves one)")
     args = p.parse_args(argv)
-    root = Path(args.out)
-    if root.exists():
-        raise UserError(f"--out {root} exists; choose a new folder (nothing is overwritten)")
+    root = Path(args.out).absolute()
+    if root.exists() or root.is_symlink():
+        raise UserError(f"--out {args.out} exists; choose a new folder (nothing is overwritten)")
+    above = next((q for q in root.parents if q.exists() or q.is_symlink()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"--out {args.out}: {above} is not a folder; expected a new folder's path")
     names = class_names(args.cifar)
     batches = [read_cifar_batch(Path(args.cifar) / f"data_batch_{i}", "labels") for i in range(1, 6)]
     train_x = np.concatenate([x for x, _ in batches])

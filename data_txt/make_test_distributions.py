@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script (python data_txt/make_test_dist
 
 from data_loader.list_file import frequency_rank, read_list
 from data_loader.test_distributions import distribution_names, generated_distributions
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, nonnegative_int, positive_int
 from utils.errors import UserError, cli_entry
 from utils.safe_write import write_text
 
@@ -59,12 +59,12 @@ def build_parser():
     p.add_argument("--train", required=True, help="training list (ranks the classes)")
     p.add_argument("--test", required=True, help="balanced test list (iNat: the val list)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--ratios", type=int, nargs="+", default=[50, 25, 10, 5, 2],
+    p.add_argument("--ratios", type=positive_int, nargs="+", default=[50, 25, 10, 5, 2],
                    help="imbalance ratios (ImageNet-LT, Places-LT: 50 25 10 5 2; iNat: 3 2)")
     p.add_argument("--prefix", help="file name prefix (default: the test list's name without .txt)")
-    p.add_argument("--num_classes", type=int, help="default: largest label + 1")
-    p.add_argument("--img_max", type=int, help="images at the head class (default: test images per class)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_classes", type=positive_int, help="default: largest label + 1")
+    p.add_argument("--img_max", type=positive_int, help="images at the head class (default: test images per class)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite existing lists")
     return p
 
@@ -72,11 +72,11 @@ def build_parser():
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if any(r < 1 for r in args.ratios):
-        raise UserError(f"--ratios must be integers >= 1, got {args.ratios}")
     test, subsets, rank = make_test_distributions(args.train, args.test, args.ratios, args.num_classes, args.img_max,
                                                   args.seed)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is not a folder; expected the folder the lists go into")
     prefix = args.prefix or Path(args.test).stem
     paths = {name: out / f"{prefix}_{name}.txt" for name in distribution_names(args.ratios)}
     existing = [str(p) for p in paths.values() if p.exists()]

@@ -130,3 +130,32 @@ def test_distribution_list_errors(tmp_path, lists):
     (out / "d_forward2.txt").write_text(f"{path} {(int(label) + 1) % 5}\n")
     with pytest.raises(UserError, match=r"d_forward2.txt, line 1: label .* differs from the test list"):
         ImageNetLTDataLoader(**list_module_args(lists, test_distribution_txt=pattern)).test_distributions()
+
+
+def test_data_tools_refuse_bad_arguments_in_one_line(tmp_path, lists, capfd):
+    """Both data_txt tools: a bad count, a missing or foreign input, an output under a file: exit 2,
+    one line naming the option, nothing written."""
+    from tests.helpers import one_line_error, run_entry
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "batches.meta").write_text("not a pickle")
+    lists_args = ["--train", str(lists["train_txt"]), "--test", str(lists["test_txt"])]
+    cases = [
+        ("data_txt/make_test_distributions.py", [*lists_args, "--out", tmp_path / "d", "--img_max", "-3"], "--img_max"),
+        ("data_txt/make_test_distributions.py", [*lists_args, "--out", tmp_path / "d", "--ratios", "0"], "--ratios"),
+        ("data_txt/make_test_distributions.py", [*lists_args, "--out", tmp_path / "d", "--seed", "-1"], "--seed"),
+        ("data_txt/make_test_distributions.py", [*lists_args, "--out", a_file], "is not a folder"),
+        ("data_txt/make_cifar_folder.py", ["--cifar", tmp_path / "nothing", "--out", tmp_path / "o"], "--cifar"),
+        ("data_txt/make_cifar_folder.py", ["--cifar", a_file, "--out", tmp_path / "o"], "is not a folder"),
+        ("data_txt/make_cifar_folder.py", ["--cifar", foreign, "--out", tmp_path / "o"], "batches.meta"),
+        ("data_txt/make_cifar_folder.py", ["--cifar", foreign, "--out", tmp_path / "o", "--imbalance", "0"],
+         "--imbalance"),
+        ("data_txt/make_cifar_folder.py", ["--cifar", foreign, "--out", tmp_path / "o", "--val_per_class", "-1"],
+         "--val_per_class"),
+        ("data_txt/make_cifar_folder.py", ["--cifar", foreign, "--out", a_file / "sub"], "is not a folder"),
+    ]
+    for script, argv, fragment in cases:
+        one_line_error(*run_entry(script, argv, capfd)[::2], fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "foreign"]
