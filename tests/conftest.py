@@ -26,6 +26,18 @@ REFERENCE_SEED = "5"
 DIGITS_RECORD = "digits_e2_s3"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op thread for the whole session, as the scripts' in-process runs (``call_entry``) and the
+    fresh interpreters (``run_script``) already use: the tests' tensors are tiny, and on a busy 2-core machine
+    their reductions with two threads crawl (a SafePrior fit measured 2 s alone, 180 s beside another process)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _train(argv):
     code = call_entry("train.py", [*argv, "-d", "cpu"])
     assert code == 0, f"train.py {argv} exited with {code}"

@@ -333,6 +333,25 @@ def test_online_scores_a_batch_with_earlier_batches_only(method):
     assert adapter.summary()["images_seen"] == 2000
 
 
+@pytest.mark.parametrize("method", [EMPrior, MAPPrior, SafePrior])
+def test_online_streams_one_image_at_a_time(method):
+    """Batches of one image (test_train.py --stream_batch 1): each scored alone with what the images before it
+    taught, the first with the plain average; one image at a time learns what the same images learn in one batch."""
+    model = Gaussians()
+    ctx = context(model)
+    z, _ = model.sample(PRIORS["backward50"], 60, seed=11)
+    logits = experts(z, TRAIN_PRIOR)
+    adapter = method().online(ctx)
+    scores = [adapter.step(logits[i:i + 1]) for i in range(len(logits))]
+    assert all(s.shape == (1, C) and torch.isfinite(s).all() for s in scores)
+    assert torch.equal(scores[0], logits[:1].mean(1))
+    facts = adapter.summary()
+    assert facts["images_seen"] == 60 and facts["batches"] == 60
+    whole = method().online(ctx)
+    whole.step(logits)
+    assert np.abs(np.array(facts["prior"]) - np.array(whole.summary()["prior"])).max() < 1e-3
+
+
 # ------------------------------------------------------------------ the oracle
 def test_oracle_uses_the_test_labels_and_is_flagged():
     model = Gaussians()

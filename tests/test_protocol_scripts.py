@@ -80,12 +80,13 @@ def test_no_shipped_config_selects_the_oracle():
 def test_streaming_protocol_and_what_cannot_stream(ckpt, tmp_path, capfd):
     out = tmp_path / "stream.json"
     code, _, err = run_entry("test_train.py", ["-c", PRIOR, "-r", ckpt, "--out", out, "--protocol", "streaming",
-                                               "--stream_batch", "1,64"], capfd)
+                                               "--stream_batch", "5,64"], capfd)
     assert code == 0, err[-3000:]
     rows = json.loads(out.read_text())["distributions"]
-    assert list(rows) == ["stream_b1", "stream_b64"]
+    assert list(rows) == ["stream_b5", "stream_b64"]
     assert all(r["num_images"] == 500 and r["images_seen"] == 500 for r in rows.values())
-    assert rows["stream_b1"]["batches"] == 500 and rows["stream_b64"]["batches"] == 8
+    # batches of one image: tests/test_prior_methods.py test_online_streams_one_image_at_a_time
+    assert rows["stream_b5"]["batches"] == 100 and rows["stream_b64"]["batches"] == 8
     code, _, err = run_entry("test_train.py", ["-c", ROOT / "configs" / "test_time_digits_tade.json", "-r", ckpt,
                                                "--protocol", "streaming"], capfd)
     one_line_error(code, err, "SelfSupervisedAggregation", "stream")

@@ -2,17 +2,20 @@
 record gains its view logits, the rows they make possible and an addendum, as new files, every file it had left as
 it was; the refusals, each before anything changes; the rows reproduced from the record's files; no machine path;
 bench/records/report.py showing the rows marked as added later, and refusing an addendum whose files changed."""
+import contextlib
+import io
 import json
 import re
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from bench.records.addendum import ADDENDUM, ROWS, VIEWS
 from bench.records.methods import AGGREGATION
-from tests.helpers import ROOT, entry_module, one_line_error, run_entry, run_script, snapshot
+from tests.helpers import ROOT, call_entry, entry_module, one_line_error, run_entry, snapshot
 from utils.errors import UserError
 
 TOOL = "bench/records/add_views.py"
@@ -41,11 +44,15 @@ def nothing_changed(folder, before, work):
 
 @pytest.fixture(scope="module")
 def added(digits_record, tmp_path_factory):
-    """(record folder, its snapshot before, the tool's run): add_views.py run once by its path, as a user runs it."""
+    """(record folder, its snapshot before, the tool's run): add_views.py run once, in this process (its run by its
+    path: tests/test_bench_tools.py)."""
     base = tmp_path_factory.mktemp("addendum")
     folder = copy_record(digits_record, base)
     before = snapshot(folder)
-    proc = run_script(TOOL, folder, "--work_dir", base / "work", "-d", "cpu")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = call_entry(TOOL, [folder, "--work_dir", base / "work", "-d", "cpu"])
+    proc = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return folder, before, proc
 

@@ -2,13 +2,15 @@
 named: a broken file stops only the configs that name it. A config read from a checkpoint never
 imports a module outside the project."""
 import json
+import os
 import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, code_and_stderr, one_line_error, run_entry, run_script, write_config
+from tests.helpers import ROOT, one_line_error, run_entry, write_config
 from trainer.build import ALLOW_IMPORT
 from utils.errors import UserError
 from utils.parse_config import ConfigParser
@@ -54,6 +56,30 @@ def test_naming_a_type_of_a_broken_module_is_one_line_naming_it(lossy_package):
         ConfigParser({"loss": {"type": "Missing", "args": {}}}, source="c.json").init_obj("loss", lossy)
 
 
+# One fresh interpreter in the copy runs the scripts one after another as ``python SCRIPT ARGS`` would (runpy, the
+# copy first on sys.path, each script's stderr to its own file, its log handlers closed after it): a broken file
+# in the copy's package is met by every import, as a user meets it, for one interpreter start instead of three.
+RUN_IN_COPY = r"""
+import contextlib, json, logging, runpy, sys
+copy, out, commands = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+base = [p for p in sys.path if p not in ("", copy)]
+for k, (script, *args) in enumerate(commands):
+    sys.path[:] = [copy, *base]
+    sys.argv = [f"{copy}/{script}", *args]
+    with open(f"{out}/{k}.err", "w") as err, contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        for name in ("train", "test"):
+            for handler in list(logging.getLogger(name).handlers):
+                handler.close()
+                logging.getLogger(name).removeHandler(handler)
+    print("RESULT", k, code, flush=True)
+"""
+
+
 def test_a_broken_loss_file_does_not_break_train_and_test_scripts(tmp_path):
     """A copy of the project with a syntax error in one loss module: training with another loss and
     test.py work; a config naming the broken loss gets one line naming its module."""
@@ -64,14 +90,21 @@ def test_a_broken_loss_file_does_not_break_train_and_test_scripts(tmp_path):
     config = json.loads((ROOT / "configs" / "config_digits_lt_tade.json").read_text())
     config["trainer"].update(epochs=1, save_dir=str(tmp_path / "saved"), tensorboard=False)
     cfg = write_config(tmp_path / "c.json", config)
-    proc = run_script(copy / "train.py", "-c", cfg, "--run_id", "r", cwd=copy)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     last = tmp_path / "saved" / config["name"] / "r" / "last.pth"
-    proc = run_script(copy / "test.py", "-r", last, "--distributions", "uniform", cwd=copy)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     config["loss"]["type"] = "BrokenLoss"
-    proc = run_script(copy / "train.py", "-c", write_config(tmp_path / "b.json", config), cwd=copy)
-    one_line_error(*code_and_stderr(proc), "BrokenLoss", "model.loss.zz_broken_loss cannot be imported", "SyntaxError")
+    broken = write_config(tmp_path / "b.json", config)
+    commands = [["train.py", "-c", str(cfg), "--run_id", "r"],
+                ["test.py", "-r", str(last), "--distributions", "uniform"],
+                ["train.py", "-c", str(broken)]]
+    proc = subprocess.run([sys.executable, "-c", RUN_IN_COPY, str(copy), str(tmp_path), json.dumps(commands)],
+                          cwd=copy, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    codes = [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    errs = [(tmp_path / f"{k}.err").read_text() if (tmp_path / f"{k}.err").is_file() else "" for k in range(3)]
+    assert codes[:2] == ["0", "0"], (codes, proc.stderr[-2000:], [e[-2000:] for e in errs])
+    assert last.is_file()
+    assert len(codes) == 3, proc.stderr[-3000:]
+    one_line_error(int(codes[2]), errs[2], "BrokenLoss", "model.loss.zz_broken_loss cannot be imported", "SyntaxError")
 
 
 def test_project_modules_are_told_apart_without_importing():

@@ -13,11 +13,17 @@ def steps_in_process(monkeypatch):
     monkeypatch.setattr(steps, "launch", launch_in_process)
 
 
+def tiny_sets(data_dir):
+    """``small_data_sets`` at the tiny recipe's size (101 training images, tests/helpers.py tiny_cifar_config):
+    what is checked here is the tool's table, seeds and reuse, not what one epoch learns."""
+    return [*small_data_sets(data_dir), "data_loader.args.img_max=2", "data_loader.args.imb_factor=0.5"]
+
+
 def test_reproduce_table_and_reuse(tmp_path, steps_in_process, capfd):
-    data_dir = write_cifar100(tmp_path / "data", train_per_class=10, test_per_class=2)
+    data_dir = write_cifar100(tmp_path / "data", train_per_class=2, test_per_class=2)
     argv = ["--dataset", "cifar100_ir100", "--methods", "softmax,ride,tade", "--epochs", "1",
             "--out_dir", tmp_path / "runs", "-d", "cpu"]
-    for s in small_data_sets(data_dir):
+    for s in tiny_sets(data_dir):
         argv += ["--set", s]
     code, _, err = run_entry(REPRODUCE, argv, capfd)
     assert code == 0, err[-3000:]
@@ -51,10 +57,10 @@ def test_schedule_scaling_to_budget():
 
 
 def test_seeds_give_mean_and_std_per_distribution(tmp_path, steps_in_process, capfd):
-    data_dir = write_cifar100(tmp_path / "data", train_per_class=10, test_per_class=2)
+    data_dir = write_cifar100(tmp_path / "data", train_per_class=2, test_per_class=2)
     argv = ["--dataset", "cifar100_ir100", "--methods", "softmax", "--epochs", "1", "--seeds", "1", "2",
             "--out_dir", tmp_path / "runs", "-d", "cpu"]
-    for s in small_data_sets(data_dir):
+    for s in tiny_sets(data_dir):
         argv += ["--set", s]
     code, _, err = run_entry(REPRODUCE, argv, capfd)
     assert code == 0, err[-3000:]

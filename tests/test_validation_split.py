@@ -141,6 +141,7 @@ def small_cifar(tmp_path_factory):
 
 def test_model_best_is_chosen_on_the_validation_split(small_cifar, tmp_path, capfd):
     cfg = small_cifar_config(small_cifar, tmp_path / "saved", epochs=2)
+    cfg["data_loader"]["args"].update(img_max=2, imb_factor=0.5)  # the tiny recipe's 101 images: what is chosen on
     code, _, err = run_entry("train.py", ["-c", write_config(tmp_path / "c.json", cfg), "--run_id", "v"], capfd)
     assert code == 0, err
     run = tmp_path / "saved" / "small" / "v"
