@@ -8,6 +8,7 @@ out is skipped; ``--set KEY.PATH=VALUE`` sets any existing key (JSON null includ
 """
 import argparse
 import math
+import os
 
 from utils.errors import UserError, shown
 from utils.parse_config import parse_set_expression
@@ -47,6 +48,16 @@ class ArgumentParser(argparse.ArgumentParser):
             if t == target:
                 out += [(*parse_set_expression(e), "--set") for e in getattr(args, dest)]
         return out
+
+
+def absolute_paths(args, *names):
+    """Make the path options ``names`` of parsed ``args`` absolute (``~`` expanded; options left out stay
+    None). For tools that run their steps from the project root: a relative path means the caller's folder."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value:
+            setattr(args, name, os.path.abspath(os.path.expanduser(value)))
+    return args
 
 
 def finite_float(text):

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
 from bench.common import ROOT
 
 from utils.checkpoint import load_checkpoint
-from utils.cli import ArgumentParser, nonnegative_int, positive_int
+from utils.cli import ArgumentParser, absolute_paths, nonnegative_int, positive_int
 from utils.errors import UserError, cli_entry
 from utils.parse_config import read_json
 from utils.safe_write import open_append
@@ -477,10 +477,9 @@ def main(argv=None):
     p.add_argument("--drill", default="kill", choices=("kill", "disk-full", "concurrent-resume", "overwrite", "tools"))
     p.add_argument("--trials", type=positive_int, default=5, help="overwrite drill: trials of two concurrent test.py")
     args = p.parse_args(argv)
-    args.config = os.path.abspath(args.config)  # the runs start from the project root
+    absolute_paths(args, "config", "workdir")  # the runs start from the project root
     read_json(args.config)  # missing or malformed: one line, before any run
     if args.workdir is not None:
-        args.workdir = os.path.abspath(args.workdir)
         if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
             raise UserError(f"--workdir {args.workdir} is not a folder; expected a folder to keep the runs in")
     rng = random.Random(args.seed)

@@ -27,7 +27,6 @@ files are assembled in a folder beside the record and linked into it together at
 import argparse
 import datetime
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from bench.records.addendum import ADDENDUM, ROWS, VIEWS, WRITER
 from bench.records.portable_record import apply, places, plan, portable
 from bench.records.record import DEFAULT_WORK_DIR, VIEW_EPOCHS, git_state, machine
 from bench.records.steps import command, run_step
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, absolute_paths
 from utils.errors import UserError, cli_entry
 from utils.safe_write import add_files, digest, write_bytes, write_json
 
@@ -146,9 +145,8 @@ def main(argv=None):
     from utils.runtime import parse_device
     args = parse_args(argv)
     started = time.time()
-    if args.data_dir:  # the steps run from the project root: a relative path means the caller's folder
-        args.data_dir = os.path.abspath(args.data_dir)
-    folder = Path(os.path.abspath(args.record))
+    absolute_paths(args, "data_dir", "record", "work_dir")  # the steps run from the project root
+    folder = Path(args.record)
     device = str(parse_device(args.device)[0])  # what test.py will run on (an unknown device: one line, now)
     rec, logits, labels = check_record(folder)
     config = config_from_checkpoint(load_checkpoint(folder / "model.pth"))
@@ -159,7 +157,7 @@ def main(argv=None):
     precision = rec.get("precision")
     if precision in AUTOCAST:  # the record's precision, whatever this machine's "auto" would choose
         config.setdefault("trainer", {})["autocast"] = AUTOCAST[precision]
-    work_dir = Path(os.path.abspath(Path(args.work_dir).expanduser()))
+    work_dir = Path(args.work_dir)
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{folder.name}.add_views.", dir=work_dir))

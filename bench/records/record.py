@@ -42,7 +42,7 @@ from bench.common import ROOT
 
 from bench.records.portable_record import apply, data_fingerprint, places, plan, portable
 from bench.records.steps import command, run_step, train_or_resume, training_stats
-from utils.cli import ArgumentParser, nonnegative_int, positive_int
+from utils.cli import ArgumentParser, absolute_paths, nonnegative_int, positive_int
 from utils.errors import UserError, cli_entry
 from utils.parse_config import parse_set_expression, read_json
 from utils.run_folder import check_folder_name
@@ -141,9 +141,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     command_line = [WRITER, *argv]  # run from the repository root
     args = p.parse_args(argv)
-    for option in ("config", "data_dir", "results_dir"):  # the steps run from the project root, the user from anywhere
-        if getattr(args, option):
-            setattr(args, option, os.path.abspath(getattr(args, option)))
+    absolute_paths(args, "config", "data_dir", "results_dir")  # the steps run from the project root
     name = check_folder_name(args.name or default_name(args.config, args.epochs, args.seed),
                              "record: --name" if args.name else "record: the default name (give --name)")
     final = Path(args.results_dir) / name

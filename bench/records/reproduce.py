@@ -14,7 +14,6 @@ command again: finished steps are skipped, a partly trained run resumes from its
 """
 import argparse
 import json
-import os
 import re
 import statistics
 import sys
@@ -25,7 +24,7 @@ from bench.common import ROOT
 
 from bench.records.distributions import short
 from bench.records.steps import command, run_step, train_or_resume, training_stats
-from utils.cli import ArgumentParser, nonnegative_int, positive_int
+from utils.cli import ArgumentParser, absolute_paths, nonnegative_int, positive_int
 from utils.errors import UserError, cli_entry
 from utils.parse_config import parse_set_expression, read_json
 from utils.safe_write import check_target, write_text
@@ -188,8 +187,7 @@ def main(argv=None):
             test_time_config(args.dataset)
     for expression in args.set:
         parse_set_expression(expression)
-    if args.data_dir:  # the steps run from the project root
-        args.data_dir = os.path.abspath(args.data_dir)
+    absolute_paths(args, "data_dir")  # the steps run from the project root
     out_dir = Path(args.out_dir).resolve() / args.dataset
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

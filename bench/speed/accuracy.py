@@ -54,7 +54,7 @@ def train(variant, seed, epochs, data_dir, save_dir, extra=(), config_path=CONFI
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
-        last = proc.stderr.strip().splitlines()[-1:]
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         sys.exit(f"{WRITER}: train.py failed ({variant}, seed {seed}, exit {proc.returncode}): {last}")
     return Path(save_dir) / config["name"] / f"{variant}{seed}" / "last.pth", time.perf_counter() - start
 

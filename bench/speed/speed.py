@@ -46,14 +46,13 @@ for the default config.
 """
 import argparse
 import importlib
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
 from bench.common import DEFAULT_DATA, ROOT
 
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, absolute_paths
 from utils.errors import cli_entry
 
 DEFAULT_CONFIG = ROOT / "configs" / "config_cifar10_ir100_tade.json"
@@ -107,9 +106,7 @@ def build_parser():
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for name in PATHS:  # the steps run from the project root: a relative path means the caller's folder
-        if getattr(args, name, None):
-            setattr(args, name, os.path.abspath(getattr(args, name)))
+    absolute_paths(args, *PATHS)  # the steps run from the project root
     if getattr(args, "device", None) is not None:
         from utils.runtime import parse_device
         parse_device(args.device)  # an unknown device: one line, before any work

@@ -37,7 +37,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
 from bench.common import ROOT
 from trainer.build import build_test_time_method, load_trained
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, absolute_paths
 from utils.errors import UserError, cli_entry
 from utils.safe_write import check_target, write_json, write_text
 
@@ -140,9 +140,7 @@ def main(argv=None):
                    "recorded model)")
     p.add_argument("-d", "--device", default="cpu")
     args = p.parse_args(argv)
-    for option in ("resume", "config", "compare", "work", "out", "data_dir"):  # test_train.py runs from the project
-        if getattr(args, option):                                               # root: relative means the caller's
-            setattr(args, option, os.path.abspath(getattr(args, option)))
+    absolute_paths(args, "resume", "config", "compare", "work", "out", "data_dir")  # test_train.py runs from the root
     work = Path(args.work)
     out_json = check_target(Path(args.out) if args.out else work / "own_data_demo.json", WRITER,
                             option="--out" if args.out else "--work",
