@@ -60,6 +60,20 @@ def absolute_paths(args, *names):
     return args
 
 
+def comma_ints(what, low, high=None, words=(), example="10,20"):
+    """argparse type: comma-separated integers in [low, high] (or one of ``words``), at least one;
+    ``what`` and ``example`` name them in the one-line error."""
+    def parse(text):
+        parts = [p.strip() for p in str(text).split(",")]
+        if not all(p in words or (p.isdigit() and int(p) >= low and (high is None or int(p) <= high)) for p in parts):
+            bound = f"from {low} to {high}" if high is not None else f">= {low}"
+            also = "".join(f" or {w}" for w in words)
+            raise argparse.ArgumentTypeError(f"expected {what} as integers {bound}{also}, like {example}; got "
+                                             f"{shown(text)}")
+        return [p if p in words else int(p) for p in parts]
+    return parse
+
+
 def finite_float(text):
     """argparse type: a finite number (``--lr nan`` would train or adapt to NaN weights)."""
     try:

@@ -69,8 +69,8 @@ from trainer.adaptation import context_for
 from trainer.protocols import test_sets
 from trainer.saved_logits import load_logits
 from trainer.test_time.prior_calibration import BIAS_FAMILIES
-from utils.cli import ArgumentParser, positive_int
-from utils.errors import UserError, cli_entry, shown
+from utils.cli import ArgumentParser, comma_ints, positive_int
+from utils.errors import UserError, cli_entry
 from utils.parse_config import ConfigParser
 from utils.safe_write import check_target, write_json
 
@@ -271,20 +271,12 @@ def evaluate(record, rows, size, draws):
     return out
 
 
-def size_list(text):
-    """argparse type of ``--sizes``: comma-separated integers >= 1 or ``all`` (at least one)."""
-    sizes = [s.strip() for s in str(text).split(",")]
-    if not all(s == "all" or (s.isdigit() and int(s) >= 1) for s in sizes):
-        raise argparse.ArgumentTypeError(f"expected images per class as integers >= 1 or all, like 10,20,all; got "
-                                         f"{shown(text)}")
-    return [s if s == "all" else int(s) for s in sizes]
-
-
 @cli_entry
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", nargs="*", help="record folders (default: every results/*/ with logits.npz)")
-    p.add_argument("--sizes", default="10,20,50,100,all", type=size_list,
+    p.add_argument("--sizes", default="10,20,50,100,all",
+                   type=comma_ints("images per class", 1, words=("all",), example="10,20,all"),
                    help="validation images per class, comma-separated integers >= 1 or all")
     p.add_argument("--draws", type=positive_int, default=5)
     p.add_argument("--rows", default=DEFAULT_ROWS, help="ESTIMATOR:FAMILY,... (estimators: "

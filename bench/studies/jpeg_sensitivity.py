@@ -10,7 +10,6 @@ images, and both the training and the test images went through it. Re-encoding t
 more, at the same and at harsher qualities, measures how far the model's accuracy moves with one
 more JPEG step: a bound on how much the copy can shift published comparisons.
 """
-import argparse
 import io
 import sys
 from pathlib import Path
@@ -25,7 +24,8 @@ from bench.common import checkpoint_parser, output_path, write_report
 from trainer.build import load_trained
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
-from utils.errors import UserError, cli_entry, shown
+from utils.cli import comma_ints
+from utils.errors import UserError, cli_entry
 
 WRITER = "bench/studies/jpeg_sensitivity.py"
 
@@ -41,18 +41,10 @@ def reencode(images, quality):
     return out
 
 
-def quality_list(text):
-    """argparse type of ``--qualities``: comma-separated JPEG qualities, integers from 1 to 100."""
-    parts = [q.strip() for q in str(text).split(",")]
-    if not all(q.isdigit() and 1 <= int(q) <= 100 for q in parts):
-        raise argparse.ArgumentTypeError(f"expected JPEG qualities from 1 to 100 like 95,75,50; got {shown(text)}")
-    return [int(q) for q in parts]
-
-
 @cli_entry
 def main(argv=None):
     p = checkpoint_parser(__doc__)
-    p.add_argument("--qualities", default="95,75,50,30", type=quality_list)
+    p.add_argument("--qualities", default="95,75,50,30", type=comma_ints("JPEG qualities", 1, 100, example="95,75,50"))
     args = p.parse_args(argv)
     out = output_path(args.out, args.checkpoint, "jpeg_sensitivity.json", WRITER,
                       legacy=lambda r: isinstance(r.get("qualities"), dict) and "checkpoint" in r)
