@@ -560,7 +560,7 @@ def test_both_noise_takes_the_larger_of_the_splits_spread_and_the_test_sets_own(
     own = {}
     for per_class in (10, 100):
         ctx = small_split_context(model, per_class, seed=5)
-        both, spread = SafePrior(), SafePrior(noise="spread")
+        both, spread = SafePrior(axis="none"), SafePrior(noise="spread", axis="none")  # one strength for the shift
         assert both.calibration(ctx)["selection"]["noise"] == "both"
         out, alone = both.adapt(logits, ctx), spread.adapt(logits, ctx)
         noise = max(out["null_shift_size"], out["test_set_noise"])
@@ -578,3 +578,39 @@ def test_both_noise_takes_the_larger_of_the_splits_spread_and_the_test_sets_own(
     for batch in logits[:1200].split(200):
         assert torch.isfinite(online.step(batch)).all()
     assert set(online.noise_cache) <= {256, 512, 1024} and online.noise_cache
+
+
+def test_axis_rule_reads_a_head_tail_shift_along_one_number_and_leaves_other_shifts_to_the_whole_rule():
+    """axis "train_prior" (the default): a shift lying mostly along the centred log training prior
+    (every forward and backward long tail) moves along that axis by its size less one standard
+    deviation of the noise's part along it (one direction's share of the split's noise), and its
+    rest by its own James-Stein strength, each at least the whole rule's; any other shift keeps the
+    one strength of the whole rule (axis "none"). A balanced training prior has no axis."""
+    from trainer.test_time.shift_simulation import head_tail_axis
+    model = Gaussians()
+    ctx = small_split_context(model, 10, seed=5)
+    axis, whole = SafePrior(), SafePrior(axis="none")
+    assert axis.calibration(ctx)["selection"]["axis"] == "train_prior"
+    z, y = model.sample(PRIORS["forward50"], 3000, seed=7)
+    logits = experts(z, np.full(C, 1.0 / C))
+    along, alone = axis.adapt(logits, ctx), whole.adapt(logits, ctx)
+    assert along["rule"] == "axis" and alone["rule"] == "whole" and along["axis_share"] > 0.5
+    a = (along["axis_share"] * along["shift_size"]) ** 0.5
+    assert along["strength"] == pytest.approx(max(alone["strength"], (a - along["axis_noise"] ** 0.5) / a))
+    assert along["rest_strength"] >= alone["strength"]
+    assert along["axis_noise"] < 0.5 * max(alone["null_shift_size"], alone["test_set_noise"])
+    assert along["strength"] > alone["strength"] + 0.1
+    assert accuracy(along["scores"], y) > accuracy(alone["scores"], y) + 0.01
+    # a prior on two classes far apart in the training order is no head-tail shift: the whole rule, the same scores
+    sparse = np.array([0.02, 0.47, 0.02, 0.02, 0.47])
+    z, y = model.sample(sparse, 3000, seed=8)
+    logits = experts(z, np.full(C, 1.0 / C))
+    off = axis.adapt(logits, ctx)
+    assert off["rule"] == "whole" and off["axis_share"] < 0.5
+    assert torch.equal(off["scores"], whole.adapt(logits, ctx)["scores"])
+    assert head_tail_axis(np.full(C, 1.0 / C)) is None and head_tail_axis(None) is None
+    e = head_tail_axis(TRAIN_PRIOR)
+    assert float(e.sum()) == pytest.approx(0.0, abs=1e-12) and float(e.norm()) == pytest.approx(1.0)
+    balanced = Context(num_experts=3, num_classes=C, train_prior=torch.full((C,), 1.0 / C),
+                       validation_logits=ctx.validation_logits)
+    assert SafePrior().calibration(balanced)["selection"]["axis"] == "none"

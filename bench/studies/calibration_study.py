@@ -101,6 +101,9 @@ ESTIMATORS = {
                                                              null_target="plain", noise="spread"),
     "SafePrior null both": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null",
                                                            null_target="plain", noise="both"),
+    # the shipped rule without the head-tail axis: one strength for the whole shift
+    "SafePrior whole": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="plain",
+                                                       noise="both", axis="none"),
     "SafePrior old": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="auto", min_divergence="auto"),
 }
 # (estimator, family) rows by default: every family under SafePrior's own selection, and the full
@@ -134,7 +137,7 @@ def training_rows():
 def settings_of(method):
     """The arguments that decide a label-shift method's output (to spot a row equal to the shipped one)."""
     keys = ("calibration_data", "source_prior", "temperature", "bias", "strength", "min_divergence", "significance",
-            "pseudo_count", "toward", "simulation_size", "null_target", "noise", "tol", "max_iter")
+            "pseudo_count", "toward", "simulation_size", "null_target", "noise", "axis", "tol", "max_iter")
     return {k: getattr(method, k) for k in keys if hasattr(method, k)}
 
 

@@ -60,6 +60,7 @@ TOWARD = ("source", "uniform", "plain")
 STRENGTH_RULES = ("null", "auto")  # SafePrior's strength chosen per test set (null) or per model (auto)
 NULL_TARGETS = ("certified", "plain")  # what strength "null" measures a shift from (SafePrior)
 NULL_NOISES = ("target", "spread", "both")  # what strength "null" takes as the noise of its estimate (SafePrior)
+NULL_AXES = ("train_prior", "none")  # the head-tail axis strength "null" reads a shift along (SafePrior)
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -404,10 +405,11 @@ class SafePrior(MAPPrior):
 
     def __init__(self, significance=0.001, strength: float | str = "null", min_divergence: float | str = 0.0,
                  pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="plain", noise="both",
-                 **kwargs):
+                 axis="train_prior", **kwargs):
         super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
         self.null_target = check_choice("null_target", null_target, NULL_TARGETS)
         self.noise = check_choice("noise", noise, NULL_NOISES)
+        self.axis = check_choice("axis", axis, NULL_AXES)
         self.significance = check_fraction("significance", significance)
         if min_divergence != "auto" and (not _is_number(min_divergence) or min_divergence < 0):
             raise ValueError(f"min_divergence {min_divergence!r}: must be a number >= 0 (nats) or \"auto\"")
@@ -428,13 +430,14 @@ class SafePrior(MAPPrior):
         if self._calibration is None:
             cal = super().calibration(ctx)
             if self.strength == "null":
-                from trainer.test_time.shift_simulation import balanced_share, split_halves
+                from trainer.test_time.shift_simulation import balanced_share, head_tail_axis, split_halves
                 cal["halves"] = split_halves(self, self.calibration_logits(ctx), ctx, start=cal)
                 share, evidence = balanced_share(cal["halves"], cal) if self.null_target == "certified" else (0.0, {})
                 cal["balanced_share"] = share
+                cal["axis"] = head_tail_axis(ctx.train_prior) if self.axis == "train_prior" else None
                 gate = 0.0 if self.min_divergence == "auto" else self.min_divergence
                 cal["selection"] = {"strength": "null", "min_divergence": gate, "null_target": self.null_target,
-                                    "noise": self.noise,
+                                    "noise": self.noise, "axis": self.axis if cal["axis"] is not None else "none",
                                     "balanced_share": share, **evidence,
                                     "chosen_by": "validation split, per test set: its shift size against an unshifted "
                                     "set of its size seen through cross-fitted halves of the split"}
@@ -478,26 +481,27 @@ class SafePrior(MAPPrior):
         pi, it, conv = self.map_estimate(log_q, cal)
         facts.update(iterations=it, converged=conv)
         if self.strength == "null":
-            from trainer.test_time.shift_simulation import null_strength
-            strength, evidence = null_strength(self, cal, pi, log_q.shape[0], log_q=log_q)
-            facts.update(strength=strength, **evidence)
-            pi = self.applied(pi, cal, log_q.shape[0], strength)
+            from trainer.test_time.shift_simulation import null_adjustment, shifted, target_prior
+            adjustment, evidence = null_adjustment(self, cal, pi, log_q.shape[0], log_q=log_q)
+            facts.update(**evidence)
+            pi = shifted(target_prior(cal, cal["balanced_share"]), adjustment)
         return pi, facts
 
     def applied(self, prior, cal, n, strength=None, log_q=None, cache=None):
-        """The prior applied to ``n`` images: with strength "null", pi_b (pi / pi_b)^s normalised, pi_b
-        the target and s from the split's null at this size (the target when s is 0); else ``prior``.
-        Without ``strength`` (a stream: a new size every batch) the null is taken at the nearest
-        power of two of ``n``, so a stream computes it for a logarithmic number of sizes; with noise
-        "both" the test set's own noise is read from ``log_q`` (the images seen so far) once per
-        such size (kept in the stream's ``cache``)."""
+        """The prior applied to ``n`` images: with strength "null", the target moved by
+        :func:`~trainer.test_time.shift_simulation.null_adjustment` toward ``prior`` (with a given
+        ``strength``, pi_b (pi / pi_b)^strength normalised, pi_b the target); else ``prior``. A stream
+        (a new size every batch) takes the null at the nearest power of two of ``n``, so it computes
+        it for a logarithmic number of sizes; with noise "both" the test set's own noise is read from
+        ``log_q`` (the images seen so far) once per such size (kept in the stream's ``cache``)."""
         if self.strength != "null":
             return prior
-        if strength is None:
-            from trainer.test_time.shift_simulation import null_strength
-            strength, _ = null_strength(self, cal, prior, 2 ** round(math.log2(max(n, 1))), log_q=log_q, cache=cache)
-        from trainer.test_time.shift_simulation import target_prior, toward
-        return toward(target_prior(cal, cal["balanced_share"]), prior, strength)
+        from trainer.test_time.shift_simulation import null_adjustment, shifted, target_prior, toward
+        target = target_prior(cal, cal["balanced_share"])
+        if strength is not None:
+            return toward(target, prior, strength)
+        adjustment, _ = null_adjustment(self, cal, prior, 2 ** round(math.log2(max(n, 1))), log_q=log_q, cache=cache)
+        return shifted(target, adjustment)
 
     def map_estimate(self, log_q, cal, tol=None):
         return em_prior(log_q, cal["source_prior"], extra_counts=self.extra_counts(cal), tol=tol or self.tol,

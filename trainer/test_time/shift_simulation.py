@@ -205,14 +205,15 @@ def target_prior(cal, share):
     return toward(cal["anchor"], cal["source_prior"], share)
 
 
-def null_shift_sizes(method, pairs, n, share, noise="target"):
+def null_shift_sizes(method, pairs, n, share, noise="target", axis=None):
     """The null of a test set of ``n`` images, from the whole estimate (calibration on one half,
     MAP-EM on ``n`` images, the 8 runs batched: :func:`half_estimates`) on balanced resamples of the
     other half. ``noise`` "target": the shift
     size each such estimate reports from its half's target (an unshifted test set of this size, seen
     through the split's noise). "spread": how far the halves' estimates (their centred log ratio to
     their own targets) lie from each other, the squared distance of every pair: their noise alone,
-    without the part they share (a lean of the plain average that every half reads alike)."""
+    without the part they share (a lean of the plain average that every half reads alike).
+    Returns [m, 2]: each size and its part along ``axis`` (:func:`head_tail_axis`; 0 without one)."""
     rng = np.random.RandomState(SEED + n)
     halves, scores = [], []
     for cal, (z_all, other), y_other in pairs:
@@ -222,10 +223,30 @@ def null_shift_sizes(method, pairs, n, share, noise="target"):
         scores.append(lambda cal=cal, z_all=z_all, rows=rows: method._calibrate(z_all[rows], cal))
     priors = half_estimates(method, halves, scores, torch.stack([cal["anchor"] for cal in halves]),
                             n * halves[0]["source_prior"].numel())
-    moves = [centred_log_ratio(pi, target_prior(cal, share)) for pi, cal in zip(priors, halves)]
+    moves = torch.stack([centred_log_ratio(pi, target_prior(cal, share)) for pi, cal in zip(priors, halves)])
     if noise == "spread":
-        return np.asarray([float(((a - b) ** 2).sum()) for a, b in itertools.combinations(moves, 2)])
-    return np.asarray([float((u * u).sum()) for u in moves])
+        moves = torch.stack([a - b for a, b in itertools.combinations(moves, 2)])
+    return np.stack(sizes_along(moves, axis), 1)
+
+
+def head_tail_axis(train_prior):
+    """The head-tail axis: the centred log training prior at unit length, the direction along which
+    every forward and backward long tail of the training order moves a prior. None where the
+    training prior is (nearly) balanced: there is no such direction."""
+    if train_prior is None:
+        return None
+    e = _log(_normalise(torch.as_tensor(train_prior, dtype=torch.float64).flatten()))
+    e = e - e.mean()
+    norm = float(e.norm())
+    return e / norm if norm > 1e-6 else None
+
+
+def sizes_along(vectors, axis):
+    """(||v||^2, (v . axis)^2) of each row of ``vectors`` [m, C], as two arrays (the second 0 without
+    an axis)."""
+    total = (vectors * vectors).sum(1)
+    along = torch.zeros_like(total) if axis is None else (vectors @ axis) ** 2
+    return total.numpy(), along.numpy()
 
 
 UPPER = 0.95  # the test set's own noise: the upper 95 % confidence bound of its variance over the halves
@@ -295,13 +316,14 @@ def test_set_noise(method, cal, log_q, prior, share, seed):
     under the whole split's calibration, from which each half's are recomputed); the sample variance
     of the 8 moves (centred log ratio to each half's target) counts the calibration's and the test
     set's sampling noise, and its upper :data:`UPPER` confidence bound (chi-squared, halves - 1 degrees
-    of freedom) is the noise. ``prior``: the whole split's estimate, where each run starts."""
+    of freedom) is the noise. ``prior``: the whole split's estimate, where each run starts. Returns
+    [2]: that noise and its part along ``cal["axis"]`` (:func:`head_tail_axis`; 0 without one)."""
     base = log_q.double() - (0.0 if cal["bias"] is None else cal["bias"])  # z / T, up to a constant per image
     n, c = base.shape
     halves = [half for half, _, _ in cal["halves"]]
     k = len(halves)
     if k < 2:
-        return 0.0
+        return np.zeros(2)
     rng = np.random.RandomState(seed)
     scale = [cal["temperature"] / half["temperature"] for half in halves]
     scores = []
@@ -312,38 +334,76 @@ def test_set_noise(method, cal, log_q, prior, share, seed):
     priors = half_estimates(method, halves, scores, torch.as_tensor(prior, dtype=torch.float64).expand(k, c).clone(),
                             n * c)
     moves = torch.stack([centred_log_ratio(pi, target_prior(half, share)) for pi, half in zip(priors, halves)])
-    variance = float(((moves - moves.mean(0)) ** 2).sum()) / (k - 1)
+    variance = np.asarray([part.sum() for part in sizes_along(moves - moves.mean(0), cal.get("axis"))]) / (k - 1)
     return variance * (k - 1) / chi2_quantile(1 - UPPER, k - 1)
 
 
-def null_strength(method, cal, prior, n, log_q=None, cache=None):
-    """James-Stein strength max(0, 1 - noise / ||u||^2) of the shift u of ``prior`` from the target
-    (:func:`target_prior`), and its evidence. The noise (``method.noise``): of the split, the null of
-    an unshifted set of ``n`` images (:func:`null_shift_sizes`, computed once per size and kept in
-    ``cal["null_sizes"]``); with "both" the larger of that and the test set's own
-    (:func:`test_set_noise` on ``log_q``, the test set's calibrated log posteriors). ``cache`` (a
-    stream's dict) keeps the test set's noise per ``n``."""
+def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
+    """What SafePrior's strength "null" adds to the target's log prior (:func:`target_prior`) for the
+    estimate ``prior`` of a set of ``n`` images: (adjustment [C], evidence). u is the centred log
+    ratio of ``prior`` to the target; James-Stein's strength is max(0, 1 - noise / size).
+
+    The noise (``method.noise``): of the split, the null of an unshifted set of ``n`` images
+    (:func:`null_shift_sizes`, computed once per size and kept in ``cal["null_sizes"]``); with "both"
+    the larger of that and the test set's own (:func:`test_set_noise` on ``log_q``, the test set's
+    calibrated log posteriors). ``cache`` (a stream's dict) keeps the test set's noise per ``n``.
+
+    Rule "whole": s u, one strength s from the noise and ||u||^2. Rule "axis" (``cal["axis"]``, the
+    head-tail axis, where u lies mostly along it: its part along the axis a at least the rest r): a
+    is read from one number instead of C - 1, with the noise's part along the axis as its variance
+    (8 estimates: a rough variance, so no James-Stein factor on it); it is moved by |a| less one
+    standard deviation of that noise (soft thresholding: the part the split certifies) and r by its
+    own James-Stein strength from the remainder of the noise, each at least s. A shift with a
+    sizeable rest (a sparse or arbitrary prior, for which moving the head against the tail alone
+    would mislead) keeps the whole rule.
+    """
     share = cal["balanced_share"]
-    observed = shift_size(prior, target_prior(cal, share))
+    u = centred_log_ratio(prior, target_prior(cal, share))
+    observed = float((u * u).sum())
     noise_rule = getattr(method, "noise", "target")
     sizes = cal.setdefault("null_sizes", {})
     if n not in sizes:
-        sizes[n] = null_shift_sizes(method, cal["halves"], n, share, "target" if noise_rule == "target" else "spread")
-    split_noise = _unbounded(float(sizes[n].mean()))
-    evidence = {"shift_size": observed, "null_shift_size": _shown(split_noise), "null_sets": len(cal["halves"]),
-                "balanced_share": share}
-    noise = split_noise
+        sizes[n] = null_shift_sizes(method, cal["halves"], n, share, "target" if noise_rule == "target" else "spread",
+                                    cal.get("axis"))
+    split = sizes[n].mean(0)
+    evidence = {"shift_size": observed, "null_shift_size": _shown(_unbounded(float(split[0]))),
+                "null_sets": len(cal["halves"]), "balanced_share": share}
+    noise, rest = split, split[0] - split[1]
     if noise_rule == "both":
         if cache is not None and n in cache:
             own = cache[n]
         else:
-            own = _unbounded(test_set_noise(method, cal, log_q, prior, share, SEED + n))
+            own = test_set_noise(method, cal, log_q, prior, share, SEED + n)
             if cache is not None:
                 cache[n] = own
-        noise = max(split_noise, own)
-        evidence["test_set_noise"] = _shown(own)
-    strength = max(0.0, 1.0 - noise / observed) if observed > 0 and math.isfinite(noise) else 0.0
-    return strength, evidence
+        noise, rest = np.maximum(split, own), max(split[0] - split[1], own[0] - own[1])
+        evidence["test_set_noise"] = _shown(_unbounded(float(own[0])))
+    strength = _james_stein(noise[0], observed)
+    axis = cal.get("axis")
+    if axis is not None:
+        along = float(u @ axis)
+        evidence["axis_share"] = along * along / observed if observed > 0 else 0.0
+        if observed > 0 and along * along >= observed - along * along:
+            sigma = math.sqrt(_unbounded(float(noise[1])))
+            s_axis = max(strength, max(0.0, abs(along) - sigma) / abs(along))
+            s_rest = max(strength, _james_stein(rest, observed - along * along))
+            u_axis = along * axis
+            evidence.update(rule="axis", strength=s_axis, rest_strength=s_rest, axis_noise=_shown(_unbounded(
+                float(noise[1]))), rest_noise=_shown(_unbounded(float(rest))))
+            return s_axis * u_axis + s_rest * (u - u_axis), evidence
+    evidence.update(rule="whole", strength=strength)
+    return strength * u, evidence
+
+
+def shifted(target, adjustment):
+    """The prior target e^adjustment, normalised."""
+    return _normalise(torch.exp(_log(target) + adjustment))
+
+
+def _james_stein(noise, size):
+    """max(0, 1 - noise / size); 0 where the noise is not a finite number or there is no shift."""
+    noise = _unbounded(float(noise))
+    return max(0.0, 1.0 - noise / size) if size > 0 and math.isfinite(noise) else 0.0
 
 
 def _unbounded(noise):
