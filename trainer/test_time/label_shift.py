@@ -383,10 +383,16 @@ class SafePrior(MAPPrior):
        "both" (default) it is the larger of that spread and the test set's own noise: each half's
        calibration runs the estimate on its own bootstrap resample of the test set, and the upper
        95 % confidence bound of the variance of those 8 estimates is taken (it sees what a balanced
-       resample of the split cannot: how this test set's images move the estimate). Every result holds
-       ``strength``, ``shift_size``, ``null_shift_size``, ``test_set_noise`` (with "both") and
-       ``balanced_share``; a noise that is not a finite number (halves the fit separates perfectly)
-       is reported as None and gives strength 0.
+       resample of the split cannot: how this test set's images move the estimate).
+    c. The head-tail axis (``axis`` "train_prior", default): a shift lying mostly along the centred
+       log training prior (the direction of every forward and backward long tail) is moved along
+       that axis by its size less one standard deviation of the noise's part along it, and its rest
+       by its own James-Stein strength, neither less than the whole rule's strength; any other
+       shift keeps the whole rule (as does every shift with ``axis`` "none").
+       Every result holds ``strength``, ``shift_size``, ``null_shift_size``, ``test_set_noise`` (with
+       "both"), ``balanced_share``, ``rule`` and ``axis_share`` (with an axis; rule "axis" adds
+       ``rest_strength``, ``axis_noise`` and ``rest_noise``); a noise that is not a finite number
+       (halves the fit separates perfectly) is reported as None and gives strength 0.
 
     ``strength`` and ``min_divergence`` "auto" choose one setting per model instead: each half
     calibrates while the other is resampled into simulated test sets of ``simulation_size`` images
@@ -396,7 +402,8 @@ class SafePrior(MAPPrior):
 
     Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats, 0; or "auto"),
     ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified" or "plain"; strength
-    "null" only), ``noise`` ("target", "spread" or "both"; strength "null" only), ``simulation_size``
+    "null" only), ``noise`` ("target", "spread" or "both"; strength "null" only), ``axis``
+    ("train_prior" or "none"; strength "null" only), ``simulation_size``
     (images per simulated set of "auto"; 2000),
     ``pseudo_count`` (> 0; 1), ``toward`` ("plain"), ``calibration``, ``source_prior``,
     ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test
