@@ -107,6 +107,7 @@ def test_bad_protocol_values_are_one_line_errors(ckpt, args, fragments, capfd):
 def test_bad_test_time_config_values_are_one_line_errors(ckpt, tmp_path, capfd):
     cases = [({"type": "Magic"}, ["test_time.type 'Magic'", "SafePrior"]),
              ({"type": "SafePrior", "args": {"strength": "lots"}}, ["strength"]),
+             ({"type": "SafePrior", "args": {"axis": "diagonal"}}, ["axis", "train_prior"]),
              ({"type": "MAPPrior", "args": {"pseudo_count": 0}}, ["pseudo_count"]),
              ({"type": "EMPrior", "args": {"epochs": 3}}, ["test_time.args.epochs", "not an argument of EMPrior"])]
     for section, fragments in cases:
