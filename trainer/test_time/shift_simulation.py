@@ -246,7 +246,7 @@ def sizes_along(vectors, axis):
     an axis)."""
     total = (vectors * vectors).sum(1)
     along = torch.zeros_like(total) if axis is None else (vectors @ axis) ** 2
-    return total.numpy(), along.numpy()
+    return total.cpu().numpy(), along.cpu().numpy()
 
 
 UPPER = 0.95  # the test set's own noise: the upper 95 % confidence bound of its variance over the halves
