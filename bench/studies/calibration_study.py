@@ -18,11 +18,12 @@ Rows (``family``: how the calibration's class bias is fitted; docs/methods.md#sm
 - ``shrunk`` / ``shrunk_prior``: a free bias shrunk toward 0 / toward g log p_train by a ridge
   whose weight is chosen by 5-fold cross-fitting on the split;
 each with EM (the full Bayes adjustment), ``SafePrior default`` (SafePrior's own defaults: the
-per-test-set strength from the plain target, noise "spread"), ``SafePrior old`` (one strength and
+per-test-set strength from the plain target, noise "both", the head-tail axis), ``SafePrior old`` (one strength and
 gate per model, chosen by the simulation on the split) and ``SafePrior gate`` (strength 1, the
 shift test alone decides); ``SafePrior null`` / ``SafePrior null plain`` / ``SafePrior null
-spread`` name the per-test-set variants by their target and noise. Beside them the shipped prior config
-(``configs/test_time_<family>_prior.json``) as it is now. ``--training_images`` adds, once per
+spread`` name the per-test-set variants by their target and noise; ``SafePrior whole`` is the
+shipped rule with one strength for every shift (``axis`` "none": no head-tail axis). Beside them
+the shipped prior config (``configs/test_time_<family>_prior.json``) as it is now. ``--training_images`` adds, once per
 record (not per size), EM and SafePrior calibrated on the training images instead of a validation
 split (the record's training logits; the settings of bench/studies/test_time_methods.py's
 training-image rows), shown under "training images".
