@@ -382,11 +382,12 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     axis = cal.get("axis")
     if axis is not None:
         along = float(u @ axis)
+        rest_size = observed - along * along
         evidence["axis_share"] = along * along / observed if observed > 0 else 0.0
-        if observed > 0 and along * along >= observed - along * along:
+        if observed > 0 and along * along >= rest_size:
             sigma = math.sqrt(_unbounded(float(noise[1])))
             s_axis = max(strength, max(0.0, abs(along) - sigma) / abs(along))
-            s_rest = max(strength, _james_stein(rest, observed - along * along))
+            s_rest = max(strength, _james_stein(rest, rest_size))
             u_axis = along * axis
             evidence.update(rule="axis", strength=s_axis, rest_strength=s_rest, axis_noise=_shown(_unbounded(
                 float(noise[1]))), rest_noise=_shown(_unbounded(float(rest))))
