@@ -262,3 +262,36 @@ def test_cpu_sync_batchnorm_keeps_parameter_names_and_values():
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(net(x)["output"], synced(x)["output"])
     assert all(torch.equal(u, v) for u, v in zip(net.state_dict().values(), synced.state_dict().values()))
+
+
+def test_group_process_ends_without_interpreter_shutdown(tmp_path):
+    """A process that joined a torchrun group ends with os._exit, on success as on error: the
+    interpreter's shutdown, where gloo's worker threads can abort the process (utils/errors._exit),
+    is skipped (an atexit handler never runs), and what it would have flushed is flushed first."""
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "import atexit, logging, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from utils.errors import UserError, cli_entry, mark_group_process\n"
+        "atexit.register(lambda: print('interpreter shutdown'))\n"
+        "log = logging.getLogger('entry')\n"
+        "log.addHandler(logging.FileHandler(sys.argv[1]))\n"
+        "log.setLevel(logging.INFO)\n"
+        "@cli_entry\n"
+        "def main():\n"
+        "    if sys.argv[2] != 'alone':\n"
+        "        mark_group_process()\n"
+        "    log.info('logged')\n"
+        "    sys.stdout.write('unflushed')\n"
+        "    if sys.argv[2] == 'error':\n"
+        "        raise UserError('bad input')\n"
+        "main()\n")
+    for mode, code in (("alone", 0), ("success", 0), ("error", 2)):
+        log_file = tmp_path / f"{mode}.log"
+        proc = subprocess.run([sys.executable, str(script), str(log_file), mode], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == code, (mode, proc.stderr)
+        assert log_file.read_text() == "logged\n"
+        assert proc.stdout.startswith("unflushed")
+        assert ("interpreter shutdown" in proc.stdout) == (mode == "alone"), (mode, proc.stdout)
+    assert proc.stderr == "error: bad input\n"

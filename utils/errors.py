@@ -2,6 +2,7 @@
 Ctrl-C is one line and exit code 130."""
 import contextlib
 import functools
+import logging
 import os
 import signal
 import sys
@@ -36,28 +37,48 @@ def shown(value, limit=80):
 
 
 def cli_entry(main):
-    """Wrap a script's main(): UserError -> one line on stderr and exit 2; Ctrl-C -> one line and exit 130."""
+    """Wrap a script's main(): UserError -> one line on stderr and exit 2; Ctrl-C -> one line and exit 130.
+    A process of a torchrun group ends through :func:`_exit` on success too."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
         except UserError as e:
             print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
             _exit(e.exit_code)
         except KeyboardInterrupt as e:
             detail = f": {one_line(e)}" if str(e) else ""
             print(f"interrupted{detail}", file=sys.stderr, flush=True)
-            sys.exit(130)
+            _exit(130)
+        if _GROUP_PROCESS:
+            _exit(0)
+        return result
 
     return wrapper
 
 
+_GROUP_PROCESS = False  # set by mark_group_process(): this process joined a torchrun group
+
+
+def mark_group_process():
+    """Called once this process has joined a torchrun group (``utils/runtime.setup_runtime``): it will
+    end through :func:`_exit`, whatever the outcome."""
+    global _GROUP_PROCESS
+    _GROUP_PROCESS = True
+
+
 def _exit(code):
-    """``sys.exit(code)``; a process of a torchrun group ends with ``os._exit`` instead, after
-    flushing, so that tearing down the group's threads at exit cannot turn the code into SIGABRT."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    """``sys.exit(code)``; a process that joined a torchrun group ends with ``os._exit`` instead,
+    after flushing its streams and log files, with success as with an error. The reason: the gloo
+    group's worker threads drop the last collectives' work objects on their own time, and one that
+    does so while the interpreter is shutting down needs the GIL to release a tensor, cannot have it
+    and aborts the process (SIGABRT, "terminate called without an active exception"; seen on a
+    loaded machine about once in 15 runs, with the group already destroyed). ``os._exit`` skips the
+    interpreter's shutdown; what it would have done at exit (flush the streams and the logging
+    handlers) is done here first."""
+    if _GROUP_PROCESS:
+        logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from utils.errors import UserError
+from utils.errors import UserError, mark_group_process
 
 
 @dataclass
@@ -152,14 +152,20 @@ def setup_runtime(device_arg=None):
         device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    mark_group_process()
     return Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
 
 
 def teardown_runtime(runtime):
-    """Leave the process group. On the way out of an error it is left to the process's exit
-    (``utils/errors.cli_entry`` ends a distributed process with ``os._exit``): destroying a gloo
-    group whose peer has already gone can abort the process (SIGABRT) instead of exit code 2."""
+    """Leave the process group once every rank is done with it (a barrier, then
+    ``destroy_process_group``). On the way out of an error it is left to the process's exit:
+    destroying a gloo group whose peer has already gone can abort the process (SIGABRT) instead of
+    exit code 2. Either way the process then ends with ``os._exit`` (``utils/errors._exit``)."""
     if runtime.distributed and dist.is_initialized() and sys.exc_info()[0] is None:
+        try:
+            dist.barrier()
+        except Exception as e:  # noqa: BLE001 - a peer that ended with an error (its own line says why)
+            raise PeerFailed(f"another process ended before this one finished ({_one_line(e)})") from None
         dist.destroy_process_group()
 
 
