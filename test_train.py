@@ -104,8 +104,10 @@ def saved_for(args, parser, tt):
             parser.error(f"--{option} applies to a checkpoint (-r); --logits runs without the network and the data")
     saved = load_logits(args.logits)
     if "validation" in tt["test_time"]:
-        print(f"note: --logits: the validation split is the one saved in {args.logits} "
-              f"({(saved.data.validation_info or {}).get('per_class', 'none')} per class), not test_time.validation")
+        held = (f"{(saved.data.validation_info or {}).get('per_class', 'unknown')} per class"
+                if saved.data.has_validation else "the file holds none")
+        print(f"note: --logits: the validation split is the one saved in {args.logits} ({held}), not "
+              "test_time.validation")
     return saved
 
 

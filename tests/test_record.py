@@ -207,3 +207,18 @@ def test_the_default_claim_names_the_records_it_fails_on():
     assert "`bad` +0.00 (eleven), -0.60 (worst Dirichlet draw)" in line
     line = next(x for x in claims([good]).splitlines() if "never below the plain average" in x)
     assert line.endswith("**holds** on 1 of 1 records.")
+
+
+def test_a_logits_file_without_its_validation_split_is_named_as_such(record, tmp_path, capfd):
+    """test_train.py --logits with a file that holds no validation split: the note says so (it does not
+    claim the split's size from the file's meta), and a method calibrated on the split is one line that
+    names the two ways out."""
+    _, _, folder = record
+    with np.load(folder / "logits.npz") as f:
+        arrays = {k: f[k] for k in f.files if not k.startswith("validation_")}
+    np.savez(tmp_path / "no_split.npz", **arrays)
+    code, out, err = run_entry("test_train.py", ["-c", ROOT / "configs" / "test_time_cifar10_prior.json", "--logits",
+                                                 tmp_path / "no_split.npz", "--out", tmp_path / "out.json"], capfd)
+    assert "(the file holds none)" in out + err
+    one_line_error(code, err, "has no validation split", "test.py --save_logits", 'calibration to "training"')
+    assert not (tmp_path / "out.json").exists()

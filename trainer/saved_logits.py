@@ -81,6 +81,8 @@ class OfflineData:
     validation_info: Optional[dict] = None
     has_validation: bool = False
     type_name: str = ""
+    # what a method calibrated on the validation split asks for when the file holds none
+    validation_option = "a logits file that holds one (test.py --save_logits on data with a validation split)"
 
     def shot_masks(self):
         return shot_masks(self.cls_num_list)
