@@ -212,7 +212,7 @@ def test_the_default_claim_names_the_records_it_fails_on():
 def test_a_logits_file_without_its_validation_split_is_named_as_such(record, tmp_path, capfd):
     """test_train.py --logits with a file that holds no validation split: the note says so (it does not
     claim the split's size from the file's meta), and a method calibrated on the split is one line that
-    names the two ways out."""
+    names the two ways out; bench/studies/test_time_methods.py --logits stops on it in one line."""
     _, _, folder = record
     with np.load(folder / "logits.npz") as f:
         arrays = {k: f[k] for k in f.files if not k.startswith("validation_")}
@@ -221,4 +221,8 @@ def test_a_logits_file_without_its_validation_split_is_named_as_such(record, tmp
                                                  tmp_path / "no_split.npz", "--out", tmp_path / "out.json"], capfd)
     assert "(the file holds none)" in out + err
     one_line_error(code, err, "has no validation split", "test.py --save_logits", 'calibration to "training"')
+    # the study of every method stops before any work, on the first method calibrated on the split
+    code, _, err = run_entry("bench/studies/test_time_methods.py", ["--logits", tmp_path / "no_split.npz",
+                                                                    "--out", tmp_path / "out.json"], capfd)
+    one_line_error(code, err, "no_split.npz: EM: ", "has no validation split")
     assert not (tmp_path / "out.json").exists()

@@ -123,6 +123,17 @@ def summary_table(rows):
 WRITER = "bench/studies/test_time_methods.py"
 
 
+def checked(all_methods, data, source):
+    """``all_methods``, once each has accepted the data (a method calibrated on a validation split the
+    data or the logits file lacks is one line before any work)."""
+    for label, method in all_methods:
+        try:
+            method.check(data)
+        except ValueError as e:
+            raise UserError(f"{source}: {label}: {e}")
+    return all_methods
+
+
 def _legacy(payload):
     """A report of this tool written before reports said ``written_by``."""
     return isinstance(payload.get("protocols"), dict) and "validation_info" in payload
@@ -158,8 +169,8 @@ def main(argv=None):
         if trained.views is None and not args.skip_views:
             print(f"note: {args.logits} holds no view logits: self-supervised aggregation is left out (add them with "
                   "test.py --save_logits --save_views)", flush=True)
-        all_methods = method_list(trained.data.type_name, trained.net.num_experts,
-                                  skip_views=args.skip_views or trained.views is None)
+        all_methods = checked(method_list(trained.data.type_name, trained.net.num_experts,
+                                          skip_views=args.skip_views or trained.views is None), trained.data, args.logits)
         clean, targets = trained.splits["test"]
         reference, validation = trained.source("training"), trained.source("validation")
         source = {"logits": args.logits, **({"views": args.views} if args.views else {})}
@@ -171,7 +182,8 @@ def main(argv=None):
             overrides.append(("data_loader.args.validation", prior_tt["validation"], "prior config"))
         trained = load_trained(args.checkpoint, None, overrides, args.device)
         # the methods (and their configs) are checked before the long pass
-        all_methods = method_list(trained.config["data_loader"]["type"], trained.net.num_experts, args.skip_views)
+        all_methods = checked(method_list(trained.config["data_loader"]["type"], trained.net.num_experts,
+                                          args.skip_views), trained.data, args.checkpoint)
         start = time.perf_counter()
         clean, targets = collect_expert_logits(trained.net, trained.data.test_loader(device=args.device),
                                                args.device, trained.perf)
