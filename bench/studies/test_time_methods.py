@@ -169,8 +169,9 @@ def main(argv=None):
         if trained.views is None and not args.skip_views:
             print(f"note: {args.logits} holds no view logits: self-supervised aggregation is left out (add them with "
                   "test.py --save_logits --save_views)", flush=True)
-        all_methods = checked(method_list(trained.data.type_name, trained.net.num_experts,
-                                          skip_views=args.skip_views or trained.views is None), trained.data, args.logits)
+        skip_views = args.skip_views or trained.views is None
+        all_methods = checked(method_list(trained.data.type_name, trained.net.num_experts, skip_views=skip_views),
+                              trained.data, args.logits)
         clean, targets = trained.splits["test"]
         reference, validation = trained.source("training"), trained.source("validation")
         source = {"logits": args.logits, **({"views": args.views} if args.views else {})}
