@@ -94,3 +94,18 @@ def test_bad_rows_and_a_record_without_training_logits_are_named(record, tmp_pat
     code, _, err = run_entry(STUDY, [record, *args, "--out", tmp_path / "study.json"], capfd)
     one_line_error(code, err, *fragments)
     assert not (tmp_path / "study.json").exists()
+
+
+def test_a_size_beyond_the_pool_is_noted_and_a_record_without_a_split_is_named(record, tmp_path, capfd):
+    code, stdout, err = run_entry(STUDY, [record, "--sizes", "40", "--draws", "1", "--rows", "EM:free", "--out",
+                                          tmp_path / "study.json"], capfd)
+    assert code == 0, err[-3000:]
+    assert (f"note: {record.name}: the pool holds fewer than 40 images of class(es) 0, 1, 2, 3, 4, 5, 6, 7, 8, 9; "
+            "at 40 per class their split keeps all they have") in stdout
+    bare = tmp_path / "results" / record.name
+    bare.mkdir(parents=True)
+    with np.load(record / "logits.npz") as f:
+        np.savez(bare / "logits.npz", **{k: f[k] for k in f.files if not k.startswith("validation_")})
+    code, _, err = run_entry(STUDY, [bare, "--out", tmp_path / "bare.json"], capfd)
+    one_line_error(code, err, "logits.npz holds no validation split", "--data_dir")
+    assert not (tmp_path / "bare.json").exists()

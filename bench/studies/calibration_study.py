@@ -9,8 +9,10 @@ RECORD_DIR: a folder of ``results/`` holding ``logits.npz`` (default: every one)
 and the eleven distributions come from that file; the validation pool is the record's whole
 left-over split when ``--data_dir`` is given and the record's ``model.pth`` loads (its logits from
 the cache beside the checkpoint, trainer/validation_cache.py: one network pass the first time,
-none after), else the validation split saved in ``logits.npz``. A split of k per class takes,
-per class, k images of the pool at random (seed = the draw); "all" is the whole pool (one draw).
+none after), else the validation split saved in ``logits.npz`` (a file without one is a one-line
+error). A split of k per class takes, per class, k images of the pool at random (seed = the draw),
+or all of a class's images where the pool holds fewer (a note names those classes); "all" is the
+whole pool (one draw).
 
 Rows (``family``: how the calibration's class bias is fitted; docs/methods.md#small-validation-splits):
 - ``free``: a free per-class bias with the temperature (C + 1 parameters; the old calibration);
@@ -171,8 +173,16 @@ class Record:
             logits, targets = validation_logits(trained, "cpu")
             shown = ckpt.resolve().relative_to(ROOT) if ckpt.resolve().is_relative_to(ROOT) else ckpt.name
             return (logits.mean(1), targets), f"whole left-over split ({len(targets)} images, cached beside {shown})"
+        if "validation" not in self.saved.splits:
+            raise UserError(f"{self.folder / 'logits.npz'} holds no validation split; give --data_dir with the "
+                            "record's model.pth beside it (the whole left-over split), or a logits file saved with one")
         logits, targets = self.saved.splits["validation"]
         return (logits.mean(1), targets), f"the validation split saved in logits.npz ({len(targets)} images)"
+
+    def short_classes(self, per_class):
+        """The classes whose pool holds fewer than ``per_class`` images (a split keeps all of theirs)."""
+        counts = np.bincount(self.pool[1].numpy(), minlength=self.data.num_classes)
+        return [int(c) for c in np.flatnonzero(counts < per_class)]
 
     def top1(self, scores, idx):
         return float((scores.argmax(1) == self.targets[idx]).double().mean())
@@ -310,6 +320,10 @@ def main(argv=None):
         if args.training_images:
             steps.append(("training_images", study, TRAINING, training_rows()))
         for key, into, size, step_rows in steps:  # written after each step: a long run keeps what it finished
+            short = record.short_classes(size) if isinstance(size, int) else []
+            if short:
+                print(f"note: {folder.name}: the pool holds fewer than {size} images of class(es) "
+                      f"{', '.join(map(str, short))}; at {size} per class their split keeps all they have", flush=True)
             into[key] = evaluate(record, step_rows, size, args.draws)
             study["table"] = calibration_study_table({"study": study})
             write_json(target, {"written_by": WRITER, **everything}, indent=1, default=float)
