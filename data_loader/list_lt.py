@@ -95,8 +95,9 @@ class ListImageDataset(Dataset):
         try:
             img = read_rgb(path)  # a FIFO is refused, not waited on
         except Exception as e:  # noqa: BLE001 - Pillow raises anything on a file that is not what it seems
-            raise UnreadableImageError(f"cannot read image {path} ({self.list_path}, line {self.lines[i]}): "
-                                       f"{unreadable_reason(path, e)}") from None
+            # a list file's line; an image folder's scan has no line to name (the path names the file)
+            where = "" if os.path.isdir(self.list_path) else f" ({self.list_path}, line {self.lines[i]})"
+            raise UnreadableImageError(f"cannot read image {path}{where}: {unreadable_reason(path, e)}") from None
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.targets[i])

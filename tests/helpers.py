@@ -239,12 +239,16 @@ def assert_same_state(a_path, b_path):
 @contextlib.contextmanager
 def train_log(caplog):
     """caplog capturing the "train" logger at INFO. utils/logger.py stops that logger's propagation
-    once a run has set it up, so caplog's own capture misses it after any training test in the session."""
+    once a run has set it up, so caplog's own capture misses it after any training test in the session.
+    Its handler is attached to the logger itself, with propagation off meanwhile, so each record is
+    captured once whether or not a training test ran before."""
     logger = logging.getLogger("train")
     with caplog.at_level(logging.INFO, logger="train"):
         caplog.handler.setLevel(logging.INFO)
+        propagate, logger.propagate = logger.propagate, False
         logger.addHandler(caplog.handler)
         try:
             yield caplog
         finally:
             logger.removeHandler(caplog.handler)
+            logger.propagate = propagate

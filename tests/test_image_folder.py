@@ -271,6 +271,20 @@ def test_files_that_are_no_image_stop_the_scan_in_one_line(tmp_path, kind, fragm
         assert str(e.value).startswith(f"{bad} ")
 
 
+def test_an_undecodable_image_of_a_folder_is_named_by_its_path_alone(tmp_path):
+    """Found when first loaded: the message names the file and why, and no "line" (a folder's scan has none)."""
+    from data_loader.list_lt import UnreadableImageError
+    root = write_folder(tmp_path / "data", (2, 2), classes=("cat", "dog"))
+    bad = root / "train" / "dog" / "00.png"
+    bad.write_text("not an image")
+    data = module(root, validation=False)
+    index = next(i for i in range(len(data.train_set)) if data.train_set.path(i) == str(bad))
+    with pytest.raises(UnreadableImageError) as e:
+        data.train_set[index]
+    assert str(e.value) == (f"cannot read image {bad}: not an image file Pillow can identify (empty, text, or "
+                            "another format)")
+
+
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads a file of mode 000")
 def test_an_unreadable_file_stops_the_scan(tmp_path):
     root = write_folder(tmp_path / "data", (2, 2), classes=("cat", "dog"))
