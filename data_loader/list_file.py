@@ -28,7 +28,7 @@ def read_list(path, num_classes=None, what="list"):
     spaces. ``num_classes`` bounds the labels (0..num_classes-1)."""
     try:
         with open_readable(path) as f:  # a FIFO or device is refused, never waited on
-            text = f.read().decode("utf-8")
+            text = f.read().decode("utf-8-sig")  # a byte-order mark (as Windows editors write) is no part of a path
     except FileNotFoundError:
         raise UserError(f"{what} file {path} does not exist")
     except (OSError, UnicodeDecodeError) as e:

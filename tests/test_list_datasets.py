@@ -168,3 +168,23 @@ def test_missing_list_and_folder(tmp_path, lists):
         ImageNetLTDataLoader(**list_module_args(lists, test_txt=str(tmp_path / "nope.txt")))
     with pytest.raises(UserError, match="data_dir .* is not a folder"):
         ImageNetLTDataLoader(**list_module_args(lists, data_dir=str(tmp_path / "nowhere")))
+
+
+def test_text_files_a_windows_editor_wrote_read_as_written(tmp_path):
+    """A UTF-8 byte-order mark and CRLF line ends, as Notepad saves: a list file, an --images list and
+    a config read as without them (the mark is no part of the first path or of the JSON)."""
+    from PIL import Image
+
+    from data_loader.list_file import read_list
+    from trainer.unlabeled import image_paths
+    from utils.parse_config import read_json
+    bom = "\ufeff".encode("utf-8")
+    (tmp_path / "train.txt").write_bytes(bom + b"a b.jpg 0\r\nc.jpg 1\r\n")
+    listing = read_list(tmp_path / "train.txt", num_classes=2)
+    assert listing.images == ["a b.jpg", "c.jpg"] and listing.labels.tolist() == [0, 1]
+    for name in ("x.png", "y.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "new.txt").write_bytes(bom + b"x.png\r\ny.png\r\n")
+    assert image_paths(str(tmp_path / "new.txt")) == [str(tmp_path / "x.png"), str(tmp_path / "y.png")]
+    (tmp_path / "c.json").write_bytes(bom + b'{"name": "x"}\r\n')
+    assert read_json(tmp_path / "c.json") == {"name": "x"}

@@ -58,7 +58,7 @@ def image_paths(spec, warn=None):
     if is_image(path.name):
         return [str(path)]
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is no part of a path
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--images {spec}: cannot read the list file ({e}); expected one image path a line")
     paths = []

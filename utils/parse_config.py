@@ -27,7 +27,7 @@ def read_json(path):
     path = Path(path)
     try:
         with open_readable(path) as f:  # a FIFO or device (/dev/zero) is refused, never read from
-            text = f.read().decode("utf-8")
+            text = f.read().decode("utf-8-sig")  # a byte-order mark (as Windows editors write) is allowed
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist")
     except (OSError, UnicodeDecodeError) as e:
