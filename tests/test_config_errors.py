@@ -413,6 +413,16 @@ def test_set_parses_json_and_falls_back_to_string(config):
         ConfigParser.apply_overrides(c.config, [("trainer.nope", 1, "--set")], "x")
 
 
+def test_set_takes_several_expressions_at_once_and_repeats():
+    from utils.cli import ArgumentParser
+    p = ArgumentParser(prog="x")
+    p.add_argument("--run_id")
+    p.add_set_option()
+    args = p.parse_args(["--set", "trainer.epochs=3", "name=a", "--run_id", "r", "--set", "seed=2"])
+    assert p.overrides(args) == [("trainer.epochs", 3, "--set"), ("name", "a", "--set"), ("seed", 2, "--set")]
+    assert args.run_id == "r"
+
+
 def test_set_null_is_applied_and_missing_shortcuts_are_not(config):
     # "--set trainer.autocast=null" must turn bf16 off (it was once dropped like an unset option).
     from utils.parse_config import parse_set_expression

@@ -35,8 +35,8 @@ class ArgumentParser(argparse.ArgumentParser):
         return action
 
     def add_set_option(self, flag="--set", target="run", what="config"):
-        """``--set KEY.PATH=VALUE`` (repeatable) for the ``target`` config."""
-        action = self.add_argument(flag, action="append", default=[], metavar="KEY.PATH=VALUE",
+        """``--set KEY.PATH=VALUE [KEY.PATH=VALUE ...]`` (also repeatable) for the ``target`` config."""
+        action = self.add_argument(flag, action="extend", nargs="+", default=[], metavar="KEY.PATH=VALUE",
                                    help=f"override any existing {what} key; VALUE is JSON (else a string)")
         self._set_targets[action.dest] = (flag, target)
         return action

@@ -130,7 +130,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=positive_int, required=True)
     p.add_argument("--seed", type=nonnegative_int, required=True)
     p.add_argument("--data_dir")
-    p.add_argument("--set", action="append", default=[], help="train.py --set overrides (the recipe at this budget)")
+    p.add_argument("--set", action="extend", nargs="+", default=[],
+                   help="train.py --set overrides (the recipe at this budget)")
     p.add_argument("--name", help="record name (default: <config>_e<epochs>_s<seed>)")
     p.add_argument("--work_dir", default=str(DEFAULT_WORK_DIR), help="where training runs (outside the repository)")
     p.add_argument("--results_dir", default=str(ROOT / "results"))

@@ -171,7 +171,7 @@ def main(argv=None):
     p.add_argument("--data_dir")
     p.add_argument("--out_dir", default=str(ROOT / "runs" / "reproduce"))
     p.add_argument("-d", "--device")
-    p.add_argument("--set", action="append", default=[], help="extra train.py --set overrides")
+    p.add_argument("--set", action="extend", nargs="+", default=[], help="extra train.py --set overrides")
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", help="one run per seed; the table gives mean +- std")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -85,7 +85,7 @@ def add_shared(p, names):
     if "data_dir" in names:
         p.add_argument("--data_dir", default=str(DEFAULT_DATA))
     if "set" in names:
-        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+        p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY.PATH=VALUE",
                        help="config override (for every variant)")
 
 
