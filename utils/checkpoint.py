@@ -267,7 +267,7 @@ def _short(e):
     text = str(e)
     if "WeightsUnpickler error:" in text:  # torch wraps the reason in a long advice text
         text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
-    text = " ".join(text.split())
+    text = " ".join(text.split()) or type(e).__name__  # an empty file raises EOFError with no message
     return text[:200] + ("..." if len(text) > 200 else "")
 
 
