@@ -27,7 +27,8 @@ from trainer.adaptation import shared_views
 from trainer.build import load_trained
 from trainer.evaluation import distribution_metrics
 from trainer.forward import collect_expert_logits
-from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
+from trainer.protocols import (add_protocol_args, check_protocol_options, format_summary, stream_batch_sizes, summarise,
+                                test_sets)
 from trainer.saved_logits import save_logits
 from trainer.validation_cache import validation_logits
 from utils.cli import ArgumentParser, add_evaluation_args, nonnegative_int, positive_int
@@ -81,6 +82,7 @@ def result_files(out, save_logits=False):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_protocol_options(parser, args)
     device, _ = parse_device(args.device)
     if args.save_views and not args.save_logits:
         parser.error("--save_views adds view logits to the saved logits; expected it with --save_logits")

@@ -44,7 +44,8 @@ from trainer.build import build_test_time_method, load_trained, read_test_time_c
 from trainer.unlabeled import has_online_form
 from trainer.forward import collect_expert_logits
 from trainer.saved_logits import load_logits
-from trainer.protocols import add_protocol_args, format_summary, stream_batch_sizes, summarise, test_sets
+from trainer.protocols import (add_protocol_args, check_protocol_options, format_summary, stream_batch_sizes, summarise,
+                                test_sets)
 from utils.cli import ArgumentParser, add_evaluation_args, finite_float
 from utils.errors import UserError, cli_entry
 from utils.path_text import path_text
@@ -205,6 +206,7 @@ def default_out(checkpoint, method_type, online, protocol="distributions"):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_protocol_options(parser, args)
     method, tt = load_method(args, parser)
     if (args.resume is None) == (args.logits is None):
         parser.error("give a checkpoint with -r CHECKPOINT or saved logits with --logits FILE (one of them)")

@@ -98,10 +98,21 @@ def test_streaming_protocol_and_what_cannot_stream(ckpt, tmp_path, capfd):
     (["--protocol", "dirichlet", "--size", "5000"], ["--size 5000", "larger than the test set"]),
     (["--protocol", "streaming", "--stream_batch", "0"], ["--stream_batch", ">= 1"]),
     (["--protocol", "dirichlet", "--draws", "0"], ["draws"]),
+    # an option of another protocol would be ignored: refused, naming the protocols it belongs to
+    (["--alpha", "1", "--draws", "3"], ["--alpha applies to --protocol dirichlet", "protocol is distributions"]),
+    (["--protocol", "streaming", "--draws", "2"], ["--draws applies to --protocol dirichlet, missing or dirmixe"]),
+    (["--protocol", "missing", "--distributions", "uniform"], ["--distributions applies to --protocol distributions"]),
 ])
-def test_bad_protocol_values_are_one_line_errors(ckpt, args, fragments, capfd):
-    code, _, err = run_entry("test.py", ["-r", ckpt, *args], capfd)
+def test_bad_protocol_values_are_one_line_errors(ckpt, args, fragments, capfd, tmp_path):
+    code, _, err = run_entry("test.py", ["-r", ckpt, *args, "--out", tmp_path / "out.json"], capfd)
     one_line_error(code, err, *fragments)
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_test_train_refuses_an_option_of_another_protocol(ckpt, capfd):
+    code, _, err = run_entry("test_train.py", ["-c", ROOT / "configs" / "test_time_digits_prior.json", "-r", ckpt,
+                                               "--protocol", "dirichlet", "--stream_batch", "8"], capfd)
+    one_line_error(code, err, "--stream_batch applies to --protocol streaming", "protocol is dirichlet")
 
 
 def test_bad_test_time_config_values_are_one_line_errors(ckpt, tmp_path, capfd):

@@ -58,6 +58,25 @@ def add_protocol_args(parser):
     return parser
 
 
+# the protocols each option of add_protocol_args (and --distributions) is read by
+OPTION_PROTOCOLS = {"distributions": ("distributions",), "alpha": ("dirichlet",), "size": ("dirichlet",),
+                    "draws": ("dirichlet", "missing", "dirmixe"), "missing_fraction": ("missing",),
+                    "stream_batch": ("streaming",), "ir": ("dirmixe",), "concentration": ("dirmixe",),
+                    "protocol_seed": ("dirichlet", "missing", "streaming", "dirmixe")}
+
+
+def check_protocol_options(parser, args):
+    """An option of another protocol than ``--protocol``'s, given with a value other than its default,
+    is one line before any work: it would be ignored (``--alpha 1`` without ``--protocol dirichlet``)."""
+    if args.protocol not in PROTOCOLS:
+        raise UserError(f"--protocol {args.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    for name, protocols in OPTION_PROTOCOLS.items():
+        if args.protocol not in protocols and getattr(args, name, None) != parser.get_default(name):
+            which = protocols[0] if len(protocols) == 1 else f"{', '.join(protocols[:-1])} or {protocols[-1]}"
+            raise UserError(f"--{name} applies to --protocol {which}, and this call's protocol is {args.protocol} "
+                            f"(it would be ignored); expected --protocol {which}, or no --{name}")
+
+
 def test_sets(args, data):
     """Ordered ``{name: test-set indices}`` of a subset protocol (everything but streaming); a test
     set without images is refused before any work (it has no accuracy to report)."""
