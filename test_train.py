@@ -38,7 +38,7 @@ import numpy as np
 from base.base_model import average_experts
 from base.base_test_time import TestTimeMethod
 from trainer import unlabeled
-from trainer.adaptation import run_method, run_stream, shared_views
+from trainer.adaptation import check_method, run_method, run_stream, shared_views
 from trainer.build import DEFAULT_TEST_TIME_METHOD as DEFAULT_METHOD
 from trainer.build import build_test_time_method, load_trained, read_test_time_config
 from trainer.unlabeled import has_online_form
@@ -112,15 +112,6 @@ def saved_for(args, parser, tt):
     return saved
 
 
-def checked(method, tt, trained, config):
-    try:
-        method.check(trained.data)  # settings the data module or the model cannot honour fail before any work
-        method.check_experts(trained.net.num_experts)
-    except ValueError as e:
-        raise UserError(f"config {config}: test_time.args: {e}")
-    return method
-
-
 def predict_images(args, parser, method, tt):
     """--images: predictions.csv and summary.json for unlabeled images (trainer/unlabeled.py)."""
     import time
@@ -132,7 +123,7 @@ def predict_images(args, parser, method, tt):
     device, _ = parse_device(args.device)
     start = time.perf_counter()
     trained = trained_for(args, parser, tt, device)
-    checked(method, tt, trained, args.config)
+    check_method(method, trained, f"config {args.config}: test_time.args")
     names = unlabeled.class_names(trained)
     images = unlabeled.collect_image_logits(trained, paths, device, batch_size=args.bs, strict=args.strict)
     seed = tt.get_seed("test_time.seed", 1)
@@ -227,7 +218,7 @@ def main(argv=None):
     else:
         trained = trained_for(args, parser, tt, device)
     data = trained.data
-    checked(method, tt, trained, args.config)
+    check_method(method, trained, f"config {args.config}: test_time.args")
     label = method.label()
     if method.uses_test_labels:
         print(f"{label}: this method reads the test labels; its figures are a ceiling, not a result")

@@ -36,6 +36,18 @@ class ReferenceLogits:
         return self.value
 
 
+def check_method(method, trained, where):
+    """Before any work: the method accepts the data module and the model's number of experts (a
+    setting either cannot honour, e.g. calibration on a validation split the data lacks, is one line
+    starting with ``where``)."""
+    try:
+        method.check(trained.data)
+        method.check_experts(trained.net.num_experts)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}")
+    return method
+
+
 def validation_source(trained, device):
     """A ``() -> (logits, targets)`` of the validation split, computed on first use from the cache
     beside the checkpoint (trainer/validation_cache.py) or one pass of the network; None when the

@@ -58,6 +58,11 @@ def add_protocol_args(parser):
     return parser
 
 
+def check_protocol(protocol):
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+
+
 # the protocols each option of add_protocol_args (and --distributions) is read by
 OPTION_PROTOCOLS = {"distributions": ("distributions",), "alpha": ("dirichlet",), "size": ("dirichlet",),
                     "draws": ("dirichlet", "missing", "dirmixe"), "missing_fraction": ("missing",),
@@ -68,8 +73,7 @@ OPTION_PROTOCOLS = {"distributions": ("distributions",), "alpha": ("dirichlet",)
 def check_protocol_options(parser, args):
     """An option of another protocol than ``--protocol``'s, given with a value other than its default,
     is one line before any work: it would be ignored (``--alpha 1`` without ``--protocol dirichlet``)."""
-    if args.protocol not in PROTOCOLS:
-        raise UserError(f"--protocol {args.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    check_protocol(args.protocol)
     for name, protocols in OPTION_PROTOCOLS.items():
         if args.protocol not in protocols and getattr(args, name, None) != parser.get_default(name):
             which = protocols[0] if len(protocols) == 1 else f"{', '.join(protocols[:-1])} or {protocols[-1]}"
@@ -90,8 +94,7 @@ def test_sets(args, data):
 
 
 def _test_sets(args, data):
-    if args.protocol not in PROTOCOLS:
-        raise UserError(f"--protocol {args.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    check_protocol(args.protocol)
     targets, C = data.test_targets, data.num_classes
     draws = args.draws if args.draws is not None else DEFAULT_DRAWS.get(args.protocol, 10)
     check_sets_fit(args, draws, len(targets))

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: the tool runs by its path
 from bench.common import ROOT, output_path, write_report
 
-from trainer.adaptation import ReferenceLogits, run_method, run_stream, validation_source
+from trainer.adaptation import ReferenceLogits, check_method, run_method, run_stream, validation_source
 from trainer.build import build_test_time_method, load_trained, resolve_config
 from trainer.saved_logits import load_logits
 from trainer.forward import collect_expert_logits
@@ -123,14 +123,10 @@ def summary_table(rows):
 WRITER = "bench/studies/test_time_methods.py"
 
 
-def checked(all_methods, data, source):
-    """``all_methods``, once each has accepted the data (a method calibrated on a validation split the
-    data or the logits file lacks is one line before any work)."""
+def checked(all_methods, trained, source):
+    """``all_methods``, once each has accepted the data and the model (trainer/adaptation.check_method)."""
     for label, method in all_methods:
-        try:
-            method.check(data)
-        except ValueError as e:
-            raise UserError(f"{source}: {label}: {e}")
+        check_method(method, trained, f"{source}: {label}")
     return all_methods
 
 
@@ -171,7 +167,7 @@ def main(argv=None):
                   "test.py --save_logits --save_views)", flush=True)
         skip_views = args.skip_views or trained.views is None
         all_methods = checked(method_list(trained.data.type_name, trained.net.num_experts, skip_views=skip_views),
-                              trained.data, args.logits)
+                              trained, args.logits)
         clean, targets = trained.splits["test"]
         reference, validation = trained.source("training"), trained.source("validation")
         source = {"logits": args.logits, **({"views": args.views} if args.views else {})}
@@ -184,7 +180,7 @@ def main(argv=None):
         trained = load_trained(args.checkpoint, None, overrides, args.device)
         # the methods (and their configs) are checked before the long pass
         all_methods = checked(method_list(trained.config["data_loader"]["type"], trained.net.num_experts,
-                                          args.skip_views), trained.data, args.checkpoint)
+                                          args.skip_views), trained, args.checkpoint)
         start = time.perf_counter()
         clean, targets = collect_expert_logits(trained.net, trained.data.test_loader(device=args.device),
                                                args.device, trained.perf)
