@@ -95,6 +95,12 @@ def test_compute_ceiling_bench_reports_flops_steps_and_matmul_rates(capfd):
     assert all(int(s[1]) > 0 and 0 < int(s[2]) <= 100 for s in steps)
     assert re.search(r"matrix product 256\^3, float32: [0-9]+ GFLOP/s", out)
     assert bool(re.search(r"matrix product 256\^3, bfloat16: [0-9]+ GFLOP/s", out)) == (configured == "bf16")
+    forward = re.findall(r"bare inference pass, .+?: [0-9]+ images/s = [0-9]+ GFLOP/s \(([0-9.]+) GFLOP per image\)",
+                         out)
+    assert len(forward) == 2 and all(abs(float(f) - flops / 3) < 0.01 for f in forward)  # forward ~ a third
+    bound = float(re.search(r"so folding can give at most ([0-9.]+)x", out).group(1))
+    assert bound >= 1.0
+    assert re.search(r"the folded pass runs at [0-9]+ % of the matrix-product rate", out)
 
 
 def test_auto_autocast_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):

@@ -3,10 +3,13 @@ a config's network (``torch.utils.flop_counter``, forward + backward), the bare 
 (random batch, no data pipeline, no logging) in plain fp32 NCHW and in the configured precision
 and layout, and the machine's large-matrix-product rate in fp32 and in the autocast dtype; then the
 bare inference pass (no gradients, eval mode, the configured precision and layout) as trained and
-with batch norm folded into the convolutions (model/fold_batchnorm.py), with the share of the
-as-trained pass's operator time spent in batch norm's own operators on the CPU (torch.profiler).
-The bare rates come from a few batches and vary between runs; the pass over real test images
-(``speed.py test-time-views``) is the figure to quote for folding.
+with batch norm folded into the convolutions (model/fold_batchnorm.py), in images and GFLOP per
+second (forward FLOPs from the counter), with the share of the as-trained pass's operator time spent
+in batch norm's own operators on the CPU (torch.profiler) and the speed-up that share allows a fold
+at most (folding removes those operators and nothing else: 1 / (1 - share)); last, the folded
+pass's FLOP rate as a share of the matrix-product rate in its precision. The bare rates come from a
+few batches and vary between runs; the pass over real test images (``speed.py test-time-views``)
+is the figure to quote for folding.
 
 A step whose FLOP rate is near the matrix-product rate cannot get much faster by precision,
 layout or fusion: only less arithmetic would help.
@@ -111,6 +114,13 @@ def train_flops_per_image(cfg, size=32):
     return counter.get_total_flops() / 4
 
 
+def inference_flops_per_image(cfg, size=32):
+    net = build_model(cfg).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.randn(4, 3, size, size))
+    return counter.get_total_flops() / 4
+
+
 def matmul_rate(device, dtype, n=4096, repeats=5):
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
@@ -143,17 +153,21 @@ def run(args):
                      f"{rate * flops / conv_share / 1e9:.0f} GFLOP/s, the rest (batch norm, ReLU, additions, "
                      f"optimiser) is memory-bound")
         print(line)
+    forward = inference_flops_per_image(cfg)
     rates = {}
     for fold in (False, True):
         rates[fold], share, folded = eval_rate(cfg, device, fast, args.batch, args.steps, fold)
         name = f"folded ({folded} batch norms)" if fold else "as trained"
-        line = f"  bare inference pass, {fast.precision(device)}, {name}: {rates[fold]:.0f} images/s"
-        if share is not None and not fold:
-            line += f"; batch norm's own operators take {100 * share:.0f} % of the operator time"
+        line = (f"  bare inference pass, {fast.precision(device)}, {name}: {rates[fold]:.0f} images/s = "
+                f"{rates[fold] * forward / 1e9:.0f} GFLOP/s ({forward / 1e9:.3f} GFLOP per image)")
+        if share is not None and not fold:  # folding removes batch norm's operators and nothing else
+            line += (f"; batch norm's own operators take {100 * share:.0f} % of the operator time, so folding "
+                     f"can give at most {1 / (1 - share):.2f}x")
         print(line)
     print(f"  folded against as trained: {rates[True] / rates[False]:.2f}x")
-    for dtype in (torch.float32, fast.amp_dtype(device)):
-        if dtype is not None:
-            print(f"  {device.type} matrix product {args.matmul}^3, {str(dtype).replace('torch.', '')}: "
-                  f"{matmul_rate(device, dtype, args.matmul) / 1e9:.0f} GFLOP/s")
-
+    for dtype in dict.fromkeys((torch.float32, fast.amp_dtype(device) or torch.float32)):
+        product = matmul_rate(device, dtype, args.matmul)
+        print(f"  {device.type} matrix product {args.matmul}^3, {str(dtype).replace('torch.', '')}: "
+              f"{product / 1e9:.0f} GFLOP/s")
+    print(f"  the folded pass runs at {100 * rates[True] * forward / product:.0f} % of the matrix-product rate in its "
+          "precision: near 100 %, only less arithmetic makes it faster")
