@@ -308,6 +308,8 @@ CATALOGUE = [
                                               ["run/config.json", "not a result file of test.py"])),
     ("test.py", "out_is_a_folder", lambda w: (["-r", w.run_folder() / "last.pth", "--out", w.path("run")],
                                               ["--out", "is a folder"])),
+    ("test.py", "out_is_the_csv", lambda w: (["-r", w.run_folder() / "last.pth", "--out", w.path("eval.csv")],
+                                             ["--out", "eval.csv", "writes a file of that name", "eval.json"])),
     ("test.py", "checkpoint_for_other_classes", _checkpoint_for_other_classes),
     ("test.py", "corrupt_tensor_data", _corrupt_tensor_data),
     ("test.py", "nan_weights", _nan_weights),

@@ -57,6 +57,16 @@ def test_side_files_are_replaced_only_when_byte_for_byte_the_ones_the_result_lis
         check_result_path(out, "test.py", [png])
 
 
+def test_a_results_path_that_a_side_file_would_replace_is_refused(tmp_path):
+    """--out x.csv (or x.png for test_train.py): the table or plot written beside the results would
+    replace the results themselves."""
+    for out, sides in (("x.csv", ["x.csv", "x_reliability.png"]), ("x.png", ["x.csv", "x.png"])):
+        with pytest.raises(UserError, match="writes a file of that name beside the results"):
+            check_result_path(tmp_path / out, "test_train.py", [tmp_path / side for side in sides])
+    assert not list(tmp_path.iterdir())
+    check_result_path(tmp_path / "x.json", "test.py", [tmp_path / "x.csv", tmp_path / "x_reliability.png"])
+
+
 def test_records_are_read_only_except_a_record_being_assembled(tmp_path):
     record = tmp_path / "results" / "rec"
     record.mkdir(parents=True)

@@ -50,6 +50,9 @@ def check_result_path(out, script, beside=()):
     out = Path(out)
     if out.is_dir() and not out.is_symlink():
         raise WriteRefused(f"--out {out} is a folder; expected the path of a results .json file")
+    if any(Path(side).absolute() == out.absolute() for side in beside):  # x.csv: the table would replace the JSON
+        raise WriteRefused(f"--out {out}: {script} writes a file of that name beside the results too (its table "
+                           f"or plot); expected the path of a results .json file, e.g. {out.with_suffix('.json')}")
     check_target(out, script, legacy=_legacy(script))
     check_beside(out, beside, script, legacy=_legacy(script), signatures=SIGNATURES)
     return out
