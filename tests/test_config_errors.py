@@ -208,6 +208,9 @@ CATALOGUE = [
     ("train.py", "malformed_json",
      lambda w: (["-c", _write(w.path("bad.json"), '{\n  "name": "x",\n  "arch": {"type": }\n}')],
                 [w.path("bad.json"), "malformed JSON", "line 3", "column 20"])),
+    ("train.py", "duplicate_key",  # JSON keeps the last of two keys: an edit that adds a second one would be lost
+     lambda w: (["-c", _write(w.path("dup.json"), '{"name": "x", "trainer": {"epochs": 1, "epochs": 30}}')],
+                [w.path("dup.json"), "'epochs' appears twice", "each key once"])),
     ("train.py", "config_not_found", lambda w: (["-c", w.path("nope.json")], [w.path("nope.json"), "does not exist"])),
     ("train.py", "config_not_an_object", lambda w: (["-c", _write(w.path("list.json"), "[1, 2]")],
                                                     [w.path("list.json"), "expected a JSON object"])),

@@ -33,15 +33,35 @@ def read_json(path):
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read config file {path}: {e}")
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}")
+    except _DuplicateKey as e:
+        raise UserError(f"{path}: the key {shown(e.key)} appears twice in one object; expected each key once (JSON "
+                        "would silently keep the last)")
     except RecursionError:
         raise UserError(f"{path}: JSON nested too deeply; expected a config (at most {MAX_DEPTH} levels)")
     if _depth(value) > MAX_DEPTH:
         raise UserError(f"{path}: JSON nested more than {MAX_DEPTH} levels deep; expected a config")
     if not isinstance(value, dict):
         raise UserError(f"{path}: expected a JSON object at the top level, got {type(value).__name__}")
+    return value
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs):
+    """A JSON object as a dict, refusing a key given twice (an edited config's second "epochs" would
+    otherwise win or lose silently)."""
+    value = {}
+    for key, item in pairs:
+        if key in value:
+            raise _DuplicateKey(key)
+        value[key] = item
     return value
 
 
