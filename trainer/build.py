@@ -55,7 +55,7 @@ def resolve_config(config_path=None, checkpoint=None, overrides=(), sections=("a
     else:
         raise UserError(f"{script}: give a config with -c CONFIG (or a checkpoint with -r CHECKPOINT)")
     stored = dict(outside_types(config)) if config_path is None else {}
-    ConfigParser.apply_overrides(config, overrides, source)
+    origins = ConfigParser.apply_overrides(config, overrides, source)
     allowed = {name.strip() for name in os.environ.get(ALLOW_IMPORT, "").split(",") if name.strip()}
     for key_path, type_name in outside_types(config):
         if stored.get(key_path) == type_name and type_name.split(".")[0] not in allowed:  # the checkpoint's own
@@ -66,7 +66,7 @@ def resolve_config(config_path=None, checkpoint=None, overrides=(), sections=("a
     for section in sections:
         if section not in config:
             raise UserError(f"config {source}: missing section '{section}'")
-    parsed = ConfigParser(config, source=source)
+    parsed = ConfigParser(config, source=source, origins=origins)
     check_set_arguments(parsed, overrides)
     return parsed, ckpt
 
@@ -259,7 +259,7 @@ def build_test_time_method(path, overrides=()):
     """The test-time method named by ``test_time.type`` of the test-time config ``path`` (built
     with ``test_time.args``, after the command-line ``overrides``), and that config."""
     raw = read_test_time_config(path)
-    ConfigParser.apply_overrides(raw, overrides, path)
-    config = ConfigParser(raw, source=path)
+    origins = ConfigParser.apply_overrides(raw, overrides, path)
+    config = ConfigParser(raw, source=path, origins=origins)
     check_set_arguments(config, overrides)
     return config.init_obj("test_time", test_time_methods), config

@@ -136,26 +136,31 @@ def parse_set_expression(expr):
 class ConfigParser:
     """A resolved config (plain dict) and the file it came from (named in every error)."""
 
-    def __init__(self, config, source="config"):
+    def __init__(self, config, source="config", origins=None):
         self.config = config
         self.source = str(source)
+        self.origins = dict(origins or {})  # key path -> the command-line option that set it
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def from_file(cls, path, overrides=(), **kw):
         config = read_json(path)
-        cls.apply_overrides(config, overrides, str(path))
-        return cls(config, source=path, **kw)
+        origins = cls.apply_overrides(config, overrides, str(path))
+        return cls(config, source=path, origins=origins, **kw)
 
     @staticmethod
     def apply_overrides(config, overrides, source):
         """overrides: iterable of (key_path, value, option_name). A None value from a shortcut option
-        (an argparse option left out) is skipped; from ``--set`` it is JSON null and is applied."""
+        (an argparse option left out) is skipped; from ``--set`` it is JSON null and is applied.
+        Returns {key path: option} of those applied (``origins`` of a ConfigParser)."""
+        applied = {}
         for key_path, value, option in overrides:
             must_exist = option == "--set"
             if value is None and not must_exist:
                 continue
             set_by_path(config, key_path, value, source=f"{option} (config {source})", must_exist=must_exist)
+            applied[key_path] = option
+        return applied
 
     # -- access ---------------------------------------------------------------------------------
     def __getitem__(self, name):
@@ -242,7 +247,10 @@ class ConfigParser:
         except UserError:
             raise
         except (TypeError, ValueError) as e:
-            raise UserError(f"config {self.source}: {name}.args rejected by {cls.__name__}: {e}")
+            given = [f"{key} set by {option}" for key, option in self.origins.items()
+                     if key.startswith(f"{name}.args.")]
+            where = f" ({', '.join(given)})" if given else ""
+            raise UserError(f"config {self.source}: {name}.args rejected by {cls.__name__}: {e}{where}")
 
     def _check_scalar_types(self, name, cls, signature, config_args):
         """A string where the constructor's default is a number or a boolean ("lr": "fast") is
