@@ -154,6 +154,7 @@ class BaseTrainer:
             raise UserError(f"checkpoint {path} is not a training checkpoint of this framework; "
                             "to start from its weights, evaluate it with test.py instead")
         self._check_resume_state(ckpt, path)
+        self._check_not_behind_the_folder(path, ckpt["epoch"])
         load_model_weights(unwrap(self.model), ckpt["state_dict"], path)
         configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
@@ -188,6 +189,22 @@ class BaseTrainer:
             self.logger.info("resumed from %s at epoch %d%s%s", path, self.start_epoch,
                              f"; config changes: {', '.join(changes)}" if changes else "",
                              f"; removed {len(removed)} temporary file(s) of a killed save" if removed else "")
+
+    def _check_not_behind_the_folder(self, path, epoch):
+        """Resuming an earlier checkpoint (model_best.pth, checkpoint-epochN.pth) in its own folder
+        would replace the later epochs of that folder's last.pth: refused before anything is written.
+        A resume into a new folder (``--run_id``, ``--save_dir``, ``--name``) has nothing to replace."""
+        last = self.run_dir / "last.pth"
+        if not last.is_file() or Path(path).resolve() == last.resolve():
+            return
+        try:
+            later = load_checkpoint(last).get("epoch")
+        except UserError:  # a damaged last.pth holds no epoch to lose
+            return
+        if isinstance(later, int) and not isinstance(later, bool) and later > epoch:
+            raise UserError(f"checkpoint {path} holds epoch {epoch}, but {last} holds epoch {later}: resuming in this "
+                            f"folder would replace the later epochs; resume from {last}, or continue from epoch "
+                            f"{epoch} in a new run folder with --run_id NAME")
 
     @staticmethod
     def _check_resume_state(ckpt, path):

@@ -3,8 +3,10 @@ overwritten or deleted, and each bad input is one line with exit code 2 (docs/re
 One tiny run (trained and evaluated once, in-process) serves every case."""
 import hashlib
 import json
+import re
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +143,23 @@ def test_a_resume_with_nothing_to_train_writes_nothing(run, capfd):
     code, out, err = _cpu("train.py", ["-r", run / "last.pth", "--epochs", "1"], capfd)
     assert code == 0, err
     assert "nothing to train" in out
+    assert snapshot(run) == before
+
+
+def test_resuming_an_earlier_checkpoint_in_its_folder_never_replaces_later_epochs(run, capfd):
+    """-r model_best.pth (or any checkpoint older than the folder's last.pth) would retrain its later
+    epochs into last.pth: refused, nothing written; the same checkpoint continues in a new folder."""
+    shutil.copy(run / "last.pth", run / "early.pth")  # epoch 1, as model_best.pth of a longer run
+    code, _, err = _cpu("train.py", ["-r", run / "last.pth", "--epochs", "2"], capfd)
+    assert code == 0, err
+    before = snapshot(run)
+    code, _, err = _cpu("train.py", ["-r", run / "early.pth", "--epochs", "2"], capfd)
+    one_line_error(code, err, "early.pth holds epoch 1", "last.pth holds epoch 2", "--run_id")
+    assert snapshot(run) == before
+    code, out, err = _cpu("train.py", ["-r", run / "early.pth", "--epochs", "2", "--run_id", "fork"], capfd)
+    assert code == 0, err
+    forked = Path(re.search(r"finished: (\S+last\.pth)", out).group(1))
+    assert forked.parent.name == "fork" and torch.load(forked, weights_only=True)["epoch"] == 2
     assert snapshot(run) == before
 
 
