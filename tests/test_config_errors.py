@@ -332,6 +332,9 @@ CATALOGUE = [
     ("test_train.py", "seed_not_a_number",
      lambda w: (["-c", TEST_TIME_CONFIG, "-r", w.run_folder() / "last.pth", "--set", "test_time.seed=abc"],
                 ["test_time.seed", "'abc'", "integer"])),
+    ("test_train.py", "negative_seed_on_the_command_line",
+     lambda w: (["-c", TEST_TIME_CONFIG, "-r", w.run_folder() / "last.pth", "--seed", "-1"],
+                ["test_time.seed is -1", "expected an integer >= 0", "set by --seed"])),
     ("test_train.py", "epochs_zero_on_the_command_line",  # the config's own value is fine: the option is named
      lambda w: (["-c", TEST_TIME_CONFIG, "-r", w.run_folder() / "last.pth", "--epochs", "0"],
                 ["epochs 0", "expected an integer >= 1", "test_time.args.epochs set by --epochs"])),

@@ -183,7 +183,8 @@ class ConfigParser:
                 or (maximum is not None and value > maximum):
             bound = f" >= {minimum}" if minimum is not None else ""
             bound += f"{' and' if bound else ''} <= {maximum}" if maximum is not None else ""
-            raise UserError(f"config {self.source}: {key_path} is {shown(value)}: expected an integer{bound}")
+            raise UserError(f"config {self.source}: {key_path} is {shown(value)}: expected an integer{bound}"
+                            + (f" (set by {self.origins[key_path]})" if key_path in self.origins else ""))
         return value
 
     def get_seed(self, key_path, default=None):
