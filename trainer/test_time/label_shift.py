@@ -58,7 +58,7 @@ CALIBRATION_DATA = ("validation", "training")  # which labelled images calibrate
 DEFAULT = "default"  # source_prior not given: "uniform" on validation images, "reference" on training images
 TOWARD = ("source", "uniform", "plain")
 STRENGTH_RULES = ("null", "auto")  # SafePrior's strength chosen per test set (null) or per model (auto)
-NULL_TARGETS = ("certified", "plain")  # what strength "null" measures a shift from (SafePrior)
+NULL_TARGETS = ("certified", "plain", "nearest")  # what strength "null" measures a shift from (SafePrior)
 NULL_NOISES = ("target", "spread", "both")  # what strength "null" takes as the noise of its estimate (SafePrior)
 NULL_AXES = ("train_prior", "none")  # the head-tail axis strength "null" reads a shift along (SafePrior)
 
@@ -372,7 +372,9 @@ class SafePrior(MAPPrior):
        calibration's reading of a balanced set (p_s) is kept in the share the halves agree on:
        s_b = max(0, 1 - d / ||t||^2), t the centred log ratio log p_s - log pi_0 and d the squared
        distance between two disjoint halves' own t (twice the mean over pairs of halvings). The
-       target is pi_b = pi_0 (p_s / pi_0)^s_b; "plain" (default) keeps pi_0 (s_b = 0).
+       target is pi_b = pi_0 (p_s / pi_0)^s_b; "plain" (default) keeps pi_0 (s_b = 0); "nearest"
+       measures each test set's shift from whichever of pi_0 and pi_b its estimate lies nearer
+       (centred log distance), so a set that leans like the plain average keeps the plain target.
     b. The strength: one half calibrates while the other is resampled into a balanced set of the
        test set's size, on which the whole estimate runs; the mean size ||log pi - log pi_b||^2
        (centred) of those unshifted estimates is the noise, and the strength is max(0, 1 - noise /
@@ -401,7 +403,7 @@ class SafePrior(MAPPrior):
     means the plain average. The choice and its evidence are written in every result (``selection``).
 
     Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats, 0; or "auto"),
-    ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified" or "plain"; strength
+    ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified", "plain" or "nearest"; strength
     "null" only), ``noise`` ("target", "spread" or "both"; strength "null" only), ``axis``
     ("train_prior" or "none"; strength "null" only), ``simulation_size``
     (images per simulated set of "auto"; 2000),
@@ -439,7 +441,7 @@ class SafePrior(MAPPrior):
             if self.strength == "null":
                 from trainer.test_time.shift_simulation import balanced_share, head_tail_axis, split_halves
                 cal["halves"] = split_halves(self, self.calibration_logits(ctx), ctx, start=cal)
-                share, evidence = balanced_share(cal["halves"], cal) if self.null_target == "certified" else (0.0, {})
+                share, evidence = balanced_share(cal["halves"], cal) if self.null_target != "plain" else (0.0, {})
                 cal["balanced_share"] = share
                 cal["axis"] = head_tail_axis(ctx.train_prior) if self.axis == "train_prior" else None
                 gate = 0.0 if self.min_divergence == "auto" else self.min_divergence
@@ -491,7 +493,7 @@ class SafePrior(MAPPrior):
             from trainer.test_time.shift_simulation import null_adjustment, shifted, target_prior
             adjustment, evidence = null_adjustment(self, cal, pi, log_q.shape[0], log_q=log_q)
             facts.update(**evidence)
-            pi = shifted(target_prior(cal, cal["balanced_share"]), adjustment)
+            pi = shifted(target_prior(cal, evidence["target_share"]), adjustment)
         return pi, facts
 
     def applied(self, prior, cal, n, strength=None, log_q=None, cache=None):
@@ -504,11 +506,11 @@ class SafePrior(MAPPrior):
         if self.strength != "null":
             return prior
         from trainer.test_time.shift_simulation import null_adjustment, shifted, target_prior, toward
-        target = target_prior(cal, cal["balanced_share"])
         if strength is not None:
-            return toward(target, prior, strength)
-        adjustment, _ = null_adjustment(self, cal, prior, 2 ** round(math.log2(max(n, 1))), log_q=log_q, cache=cache)
-        return shifted(target, adjustment)
+            return toward(target_prior(cal, cal["balanced_share"]), prior, strength)
+        adjustment, evidence = null_adjustment(self, cal, prior, 2 ** round(math.log2(max(n, 1))), log_q=log_q,
+                                               cache=cache)
+        return shifted(target_prior(cal, evidence["target_share"]), adjustment)
 
     def map_estimate(self, log_q, cal, tol=None):
         return em_prior(log_q, cal["source_prior"], extra_counts=self.extra_counts(cal), tol=tol or self.tol,

@@ -358,24 +358,27 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     would mislead) keeps the whole rule.
     """
     share = cal["balanced_share"]
+    if getattr(method, "null_target", "plain") == "nearest" and share > 0 \
+            and shift_size(prior, target_prior(cal, 0.0)) <= shift_size(prior, target_prior(cal, share)):
+        share = 0.0  # nearer the plain average's prior than the certified target: measured from it
     u = centred_log_ratio(prior, target_prior(cal, share))
     observed = float((u * u).sum())
     noise_rule = getattr(method, "noise", "target")
     sizes = cal.setdefault("null_sizes", {})
-    if n not in sizes:
-        sizes[n] = null_shift_sizes(method, cal["halves"], n, share, "target" if noise_rule == "target" else "spread",
-                                    cal.get("axis"))
-    split = sizes[n].mean(0)
+    if (n, share) not in sizes:
+        sizes[n, share] = null_shift_sizes(method, cal["halves"], n, share,
+                                           "target" if noise_rule == "target" else "spread", cal.get("axis"))
+    split = sizes[n, share].mean(0)
     evidence = {"shift_size": observed, "null_shift_size": _shown(_unbounded(float(split[0]))),
-                "null_sets": len(cal["halves"]), "balanced_share": share}
+                "null_sets": len(cal["halves"]), "balanced_share": cal["balanced_share"], "target_share": share}
     noise, rest = split, split[0] - split[1]
     if noise_rule == "both":
-        if cache is not None and n in cache:
-            own = cache[n]
+        if cache is not None and (n, share) in cache:
+            own = cache[n, share]
         else:
             own = test_set_noise(method, cal, log_q, prior, share, SEED + n)
             if cache is not None:
-                cache[n] = own
+                cache[n, share] = own
         noise, rest = np.maximum(split, own), max(split[0] - split[1], own[0] - own[1])
         evidence["test_set_noise"] = _shown(_unbounded(float(own[0])))
     strength = _james_stein(noise[0], observed)
