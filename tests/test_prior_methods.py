@@ -523,7 +523,8 @@ def test_null_target_keeps_the_balanced_move_the_split_certifies():
 def test_nearest_target_measures_each_shift_from_the_nearer_of_the_two_targets():
     """null_target "nearest": a balanced test set is measured from the certified target (its estimate
     lies nearer the balanced reading) and gets the certified rule's correction; a set that leans to the
-    head like the plain average is measured from the plain target, as the default measures it."""
+    head like the plain average is measured from the plain target, as the default measures it.
+    "segment": from the point of the certified move nearest the estimate (near its end, near its start)."""
     model = Gaussians()
     ctx = head_biased_split_context(model, 300, seed=5)
     nearest, certified, plain_target = (SafePrior(null_target=t) for t in ("nearest", "certified", "plain"))
@@ -535,11 +536,14 @@ def test_nearest_target_measures_each_shift_from_the_nearer_of_the_two_targets()
     assert res["target_share"] == share
     assert accuracy(res["scores"], y) == accuracy(certified.adapt(logits, ctx)["scores"], y) > \
         accuracy(logits.mean(1), y) + 0.02
+    segment = SafePrior(null_target="segment")  # the point of the certified move nearest the estimate
+    assert 0.5 * share < segment.adapt(experts(z, TRAIN_PRIOR), ctx)["target_share"] <= share
     z, y = model.sample(PRIORS["forward50"], 2000, seed=7)
     logits = experts(z, TRAIN_PRIOR)
     res = nearest.adapt(logits, ctx)
     assert res["target_share"] == 0.0
     assert torch.equal(res["scores"].argmax(1), plain_target.adapt(logits, ctx)["scores"].argmax(1))
+    assert segment.adapt(logits, ctx)["target_share"] < 0.5 * share
 
 
 def test_null_strength_needs_two_images_of_every_class_and_names_the_option():

@@ -23,8 +23,8 @@ each with EM (the full Bayes adjustment), ``SafePrior default`` (SafePrior's own
 per-test-set strength from the plain target, noise "both", the head-tail axis), ``SafePrior old`` (one strength and
 gate per model, chosen by the simulation on the split) and ``SafePrior gate`` (strength 1, the
 shift test alone decides); ``SafePrior null`` / ``SafePrior null plain`` / ``SafePrior null
-spread`` name the per-test-set variants by their target and noise (``SafePrior nearest``: the shipped rule
-with ``null_target`` "nearest"); ``SafePrior whole`` is the
+spread`` name the per-test-set variants by their target and noise (``SafePrior nearest`` / ``SafePrior
+segment``: the shipped rule with ``null_target`` "nearest" / "segment"); ``SafePrior whole`` is the
 shipped rule with one strength for every shift (``axis`` "none": no head-tail axis). Beside them
 the shipped prior config (``configs/test_time_<family>_prior.json``) as it is now. ``--training_images`` adds, once per
 record (not per size), EM and SafePrior calibrated on the training images instead of a validation
@@ -107,6 +107,8 @@ ESTIMATORS = {
                                                            null_target="plain", noise="both"),
     # the shipped rule measuring each shift from the nearer of the plain target and the certified one
     "SafePrior nearest": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="nearest",
+                                                         noise="both"),
+    "SafePrior segment": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="segment",
                                                          noise="both"),
     # the shipped rule without the head-tail axis: one strength for the whole shift
     "SafePrior whole": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="plain",

@@ -58,7 +58,7 @@ CALIBRATION_DATA = ("validation", "training")  # which labelled images calibrate
 DEFAULT = "default"  # source_prior not given: "uniform" on validation images, "reference" on training images
 TOWARD = ("source", "uniform", "plain")
 STRENGTH_RULES = ("null", "auto")  # SafePrior's strength chosen per test set (null) or per model (auto)
-NULL_TARGETS = ("certified", "plain", "nearest")  # what strength "null" measures a shift from (SafePrior)
+NULL_TARGETS = ("certified", "plain", "nearest", "segment")  # what strength "null" measures a shift from (SafePrior)
 NULL_NOISES = ("target", "spread", "both")  # what strength "null" takes as the noise of its estimate (SafePrior)
 NULL_AXES = ("train_prior", "none")  # the head-tail axis strength "null" reads a shift along (SafePrior)
 
@@ -374,7 +374,8 @@ class SafePrior(MAPPrior):
        distance between two disjoint halves' own t (twice the mean over pairs of halvings). The
        target is pi_b = pi_0 (p_s / pi_0)^s_b; "plain" (default) keeps pi_0 (s_b = 0); "nearest"
        measures each test set's shift from whichever of pi_0 and pi_b its estimate lies nearer
-       (centred log distance), so a set that leans like the plain average keeps the plain target.
+       (centred log distance), so a set that leans like the plain average keeps the plain target;
+       "segment" from the point of the move pi_0 -> pi_b nearest the estimate (its projection, clipped).
     b. The strength: one half calibrates while the other is resampled into a balanced set of the
        test set's size, on which the whole estimate runs; the mean size ||log pi - log pi_b||^2
        (centred) of those unshifted estimates is the noise, and the strength is max(0, 1 - noise /
@@ -403,7 +404,7 @@ class SafePrior(MAPPrior):
     means the plain average. The choice and its evidence are written in every result (``selection``).
 
     Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats, 0; or "auto"),
-    ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified", "plain" or "nearest"; strength
+    ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified", "plain", "nearest" or "segment"; strength
     "null" only), ``noise`` ("target", "spread" or "both"; strength "null" only), ``axis``
     ("train_prior" or "none"; strength "null" only), ``simulation_size``
     (images per simulated set of "auto"; 2000),

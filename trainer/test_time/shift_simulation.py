@@ -358,9 +358,14 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     would mislead) keeps the whole rule.
     """
     share = cal["balanced_share"]
-    if getattr(method, "null_target", "plain") == "nearest" and share > 0 \
+    rule = getattr(method, "null_target", "plain")
+    if rule == "nearest" and share > 0 \
             and shift_size(prior, target_prior(cal, 0.0)) <= shift_size(prior, target_prior(cal, share)):
         share = 0.0  # nearer the plain average's prior than the certified target: measured from it
+    elif rule == "segment" and share > 0:  # the point of the certified move nearest the estimate
+        t = centred_log_ratio(target_prior(cal, share), cal["anchor"])
+        v = centred_log_ratio(prior, cal["anchor"])
+        share = share * min(1.0, max(0.0, float(v @ t) / float(t @ t)))
     u = centred_log_ratio(prior, target_prior(cal, share))
     observed = float((u * u).sum())
     noise_rule = getattr(method, "noise", "target")
