@@ -31,6 +31,7 @@ With ``--logits`` the method runs from a file of ``test.py --save_logits`` (or a
 self-supervised aggregation from the view logits ``--save_views`` stored (its shared views).
 """
 import argparse
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,10 @@ def load_method(args, parser):
         method, tt = build_test_time_method(args.config, overrides)
         if args.images and has_online_form(method):  # a stream of batches through its online form
             return method, tt
+        if "online" not in inspect.signature(type(method)).parameters:
+            raise UserError(f"--online: test_time.type {tt['test_time']['type']} (config {args.config}) has no online "
+                            "switch; on the test distributions a method with an online form runs on a stream with "
+                            "--protocol streaming, and on unlabeled images with --images DIR --online")
         overrides.append(("test_time.args.online", True, "--online"))
     return build_test_time_method(args.config, overrides)
 
