@@ -31,7 +31,6 @@ With ``--logits`` the method runs from a file of ``test.py --save_logits`` (or a
 self-supervised aggregation from the view logits ``--save_views`` stored (its shared views).
 """
 import argparse
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,7 @@ from trainer.protocols import (add_protocol_args, check_protocol_options, format
                                 test_sets)
 from utils.cli import ArgumentParser, add_evaluation_args, finite_float
 from utils.errors import UserError, cli_entry
+from utils.known_keys import known_arguments
 from utils.path_text import path_text
 from utils.result_path import check_result_path
 from utils.safe_write import atomic_file, json_text
@@ -85,7 +85,8 @@ def load_method(args, parser):
         method, tt = build_test_time_method(args.config, overrides)
         if args.images and has_online_form(method):  # a stream of batches through its online form
             return method, tt
-        if "online" not in inspect.signature(type(method)).parameters:
+        accepted = known_arguments(type(method))  # None: cannot be known, the method checks its own arguments
+        if accepted is not None and "online" not in accepted:
             raise UserError(f"--online: test_time.type {tt['test_time']['type']} (config {args.config}) has no online "
                             "switch; on the test distributions a method with an online form runs on a stream with "
                             "--protocol streaming, and on unlabeled images with --images DIR --online")
