@@ -607,7 +607,7 @@ def test_both_noise_takes_the_larger_of_the_splits_spread_and_the_test_sets_own(
 
 
 def test_axis_rule_reads_a_head_tail_shift_along_one_number_and_leaves_other_shifts_to_the_whole_rule():
-    """axis "train_prior" (the default): a shift lying mostly along the centred log training prior
+    """axis "train_prior": a shift lying mostly along the centred log training prior
     (every forward and backward long tail) moves along that axis by its size less one standard
     deviation of the noise's part along it (one direction's share of the split's noise), and its
     rest by its own James-Stein strength, each at least the whole rule's; any other shift keeps the
@@ -615,7 +615,7 @@ def test_axis_rule_reads_a_head_tail_shift_along_one_number_and_leaves_other_shi
     from trainer.test_time.shift_simulation import head_tail_axis
     model = Gaussians()
     ctx = small_split_context(model, 10, seed=5)
-    axis, whole = SafePrior(), SafePrior(axis="none")
+    axis, whole = SafePrior(axis="train_prior"), SafePrior(axis="none")
     assert axis.calibration(ctx)["selection"]["axis"] == "train_prior"
     z, y = model.sample(PRIORS["forward50"], 3000, seed=7)
     logits = experts(z, np.full(C, 1.0 / C))
@@ -639,4 +639,44 @@ def test_axis_rule_reads_a_head_tail_shift_along_one_number_and_leaves_other_shi
     assert float(e.sum()) == pytest.approx(0.0, abs=1e-12) and float(e.norm()) == pytest.approx(1.0)
     balanced = Context(num_experts=3, num_classes=C, train_prior=torch.full((C,), 1.0 / C),
                        validation_logits=ctx.validation_logits)
-    assert SafePrior().calibration(balanced)["selection"]["axis"] == "none"
+    assert SafePrior(axis="train_prior").calibration(balanced)["selection"]["axis"] == "none"
+
+
+def test_balanced_move_direction_corrects_a_class_lean_the_split_certifies_and_no_further():
+    """axis "train_prior_and_balance" (the default): the calibration's move from the plain average's
+    prior to a balanced set, off the head-tail axis, is a second direction. A test set's shift along
+    it is clipped to [0, the share the split certifies] and soft-thresholded by the test set's own
+    noise along it: a balanced test set of a model whose plain average leans to some classes gets
+    the lean's correction (the axis rule alone leaves it, its null holding the lean), a set leaning
+    like the plain average gets none, and a split that does not certify the move has no direction."""
+    model = Gaussians()
+    tilt = torch.tensor([0.5, -0.5, 0.0, -0.5, 0.5])  # a class lean orthogonal to the head-tail axis
+    zv, yv = model.sample(np.full(C, 1.0 / C), 1000, seed=5)
+    ctx = Context(num_experts=3, num_classes=C, train_prior=torch.tensor(TRAIN_PRIOR),
+                  validation_logits=lambda: (experts(zv, np.full(C, 1.0 / C)) + tilt, yv))
+    both, axis_only = SafePrior(), SafePrior(axis="train_prior")
+    cal = both.calibration(ctx)
+    assert both.axis == "train_prior_and_balance" and cal["selection"]["balance_cap"] > 0.5
+    f = cal["balance_axis"]
+    assert float(f @ cal["axis"]) == pytest.approx(0.0, abs=1e-9) and float(f.norm()) == pytest.approx(1.0)
+    assert float(f @ (tilt - tilt.mean()).double()) < -0.9 * float((tilt - tilt.mean()).norm())  # undoes the lean
+    z, y = model.sample(np.full(C, 1.0 / C), 8000, seed=6)
+    logits = experts(z, np.full(C, 1.0 / C)) + tilt
+    out, alone = both.adapt(logits, ctx), axis_only.adapt(logits, ctx)
+    assert out["rule"] == "axes" and alone["rule"] == "whole" and 0 < out["balance_shift"] <= cal["balance_cap"]
+    assert out["balance_strength"] > alone["strength"] + 0.1
+    plain = accuracy(logits.mean(1), y)
+    assert accuracy(out["scores"], y) > accuracy(alone["scores"], y) + 0.002 > plain + 0.005
+    # a set leaning like the plain average (away from balance along the move) gets nothing along it
+    lean = np.exp(tilt.double().numpy()) / np.exp(tilt.double().numpy()).sum()
+    z, y = model.sample(lean, 4000, seed=7)
+    leaning = both.adapt(experts(z, np.full(C, 1.0 / C)) + tilt, ctx)
+    assert leaning.get("balance_shift", 0.0) < 0.25 * cal["balance_cap"]
+    # a split of 3 images a class does not certify the move: no direction, the axis rule's result
+    zs, ys = model.sample(np.full(C, 1.0 / C), 60, seed=8)
+    keep = torch.cat([torch.where(ys == c)[0][:3] for c in range(C)])
+    small = Context(num_experts=3, num_classes=C, train_prior=torch.tensor(TRAIN_PRIOR),
+                    validation_logits=lambda: (experts(zs[keep], np.full(C, 1.0 / C)) + tilt, ys[keep]))
+    few = SafePrior()
+    assert few.calibration(small)["balance_axis"] is None and few.calibration(small)["selection"]["balance_cap"] == 0
+    assert torch.equal(few.adapt(logits, small)["scores"], SafePrior(axis="train_prior").adapt(logits, small)["scores"])

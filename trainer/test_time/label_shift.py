@@ -60,7 +60,7 @@ TOWARD = ("source", "uniform", "plain")
 STRENGTH_RULES = ("null", "auto")  # SafePrior's strength chosen per test set (null) or per model (auto)
 NULL_TARGETS = ("certified", "plain", "nearest", "segment")  # what strength "null" measures a shift from (SafePrior)
 NULL_NOISES = ("target", "spread", "both")  # what strength "null" takes as the noise of its estimate (SafePrior)
-NULL_AXES = ("train_prior", "none")  # the head-tail axis strength "null" reads a shift along (SafePrior)
+NULL_AXES = ("train_prior_and_balance", "train_prior", "none")  # the directions strength "null" reads a shift along
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -387,15 +387,21 @@ class SafePrior(MAPPrior):
        calibration runs the estimate on its own bootstrap resample of the test set, and the upper
        95 % confidence bound of the variance of those 8 estimates is taken (it sees what a balanced
        resample of the split cannot: how this test set's images move the estimate).
-    c. The head-tail axis (``axis`` "train_prior", default): a shift lying mostly along the centred
-       log training prior (the direction of every forward and backward long tail) is moved along
-       that axis by its size less one standard deviation of the noise's part along it, and its rest
-       by its own James-Stein strength, neither less than the whole rule's strength; any other
-       shift keeps the whole rule (as does every shift with ``axis`` "none").
+    c. The directions (``axis``). With "train_prior" the head-tail axis: a shift lying mostly along
+       the centred log training prior (the direction of every forward and backward long tail) is
+       moved along that axis by its size less one standard deviation of the noise's part along it,
+       and its rest by its own James-Stein strength, neither less than the whole rule's strength;
+       any other shift keeps the whole rule (as does every shift with ``axis`` "none"). With
+       "train_prior_and_balance" (default) the calibration's move from pi_0 to a balanced set,
+       off the axis, is a second direction where the halves certify it (they disagree by less than
+       the move): a shift's part along it is clipped to [0, the move's James-Stein share] and
+       soft-thresholded by the test set's own noise along it; a shift lying mostly in the plane of
+       the two directions is read along both, any other keeps the whole rule.
        Every result holds ``strength``, ``shift_size``, ``null_shift_size``, ``test_set_noise`` (with
        "both"), ``balanced_share``, ``rule`` and ``axis_share`` (with an axis; rule "axis" adds
-       ``rest_strength``, ``axis_noise`` and ``rest_noise``); a noise that is not a finite number
-       (halves the fit separates perfectly) is reported as None and gives strength 0.
+       ``rest_strength``, ``axis_noise`` and ``rest_noise``; rule "axes" also ``balance_shift``,
+       ``balance_strength`` and ``balance_noise``); a noise that is not a finite number (halves the
+       fit separates perfectly) is reported as None and gives strength 0.
 
     ``strength`` and ``min_divergence`` "auto" choose one setting per model instead: each half
     calibrates while the other is resampled into simulated test sets of ``simulation_size`` images
@@ -406,7 +412,7 @@ class SafePrior(MAPPrior):
     Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats, 0; or "auto"),
     ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified", "plain", "nearest" or "segment"; strength
     "null" only), ``noise`` ("target", "spread" or "both"; strength "null" only), ``axis``
-    ("train_prior" or "none"; strength "null" only), ``simulation_size``
+    ("train_prior_and_balance", "train_prior" or "none"; strength "null" only), ``simulation_size``
     (images per simulated set of "auto"; 2000),
     ``pseudo_count`` (> 0; 1), ``toward`` ("plain"), ``calibration``, ``source_prior``,
     ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test
@@ -415,7 +421,7 @@ class SafePrior(MAPPrior):
 
     def __init__(self, significance=0.001, strength: float | str = "null", min_divergence: float | str = 0.0,
                  pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="plain", noise="both",
-                 axis="train_prior", **kwargs):
+                 axis="train_prior_and_balance", **kwargs):
         super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
         self.null_target = check_choice("null_target", null_target, NULL_TARGETS)
         self.noise = check_choice("noise", noise, NULL_NOISES)
@@ -444,10 +450,14 @@ class SafePrior(MAPPrior):
                 cal["halves"] = split_halves(self, self.calibration_logits(ctx), ctx, start=cal)
                 share, evidence = balanced_share(cal["halves"], cal) if self.null_target != "plain" else (0.0, {})
                 cal["balanced_share"] = share
-                cal["axis"] = head_tail_axis(ctx.train_prior) if self.axis == "train_prior" else None
+                cal["axis"] = head_tail_axis(ctx.train_prior) if self.axis != "none" else None
+                if self.axis == "train_prior_and_balance":
+                    from trainer.test_time.shift_simulation import balance_direction
+                    cal["balance_axis"], cal["balance_cap"], facts = balance_direction(cal, cal["axis"])
+                    evidence = {**evidence, **facts}
                 gate = 0.0 if self.min_divergence == "auto" else self.min_divergence
                 cal["selection"] = {"strength": "null", "min_divergence": gate, "null_target": self.null_target,
-                                    "noise": self.noise, "axis": self.axis if cal["axis"] is not None else "none",
+                                    "noise": self.noise, "axis": self.directions_in_use(cal),
                                     "balanced_share": share, **evidence,
                                     "chosen_by": "validation split, per test set: its shift size against an unshifted "
                                     "set of its size seen through cross-fitted halves of the split"}
@@ -458,6 +468,13 @@ class SafePrior(MAPPrior):
                 cal["selection"] = {"strength": self.strength, "min_divergence": self.min_divergence,
                                     "chosen_by": "config"}
         return self._calibration
+
+    def directions_in_use(self, cal):
+        """``axis`` as it applies here: without a head-tail axis (a balanced training prior) only the
+        balanced move's direction ("balance") or none."""
+        if cal["axis"] is not None:
+            return self.axis
+        return "balance" if cal.get("balance_axis") is not None else "none"
 
     def settings(self, cal):
         """(strength, min_divergence) in use; strength 0 means the plain average (nothing qualified)."""

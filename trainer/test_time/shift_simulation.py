@@ -205,7 +205,7 @@ def target_prior(cal, share):
     return toward(cal["anchor"], cal["source_prior"], share)
 
 
-def null_shift_sizes(method, pairs, n, share, noise="target", axis=None):
+def null_shift_sizes(method, pairs, n, share, noise="target", axis=None, second=None):
     """The null of a test set of ``n`` images, from the whole estimate (calibration on one half,
     MAP-EM on ``n`` images, the 8 runs batched: :func:`half_estimates`) on balanced resamples of the
     other half. ``noise`` "target": the shift
@@ -213,7 +213,8 @@ def null_shift_sizes(method, pairs, n, share, noise="target", axis=None):
     through the split's noise). "spread": how far the halves' estimates (their centred log ratio to
     their own targets) lie from each other, the squared distance of every pair: their noise alone,
     without the part they share (a lean of the plain average that every half reads alike).
-    Returns [m, 2]: each size and its part along ``axis`` (:func:`head_tail_axis`; 0 without one)."""
+    Returns [m, 3]: each size and its parts along ``axis`` (:func:`head_tail_axis`) and ``second`` (the
+    balanced move's direction, :func:`balance_direction`), 0 along a direction that is None."""
     rng = np.random.RandomState(SEED + n)
     halves, scores = [], []
     for cal, (z_all, other), y_other in pairs:
@@ -226,7 +227,7 @@ def null_shift_sizes(method, pairs, n, share, noise="target", axis=None):
     moves = torch.stack([centred_log_ratio(pi, target_prior(cal, share)) for pi, cal in zip(priors, halves)])
     if noise == "spread":
         moves = torch.stack([a - b for a, b in itertools.combinations(moves, 2)])
-    return np.stack(sizes_along(moves, axis), 1)
+    return np.stack(sizes_along(moves, axis, second), 1)
 
 
 def head_tail_axis(train_prior):
@@ -241,12 +242,37 @@ def head_tail_axis(train_prior):
     return e / norm if norm > 1e-6 else None
 
 
-def sizes_along(vectors, axis):
-    """(||v||^2, (v . axis)^2) of each row of ``vectors`` [m, C], as two arrays (the second 0 without
-    an axis)."""
+def sizes_along(vectors, axis, second=None):
+    """(||v||^2, (v . axis)^2, (v . second)^2) of each row of ``vectors`` [m, C], as three arrays (0
+    along a direction that is None)."""
     total = (vectors * vectors).sum(1)
-    along = torch.zeros_like(total) if axis is None else (vectors @ axis) ** 2
-    return total.cpu().numpy(), along.cpu().numpy()
+    parts = [total] + [torch.zeros_like(total) if a is None else (vectors @ a) ** 2 for a in (axis, second)]
+    return [p.cpu().numpy() for p in parts]
+
+
+def balance_direction(cal, axis):
+    """The calibration's move to a balanced set apart from the head-tail axis, and how far along it
+    the split certifies a test set may move: (unit direction or None, cap, evidence).
+
+    t is the centred log ratio from the anchor to the source prior, less its part along ``axis``; d
+    how far two halves' own such moves lie apart (twice the mean squared distance over the pairs of
+    halvings, as in :func:`balanced_share`). The direction is t at unit length, kept where the halves
+    disagree by less than the move itself (d < ||t||^2). Two disjoint halves' moves lie about four
+    times the whole split's variance apart, so the whole split's move is certified to its James-Stein
+    share max(0, 1 - d / (4 ||t||^2)): the cap is that share of ||t||."""
+    def off_axis(move):
+        return move if axis is None else move - (move @ axis) * axis
+
+    t = off_axis(centred_log_ratio(cal["source_prior"], cal["anchor"]))
+    moves = [off_axis(centred_log_ratio(half["source_prior"], half["anchor"])) for half, _, _ in cal["halves"]]
+    size = float((t * t).sum())
+    d = 2.0 * float(np.mean([float(((a - b) ** 2).sum()) for a, b in itertools.combinations(moves, 2)])) \
+        if len(moves) > 1 else math.inf
+    keep = size > 1e-12 and d < size
+    cap = max(0.0, 1.0 - d / (4.0 * size)) * math.sqrt(size) if keep else 0.0
+    evidence = {"balance_move": math.sqrt(size), "balance_cap": cap, "balance_disagreement": d if keep or
+                math.isfinite(d) else None}
+    return (t / math.sqrt(size) if keep else None), cap, evidence
 
 
 UPPER = 0.95  # the test set's own noise: the upper 95 % confidence bound of its variance over the halves
@@ -317,13 +343,14 @@ def test_set_noise(method, cal, log_q, prior, share, seed):
     of the 8 moves (centred log ratio to each half's target) counts the calibration's and the test
     set's sampling noise, and its upper :data:`UPPER` confidence bound (chi-squared, halves - 1 degrees
     of freedom) is the noise. ``prior``: the whole split's estimate, where each run starts. Returns
-    [2]: that noise and its part along ``cal["axis"]`` (:func:`head_tail_axis`; 0 without one)."""
+    [3]: that noise and its parts along ``cal["axis"]`` (:func:`head_tail_axis`) and
+    ``cal["balance_axis"]`` (:func:`balance_direction`), 0 along a direction that is None."""
     base = log_q.double() - (0.0 if cal["bias"] is None else cal["bias"])  # z / T, up to a constant per image
     n, c = base.shape
     halves = [half for half, _, _ in cal["halves"]]
     k = len(halves)
     if k < 2:
-        return np.zeros(2)
+        return np.zeros(3)
     rng = np.random.RandomState(seed)
     scale = [cal["temperature"] / half["temperature"] for half in halves]
     scores = []
@@ -334,7 +361,8 @@ def test_set_noise(method, cal, log_q, prior, share, seed):
     priors = half_estimates(method, halves, scores, torch.as_tensor(prior, dtype=torch.float64).expand(k, c).clone(),
                             n * c)
     moves = torch.stack([centred_log_ratio(pi, target_prior(half, share)) for pi, half in zip(priors, halves)])
-    variance = np.asarray([part.sum() for part in sizes_along(moves - moves.mean(0), cal.get("axis"))]) / (k - 1)
+    variance = np.asarray([part.sum() for part in sizes_along(moves - moves.mean(0), cal.get("axis"),
+                                                               cal.get("balance_axis"))]) / (k - 1)
     return variance * (k - 1) / chi2_quantile(1 - UPPER, k - 1)
 
 
@@ -355,7 +383,8 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     standard deviation of that noise (soft thresholding: the part the split certifies) and r by its
     own James-Stein strength from the remainder of the noise, each at least s. A shift with a
     sizeable rest (a sparse or arbitrary prior, for which moving the head against the tail alone
-    would mislead) keeps the whole rule.
+    would mislead) keeps the whole rule. Rule "axes" (``cal["balance_axis"]``, :func:`balance_direction`):
+    the same along the axis and the balanced move's direction together (:func:`_along_two_directions`).
     """
     share = cal["balanced_share"]
     rule = getattr(method, "null_target", "plain")
@@ -372,11 +401,12 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     sizes = cal.setdefault("null_sizes", {})
     if (n, share) not in sizes:
         sizes[n, share] = null_shift_sizes(method, cal["halves"], n, share,
-                                           "target" if noise_rule == "target" else "spread", cal.get("axis"))
+                                           "target" if noise_rule == "target" else "spread", cal.get("axis"),
+                                           cal.get("balance_axis"))
     split = sizes[n, share].mean(0)
     evidence = {"shift_size": observed, "null_shift_size": _shown(_unbounded(float(split[0]))),
                 "null_sets": len(cal["halves"]), "balanced_share": cal["balanced_share"], "target_share": share}
-    noise, rest = split, split[0] - split[1]
+    noise, rest, own = split, split[0] - split[1], None
     if noise_rule == "both":
         if cache is not None and (n, share) in cache:
             own = cache[n, share]
@@ -388,6 +418,9 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
         evidence["test_set_noise"] = _shown(_unbounded(float(own[0])))
     strength = _james_stein(noise[0], observed)
     axis = cal.get("axis")
+    if cal.get("balance_axis") is not None and observed > 0:
+        return _along_two_directions(u, observed, strength, split, own if noise_rule == "both" else None, cal,
+                                     evidence)
     if axis is not None:
         along = float(u @ axis)
         rest_size = observed - along * along
@@ -402,6 +435,46 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
             return s_axis * u_axis + s_rest * (u - u_axis), evidence
     evidence.update(rule="whole", strength=strength)
     return strength * u, evidence
+
+
+def _along_two_directions(u, observed, strength, split, own, cal, evidence):
+    """Rule "axes" of :func:`null_adjustment` (``axis`` "train_prior_and_balance"): u read along the
+    head-tail axis e and the balanced move's direction f (:func:`balance_direction`). Its coordinate
+    along f is clipped to [0, cap] (toward a balanced set, as far as the split certifies; the excess
+    stays in the rest). Where the two coordinates hold at least half of ||u||^2, each moves by its
+    size less one standard deviation of its noise (along e: the larger of the split's and the test
+    set's own; along f: the test set's own, since every half's unshifted estimate shares the move
+    the split's null would count) and the rest by its James-Stein strength from the remainder of the
+    noise, each at least the whole rule's ``strength``; otherwise the whole rule."""
+    axis, second = cal.get("axis"), cal["balance_axis"]
+    a = 0.0 if axis is None else float(u @ axis)
+    b = min(max(float(u @ second), 0.0), cal["balance_cap"])
+    on_plane = b * second + (0.0 if axis is None else a * axis)
+    rest_vec = u - on_plane
+    rest_size = float((rest_vec * rest_vec).sum())
+    evidence.update(axis_share=(a * a + b * b) / observed, balance_shift=b)
+    if a * a + b * b < rest_size:
+        evidence.update(rule="whole", strength=strength)
+        return strength * u, evidence
+    noise = split if own is None else np.maximum(split, own)
+    noise_b = split[2] if own is None else own[2]
+    rest_noise = max(0.0, split[0] - split[1] - split[2], 0.0 if own is None else own[0] - own[1] - own[2])
+    s_a = max(strength, _soft(a, noise[1]))
+    s_b = max(strength, _soft(b, noise_b))
+    s_r = max(strength, _james_stein(rest_noise, rest_size))
+    evidence.update(rule="axes", strength=s_a, balance_strength=s_b, rest_strength=s_r,
+                    axis_noise=_shown(_unbounded(float(noise[1]))), balance_noise=_shown(_unbounded(float(noise_b))),
+                    rest_noise=_shown(_unbounded(float(rest_noise))))
+    return (0.0 if axis is None else s_a * a * axis) + s_b * b * second + s_r * rest_vec, evidence
+
+
+def _soft(coordinate, variance):
+    """The share of ``coordinate`` left after soft thresholding by one standard deviation: max(0, |x|
+    - sigma) / |x| (0 for x = 0 or a noise that is not a finite number)."""
+    variance = _unbounded(float(variance))
+    if coordinate == 0 or not math.isfinite(variance):
+        return 0.0
+    return max(0.0, abs(coordinate) - math.sqrt(variance)) / abs(coordinate)
 
 
 def shifted(target, adjustment):
