@@ -270,8 +270,8 @@ def balance_direction(cal, axis):
         if len(moves) > 1 else math.inf
     keep = size > 1e-12 and d < size
     cap = max(0.0, 1.0 - d / (4.0 * size)) * math.sqrt(size) if keep else 0.0
-    evidence = {"balance_move": math.sqrt(size), "balance_cap": cap, "balance_disagreement": d if keep or
-                math.isfinite(d) else None}
+    evidence = {"balance_move": math.sqrt(size), "balance_cap": cap,
+                "balance_disagreement": d if math.isfinite(d) else None}
     return (t / math.sqrt(size) if keep else None), cap, evidence
 
 
@@ -441,7 +441,7 @@ def _along_two_directions(u, observed, strength, split, own, cal, evidence):
     """Rule "axes" of :func:`null_adjustment` (``axis`` "train_prior_and_balance"): u read along the
     head-tail axis e and the balanced move's direction f (:func:`balance_direction`). Its coordinate
     along f is clipped to [0, cap] (toward a balanced set, as far as the split certifies; the excess
-    stays in the rest). Where the two coordinates hold at least half of ||u||^2, each moves by its
+    stays in the rest). Where a^2 + b^2 (b clipped) is at least ||u - a e - b f||^2, each moves by its
     size less one standard deviation of its noise (along e: the larger of the split's and the test
     set's own; along f: the test set's own, since every half's unshifted estimate shares the move
     the split's null would count) and the rest by its James-Stein strength from the remainder of the
