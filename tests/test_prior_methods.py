@@ -667,6 +667,11 @@ def test_balanced_move_direction_corrects_a_class_lean_the_split_certifies_and_n
     assert out["balance_strength"] > alone["strength"] + 0.1
     plain = accuracy(logits.mean(1), y)
     assert accuracy(out["scores"], y) > accuracy(alone["scores"], y) + 0.002 > plain + 0.005
+    # measured from a target already moved toward balance, only the rest of the certified move is left
+    certified = SafePrior(null_target="certified")
+    moved = certified.adapt(logits, ctx)
+    share, cap = moved["target_share"], certified.calibration(ctx)["selection"]["balance_cap"]
+    assert share > 0.5 and moved["balance_shift"] <= cap - share * cal["selection"]["balance_move"] + 1e-12
     # a set leaning like the plain average (away from balance along the move) gets nothing along it
     lean = np.exp(tilt.double().numpy()) / np.exp(tilt.double().numpy()).sum()
     z, y = model.sample(lean, 4000, seed=7)

@@ -441,14 +441,17 @@ def _along_two_directions(u, observed, strength, split, own, cal, evidence):
     """Rule "axes" of :func:`null_adjustment` (``axis`` "train_prior_and_balance"): u read along the
     head-tail axis e and the balanced move's direction f (:func:`balance_direction`). Its coordinate
     along f is clipped to [0, cap] (toward a balanced set, as far as the split certifies; the excess
-    stays in the rest). Where a^2 + b^2 (b clipped) is at least ||u - a e - b f||^2, each moves by its
+    stays in the rest), less what a target moved toward balance already took of the move.
+    Where a^2 + b^2 (b clipped) is at least ||u - a e - b f||^2, each moves by its
     size less one standard deviation of its noise (along e: the larger of the split's and the test
     set's own; along f: the test set's own, since every half's unshifted estimate shares the move
     the split's null would count) and the rest by its James-Stein strength from the remainder of the
     noise, each at least the whole rule's ``strength``; otherwise the whole rule."""
     axis, second = cal.get("axis"), cal["balance_axis"]
     a = 0.0 if axis is None else float(u @ axis)
-    b = min(max(float(u @ second), 0.0), cal["balance_cap"])
+    # a target already moved toward balance (null_target "certified" ...) used that share of the move
+    room = max(0.0, cal["balance_cap"] - evidence["target_share"] * cal["selection"]["balance_move"])
+    b = min(max(float(u @ second), 0.0), room)
     on_plane = b * second + (0.0 if axis is None else a * axis)
     rest_vec = u - on_plane
     rest_size = float((rest_vec * rest_vec).sum())
