@@ -20,8 +20,9 @@ Rows (``family``: how the calibration's class bias is fitted; docs/methods.md#sm
 - ``shrunk`` / ``shrunk_prior``: a free bias shrunk toward 0 / toward g log p_train by a ridge
   whose weight is chosen by 5-fold cross-fitting on the split;
 each with EM (the full Bayes adjustment), ``SafePrior default`` (SafePrior's own defaults: the
-per-test-set strength from the plain target, noise "both", the head-tail axis), ``SafePrior old`` (one strength and
-gate per model, chosen by the simulation on the split) and ``SafePrior gate`` (strength 1, the
+per-test-set strength from the plain target, noise "both", the head-tail axis and the balanced
+move's direction), ``SafePrior old`` (one strength and gate per model, chosen by the simulation on
+the split) and ``SafePrior gate`` (strength 1, the
 shift test alone decides); ``SafePrior null`` / ``SafePrior null plain`` / ``SafePrior null
 spread`` name the per-test-set variants by their target and noise (``SafePrior nearest`` / ``SafePrior
 segment``: the shipped rule with ``null_target`` "nearest" / "segment"); ``SafePrior axis`` is the
