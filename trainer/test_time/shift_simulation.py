@@ -195,8 +195,17 @@ def balanced_share(pairs, cal):
     moves = [centred_log_ratio(half["source_prior"], half["anchor"]) for half, _, _ in pairs]
     if len(moves) < 2 or t <= 0:
         return 0.0, {"balanced_move": t, "halves_disagreement": None}
-    d = 2.0 * float(np.mean([float(((a - b) ** 2).sum()) for a, b in itertools.combinations(moves, 2)]))
+    d = halves_disagreement(moves)
     return max(0.0, 1.0 - d / t), {"balanced_move": t, "halves_disagreement": d}
+
+
+def halves_disagreement(moves):
+    """How far two disjoint halves' moves lie apart: twice the mean squared distance over the pairs
+    of halvings (two halves of different halvings share a quarter of the split on average); infinite
+    with fewer than two halvings."""
+    if len(moves) < 2:
+        return math.inf
+    return 2.0 * float(np.mean([float(((a - b) ** 2).sum()) for a, b in itertools.combinations(moves, 2)]))
 
 
 def target_prior(cal, share):
@@ -255,19 +264,17 @@ def balance_direction(cal, axis):
     the split certifies a test set may move: (unit direction or None, cap, evidence).
 
     t is the centred log ratio from the anchor to the source prior, less its part along ``axis``; d
-    how far two halves' own such moves lie apart (twice the mean squared distance over the pairs of
-    halvings, as in :func:`balanced_share`). The direction is t at unit length, kept where the halves
-    disagree by less than the move itself (d < ||t||^2). Two disjoint halves' moves lie about four
-    times the whole split's variance apart, so the whole split's move is certified to its James-Stein
-    share max(0, 1 - d / (4 ||t||^2)): the cap is that share of ||t||."""
+    how far two halves' own such moves lie apart (:func:`halves_disagreement`). The direction is t
+    at unit length, kept where the halves disagree by less than the move itself (d < ||t||^2). Two
+    disjoint halves' moves lie about four times the whole split's variance apart, so the whole
+    split's move is certified to its James-Stein share max(0, 1 - d / (4 ||t||^2)): the cap is that share of ||t||."""
     def off_axis(move):
         return move if axis is None else move - (move @ axis) * axis
 
     t = off_axis(centred_log_ratio(cal["source_prior"], cal["anchor"]))
     moves = [off_axis(centred_log_ratio(half["source_prior"], half["anchor"])) for half, _, _ in cal["halves"]]
     size = float((t * t).sum())
-    d = 2.0 * float(np.mean([float(((a - b) ** 2).sum()) for a, b in itertools.combinations(moves, 2)])) \
-        if len(moves) > 1 else math.inf
+    d = halves_disagreement(moves)
     keep = size > 1e-12 and d < size
     cap = max(0.0, 1.0 - d / (4.0 * size)) * math.sqrt(size) if keep else 0.0
     evidence = {"balance_move": math.sqrt(size), "balance_cap": cap,
