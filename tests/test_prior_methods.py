@@ -394,6 +394,7 @@ def test_methods_are_found_by_class_name():
     (SafePrior, {"min_divergence": -0.1}, "min_divergence -0.1: must be a number >= 0"),
     (SafePrior, {"null_target": "balanced"}, "null_target 'balanced': expected one of 'certified', 'plain'"),
     (SafePrior, {"noise": "bootstrap"}, "noise 'bootstrap': expected one of 'target', 'spread'"),
+    (SafePrior, {"axis_noise": "own"}, "axis_noise 'own': expected one of 'split', 'both'"),
     (EMPrior, {"source_prior": "uniform", "calibration": "training"}, "bias true with source_prior 'uniform'"),
     (EMPrior, {"calibration": "test"}, "calibration 'test': expected one of"),
     (SafePrior, {"calibration": "training"}, "auto.* are chosen on the validation split"),
@@ -640,6 +641,33 @@ def test_axis_rule_reads_a_head_tail_shift_along_one_number_and_leaves_other_shi
     balanced = Context(num_experts=3, num_classes=C, train_prior=torch.full((C,), 1.0 / C),
                        validation_logits=ctx.validation_logits)
     assert SafePrior(axis="train_prior").calibration(balanced)["selection"]["axis"] == "none"
+
+
+def test_axis_noise_split_reads_the_axis_against_the_splits_spread_alone():
+    """axis_noise "split" (the default): the head-tail coordinate is soft-thresholded by the split's
+    spread along the axis alone, the test set's own noise (an upper confidence bound over 8
+    estimates) staying in the whole rule's and the rest's noise; "both" takes the larger of the two
+    along the axis as well, so it applies less of a long-tailed set's shift."""
+    from trainer.test_time.shift_simulation import _soft
+    model = Gaussians()
+    ctx = small_split_context(model, 20, seed=5)
+    split, both = SafePrior(axis="train_prior"), SafePrior(axis="train_prior", axis_noise="both")
+    assert split.axis_noise == "split" and split.calibration(ctx)["selection"]["axis_noise"] == "split"
+    for prior in ("forward50", "backward50"):
+        z, y = model.sample(PRIORS[prior], 3000, seed=7)
+        logits = experts(z, np.full(C, 1.0 / C))
+        by_split, by_both = split.adapt(logits, ctx), both.adapt(logits, ctx)
+        assert by_split["rule"] == by_both["rule"] == "axis"
+        spread_along_axis = float(split.calibration(ctx)["null_sizes"][3000, 0.0].mean(0)[1])
+        assert by_split["axis_noise"] == pytest.approx(spread_along_axis)
+        assert by_both["axis_noise"] > 2 * by_split["axis_noise"]  # the test set's own noise dominates here
+        a = (by_split["axis_share"] * by_split["shift_size"]) ** 0.5
+        whole = SafePrior(axis="none").adapt(logits, ctx)["strength"]
+        assert by_split["strength"] == pytest.approx(max(whole, _soft(a, by_split["axis_noise"])))
+        assert by_split["strength"] > by_both["strength"] + 0.1
+        assert by_split["rest_strength"] == by_both["rest_strength"]
+        assert by_split["test_set_noise"] == by_both["test_set_noise"]
+        assert accuracy(by_split["scores"], y) > accuracy(by_both["scores"], y) > accuracy(logits.mean(1), y)
 
 
 def test_balanced_move_direction_corrects_a_class_lean_the_split_certifies_and_no_further():

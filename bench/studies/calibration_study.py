@@ -20,14 +20,16 @@ Rows (``family``: how the calibration's class bias is fitted; docs/methods.md#sm
 - ``shrunk`` / ``shrunk_prior``: a free bias shrunk toward 0 / toward g log p_train by a ridge
   whose weight is chosen by 5-fold cross-fitting on the split;
 each with EM (the full Bayes adjustment), ``SafePrior default`` (SafePrior's own defaults: the
-per-test-set strength from the plain target, noise "both", the head-tail axis and the balanced
-move's direction), ``SafePrior old`` (one strength and gate per model, chosen by the simulation on
-the split) and ``SafePrior gate`` (strength 1, the
-shift test alone decides); ``SafePrior null`` / ``SafePrior null plain`` / ``SafePrior null
+per-test-set strength from the plain target, noise "both", the head-tail axis read against the
+split's noise and the balanced move's direction), ``SafePrior old`` (one strength and gate per
+model, chosen by the simulation on the split) and ``SafePrior gate`` (strength 1, the shift test
+alone decides); ``SafePrior null`` / ``SafePrior null plain`` / ``SafePrior null
 spread`` name the per-test-set variants by their target and noise (``SafePrior nearest`` / ``SafePrior
 segment``: the shipped rule with ``null_target`` "nearest" / "segment"); ``SafePrior axis`` is the
 shipped rule with the head-tail axis alone (``axis`` "train_prior": no balanced move's direction),
-``SafePrior whole`` the shipped rule with one strength for every shift (``axis`` "none"). ``Oracle prior
+``SafePrior whole`` the shipped rule with one strength for every shift (``axis`` "none"), ``SafePrior
+axis both`` the shipped rule with the test set's own noise along the head-tail axis as well (``axis_noise``
+"both"). ``Oracle prior
 (uses test labels)`` applies the true test prior under the same calibration: a ceiling, never a method. Beside them
 the shipped prior config (``configs/test_time_<family>_prior.json``) as it is now. ``--training_images`` adds, once per
 record (not per size), EM and SafePrior calibrated on the training images instead of a validation
@@ -117,6 +119,9 @@ ESTIMATORS = {
     # the shipped rule with the head-tail axis alone (no balanced move's direction)
     "SafePrior axis": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="plain",
                                                       noise="both", axis="train_prior"),
+    # the shipped rule with the larger of the split's and the test set's own noise along the axis
+    "SafePrior axis both": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="plain",
+                                                           noise="both", axis_noise="both"),
     # the shipped rule without the head-tail axis: one strength for the whole shift
     "SafePrior whole": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="plain",
                                                        noise="both", axis="none"),
@@ -155,7 +160,8 @@ def training_rows():
 def settings_of(method):
     """The arguments that decide a label-shift method's output (to spot a row equal to the shipped one)."""
     keys = ("calibration_data", "source_prior", "temperature", "bias", "strength", "min_divergence", "significance",
-            "pseudo_count", "toward", "simulation_size", "null_target", "noise", "axis", "tol", "max_iter")
+            "pseudo_count", "toward", "simulation_size", "null_target", "noise", "axis", "axis_noise", "tol",
+            "max_iter")
     return {k: getattr(method, k) for k in keys if hasattr(method, k)}
 
 

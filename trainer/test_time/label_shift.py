@@ -61,6 +61,7 @@ STRENGTH_RULES = ("null", "auto")  # SafePrior's strength chosen per test set (n
 NULL_TARGETS = ("certified", "plain", "nearest", "segment")  # what strength "null" measures a shift from (SafePrior)
 NULL_NOISES = ("target", "spread", "both")  # what strength "null" takes as the noise of its estimate (SafePrior)
 NULL_AXES = ("train_prior_and_balance", "train_prior", "none")  # the directions strength "null" reads a shift along
+AXIS_NOISES = ("split", "both")  # the noise of the head-tail axis coordinate under noise "both" (SafePrior)
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -396,7 +397,10 @@ class SafePrior(MAPPrior):
        off the axis, is a second direction where the halves certify it (they disagree by less than
        the move): a shift's part along it is clipped to [0, the move's James-Stein share] and
        soft-thresholded by the test set's own noise along it; a shift lying mostly in the plane of
-       the two directions is read along both, any other keeps the whole rule.
+       the two directions is read along both, any other keeps the whole rule. The noise along the
+       axis (``axis_noise``) is the split's spread along it alone ("split", default: the test set's
+       own noise, an upper confidence bound over 8 estimates, stays in the whole rule's and the
+       rest's noise) or, with "both", the larger of that and the test set's own part along it.
        Every result holds ``strength``, ``shift_size``, ``null_shift_size``, ``test_set_noise`` (with
        "both"), ``balanced_share``, ``rule`` and ``axis_share`` (with an axis; rule "axis" adds
        ``rest_strength``, ``axis_noise`` and ``rest_noise``; rule "axes" also ``balance_shift``,
@@ -412,7 +416,8 @@ class SafePrior(MAPPrior):
     Args: ``significance`` (in (0, 1); 0.001), ``min_divergence`` (>= 0 nats, 0; or "auto"),
     ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified", "plain", "nearest" or "segment"; strength
     "null" only), ``noise`` ("target", "spread" or "both"; strength "null" only), ``axis``
-    ("train_prior_and_balance", "train_prior" or "none"; strength "null" only), ``simulation_size``
+    ("train_prior_and_balance", "train_prior" or "none"; strength "null" only), ``axis_noise`` ("split" or
+    "both"; noise "both" only), ``simulation_size``
     (images per simulated set of "auto"; 2000),
     ``pseudo_count`` (> 0; 1), ``toward`` ("plain"), ``calibration``, ``source_prior``,
     ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test
@@ -421,11 +426,12 @@ class SafePrior(MAPPrior):
 
     def __init__(self, significance=0.001, strength: float | str = "null", min_divergence: float | str = 0.0,
                  pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="plain", noise="both",
-                 axis="train_prior_and_balance", **kwargs):
+                 axis="train_prior_and_balance", axis_noise="split", **kwargs):
         super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
         self.null_target = check_choice("null_target", null_target, NULL_TARGETS)
         self.noise = check_choice("noise", noise, NULL_NOISES)
         self.axis = check_choice("axis", axis, NULL_AXES)
+        self.axis_noise = check_choice("axis_noise", axis_noise, AXIS_NOISES)
         self.significance = check_fraction("significance", significance)
         if min_divergence != "auto" and (not _is_number(min_divergence) or min_divergence < 0):
             raise ValueError(f"min_divergence {min_divergence!r}: must be a number >= 0 (nats) or \"auto\"")
@@ -458,6 +464,7 @@ class SafePrior(MAPPrior):
                 gate = 0.0 if self.min_divergence == "auto" else self.min_divergence
                 cal["selection"] = {"strength": "null", "min_divergence": gate, "null_target": self.null_target,
                                     "noise": self.noise, "axis": self.directions_in_use(cal),
+                                    "axis_noise": self.axis_noise,
                                     "balanced_share": share, **evidence,
                                     "chosen_by": "validation split, per test set: its shift size against an unshifted "
                                     "set of its size seen through cross-fitted halves of the split"}

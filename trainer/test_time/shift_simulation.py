@@ -386,7 +386,9 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     Rule "whole": s u, one strength s from the noise and ||u||^2. Rule "axis" (``cal["axis"]``, the
     head-tail axis, where u lies mostly along it: its part along the axis a at least the rest r): a
     is read from one number instead of C - 1, with the noise's part along the axis as its variance
-    (8 estimates: a rough variance, so no James-Stein factor on it); it is moved by |a| less one
+    (8 estimates: a rough variance, so no James-Stein factor on it; with ``method.axis_noise``
+    "split", the default, the split's part alone, else the larger of the split's and the test set's
+    own); it is moved by |a| less one
     standard deviation of that noise (soft thresholding: the part the split certifies) and r by its
     own James-Stein strength from the remainder of the noise, each at least s. A shift with a
     sizeable rest (a sparse or arbitrary prior, for which moving the head against the tail alone
@@ -424,36 +426,38 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
         noise, rest = np.maximum(split, own), max(split[0] - split[1], own[0] - own[1])
         evidence["test_set_noise"] = _shown(_unbounded(float(own[0])))
     strength = _james_stein(noise[0], observed)
+    # the axis coordinate's noise: the split's spread along it, or with axis_noise "both" the larger of
+    # that and the test set's own
+    axis_variance = noise[1] if getattr(method, "axis_noise", "split") == "both" else split[1]
     axis = cal.get("axis")
     if cal.get("balance_axis") is not None and observed > 0:
-        return _along_two_directions(u, observed, strength, split, own if noise_rule == "both" else None, cal,
-                                     evidence)
+        return _along_two_directions(u, observed, strength, split, own if noise_rule == "both" else None,
+                                     axis_variance, cal, evidence)
     if axis is not None:
         along = float(u @ axis)
         rest_size = observed - along * along
         evidence["axis_share"] = along * along / observed if observed > 0 else 0.0
         if observed > 0 and along * along >= rest_size:
-            sigma = math.sqrt(_unbounded(float(noise[1])))
-            s_axis = max(strength, max(0.0, abs(along) - sigma) / abs(along))
+            s_axis = max(strength, _soft(along, axis_variance))
             s_rest = max(strength, _james_stein(rest, rest_size))
             u_axis = along * axis
             evidence.update(rule="axis", strength=s_axis, rest_strength=s_rest, axis_noise=_shown(_unbounded(
-                float(noise[1]))), rest_noise=_shown(_unbounded(float(rest))))
+                float(axis_variance))), rest_noise=_shown(_unbounded(float(rest))))
             return s_axis * u_axis + s_rest * (u - u_axis), evidence
     evidence.update(rule="whole", strength=strength)
     return strength * u, evidence
 
 
-def _along_two_directions(u, observed, strength, split, own, cal, evidence):
+def _along_two_directions(u, observed, strength, split, own, axis_variance, cal, evidence):
     """Rule "axes" of :func:`null_adjustment` (``axis`` "train_prior_and_balance"): u read along the
     head-tail axis e and the balanced move's direction f (:func:`balance_direction`). Its coordinate
     along f is clipped to [0, cap] (toward a balanced set, as far as the split certifies; the excess
     stays in the rest), less what a target moved toward balance already took of the move.
     Where a^2 + b^2 (b clipped) is at least ||u - a e - b f||^2, each moves by its
-    size less one standard deviation of its noise (along e: the larger of the split's and the test
-    set's own; along f: the test set's own, since every half's unshifted estimate shares the move
-    the split's null would count) and the rest by its James-Stein strength from the remainder of the
-    noise, each at least the whole rule's ``strength``; otherwise the whole rule."""
+    size less one standard deviation of its noise (along e: ``axis_variance``, see
+    :func:`null_adjustment`; along f: the test set's own, since every half's unshifted estimate shares
+    the move the split's null would count) and the rest by its James-Stein strength from the
+    remainder of the noise, each at least the whole rule's ``strength``; otherwise the whole rule."""
     axis, second = cal.get("axis"), cal["balance_axis"]
     a = 0.0 if axis is None else float(u @ axis)
     # a target already moved toward balance (null_target "certified" ...) used that share of the move
@@ -466,15 +470,14 @@ def _along_two_directions(u, observed, strength, split, own, cal, evidence):
     if a * a + b * b < rest_size:
         evidence.update(rule="whole", strength=strength)
         return strength * u, evidence
-    noise = split if own is None else np.maximum(split, own)
     noise_b = split[2] if own is None else own[2]
     rest_noise = max(0.0, split[0] - split[1] - split[2], 0.0 if own is None else own[0] - own[1] - own[2])
-    s_a = max(strength, _soft(a, noise[1]))
+    s_a = max(strength, _soft(a, axis_variance))
     s_b = max(strength, _soft(b, noise_b))
     s_r = max(strength, _james_stein(rest_noise, rest_size))
     evidence.update(rule="axes", strength=s_a, balance_strength=s_b, rest_strength=s_r,
-                    axis_noise=_shown(_unbounded(float(noise[1]))), balance_noise=_shown(_unbounded(float(noise_b))),
-                    rest_noise=_shown(_unbounded(float(rest_noise))))
+                    axis_noise=_shown(_unbounded(float(axis_variance))),
+                    balance_noise=_shown(_unbounded(float(noise_b))), rest_noise=_shown(_unbounded(float(rest_noise))))
     return (0.0 if axis is None else s_a * a * axis) + s_b * b * second + s_r * rest_vec, evidence
 
 
