@@ -388,9 +388,9 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     is read from one number instead of C - 1, with the noise's part along the axis as its variance
     (8 estimates: a rough variance, so no James-Stein factor on it; with ``method.axis_noise``
     "split", the default, the split's part alone, else the larger of the split's and the test set's
-    own); it is moved by |a| less one
-    standard deviation of that noise (soft thresholding: the part the split certifies) and r by its
-    own James-Stein strength from the remainder of the noise, each at least s. A shift with a
+    own); it is moved by |a| less one standard deviation of that noise (soft thresholding: the part
+    the split certifies) and r by its own James-Stein strength from the remainder of the noise, each
+    at least s. A shift with a
     sizeable rest (a sparse or arbitrary prior, for which moving the head against the tail alone
     would mislead) keeps the whole rule. Rule "axes" (``cal["balance_axis"]``, :func:`balance_direction`):
     the same along the axis and the balanced move's direction together (:func:`_along_two_directions`).
