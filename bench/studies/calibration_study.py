@@ -30,7 +30,8 @@ shipped rule with the head-tail axis alone (``axis`` "train_prior": no balanced 
 ``SafePrior whole`` the shipped rule with one strength for every shift (``axis`` "none"),
 ``SafePrior axis both`` the shipped rule with the test set's own noise along the head-tail axis as
 well (``axis_noise`` "both"). ``Oracle prior (uses test labels)`` applies the true test prior under
-the same calibration: a ceiling, never a method. Beside them the shipped prior config (``configs/test_time_<family>_prior.json``) as it is now. ``--training_images`` adds, once per
+the same calibration: a ceiling, never a method. Beside them the shipped prior config
+(``configs/test_time_<family>_prior.json``) as it is now. ``--training_images`` adds, once per
 record (not per size), EM and SafePrior calibrated on the training images instead of a validation
 split (the record's training logits; the settings of bench/studies/test_time_methods.py's
 training-image rows), shown under "training images".

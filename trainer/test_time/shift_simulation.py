@@ -391,8 +391,9 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     own); it is moved by |a| less one standard deviation of that noise (soft thresholding: the part
     the split certifies) and r by its own James-Stein strength from the remainder of the noise, each
     at least s. A shift with a sizeable rest (a sparse or arbitrary prior, for which moving the head
-    against the tail alone would mislead) keeps the whole rule. Rule "axes" (``cal["balance_axis"]``, :func:`balance_direction`):
-    the same along the axis and the balanced move's direction together (:func:`_along_two_directions`).
+    against the tail alone would mislead) keeps the whole rule. Rule "axes" (``cal["balance_axis"]``,
+    :func:`balance_direction`): the same along the axis and the balanced move's direction together
+    (:func:`_along_two_directions`).
     """
     share = cal["balanced_share"]
     rule = getattr(method, "null_target", "plain")
