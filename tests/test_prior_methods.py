@@ -395,6 +395,7 @@ def test_methods_are_found_by_class_name():
     (SafePrior, {"null_target": "balanced"}, "null_target 'balanced': expected one of 'certified', 'plain'"),
     (SafePrior, {"noise": "bootstrap"}, "noise 'bootstrap': expected one of 'target', 'spread'"),
     (SafePrior, {"axis_noise": "own"}, "axis_noise 'own': expected one of 'split', 'both'"),
+    (SafePrior, {"rest_floor": "some"}, "rest_floor 'some': expected one of 'none', 'whole'"),
     (EMPrior, {"source_prior": "uniform", "calibration": "training"}, "bias true with source_prior 'uniform'"),
     (EMPrior, {"calibration": "test"}, "calibration 'test': expected one of"),
     (SafePrior, {"calibration": "training"}, "auto.* are chosen on the validation split"),
@@ -611,7 +612,7 @@ def test_axis_rule_reads_a_head_tail_shift_along_one_number_and_leaves_other_shi
     """axis "train_prior": a shift lying mostly along the centred log training prior
     (every forward and backward long tail) moves along that axis by its size less one standard
     deviation of the noise's part along it (one direction's share of the split's noise), and its
-    rest by its own James-Stein strength, each at least the whole rule's; any other shift keeps the
+    rest by its own James-Stein strength (the axis's at least the whole rule's); any other shift keeps the
     one strength of the whole rule (axis "none"). A balanced training prior has no axis."""
     from trainer.test_time.shift_simulation import head_tail_axis
     model = Gaussians()
@@ -624,7 +625,8 @@ def test_axis_rule_reads_a_head_tail_shift_along_one_number_and_leaves_other_shi
     assert along["rule"] == "axis" and alone["rule"] == "whole" and along["axis_share"] > 0.5
     a = (along["axis_share"] * along["shift_size"]) ** 0.5
     assert along["strength"] == pytest.approx(max(alone["strength"], (a - along["axis_noise"] ** 0.5) / a))
-    assert along["rest_strength"] >= alone["strength"]
+    rest_size = along["shift_size"] * (1 - along["axis_share"])
+    assert along["rest_strength"] == pytest.approx(max(0.0, 1 - along["rest_noise"] / rest_size))
     assert along["axis_noise"] < 0.5 * max(alone["null_shift_size"], alone["test_set_noise"])
     assert along["strength"] > alone["strength"] + 0.1
     assert accuracy(along["scores"], y) > accuracy(alone["scores"], y) + 0.01
@@ -668,6 +670,42 @@ def test_axis_noise_split_reads_the_axis_against_the_splits_spread_alone():
         assert by_split["rest_strength"] == by_both["rest_strength"]
         assert by_split["test_set_noise"] == by_both["test_set_noise"]
         assert accuracy(by_split["scores"], y) > accuracy(by_both["scores"], y) > accuracy(logits.mean(1), y)
+
+
+def test_rest_floor_none_lets_the_rest_of_a_strong_head_tail_shift_shrink_by_its_own_strength():
+    """rest_floor "none" (the default): the part of a shift off the directions moves by its own
+    James-Stein strength alone. At a strong long tail the whole rule's strength is near 1 while the
+    rest is mostly the rare classes' estimation noise; "whole" (the rule before) moved it by at
+    least the whole strength, which puts that noise into the applied prior."""
+    from trainer.test_time.shift_simulation import centred_log_ratio, head_tail_axis
+    model = Gaussians()
+    ctx = small_split_context(model, 100, seed=5)
+    own, floored = SafePrior(axis="train_prior"), SafePrior(axis="train_prior", rest_floor="whole")
+    assert own.rest_floor == "none" and own.calibration(ctx)["selection"]["rest_floor"] == "none"
+    e, anchor = head_tail_axis(TRAIN_PRIOR), own.calibration(ctx)["anchor"]
+
+    def off_axis(result):  # the applied prior's move from the plain average's, off the head-tail axis
+        v = centred_log_ratio(torch.tensor(result["prior"], dtype=torch.float64), anchor)
+        return float((v - (v @ e) * e).norm())
+
+    distance = {"none": [], "whole": []}
+    for prior in ("forward50", "backward50"):
+        for seed in (7, 8, 9):
+            z, _ = model.sample(PRIORS[prior], 3000, seed=seed)
+            logits = experts(z, np.full(C, 1.0 / C))
+            by_own, by_floor = own.adapt(logits, ctx), floored.adapt(logits, ctx)
+            assert by_own["rule"] == by_floor["rule"] == "axis"
+            rest_size = by_own["shift_size"] * (1 - by_own["axis_share"])
+            by_js = max(0.0, 1 - by_own["rest_noise"] / rest_size)
+            assert by_own["rest_strength"] == pytest.approx(by_js) and by_own["strength"] == by_floor["strength"]
+            whole = SafePrior(axis="none").adapt(logits, ctx)["strength"]
+            assert whole > 0.6 and by_floor["rest_strength"] == pytest.approx(max(whole, by_js))
+            assert by_own["rest_strength"] < 0.5 * by_floor["rest_strength"]
+            assert off_axis(by_own) < 0.5 * off_axis(by_floor)
+            for name, result in (("none", by_own), ("whole", by_floor)):
+                applied = torch.tensor(result["prior"], dtype=torch.float64)
+                distance[name].append(float(centred_log_ratio(applied, torch.tensor(PRIORS[prior])).norm()))
+    assert np.mean(distance["none"]) < np.mean(distance["whole"]) - 0.03  # nearer the true prior (on the axis)
 
 
 def test_balanced_move_direction_corrects_a_class_lean_the_split_certifies_and_no_further():

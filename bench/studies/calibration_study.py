@@ -29,8 +29,10 @@ segment``: the shipped rule with ``null_target`` "nearest" / "segment"); ``SafeP
 shipped rule with the head-tail axis alone (``axis`` "train_prior": no balanced move's direction),
 ``SafePrior whole`` the shipped rule with one strength for every shift (``axis`` "none"),
 ``SafePrior axis both`` the shipped rule with the test set's own noise along the head-tail axis as
-well (``axis_noise`` "both"). ``Oracle prior (uses test labels)`` applies the true test prior under
-the same calibration: a ceiling, never a method. Beside them the shipped prior config
+well (``axis_noise`` "both"), ``SafePrior rest floor`` the shipped rule with the rest of a shift read
+along the directions moved by at least the whole rule's strength (``rest_floor`` "whole").
+``Oracle prior (uses test labels)`` applies the true test prior under the same calibration: a
+ceiling, never a method. Beside them the shipped prior config
 (``configs/test_time_<family>_prior.json``) as it is now. ``--training_images`` adds, once per
 record (not per size), EM and SafePrior calibrated on the training images instead of a validation
 split (the record's training logits; the settings of bench/studies/test_time_methods.py's
@@ -122,6 +124,9 @@ ESTIMATORS = {
     # the shipped rule with the larger of the split's and the test set's own noise along the axis
     "SafePrior axis both": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="plain",
                                                            noise="both", axis_noise="both"),
+    # the shipped rule with the rest of a shift read along the directions moved by at least the whole strength
+    "SafePrior rest floor": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="plain",
+                                                            noise="both", rest_floor="whole"),
     # the shipped rule without the head-tail axis: one strength for the whole shift
     "SafePrior whole": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="plain",
                                                        noise="both", axis="none"),
@@ -160,8 +165,8 @@ def training_rows():
 def settings_of(method):
     """The arguments that decide a label-shift method's output (to spot a row equal to the shipped one)."""
     keys = ("calibration_data", "source_prior", "temperature", "bias", "strength", "min_divergence", "significance",
-            "pseudo_count", "toward", "simulation_size", "null_target", "noise", "axis", "axis_noise", "tol",
-            "max_iter")
+            "pseudo_count", "toward", "simulation_size", "null_target", "noise", "axis", "axis_noise", "rest_floor",
+            "tol", "max_iter")
     return {k: getattr(method, k) for k in keys if hasattr(method, k)}
 
 

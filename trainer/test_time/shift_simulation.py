@@ -389,11 +389,13 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     (8 estimates: a rough variance, so no James-Stein factor on it; with ``method.axis_noise``
     "split", the default, the split's part alone, else the larger of the split's and the test set's
     own); it is moved by |a| less one standard deviation of that noise (soft thresholding: the part
-    the split certifies) and r by its own James-Stein strength from the remainder of the noise, each
-    at least s. A shift with a sizeable rest (a sparse or arbitrary prior, for which moving the head
-    against the tail alone would mislead) keeps the whole rule. Rule "axes" (``cal["balance_axis"]``,
-    :func:`balance_direction`): the same along the axis and the balanced move's direction together
-    (:func:`_along_two_directions`).
+    the split certifies), at least s, and r by its own James-Stein strength from the remainder of the
+    noise (with ``method.rest_floor`` "whole" at least s too: at a strong shift s is near 1, so the
+    rest, mostly the noise of the rare classes' estimates there, would move in full; "none", the
+    default, lets it shrink by its own strength). A shift with a sizeable rest (a sparse or arbitrary
+    prior, for which moving the head against the tail alone would mislead) keeps the whole rule.
+    Rule "axes" (``cal["balance_axis"]``, :func:`balance_direction`): the same along the axis and the
+    balanced move's direction together (:func:`_along_two_directions`).
     """
     share = cal["balanced_share"]
     rule = getattr(method, "null_target", "plain")
@@ -432,14 +434,14 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     axis = cal.get("axis")
     if cal.get("balance_axis") is not None and observed > 0:
         return _along_two_directions(u, observed, strength, split, own if noise_rule == "both" else None,
-                                     axis_variance, cal, evidence)
+                                     axis_variance, cal, evidence, _rest_floor(method, strength))
     if axis is not None:
         along = float(u @ axis)
         rest_size = observed - along * along
         evidence["axis_share"] = along * along / observed if observed > 0 else 0.0
         if observed > 0 and along * along >= rest_size:
             s_axis = max(strength, _soft(along, axis_variance))
-            s_rest = max(strength, _james_stein(rest, rest_size))
+            s_rest = max(_rest_floor(method, strength), _james_stein(rest, rest_size))
             u_axis = along * axis
             evidence.update(rule="axis", strength=s_axis, rest_strength=s_rest, axis_noise=_shown(_unbounded(
                 float(axis_variance))), rest_noise=_shown(_unbounded(float(rest))))
@@ -448,7 +450,14 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     return strength * u, evidence
 
 
-def _along_two_directions(u, observed, strength, split, own, axis_variance, cal, evidence):
+def _rest_floor(method, strength):
+    """The least strength of the rest of a shift read along the directions: 0 with ``method.rest_floor``
+    "none" (the default: the rest moves by its own James-Stein strength alone), the whole rule's
+    ``strength`` with "whole"."""
+    return strength if getattr(method, "rest_floor", "none") == "whole" else 0.0
+
+
+def _along_two_directions(u, observed, strength, split, own, axis_variance, cal, evidence, rest_floor):
     """Rule "axes" of :func:`null_adjustment` (``axis`` "train_prior_and_balance"): u read along the
     head-tail axis e and the balanced move's direction f (:func:`balance_direction`). Its coordinate
     along f is clipped to [0, cap] (toward a balanced set, as far as the split certifies; the excess
@@ -456,8 +465,9 @@ def _along_two_directions(u, observed, strength, split, own, axis_variance, cal,
     Where a^2 + b^2 (b clipped) is at least ||u - a e - b f||^2, each moves by its
     size less one standard deviation of its noise (along e: ``axis_variance``, see
     :func:`null_adjustment`; along f: the test set's own, since every half's unshifted estimate shares
-    the move the split's null would count) and the rest by its James-Stein strength from the
-    remainder of the noise, each at least the whole rule's ``strength``; otherwise the whole rule."""
+    the move the split's null would count), each at least the whole rule's ``strength``, and the rest
+    by its James-Stein strength from the remainder of the noise, at least ``rest_floor``
+    (:func:`_rest_floor`); otherwise the whole rule."""
     axis, second = cal.get("axis"), cal["balance_axis"]
     a = 0.0 if axis is None else float(u @ axis)
     # a target already moved toward balance (null_target "certified" ...) used that share of the move
@@ -474,7 +484,7 @@ def _along_two_directions(u, observed, strength, split, own, axis_variance, cal,
     rest_noise = max(0.0, split[0] - split[1] - split[2], 0.0 if own is None else own[0] - own[1] - own[2])
     s_a = max(strength, _soft(a, axis_variance))
     s_b = max(strength, _soft(b, noise_b))
-    s_r = max(strength, _james_stein(rest_noise, rest_size))
+    s_r = max(rest_floor, _james_stein(rest_noise, rest_size))
     evidence.update(rule="axes", strength=s_a, balance_strength=s_b, rest_strength=s_r,
                     axis_noise=_shown(_unbounded(float(axis_variance))),
                     balance_noise=_shown(_unbounded(float(noise_b))), rest_noise=_shown(_unbounded(float(rest_noise))))
