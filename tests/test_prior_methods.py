@@ -675,8 +675,8 @@ def test_axis_noise_split_reads_the_axis_against_the_splits_spread_alone():
 def test_rest_floor_none_lets_the_rest_of_a_strong_head_tail_shift_shrink_by_its_own_strength():
     """rest_floor "none" (the default): the part of a shift off the directions moves by its own
     James-Stein strength alone. At a strong long tail the whole rule's strength is near 1 while the
-    rest is mostly the rare classes' estimation noise; "whole" (the rule before) moved it by at
-    least the whole strength, which puts that noise into the applied prior."""
+    rest is mostly the rare classes' estimation noise; "whole" moves it by at least the whole
+    strength, which puts that noise into the applied prior."""
     from trainer.test_time.shift_simulation import centred_log_ratio, head_tail_axis
     model = Gaussians()
     ctx = small_split_context(model, 100, seed=5)
