@@ -396,6 +396,7 @@ def test_methods_are_found_by_class_name():
     (SafePrior, {"noise": "bootstrap"}, "noise 'bootstrap': expected one of 'target', 'spread'"),
     (SafePrior, {"axis_noise": "own"}, "axis_noise 'own': expected one of 'split', 'both'"),
     (SafePrior, {"rest_floor": "some"}, "rest_floor 'some': expected one of 'none', 'whole'"),
+    (SafePrior, {"axis_gate": "some"}, "axis_gate 'some': expected one of 'certified', 'observed'"),
     (EMPrior, {"source_prior": "uniform", "calibration": "training"}, "bias true with source_prior 'uniform'"),
     (EMPrior, {"calibration": "test"}, "calibration 'test': expected one of"),
     (SafePrior, {"calibration": "training"}, "auto.* are chosen on the validation split"),
@@ -706,6 +707,31 @@ def test_rest_floor_none_lets_the_rest_of_a_strong_head_tail_shift_shrink_by_its
                 applied = torch.tensor(result["prior"], dtype=torch.float64)
                 distance[name].append(float(centred_log_ratio(applied, torch.tensor(PRIORS[prior])).norm()))
     assert np.mean(distance["none"]) < np.mean(distance["whole"]) - 0.03  # nearer the true prior (on the axis)
+
+
+def test_axis_gate_certified_judges_a_shift_on_the_part_along_the_axis_the_split_certifies():
+    """axis_gate "certified" (the default): a shift is read along the head-tail axis only where its
+    squared coordinate a^2, less the whole split's own variance of it (half the halves' spread along
+    the axis), is at least the rest. With a small split the calibration's noise along the axis
+    inflates a^2: "observed" reads this set (a^2 just above the rest) along the axis, "certified"
+    keeps the whole rule. A set on the axis is read along it either way."""
+    model = Gaussians()
+    ctx = small_split_context(model, 10, seed=5)
+    certified, observed = SafePrior(axis="train_prior"), SafePrior(axis="train_prior", axis_gate="observed")
+    assert certified.axis_gate == "certified" and certified.calibration(ctx)["selection"]["axis_gate"] == "certified"
+    prior = np.array([0.337, 0.053, 0.502, 0.103, 0.005])
+    z, _ = model.sample(prior / prior.sum(), 2000, seed=113)
+    logits = experts(z, np.full(C, 1.0 / C))
+    by_cert, by_obs = certified.adapt(logits, ctx), observed.adapt(logits, ctx)
+    assert by_obs["rule"] == "axis" and by_obs["strength"] > 0.1 and by_cert["rule"] == "whole"
+    a2 = by_obs["axis_share"] * by_obs["shift_size"]
+    rest_size = by_obs["shift_size"] - a2
+    assert by_cert["axis_share"] == by_obs["axis_share"] and a2 >= rest_size > a2 - by_obs["axis_noise"] / 2
+    assert torch.equal(by_cert["scores"], SafePrior(axis="none").adapt(logits, ctx)["scores"])
+    z, _ = model.sample(PRIORS["forward50"], 2000, seed=7)
+    logits = experts(z, np.full(C, 1.0 / C))
+    by_cert, by_obs = certified.adapt(logits, ctx), observed.adapt(logits, ctx)
+    assert by_cert["rule"] == by_obs["rule"] == "axis" and torch.equal(by_cert["scores"], by_obs["scores"])
 
 
 def test_balanced_move_direction_corrects_a_class_lean_the_split_certifies_and_no_further():

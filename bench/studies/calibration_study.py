@@ -30,7 +30,9 @@ shipped rule with the head-tail axis alone (``axis`` "train_prior": no balanced 
 ``SafePrior whole`` the shipped rule with one strength for every shift (``axis`` "none"),
 ``SafePrior axis both`` the shipped rule with the test set's own noise along the head-tail axis as
 well (``axis_noise`` "both"), ``SafePrior rest floor`` the shipped rule with the rest of a shift read
-along the directions moved by at least the whole rule's strength (``rest_floor`` "whole").
+along the directions moved by at least the whole rule's strength (``rest_floor`` "whole"), ``SafePrior
+axis gate observed`` the shipped rule judging a shift's part along the head-tail axis as read, not
+less the split's noise along it (``axis_gate`` "observed").
 ``Oracle prior (uses test labels)`` applies the true test prior under the same calibration: a
 ceiling, never a method. Beside them the shipped prior config
 (``configs/test_time_<family>_prior.json``) as it is now. ``--training_images`` adds, once per
@@ -127,6 +129,10 @@ ESTIMATORS = {
     # the shipped rule with the rest of a shift read along the directions moved by at least the whole strength
     "SafePrior rest floor": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="plain",
                                                             noise="both", rest_floor="whole"),
+    # the shipped rule judging a shift's part along the head-tail axis as read (not less its noise)
+    "SafePrior axis gate observed": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null",
+                                                                    null_target="plain", noise="both",
+                                                                    axis_gate="observed"),
     # the shipped rule without the head-tail axis: one strength for the whole shift
     "SafePrior whole": lambda bias: methods.SafePrior(**COMMON, bias=bias, strength="null", null_target="plain",
                                                        noise="both", axis="none"),
@@ -166,7 +172,7 @@ def settings_of(method):
     """The arguments that decide a label-shift method's output (to spot a row equal to the shipped one)."""
     keys = ("calibration_data", "source_prior", "temperature", "bias", "strength", "min_divergence", "significance",
             "pseudo_count", "toward", "simulation_size", "null_target", "noise", "axis", "axis_noise", "rest_floor",
-            "tol", "max_iter")
+            "axis_gate", "tol", "max_iter")
     return {k: getattr(method, k) for k in keys if hasattr(method, k)}
 
 

@@ -61,6 +61,7 @@ STRENGTH_RULES = ("null", "auto")  # SafePrior's strength chosen per test set (n
 NULL_TARGETS = ("certified", "plain", "nearest", "segment")  # what strength "null" measures a shift from (SafePrior)
 NULL_NOISES = ("target", "spread", "both")  # what strength "null" takes as the noise of its estimate (SafePrior)
 NULL_AXES = ("train_prior_and_balance", "train_prior", "none")  # the directions strength "null" reads a shift along
+AXIS_GATES = ("certified", "observed")  # how a shift's part along the head-tail axis is judged (SafePrior)
 AXIS_NOISES = ("split", "both")  # the noise of the head-tail axis coordinate under noise "both" (SafePrior)
 REST_FLOORS = ("none", "whole")  # the least strength of a shift's rest off the directions (SafePrior)
 
@@ -391,8 +392,11 @@ class SafePrior(MAPPrior):
        resample of the split cannot: how this test set's images move the estimate).
     c. The directions (``axis``). With "train_prior" the head-tail axis: a shift lying mostly along
        the centred log training prior (the direction of every forward and backward long tail) is
-       moved along that axis by its size less one standard deviation of the noise's part along it,
-       not less than the whole rule's strength, and its rest by its own James-Stein strength
+       judged on what the split certifies of its part along the axis (``axis_gate`` "certified",
+       default: the squared coordinate less the whole split's own variance of it, half the halves'
+       spread along the axis; "observed": the square as read, which the calibration's noise along
+       the axis inflates) and is moved along that axis by its size less one standard deviation of
+       the noise's part along it, not less than the whole rule's strength, and its rest by its own James-Stein strength
        (``rest_floor`` "none", default; with "whole" not less than the whole rule's strength either,
        which at a strong shift moves the rest, mostly the rare classes' estimation noise, in full);
        any other shift keeps the whole rule (as does every shift with ``axis`` "none"). With
@@ -420,8 +424,9 @@ class SafePrior(MAPPrior):
     ``strength`` ("null", in (0, 1] or "auto"), ``null_target`` ("certified", "plain", "nearest" or "segment"; strength
     "null" only), ``noise`` ("target", "spread" or "both"; strength "null" only), ``axis``
     ("train_prior_and_balance", "train_prior" or "none"; strength "null" only), ``axis_noise`` ("split" or
-    "both"; noise "both" only), ``rest_floor`` ("none" or "whole"; strength "null" only), ``simulation_size``
-    (images per simulated set of "auto"; 2000),
+    "both"; noise "both" only), ``rest_floor`` ("none" or "whole"; strength "null" only), ``axis_gate``
+    ("certified" or "observed"; strength "null" only), ``simulation_size`` (images per simulated set
+    of "auto"; 2000),
     ``pseudo_count`` (> 0; 1), ``toward`` ("plain"), ``calibration``, ``source_prior``,
     ``temperature``, ``bias``, ``tol``, ``max_iter`` (as :class:`MAPPrior`). On a stream the test
     is made on the images seen so far; a batch is always scored before it is learnt from.
@@ -429,13 +434,15 @@ class SafePrior(MAPPrior):
 
     def __init__(self, significance=0.001, strength: float | str = "null", min_divergence: float | str = 0.0,
                  pseudo_count=1.0, toward="plain", simulation_size=2000, null_target="plain", noise="both",
-                 axis="train_prior_and_balance", axis_noise="split", rest_floor="none", **kwargs):
+                 axis="train_prior_and_balance", axis_noise="split", rest_floor="none", axis_gate="certified",
+                 **kwargs):
         super().__init__(pseudo_count=pseudo_count, toward=toward, **kwargs)
         self.null_target = check_choice("null_target", null_target, NULL_TARGETS)
         self.noise = check_choice("noise", noise, NULL_NOISES)
         self.axis = check_choice("axis", axis, NULL_AXES)
         self.axis_noise = check_choice("axis_noise", axis_noise, AXIS_NOISES)
         self.rest_floor = check_choice("rest_floor", rest_floor, REST_FLOORS)
+        self.axis_gate = check_choice("axis_gate", axis_gate, AXIS_GATES)
         self.significance = check_fraction("significance", significance)
         if min_divergence != "auto" and (not _is_number(min_divergence) or min_divergence < 0):
             raise ValueError(f"min_divergence {min_divergence!r}: must be a number >= 0 (nats) or \"auto\"")
@@ -469,6 +476,7 @@ class SafePrior(MAPPrior):
                 cal["selection"] = {"strength": "null", "min_divergence": gate, "null_target": self.null_target,
                                     "noise": self.noise, "axis": self.directions_in_use(cal),
                                     "axis_noise": self.axis_noise, "rest_floor": self.rest_floor,
+                                    "axis_gate": self.axis_gate,
                                     "balanced_share": share, **evidence,
                                     "chosen_by": "validation split, per test set: its shift size against an unshifted "
                                     "set of its size seen through cross-fitted halves of the split"}

@@ -384,16 +384,17 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     calibrated log posteriors). ``cache`` (a stream's dict) keeps the test set's noise per ``n``.
 
     Rule "whole": s u, one strength s from the noise and ||u||^2. Rule "axis" (``cal["axis"]``, the
-    head-tail axis, where u lies mostly along it: its part along the axis a at least the rest r): a
-    is read from one number instead of C - 1, with the noise's part along the axis as its variance
-    (8 estimates: a rough variance, so no James-Stein factor on it; with ``method.axis_noise``
-    "split", the default, the split's part alone, else the larger of the split's and the test set's
-    own); it is moved by |a| less one standard deviation of that noise (soft thresholding: the part
-    the split certifies), at least s, and r by its own James-Stein strength from the remainder of the
-    noise (with ``method.rest_floor`` "whole" at least s too: at a strong shift s is near 1, so the
-    rest, mostly the noise of the rare classes' estimates there, would move in full; "none", the
-    default, lets it shrink by its own strength). A shift with a sizeable rest (a sparse or arbitrary
-    prior, for which moving the head against the tail alone would mislead) keeps the whole rule.
+    head-tail axis, where u lies mostly along it: what the split certifies of a^2, a its part along
+    the axis, at least the rest ||r||^2, :func:`_certified_square`): a is read from one number instead
+    of C - 1, with the noise's part along the axis as its variance (8 estimates: a rough variance, so
+    no James-Stein factor on it; with ``method.axis_noise`` "split", the default, the split's part
+    alone, else the larger of the split's and the test set's own); it is moved by |a| less one
+    standard deviation of that noise (soft thresholding: the part the split certifies), at least s,
+    and r by its own James-Stein strength from the remainder of the noise (with
+    ``method.rest_floor`` "whole" at least s too: at a strong shift s is near 1, so the rest, mostly
+    the noise of the rare classes' estimates there, would move in full; "none", the default, lets it
+    shrink by its own strength). A shift with a sizeable rest (a sparse or arbitrary prior, for which
+    moving the head against the tail alone would mislead) keeps the whole rule.
     Rule "axes" (``cal["balance_axis"]``, :func:`balance_direction`): the same along the axis and the
     balanced move's direction together (:func:`_along_two_directions`).
     """
@@ -433,13 +434,14 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     axis_variance = noise[1] if getattr(method, "axis_noise", "split") == "both" else split[1]
     axis = cal.get("axis")
     if cal.get("balance_axis") is not None and observed > 0:
+        certified = 0.0 if axis is None else _certified_square(method, float(u @ axis), axis_variance)
         return _along_two_directions(u, observed, strength, split, own if noise_rule == "both" else None,
-                                     axis_variance, cal, evidence, _rest_floor(method, strength))
+                                     axis_variance, cal, evidence, _rest_floor(method, strength), certified)
     if axis is not None:
         along = float(u @ axis)
         rest_size = observed - along * along
         evidence["axis_share"] = along * along / observed if observed > 0 else 0.0
-        if observed > 0 and along * along >= rest_size:
+        if observed > 0 and _certified_square(method, along, axis_variance) >= rest_size:
             s_axis = max(strength, _soft(along, axis_variance))
             s_rest = max(_rest_floor(method, strength), _james_stein(rest, rest_size))
             u_axis = along * axis
@@ -450,6 +452,18 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     return strength * u, evidence
 
 
+def _certified_square(method, coordinate, variance):
+    """What the split certifies of a squared coordinate along the head-tail axis. With
+    ``method.axis_gate`` "certified" (the default): coordinate^2 less the whole split's own variance of
+    it, half the halves' ``variance`` (a half holds half the images; its expected square is the true
+    coordinate's square plus that variance); "observed": coordinate^2 as read. Minus infinity where the
+    noise is not a finite number."""
+    if getattr(method, "axis_gate", "certified") == "observed":
+        return coordinate * coordinate
+    variance = _unbounded(float(variance))
+    return coordinate * coordinate - variance / 2 if math.isfinite(variance) else -math.inf
+
+
 def _rest_floor(method, strength):
     """The least strength of the rest of a shift read along the directions: 0 with ``method.rest_floor``
     "none" (the default: the rest moves by its own James-Stein strength alone), the whole rule's
@@ -457,12 +471,13 @@ def _rest_floor(method, strength):
     return strength if getattr(method, "rest_floor", "none") == "whole" else 0.0
 
 
-def _along_two_directions(u, observed, strength, split, own, axis_variance, cal, evidence, rest_floor):
+def _along_two_directions(u, observed, strength, split, own, axis_variance, cal, evidence, rest_floor, certified):
     """Rule "axes" of :func:`null_adjustment` (``axis`` "train_prior_and_balance"): u read along the
     head-tail axis e and the balanced move's direction f (:func:`balance_direction`). Its coordinate
     along f is clipped to [0, cap] (toward a balanced set, as far as the split certifies; the excess
     stays in the rest), less what a target moved toward balance already took of the move.
-    Where a^2 + b^2 (b clipped) is at least ||u - a e - b f||^2, each moves by its
+    Where ``certified`` (what the split certifies of a^2, :func:`_certified_square`) + b^2 (b clipped)
+    is at least ||u - a e - b f||^2, each moves by its
     size less one standard deviation of its noise (along e: ``axis_variance``, see
     :func:`null_adjustment`; along f: the test set's own, since every half's unshifted estimate shares
     the move the split's null would count), each at least the whole rule's ``strength``, and the rest
@@ -477,7 +492,7 @@ def _along_two_directions(u, observed, strength, split, own, axis_variance, cal,
     rest_vec = u - on_plane
     rest_size = float((rest_vec * rest_vec).sum())
     evidence.update(axis_share=(a * a + b * b) / observed, balance_shift=b)
-    if a * a + b * b < rest_size:
+    if certified + b * b < rest_size:
         evidence.update(rule="whole", strength=strength)
         return strength * u, evidence
     noise_b = split[2] if own is None else own[2]
