@@ -396,9 +396,10 @@ class SafePrior(MAPPrior):
        default: the squared coordinate less the whole split's own variance of it, half the halves'
        spread along the axis; "observed": the square as read, which the calibration's noise along
        the axis inflates) and is moved along that axis by its size less one standard deviation of
-       the noise's part along it, not less than the whole rule's strength, and its rest by its own James-Stein strength
-       (``rest_floor`` "none", default; with "whole" not less than the whole rule's strength either,
-       which at a strong shift moves the rest, mostly the rare classes' estimation noise, in full);
+       the noise's part along it, not less than the whole rule's strength, and its rest by its own
+       James-Stein strength (``rest_floor`` "none", default; with "whole" not less than the whole
+       rule's strength either, which at a strong shift moves the rest, mostly the rare classes'
+       estimation noise, in full);
        any other shift keeps the whole rule (as does every shift with ``axis`` "none"). With
        "train_prior_and_balance" (default) the calibration's move from pi_0 to a balanced set,
        off the axis, is a second direction where the halves certify it (they disagree by less than

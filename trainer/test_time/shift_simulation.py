@@ -434,9 +434,8 @@ def null_adjustment(method, cal, prior, n, log_q=None, cache=None):
     axis_variance = noise[1] if getattr(method, "axis_noise", "split") == "both" else split[1]
     axis = cal.get("axis")
     if cal.get("balance_axis") is not None and observed > 0:
-        certified = 0.0 if axis is None else _certified_square(method, float(u @ axis), axis_variance)
-        return _along_two_directions(u, observed, strength, split, own if noise_rule == "both" else None,
-                                     axis_variance, cal, evidence, _rest_floor(method, strength), certified)
+        return _along_two_directions(method, u, observed, strength, split, own if noise_rule == "both" else None,
+                                     axis_variance, cal, evidence)
     if axis is not None:
         along = float(u @ axis)
         rest_size = observed - along * along
@@ -471,18 +470,18 @@ def _rest_floor(method, strength):
     return strength if getattr(method, "rest_floor", "none") == "whole" else 0.0
 
 
-def _along_two_directions(u, observed, strength, split, own, axis_variance, cal, evidence, rest_floor, certified):
+def _along_two_directions(method, u, observed, strength, split, own, axis_variance, cal, evidence):
     """Rule "axes" of :func:`null_adjustment` (``axis`` "train_prior_and_balance"): u read along the
     head-tail axis e and the balanced move's direction f (:func:`balance_direction`). Its coordinate
     along f is clipped to [0, cap] (toward a balanced set, as far as the split certifies; the excess
     stays in the rest), less what a target moved toward balance already took of the move.
-    Where ``certified`` (what the split certifies of a^2, :func:`_certified_square`) + b^2 (b clipped)
-    is at least ||u - a e - b f||^2, each moves by its
+    Where what the split certifies of a^2 (:func:`_certified_square`) + b^2 (b clipped) is at least
+    ||u - a e - b f||^2, each moves by its
     size less one standard deviation of its noise (along e: ``axis_variance``, see
     :func:`null_adjustment`; along f: the test set's own, since every half's unshifted estimate shares
     the move the split's null would count), each at least the whole rule's ``strength``, and the rest
-    by its James-Stein strength from the remainder of the noise, at least ``rest_floor``
-    (:func:`_rest_floor`); otherwise the whole rule."""
+    by its James-Stein strength from the remainder of the noise, at least :func:`_rest_floor`;
+    otherwise the whole rule."""
     axis, second = cal.get("axis"), cal["balance_axis"]
     a = 0.0 if axis is None else float(u @ axis)
     # a target already moved toward balance (null_target "certified" ...) used that share of the move
@@ -492,6 +491,7 @@ def _along_two_directions(u, observed, strength, split, own, axis_variance, cal,
     rest_vec = u - on_plane
     rest_size = float((rest_vec * rest_vec).sum())
     evidence.update(axis_share=(a * a + b * b) / observed, balance_shift=b)
+    certified = 0.0 if axis is None else _certified_square(method, a, axis_variance)
     if certified + b * b < rest_size:
         evidence.update(rule="whole", strength=strength)
         return strength * u, evidence
@@ -499,7 +499,7 @@ def _along_two_directions(u, observed, strength, split, own, axis_variance, cal,
     rest_noise = max(0.0, split[0] - split[1] - split[2], 0.0 if own is None else own[0] - own[1] - own[2])
     s_a = max(strength, _soft(a, axis_variance))
     s_b = max(strength, _soft(b, noise_b))
-    s_r = max(rest_floor, _james_stein(rest_noise, rest_size))
+    s_r = max(_rest_floor(method, strength), _james_stein(rest_noise, rest_size))
     evidence.update(rule="axes", strength=s_a, balance_strength=s_b, rest_strength=s_r,
                     axis_noise=_shown(_unbounded(float(axis_variance))),
                     balance_noise=_shown(_unbounded(float(noise_b))), rest_noise=_shown(_unbounded(float(rest_noise))))
